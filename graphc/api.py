@@ -1,0 +1,60 @@
+"""graphc.compile: the one entry point from a graph to a callable."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .errors import GraphcError
+from .ir import Node
+from .optim.base import Optimizer
+from .runtime import CompiledStep, Function, Store, _Compiled, _flatten
+from .training import forward_program, training_program
+
+TARGETS = ("numpy", "cpu", "parallel", "cuda")
+
+
+def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, target: str = "cpu",
+            outputs: Mapping[str, Node] | None = None, params: Any = None, seed: int = 0,
+            passes: Any = None) -> CompiledStep | Function:  # noqa: A001 (the DSL's verb)
+    """Compile a training step (with ``optimizer``) or a forward-only function (without).
+
+    - With an optimizer, ``loss_or_outputs`` is the scalar loss; a call runs forward,
+      backward and update in one go and returns ``{'loss': ..., **outputs}``.
+    - Without, it is a tensor, a list/tuple or a dict of tensors; a call returns the same
+      structure of NumPy arrays.
+    - ``target``: ``"cpu"`` (serial Numba), ``"parallel"`` (Numba ``parallel=True``),
+      ``"numpy"`` (the reference interpreter) or ``"cuda"``.
+    - ``params``: another compiled step/function whose parameters to share (live, not a
+      copy: an inference function sees the training step's latest weights), or a dict
+      of initial values by name. Others are initialized from their initializers, seeded
+      by ``seed``.
+    - ``passes``: names of graph passes to run (default: all; see graphc.passes.PIPELINE).
+    """
+    if target not in TARGETS:
+        raise ValueError(f"compile: unknown target {target!r}; choose from {TARGETS}")
+    if isinstance(optimizer, str):
+        from . import optim
+        optimizer = optim.get(optimizer)
+    if optimizer is not None:
+        program = training_program(loss_or_outputs, optimizer, outputs)
+        rebuild = None
+    else:
+        if outputs is not None:
+            raise GraphcError("compile: outputs= names extra outputs of a training step; "
+                              "without an optimizer pass the outputs as the first argument")
+        named, rebuild = _flatten(loss_or_outputs)
+        program = forward_program(named)
+    if target == "cuda":
+        from .codegen.cuda import check_cuda_available
+        check_cuda_available()
+    sources = program.sources
+    if isinstance(params, _Compiled):
+        store = params._store
+        store.ensure(sources)
+    else:
+        if params is not None and not isinstance(params, Mapping):
+            raise TypeError("compile: params must be a compiled step/function to share with, or a dict of arrays")
+        store = Store(sources, seed=seed, initial=params)
+    options = {"passes": passes}
+    if optimizer is not None:
+        return CompiledStep(program, target, store, optimizer, options)
+    return Function(program, target, store, options, rebuild)

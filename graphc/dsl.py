@@ -1,0 +1,395 @@
+"""The DSL users write models in: sources (input/param/const), op functions, operators.
+
+Every function here builds nodes through :func:`graphc.ir.make`, so shapes are checked as
+the model is written. Composite functions (softmax, mse, one_hot, ...) are written with
+primitive ops and so get their gradients for free.
+"""
+from __future__ import annotations
+
+import builtins
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import DTypeError, ShapeError
+from .ir import ArrayValue, Node, make
+
+Tensor = Node
+DEFAULT_FLOAT = np.dtype("float32")
+INITIALIZERS = ("zeros", "ones", "normal", "uniform", "glorot_uniform", "glorot_normal",
+                "he_uniform", "he_normal")
+
+
+# ---- sources ----------------------------------------------------------------------------
+
+def _check_shape(shape, allow_none: bool) -> tuple:
+    if isinstance(shape, numbers.Integral):
+        shape = (shape,)
+    shape = tuple(shape)
+    for d in shape:
+        if d is None:
+            if not allow_none:
+                raise ShapeError(f"shape {shape}: None (the batch dimension) is allowed on inputs only")
+        elif not isinstance(d, numbers.Integral) or d < 0:
+            raise ShapeError(f"shape {shape}: dimensions must be non-negative ints")
+    if builtins.sum(d is None for d in shape) > 1:
+        raise ShapeError(f"shape {shape}: at most one None (batch) dimension")
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def input(name: str, shape: Sequence, dtype: Any = "float32") -> Node:
+    """A value fed at each call, e.g. a batch. ``None`` in ``shape`` marks the batch dim."""
+    return make("input", (), {"name": str(name), "shape": _check_shape(shape, True), "dtype": np.dtype(dtype)})
+
+
+def param(name: str, shape: Sequence, init: Any = None, dtype: Any = "float32") -> Node:
+    """A trainable parameter. ``init`` is an initializer name or an array.
+
+    The default initializer is ``glorot_uniform`` for tensors of rank >= 2 and ``zeros``
+    otherwise (as Keras does for kernels and biases). Initial values are drawn at compile
+    time from a generator seeded by (compile seed, parameter name), so they do not depend
+    on the order parameters were declared in.
+    """
+    shape = _check_shape(shape, False)
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise DTypeError(f"param {name!r}: parameters must be floating point, got {dtype}")
+    if init is None:
+        init = "glorot_uniform" if len(shape) >= 2 else "zeros"
+    if isinstance(init, str):
+        if init not in INITIALIZERS:
+            raise ValueError(f"param {name!r}: unknown initializer {init!r}; choose from {INITIALIZERS}")
+    else:
+        arr = np.asarray(init)
+        if arr.shape != shape:
+            raise ShapeError(f"param {name!r}: initial value has shape {arr.shape}, expected {shape}")
+        init = ArrayValue(arr.astype(dtype))
+    return make("param", (), {"name": str(name), "shape": shape, "dtype": dtype, "init": init})
+
+
+def const(value: Any, dtype: Any = None) -> Node:
+    """A constant tensor (copied: later edits of ``value`` do not reach the graph)."""
+    arr = np.asarray(value)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    elif arr.dtype == np.float64 and not isinstance(value, np.ndarray):
+        arr = arr.astype(DEFAULT_FLOAT)  # Python floats default to float32, like params
+    return make("const", (), {"value": ArrayValue(arr)})
+
+
+def _lift(v: Any, like: Node | None = None) -> Node:
+    """A Python/NumPy value as a const node; Python scalars take ``like``'s dtype (weak typing)."""
+    if isinstance(v, Node):
+        return v
+    if isinstance(v, (bool, numbers.Number)) and not isinstance(v, np.generic) and like is not None:
+        if like.dtype.kind == "f" or (like.dtype.kind in "iu" and isinstance(v, numbers.Integral)):
+            return const(np.asarray(v, dtype=like.dtype))
+        if like.dtype.kind == "b" and isinstance(v, bool):
+            return const(np.asarray(v))
+        return const(np.asarray(v, dtype=DEFAULT_FLOAT))
+    return const(v)
+
+
+def _pair(a, b):
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        raise TypeError("at least one operand must be a graphc tensor")
+    a2 = _lift(a, b if isinstance(b, Node) else None)
+    b2 = _lift(b, a2)
+    return a2, b2
+
+
+# ---- elementwise ------------------------------------------------------------------------
+
+def add(a, b) -> Node: return make("add", _pair(a, b))
+def subtract(a, b) -> Node: return make("sub", _pair(a, b))
+def multiply(a, b) -> Node: return make("mul", _pair(a, b))
+def divide(a, b) -> Node: return make("div", _pair(a, b))
+def maximum(a, b) -> Node: return make("maximum", _pair(a, b))
+def minimum(a, b) -> Node: return make("minimum", _pair(a, b))
+def greater(a, b) -> Node: return make("greater", _pair(a, b))
+def greater_equal(a, b) -> Node: return make("greater_equal", _pair(a, b))
+def less(a, b) -> Node: return make("less", _pair(a, b))
+def less_equal(a, b) -> Node: return make("less_equal", _pair(a, b))
+def equal(a, b) -> Node: return make("equal", _pair(a, b))
+def not_equal(a, b) -> Node: return make("not_equal", _pair(a, b))
+
+
+sub, mul, div = subtract, multiply, divide
+
+
+def negative(x) -> Node: return make("neg", (_lift(x),))
+
+
+neg = negative
+
+
+def power(x, p: float) -> Node:
+    """``x ** p`` for a scalar (Python number) exponent."""
+    if isinstance(p, Node) or np.ndim(p) != 0:
+        raise ShapeError("power: the exponent must be a Python scalar")
+    return make("pow", (_lift(x),), {"p": float(p)})
+
+
+def exp(x) -> Node: return make("exp", (_lift(x),))
+def log(x) -> Node: return make("log", (_lift(x),))
+def sqrt(x) -> Node: return make("sqrt", (_lift(x),))
+def abs(x) -> Node: return make("abs", (_lift(x),))  # noqa: A001 (NumPy's name)
+def sign(x) -> Node: return make("sign", (_lift(x),))
+def square(x) -> Node: return make("square", (_lift(x),))
+def relu(x) -> Node: return make("relu", (_lift(x),))
+def sigmoid(x) -> Node: return make("sigmoid", (_lift(x),))
+def tanh(x) -> Node: return make("tanh", (_lift(x),))
+def softplus(x) -> Node: return make("softplus", (_lift(x),))
+def leaky_relu(x, alpha: float = 0.01) -> Node: return make("leaky_relu", (_lift(x),), {"alpha": float(alpha)})
+def elu(x, alpha: float = 1.0) -> Node: return make("elu", (_lift(x),), {"alpha": float(alpha)})
+
+
+def gelu(x) -> Node:
+    """GELU, tanh approximation (as in BERT/GPT-2 and Keras ``approximate=True``)."""
+    return make("gelu", (_lift(x),))
+
+
+def clip(x, lo: float, hi: float) -> Node:
+    if not lo <= hi:
+        raise ValueError(f"clip: lo={lo} must not exceed hi={hi}")
+    return make("clip", (_lift(x),), {"lo": float(lo), "hi": float(hi)})
+
+
+def where(cond, a, b) -> Node:
+    """Elementwise ``a if cond else b`` (cond is a boolean tensor)."""
+    a2, b2 = _pair(a, b)
+    return make("where", (_lift(cond), a2, b2))
+
+
+def cast(x, dtype) -> Node:
+    x = _lift(x)
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    return make("cast", (x,), {"dtype": dtype})
+
+
+def stop_gradient(x) -> Node:
+    """The identity whose gradient is zero."""
+    return make("stop_gradient", (_lift(x),))
+
+
+# ---- linear algebra and movement --------------------------------------------------------
+
+def matmul(a, b) -> Node:
+    """2-D matrix product ``a @ b``."""
+    return make("matmul", (_lift(a), _lift(b)))
+
+
+def transpose(x, axes: Sequence[int] | None = None) -> Node:
+    x = _lift(x)
+    if axes is None:
+        axes = tuple(reversed(range(x.ndim)))
+    axes = tuple(int(a) for a in axes)
+    if axes == tuple(range(x.ndim)):
+        return x
+    return make("transpose", (x,), {"axes": axes})
+
+
+def reshape(x, shape: Sequence) -> Node:
+    """Reshape; one entry may be -1, and None stands for the batch dim."""
+    x = _lift(x)
+    shape = tuple(shape) if not isinstance(shape, numbers.Integral) else (int(shape),)
+    shape = tuple(d if d is None else int(d) for d in shape)
+    if shape == x.shape:
+        return x
+    return make("reshape", (x,), {"shape": shape})
+
+
+def broadcast_to(x, shape: Sequence) -> Node:
+    x = _lift(x)
+    shape = tuple(shape)
+    if shape == x.shape:
+        return x
+    return make("broadcast_to", (x,), {"shape": shape})
+
+
+def broadcast_like(x, ref: Node) -> Node:
+    """Broadcast ``x`` to ``ref``'s shape (works when that shape holds the batch dim)."""
+    x = _lift(x)
+    if x.shape == ref.shape:
+        return x
+    if None not in ref.shape:
+        return broadcast_to(x, ref.shape)
+    return make("broadcast_like", (x, ref))
+
+
+def sum_to(x: Node, shape: Sequence) -> Node:
+    """Sum ``x`` down to ``shape`` (the inverse of broadcasting: how gradients are unbroadcast)."""
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x
+    lead = x.ndim - len(shape)
+    if lead < 0:
+        raise ShapeError(f"sum_to: cannot sum {x.shape} to the larger rank of {shape}")
+    axes = list(range(lead))
+    for i, d in enumerate(shape):
+        if d == 1 and x.shape[lead + i] != 1:
+            axes.append(lead + i)
+    y = sum(x, axis=tuple(axes), keepdims=True) if axes else x
+    return reshape(y, shape)
+
+
+def expand_dims(x, axis: int) -> Node:
+    x = _lift(x)
+    axis = axis % (x.ndim + 1)
+    return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
+
+
+def dim_size(x: Node, axes=None, dtype=None) -> Node:
+    """The number of elements of ``x`` along ``axes`` as a scalar (resolved at run time for the batch dim)."""
+    from .ops.base import norm_axes
+
+    axes = norm_axes(axes, x.ndim)
+    dtype = np.dtype(dtype) if dtype is not None else (x.dtype if x.dtype.kind == "f" else DEFAULT_FLOAT)
+    dims = [x.shape[a] for a in axes]
+    if None not in dims:
+        return const(np.asarray(int(np.prod(dims)), dtype=dtype))
+    return make("dim_size", (x,), {"axes": axes, "dtype": dtype})
+
+
+# ---- reductions -------------------------------------------------------------------------
+
+def _located(op: str, e: Exception, *inputs: Node) -> Exception:
+    from .errors import user_location
+    from .ir import describe_operands
+    return type(e)(f"{op}: {e} (operands: {describe_operands(inputs)}) at {user_location()}")
+
+
+def _axes(axis):
+    if axis is None:
+        return None
+    if isinstance(axis, numbers.Integral):
+        return (int(axis),)
+    return tuple(int(a) for a in axis)
+
+
+def sum(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's name)
+    x = _lift(x)
+    from .ops.base import norm_axes
+    try:
+        axes = norm_axes(_axes(axis), x.ndim)
+    except ShapeError as e:
+        raise _located("sum", e, x) from None
+    if not axes and not keepdims:
+        return x
+    return make("sum", (x,), {"axes": axes, "keepdims": bool(keepdims)})
+
+
+def max(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's name)
+    x = _lift(x)
+    from .ops.base import norm_axes
+    try:
+        axes = norm_axes(_axes(axis), x.ndim)
+    except ShapeError as e:
+        raise _located("max", e, x) from None
+    return make("max", (x,), {"axes": axes, "keepdims": bool(keepdims)})
+
+
+def mean(x, axis=None, keepdims: bool = False) -> Node:
+    x = _lift(x)
+    s = sum(x, axis, keepdims)
+    return s / dim_size(x, _axes(axis), dtype=s.dtype if s.dtype.kind == "f" else None)
+
+
+# ---- neural-network functions -----------------------------------------------------------
+
+def softmax(x, axis: int = -1) -> Node:
+    """Numerically stable softmax (the max shift carries no gradient, as it cancels)."""
+    x = _lift(x)
+    m = stop_gradient(max(x, axis, keepdims=True))
+    e = exp(x - m)
+    return e / sum(e, axis, keepdims=True)
+
+
+def log_softmax(x, axis: int = -1) -> Node:
+    x = _lift(x)
+    s = x - stop_gradient(max(x, axis, keepdims=True))
+    return s - log(sum(exp(s), axis, keepdims=True))
+
+
+def softmax_cross_entropy(logits, labels) -> Node:
+    """Mean over the batch of -log softmax(logits)[label]; integer labels, stable for any logits."""
+    return make("softmax_cross_entropy", (_lift(logits), _lift(labels)))
+
+
+def one_hot(labels, depth: int, dtype: Any = "float32") -> Node:
+    labels = _lift(labels)
+    if labels.dtype.kind not in "iu":
+        raise DTypeError(f"one_hot: labels must be integers, got {labels.dtype}")
+    classes = const(np.arange(int(depth), dtype=labels.dtype))
+    return cast(equal(expand_dims(labels, -1), classes), dtype)
+
+
+def mse(pred, target) -> Node:
+    """Mean squared error over all elements."""
+    return mean(square(subtract(pred, target)))
+
+
+def mae(pred, target) -> Node:
+    """Mean absolute error over all elements."""
+    return mean(abs(subtract(pred, target)))
+
+
+def binary_cross_entropy_with_logits(logits, targets) -> Node:
+    """Mean over all elements of the sigmoid cross-entropy, computed stably from logits."""
+    logits, targets = _pair(logits, targets)
+    return mean(softplus(logits) - logits * targets)
+
+
+def zeros_like(x: Node) -> Node:
+    return broadcast_like(const(np.zeros((), x.dtype)), x)
+
+
+def ones_like(x: Node) -> Node:
+    return broadcast_like(const(np.ones((), x.dtype)), x)
+
+
+# ---- Python operators on tensors ----------------------------------------------------------
+
+def _install_operators() -> None:
+    ops = {
+        "__add__": lambda a, b: add(a, b), "__radd__": lambda a, b: add(b, a),
+        "__sub__": lambda a, b: subtract(a, b), "__rsub__": lambda a, b: subtract(b, a),
+        "__mul__": lambda a, b: multiply(a, b), "__rmul__": lambda a, b: multiply(b, a),
+        "__truediv__": lambda a, b: divide(a, b), "__rtruediv__": lambda a, b: divide(b, a),
+        "__matmul__": lambda a, b: matmul(a, b), "__rmatmul__": lambda a, b: matmul(b, a),
+        "__pow__": lambda a, p: power(a, p),
+        "__neg__": lambda a: negative(a), "__pos__": lambda a: a, "__abs__": lambda a: abs(a),
+        "__gt__": lambda a, b: greater(a, b), "__ge__": lambda a, b: greater_equal(a, b),
+        "__lt__": lambda a, b: less(a, b), "__le__": lambda a, b: less_equal(a, b),
+        "T": property(lambda a: transpose(a)),
+        "reshape": lambda a, *shape: reshape(a, shape[0] if len(shape) == 1 and not isinstance(shape[0], numbers.Integral) else shape),
+        "sum": lambda a, axis=None, keepdims=False: sum(a, axis, keepdims),
+        "mean": lambda a, axis=None, keepdims=False: mean(a, axis, keepdims),
+        "max": lambda a, axis=None, keepdims=False: max(a, axis, keepdims),
+        "astype": lambda a, dtype: cast(a, dtype),
+    }
+    for k, v in ops.items():
+        type.__setattr__(Node, k, v)
+
+
+_install_operators()
+
+
+def make_sce_grad(logits: Node, labels: Node) -> Node:
+    """(softmax(logits) - one_hot(labels)) / batch: softmax_cross_entropy's gradient as one op."""
+    return make("sce_grad", (logits, labels))
+
+
+def state(name: str, shape: Sequence, init: Any = "zeros", dtype: Any = "float32") -> Node:
+    """A persistent non-trainable value (optimizer state, counters): read at the start of a
+    step, written at its end. Optimizers declare theirs through this."""
+    shape = _check_shape(shape, False)
+    dtype = np.dtype(dtype)
+    if not isinstance(init, str):
+        init = ArrayValue(np.asarray(init, dtype=dtype).reshape(shape))
+    elif init not in INITIALIZERS:
+        raise ValueError(f"state {name!r}: unknown initializer {init!r}")
+    return make("state", (), {"name": str(name), "shape": shape, "dtype": dtype, "init": init})

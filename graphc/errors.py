@@ -1,0 +1,42 @@
+"""Exception types, and the helper that finds the user's line of code that built a node."""
+from __future__ import annotations
+
+import os
+import sys
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class GraphcError(Exception):
+    """Base class of every error graphc raises on purpose."""
+
+
+class ShapeError(GraphcError, ValueError):
+    """Operand shapes do not fit the op (raised when the node is built)."""
+
+
+class DTypeError(GraphcError, TypeError):
+    """Operand dtypes do not fit the op (raised when the node is built)."""
+
+
+class FeedError(GraphcError, ValueError):
+    """A call fed a missing, unknown or mis-shaped input (raised before native code runs)."""
+
+
+class CompileError(GraphcError, RuntimeError):
+    """Code generation or Numba compilation failed; the message names the generated file."""
+
+
+def user_location() -> str:
+    """Return 'file:line' of the innermost stack frame outside the graphc package.
+
+    Nodes remember where they were built so that every later error can point at the
+    user's own line rather than at graphc internals.
+    """
+    f = sys._getframe(1)
+    while f is not None:
+        fn = os.path.abspath(f.f_code.co_filename)
+        if not fn.startswith(_PKG_DIR + os.sep):
+            return f"{f.f_code.co_filename}:{f.f_lineno}"
+        f = f.f_back
+    return "<unknown>"

@@ -1,0 +1,102 @@
+"""OpDef: everything about one op in one place, and the registry backends look ops up in.
+
+Kinds drive the backends: ``elementwise`` ops carry a scalar ``template`` (a Python
+expression over ``{0}``, ``{1}``... and attrs) from which every backend generates code;
+``reduction``, ``matmul``, ``movement``, ``source`` and ``other`` ops are handled by
+structured emitters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+
+KINDS = ("source", "elementwise", "reduction", "matmul", "movement", "other")
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    kind: str
+    infer: Callable  # (inputs, attrs) -> (shape, dtype); raises ShapeError / DTypeError
+    evaluate: Callable  # (arrays, attrs, node) -> np.ndarray
+    vjp: Optional[Callable] = None  # (node, g) -> list[Node | None], one per input
+    template: Optional[str] = None  # elementwise scalar expression
+    doc: str = ""
+
+
+_REGISTRY: dict[str, OpDef] = {}
+
+
+def register(opdef: OpDef) -> OpDef:
+    assert opdef.kind in KINDS, opdef.kind
+    if opdef.name in _REGISTRY:
+        raise ValueError(f"op {opdef.name!r} registered twice")
+    _REGISTRY[opdef.name] = opdef
+    return opdef
+
+
+def get_op(name: str) -> OpDef:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown graphc op {name!r}") from None
+
+
+def all_ops() -> dict[str, OpDef]:
+    return dict(_REGISTRY)
+
+
+# ---- shape and dtype helpers shared by the op rules -------------------------------------
+
+def broadcast_shapes(*shapes: Sequence) -> tuple:
+    """NumPy broadcasting, with None (the batch dim) matching None or 1 only."""
+    nd = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(nd):
+        dims = [s[len(s) - nd + i] for s in shapes if len(s) - nd + i >= 0]
+        d = 1
+        for x in dims:
+            if x == 1:
+                continue
+            if d == 1:
+                d = x
+            elif x != d:
+                raise ShapeError("shapes do not broadcast: " + " vs ".join(
+                    "(" + ", ".join(map(str, s)) + ")" for s in shapes))
+        out.append(d)
+    return tuple(out)
+
+
+def promote(*dtypes) -> np.dtype:
+    return np.result_type(*[np.dtype(d) for d in dtypes])
+
+
+def require_float(dtype, what: str = "this op") -> None:
+    if np.dtype(dtype).kind != "f":
+        raise DTypeError(f"{what} needs floating-point operands, got {np.dtype(dtype)}")
+
+
+def norm_axes(axes, ndim: int) -> tuple:
+    """Axes as a sorted tuple of non-negative ints (None -> all axes)."""
+    if axes is None:
+        return tuple(range(ndim))
+    if isinstance(axes, int):
+        axes = (axes,)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ShapeError(f"axis {a} is out of range for a {ndim}-d operand")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"repeated axis in {tuple(axes)}")
+    return tuple(sorted(out))
+
+
+def reduced_shape(shape, axes, keepdims: bool) -> tuple:
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)

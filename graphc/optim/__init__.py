@@ -1,0 +1,14 @@
+"""Optimizers as DSL update rules: built-ins and the base class for custom ones."""
+from .base import Optimizer  # noqa: F401
+from .builtin import SGD, Adagrad, Adam, AdamW, Lion, RMSprop  # noqa: F401
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad, "lion": Lion}
+
+
+def get(identifier) -> Optimizer:
+    """An optimizer from a name ('adam', ...) or an Optimizer instance (returned as is)."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    raise ValueError(f"unknown optimizer {identifier!r}; use one of {sorted(_BY_NAME)} or a graphc.optim.Optimizer")

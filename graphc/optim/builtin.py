@@ -1,0 +1,142 @@
+"""Built-in optimizers, each an update rule in the DSL (Keras' formulas and defaults)."""
+from __future__ import annotations
+
+from .. import dsl as F
+from .base import Optimizer
+
+
+def _pow(base, step):
+    """base ** step for a scalar tensor step (exp/log keeps it a graph op)."""
+    return F.exp(step * F.log(base))
+
+
+def _decay(opt, param, lr):
+    """Decoupled weight decay term lr * wd * param (zero when weight_decay is 0 at build time)."""
+    if opt._hyper.get("weight_decay", 0.0) == 0.0:
+        return None
+    return lr * opt.hyper("weight_decay") * param
+
+
+def _apply(param, delta, decay):
+    new = param - delta
+    return new if decay is None else new - decay
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and decoupled
+    weight decay. With ``momentum=0`` at compile time the step keeps no velocity state."""
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, global_clipnorm: float | None = None):
+        super().__init__(global_clipnorm, learning_rate=learning_rate, momentum=momentum,
+                         weight_decay=weight_decay)
+        self.nesterov = bool(nesterov)
+
+    def state_spec(self, param):
+        return {"velocity": "zeros"} if self._hyper["momentum"] != 0.0 else {}
+
+    def update(self, param, grad, state, step):
+        lr = self.hyper("learning_rate")
+        decay = _decay(self, param, lr)
+        if not state:
+            return _apply(param, lr * grad, decay), {}
+        mom = self.hyper("momentum")
+        v = mom * state["velocity"] - lr * grad
+        delta = -(mom * v - lr * grad) if self.nesterov else -v
+        return _apply(param, delta, decay), {"velocity": v}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction folded into the step size, as Keras does."""
+
+    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, weight_decay: float = 0.0, global_clipnorm: float | None = None):
+        super().__init__(global_clipnorm, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, weight_decay=weight_decay)
+
+    def state_spec(self, param):
+        return {"m": "zeros", "v": "zeros"}
+
+    def update(self, param, grad, state, step):
+        lr, b1, b2 = self.hyper("learning_rate"), self.hyper("beta_1"), self.hyper("beta_2")
+        m = b1 * state["m"] + (1.0 - b1) * grad
+        v = b2 * state["v"] + (1.0 - b2) * F.square(grad)
+        alpha = lr * F.sqrt(1.0 - _pow(b2, step)) / (1.0 - _pow(b1, step))  # scalar: once per step
+        delta = alpha * m / (F.sqrt(v) + self.hyper("epsilon"))
+        return _apply(param, delta, _decay(self, param, lr)), {"m": m, "v": v}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter); Keras' default decay 0.004."""
+
+    def __init__(self, learning_rate: float = 0.001, weight_decay: float = 0.004, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7, global_clipnorm: float | None = None):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay, global_clipnorm)
+
+
+class RMSprop(Optimizer):
+    """RMSprop with optional momentum and centering (Keras' formulation)."""
+
+    def __init__(self, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
+                 epsilon: float = 1e-7, centered: bool = False, weight_decay: float = 0.0,
+                 global_clipnorm: float | None = None):
+        super().__init__(global_clipnorm, learning_rate=learning_rate, rho=rho, momentum=momentum,
+                         epsilon=epsilon, weight_decay=weight_decay)
+        self.centered = bool(centered)
+
+    def state_spec(self, param):
+        spec = {"velocity": "zeros"}
+        if self.centered:
+            spec["average_grad"] = "zeros"
+        if self._hyper["momentum"] != 0.0:
+            spec["momentum"] = "zeros"
+        return spec
+
+    def update(self, param, grad, state, step):
+        lr, rho = self.hyper("learning_rate"), self.hyper("rho")
+        new = {"velocity": rho * state["velocity"] + (1.0 - rho) * F.square(grad)}
+        denom = new["velocity"] + self.hyper("epsilon")
+        if self.centered:
+            new["average_grad"] = rho * state["average_grad"] + (1.0 - rho) * grad
+            denom = denom - F.square(new["average_grad"])
+        inc = lr * grad / F.sqrt(denom)
+        if "momentum" in state:
+            new["momentum"] = self.hyper("momentum") * state["momentum"] + inc
+            inc = new["momentum"]
+        return _apply(param, inc, _decay(self, param, lr)), new
+
+
+class Adagrad(Optimizer):
+    """Adagrad: per-coordinate step sizes from the running sum of squared gradients."""
+
+    def __init__(self, learning_rate: float = 0.001, initial_accumulator_value: float = 0.1,
+                 epsilon: float = 1e-7, weight_decay: float = 0.0, global_clipnorm: float | None = None):
+        super().__init__(global_clipnorm, learning_rate=learning_rate, epsilon=epsilon,
+                         weight_decay=weight_decay)
+        self.initial_accumulator_value = float(initial_accumulator_value)
+
+    def state_spec(self, param):
+        return {"accumulator": self.initial_accumulator_value}
+
+    def update(self, param, grad, state, step):
+        lr = self.hyper("learning_rate")
+        acc = state["accumulator"] + F.square(grad)
+        return _apply(param, lr * grad / F.sqrt(acc + self.hyper("epsilon")), _decay(self, param, lr)), {"accumulator": acc}
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023): the sign of an interpolated momentum, with decoupled decay."""
+
+    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.99,
+                 weight_decay: float = 0.0, global_clipnorm: float | None = None):
+        super().__init__(global_clipnorm, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         weight_decay=weight_decay)
+
+    def state_spec(self, param):
+        return {"m": "zeros"}
+
+    def update(self, param, grad, state, step):
+        lr, b1, b2 = self.hyper("learning_rate"), self.hyper("beta_1"), self.hyper("beta_2")
+        c = b1 * state["m"] + (1.0 - b1) * grad
+        m = b2 * state["m"] + (1.0 - b2) * grad
+        return _apply(param, lr * F.sign(c), _decay(self, param, lr)), {"m": m}

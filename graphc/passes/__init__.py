@@ -1,0 +1,1 @@
+"""Graph -> Graph passes, each pure and testable alone."""

@@ -1,0 +1,321 @@
+"""The runtime: the parameter/state store and the compiled callables users hold.
+
+Parameters and optimizer state live in one flat arena per dtype (a ``Store``), so a native
+step takes a handful of arguments, and every batch-size specialization of a step, and any
+inference function compiled to share its weights, reads the same memory.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .errors import FeedError, GraphcError
+from .feeds import check_feeds
+from .initializers import init_value
+from .ir import Node, fmt_shape
+from .optim.base import HYPER_PREFIX, Optimizer
+from .training import Program
+
+_ALIGN = 64  # bytes: each tensor starts on a cache line
+
+
+class Store:
+    """Named persistent tensors (params and state) packed into one arena per dtype."""
+
+    def __init__(self, nodes: list[Node], seed: int = 0, initial: Mapping[str, np.ndarray] | None = None):
+        self.seed = seed
+        self.layout: dict[str, tuple[np.dtype, int, tuple]] = {}  # name -> (dtype, offset, shape)
+        self.kinds: dict[str, str] = {}
+        self.arenas: dict[np.dtype, np.ndarray] = {}
+        self._add(nodes, initial or {})
+
+    def _add(self, nodes, initial):
+        sizes: dict[np.dtype, int] = {dt: a.size for dt, a in self.arenas.items()}
+        new = []
+        for n in nodes:
+            if n.name in self.layout:
+                dt, _, shape = self.layout[n.name]
+                if dt != n.dtype or shape != n.shape:
+                    raise GraphcError(f"{n.op} {n.name!r}: declared as {fmt_shape(n.shape)} {n.dtype} "
+                                      f"but the shared store holds {fmt_shape(shape)} {dt}")
+                continue
+            dt = n.dtype
+            align = max(1, _ALIGN // dt.itemsize)
+            off = -(-sizes.get(dt, 0) // align) * align
+            size = int(np.prod(n.shape, dtype=np.int64))
+            self.layout[n.name] = (dt, off, n.shape)
+            self.kinds[n.name] = n.op
+            sizes[dt] = off + max(size, 1)
+            new.append(n)
+        for dt, total in sizes.items():
+            old = self.arenas.get(dt)
+            if old is None or old.size < total:
+                arena = np.zeros(-(-total // 16) * 16, dtype=dt)
+                if old is not None:
+                    arena[:old.size] = old
+                self.arenas[dt] = arena
+        for n in new:
+            v = initial.get(n.name)
+            self.view(n.name)[...] = init_value(n, self.seed) if v is None else np.asarray(v, dtype=n.dtype).reshape(n.shape)
+
+    def ensure(self, nodes: list[Node]) -> None:
+        """Add (and initialize) any of ``nodes`` not yet in the store.
+
+        Growing an arena reallocates it; compiled programs look arenas up at each call.
+        """
+        self._add(nodes, {})
+
+    def view(self, name: str) -> np.ndarray:
+        dt, off, shape = self.layout[name]
+        size = int(np.prod(shape, dtype=np.int64))
+        return self.arenas[dt][off:off + size].reshape(shape)
+
+    def names(self, kind: str | None = None) -> list[str]:
+        return [k for k in self.layout if kind is None or self.kinds[k] == kind]
+
+
+def _flatten(outputs) -> tuple[dict[str, Node], Callable[[dict], Any]]:
+    """Outputs given as a tensor, a list/tuple or a dict -> named nodes + a function that
+    rebuilds the same structure from {name: array}."""
+    if isinstance(outputs, Node):
+        return {"out": outputs}, lambda d: d["out"]
+    if isinstance(outputs, (list, tuple)):
+        names = [f"out{i}" for i in range(len(outputs))]
+        kind = type(outputs)
+        for o in outputs:
+            if not isinstance(o, Node):
+                raise TypeError(f"compile: outputs must be graphc tensors, got {o!r}")
+        return dict(zip(names, outputs)), lambda d: kind(d[n] for n in names)
+    if isinstance(outputs, Mapping):
+        for k, o in outputs.items():
+            if not isinstance(o, Node):
+                raise TypeError(f"compile: output {k!r} is not a graphc tensor: {o!r}")
+        return {str(k): v for k, v in outputs.items()}, lambda d: {k: d[str(k)] for k in outputs}
+    raise TypeError(f"compile: outputs must be a tensor, a list/tuple or a dict of tensors, got {type(outputs).__name__}")
+
+
+class NumpyProgram:
+    """The "numpy" target: the reference interpreter behind the compiled-call interface."""
+
+    target = "numpy"
+
+    def __init__(self, program: Program, batch: int | None):
+        self.program = program
+        self.batch = batch
+
+    def run(self, feeds: Mapping[str, np.ndarray], store: Store) -> list[np.ndarray]:
+        from .interpret import evaluate
+
+        g = self.program.graph
+        values = {n.name: store.view(n.name) for n in self.program.sources}
+        outs = evaluate(g.outputs, feeds, values)
+        k = len(self.program.user_names)
+        for name, v in zip(self.program.updates, outs[k:]):
+            np.copyto(store.view(name), v)
+        return [np.array(v) for v in outs[:k]]
+
+    def describe(self) -> str:
+        return self.program.graph.dump()
+
+
+class _Compiled:
+    """What CompiledStep (training) and Function (inference) share: feeds, store, programs."""
+
+    def __init__(self, program: Program, target: str, store: Store, optimizer: Optimizer | None,
+                 options: dict):
+        self._program = program
+        self.target = target
+        self._store = store
+        self.optimizer = optimizer
+        self._options = options
+        self._programs: dict[int | None, Any] = {}
+        self._inputs = [n for n in program.graph.inputs if not n.name.startswith(HYPER_PREFIX)]
+        self._hypers = [n for n in program.graph.inputs if n.name.startswith(HYPER_PREFIX)]
+        self._label_checks = [(n.inputs[1], n.inputs[0].shape[1]) for n in program.graph.nodes
+                              if n.op in ("softmax_cross_entropy", "sce_grad") and n.inputs[1].op == "input"]
+
+    # ---- calling ----------------------------------------------------------------------------
+    def _feeds(self, feeds: Mapping[str, Any]) -> tuple[dict, int | None]:
+        arrays, batch = check_feeds(self._inputs, feeds, what=f"{type(self).__name__} call")
+        for lab, classes in self._label_checks:
+            a = arrays.get(lab.name)
+            if a is not None and a.size and (a.min() < 0 or a.max() >= classes):
+                raise FeedError(f"input {lab.name!r}: class labels must lie in [0, {classes}), got values in "
+                                f"[{a.min()}, {a.max()}] (labels feed softmax_cross_entropy)")
+        if self.optimizer is not None:
+            hp = self.optimizer.hyperparameters
+            for n in self._hypers:
+                arrays[n.name] = np.asarray(hp[n.name[len(HYPER_PREFIX):]], dtype=n.dtype)
+        return arrays, batch
+
+    def program_for(self, batch: int | None):
+        """The executable specialized to ``batch`` (built on first use, then cached)."""
+        prog = self._programs.get(batch)
+        if prog is None:
+            if self.target == "numpy":
+                prog = NumpyProgram(self._program, batch)
+            else:
+                from .compiler import build_native
+                prog = build_native(self._program, batch, self.target, self._store, self._options)
+            self._programs[batch] = prog
+        return prog
+
+    def _run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        arrays, batch = self._feeds(feeds)
+        prog = self.program_for(batch)
+        outs = prog.run(arrays, self._store)
+        return dict(zip(self._program.user_names, outs))
+
+    # ---- parameters and state -----------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Copies of the current parameter values, by name."""
+        return {k: self._store.view(k).copy() for k in self._store.names("param")}
+
+    def set_params(self, values: Mapping[str, np.ndarray]) -> None:
+        """Overwrite some parameters (validated first: nothing is written if any is wrong)."""
+        self._load({"params": values}, partial=True)
+
+    def state_dict(self) -> dict:
+        """Copies of params, optimizer state (incl. the step counter) and hyper-parameters."""
+        d = {"params": self.params,
+             "state": {k: self._store.view(k).copy() for k in self._store.names("state")}}
+        if self.optimizer is not None:
+            d["hyper"] = self.optimizer.hyperparameters
+        return d
+
+    def load_state_dict(self, d: Mapping) -> None:
+        """Restore what ``state_dict`` returned (from any target). Every entry is checked
+        against the store before anything is written, so a bad dict changes nothing."""
+        self._load(d, partial=False)
+
+    def _load(self, d: Mapping, partial: bool) -> None:
+        pending = []
+        for section, kind in (("params", "param"), ("state", "state")):
+            given = dict(d.get(section, {}))
+            expected = set(self._store.names(kind))
+            unknown = sorted(set(given) - expected)
+            if unknown:
+                raise GraphcError(f"load_state_dict: unknown {section} {unknown}; expected {sorted(expected)}")
+            missing = sorted(expected - set(given))
+            if missing and not partial and (section == "params" or "state" in d):
+                raise GraphcError(f"load_state_dict: missing {section} {missing}")
+            for k, v in given.items():
+                dst = self._store.view(k)
+                a = np.asarray(v)
+                if a.shape != dst.shape:
+                    raise GraphcError(f"load_state_dict: {k!r} has shape {a.shape}, expected {dst.shape}")
+                if a.dtype.kind != dst.dtype.kind:
+                    raise GraphcError(f"load_state_dict: {k!r} has dtype {a.dtype}, expected {dst.dtype}")
+                if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                    raise GraphcError(f"load_state_dict: {k!r} holds NaN or infinity")
+                pending.append((dst, a))
+        for dst, a in pending:
+            dst[...] = a
+        if self.optimizer is not None and "hyper" in d:
+            for k, v in d["hyper"].items():
+                if k in self.optimizer.hyperparameters:
+                    setattr(self.optimizer, k, v)
+
+    def save(self, path: str) -> None:
+        """Write ``state_dict()`` to an .npz file atomically (temp file + rename)."""
+        save_npz_atomic(path, flatten_state(self.state_dict()))
+
+    def load(self, path: str) -> None:
+        with np.load(path) as z:
+            self.load_state_dict(unflatten_state({k: z[k] for k in z.files}))
+
+    # ---- inspection ----------------------------------------------------------------------
+    @property
+    def graph(self):
+        """The graph this callable computes (before specialization and passes)."""
+        return self._program.graph
+
+    def source(self, batch: int | None = None) -> str:
+        """The generated source (native targets) or the graph dump (numpy), for ``batch``."""
+        return self._any_program(batch).describe()
+
+    def kernels(self, batch: int | None = None) -> str:
+        prog = self._any_program(batch)
+        return prog.kernel_listing() if hasattr(prog, "kernel_listing") else prog.describe()
+
+    def _any_program(self, batch):
+        if batch is None and self._programs:
+            return next(iter(self._programs.values()))
+        if batch is None and any(None in n.shape for n in self._inputs):
+            raise GraphcError("source(): this graph has a batch dim; call it once or pass batch=N")
+        return self.program_for(batch)
+
+
+class CompiledStep(_Compiled):
+    """One training step (forward + backward + update) as one call: ``step(x=..., y=...)``
+    returns ``{'loss': ..., **extras}`` and updates params and optimizer state in place."""
+
+    def __call__(self, **feeds: Any) -> dict[str, np.ndarray]:
+        return self._run(feeds)
+
+    def __repr__(self) -> str:
+        return f"<CompiledStep target={self.target!r} optimizer={self.optimizer!r} params={self._store.names('param')}>"
+
+
+class Function(_Compiled):
+    """A forward-only compiled function: returns the outputs in the structure they were given."""
+
+    def __init__(self, program, target, store, options, rebuild):
+        super().__init__(program, target, store, None, options)
+        self._rebuild = rebuild
+
+    def __call__(self, **feeds: Any):
+        return self._rebuild(self._run(feeds))
+
+    def __repr__(self) -> str:
+        return f"<Function target={self.target!r} outputs={self._program.user_names}>"
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+def flatten_state(d: Mapping) -> dict[str, np.ndarray]:
+    out = {}
+    for section in ("params", "state"):
+        for k, v in d.get(section, {}).items():
+            out[f"{section}::{k}"] = np.asarray(v)
+    for k, v in d.get("hyper", {}).items():
+        out[f"hyper::{k}"] = np.asarray(v)
+    return out
+
+
+def unflatten_state(flat: Mapping[str, np.ndarray]) -> dict:
+    d: dict = {"params": {}, "state": {}, "hyper": {}}
+    for k, v in flat.items():
+        section, _, name = k.partition("::")
+        if section not in d:
+            raise GraphcError(f"checkpoint entry {k!r} is not graphc state")
+        d[section][name] = float(v) if section == "hyper" else v
+    if not d["state"]:
+        del d["state"]
+    return d
+
+
+def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """np.savez to a temp file in the same directory, fsync, then rename over ``path``:
+    a crash mid-save leaves the previous file intact."""
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -1,0 +1,108 @@
+"""The training graph: loss -> grad -> optimizer update, as one Graph.
+
+Its outputs are what the user asked to see (``loss`` first) followed by the new values of
+every parameter and state tensor; the runtime writes the latter back in place.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from . import dsl as F
+from .autodiff import grad
+from .errors import DTypeError, GraphcError, ShapeError
+from .ir import Graph, Node, topo_order
+from .optim.base import Optimizer
+
+STEP = "step"
+
+
+@dataclass
+class Program:
+    """What a compiled call computes: ``graph`` outputs = user outputs then store updates."""
+
+    graph: Graph
+    user_names: list[str]
+    updates: list[str]  # store names written, in output order after the user outputs
+
+    @property
+    def sources(self) -> list[Node]:
+        return [n for n in self.graph.nodes if n.op in ("param", "state")]
+
+
+def check_unique_names(nodes) -> None:
+    seen: dict[str, Node] = {}
+    for n in nodes:
+        if n.op not in ("param", "state", "input"):
+            continue
+        prev = seen.get(n.name)
+        if prev is not None and prev is not n:
+            raise GraphcError(f"two different {n.op}s are named {n.name!r}: {prev!r} (created at {prev.src}) "
+                              f"and {n!r} (created at {n.src}); names must be unique")
+        seen[n.name] = n
+
+
+def forward_program(outputs: Mapping[str, Node]) -> Program:
+    g = Graph(dict(outputs))
+    check_unique_names(g.nodes)
+    return Program(g, list(outputs), [])
+
+
+def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node] | None = None) -> Program:
+    """Build loss + gradients + the optimizer's updates as one Program."""
+    if not isinstance(loss, Node):
+        raise TypeError("compile: with an optimizer, the first argument must be the scalar loss tensor")
+    if loss.shape != ():
+        raise ShapeError(f"compile: the loss must be a scalar, got shape {loss.shape} (created at {loss.src})")
+    if loss.dtype.kind != "f":
+        raise DTypeError(f"compile: the loss must be floating point, got {loss.dtype}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"compile: optimizer must be a graphc.optim.Optimizer, got {optimizer!r}")
+    extra = dict(extra or {})
+    if "loss" in extra:
+        raise GraphcError("compile: 'loss' is always returned; choose another name for the extra output")
+    nodes = topo_order([loss, *extra.values()])
+    check_unique_names(nodes)
+    params = sorted((n for n in topo_order([loss]) if n.op == "param"), key=lambda n: n.name)
+    if not params:
+        raise GraphcError("compile: the loss depends on no param, so there is nothing to train")
+    optimizer._dtype = params[0].dtype
+    grads = grad(loss, params)
+    if optimizer.global_clipnorm is not None:
+        total = None
+        for g in grads:
+            s = F.sum(F.square(g))
+            total = s if total is None else total + F.cast(s, total.dtype)
+        c = optimizer.global_clipnorm
+        scale = c / F.maximum(F.sqrt(total), c)
+        grads = [g * F.cast(scale, g.dtype) for g in grads]
+
+    step = F.state(STEP, (), init="zeros", dtype="int64")
+    t_new = step + 1
+    t = F.cast(t_new, params[0].dtype)
+    outs: dict[str, Node] = {"loss": loss, **extra}
+    updates: list[tuple[str, Node]] = []
+    for p, g in zip(params, grads):
+        spec = optimizer.state_spec(p)
+        st = {}
+        for k, init in spec.items():
+            if isinstance(init, numbers.Number):
+                init = np.full(p.shape, init, dtype=p.dtype)
+            st[k] = F.state(f"{p.name}/{k}", p.shape, init=init, dtype=p.dtype)
+        new_p, new_st = optimizer.update(p, g, st, t)
+        if set(new_st) != set(st):
+            raise GraphcError(f"{type(optimizer).__name__}.update returned state {sorted(new_st)} "
+                              f"but state_spec declared {sorted(st)}")
+        for k, v in [(p.name, new_p)] + [(f"{p.name}/{k}", new_st[k]) for k in st]:
+            if not isinstance(v, Node) or v.shape != p.shape:
+                raise ShapeError(f"{type(optimizer).__name__}.update: new value of {k!r} has shape "
+                                 f"{getattr(v, 'shape', None)}, expected {p.shape}")
+            updates.append((k, F.cast(v, p.dtype)))
+    updates.append((STEP, t_new))
+    names = list(outs) + [f"update:{k}" for k, _ in updates]
+    g = Graph(list(outs.values()) + [v for _, v in updates], names)
+    check_unique_names(g.nodes)
+    return Program(g, list(outs), [k for k, _ in updates])
