@@ -1,1 +1,28 @@
-"""Graph -> Graph passes, each pure and testable alone."""
+"""Graph -> Graph passes, each pure and testable alone, run as an explicit named list."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..ir import Graph
+from .simplify import cse, dce, fold_constants, simplify
+from .specialize import specialize
+
+PIPELINE = {
+    "simplify": simplify,
+    "fold_constants": fold_constants,
+    "cse": cse,
+    "dce": dce,
+}
+
+
+def run_pipeline(graph: Graph, names: Sequence[str] | None = None) -> Graph:
+    """Run the named passes (all of PIPELINE, in order, by default) twice: folding can
+    expose new simplifications and vice versa."""
+    names = list(PIPELINE) if names is None else list(names)
+    for name in names:
+        if name not in PIPELINE:
+            raise ValueError(f"unknown pass {name!r}; available: {list(PIPELINE)}")
+    for _ in range(2):
+        for name in names:
+            graph = PIPELINE[name](graph)
+    return graph

@@ -1,0 +1,366 @@
+"""CPU code generation: one Python module of ``@njit(cache=True)`` kernels plus a driver.
+
+Kernels are shape-generic (loop extents are arguments), so identical kernels, e.g. the
+optimizer update of every parameter, are emitted and compiled once. The driver slices the
+arenas into buffers and calls the kernels in schedule order: a step is one native call.
+Every kernel line names the op it computes; every driver call names the graph nodes
+(``%id op @ file:line``) whose values each kernel variable holds.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir import Graph, Node, fmt_shape
+from ..schedule.fusion import Kernel, View
+from ..schedule.plan import Buffer, Plan
+from .expr import leaf_index, literal, node_expr, reduce_init, reduce_step
+
+PRANGE_MIN = 4096  # elements: below this a parallel loop costs more than it saves
+
+
+@dataclass
+class KernelInfo:
+    name: str  # k0, k1 ... in schedule order
+    function: str  # generated function (shared between identical kernels)
+    kind: str
+    shape: tuple
+    ops: list[str]
+    nodes: list[Node]
+    outputs: list[Node]
+    out_bytes: int
+    parallel: bool = False
+
+
+@dataclass
+class Module:
+    source: str
+    args: list[tuple[str, object]]  # driver arguments: ("store"|"scratch", dtype) or ("feed"|"scalar", name)
+    kernels: list[KernelInfo] = field(default_factory=list)
+    functions: int = 0
+
+
+def _dtname(dt) -> str:
+    return np.dtype(dt).name
+
+
+def _site(n: Node) -> str:
+    return f"%{n.id} {n.op} @ {n.src.rsplit('/', 1)[-1]}"
+
+
+class _Emitter:
+    def __init__(self, plan: Plan, graph: Graph, target: str, store_layout: dict):
+        self.plan = plan
+        self.graph = graph
+        self.parallel = target == "parallel"
+        self.layout = store_layout
+        self.functions: dict[str, str] = {}  # body hash -> function source
+        self.fn_names: dict[str, str] = {}
+        self.lines: list[str] = []
+        self.flat: dict[int, str] = {}  # id(node) -> driver expression of its flat 1-D buffer
+        self.args: list[tuple[str, object]] = []
+        self.infos: list[KernelInfo] = []
+
+    # ---- driver-side expressions -------------------------------------------------------------
+    def buf(self, n: Node) -> Buffer:
+        return self.plan.buffers[id(n)]
+
+    def flat_expr(self, n: Node) -> str:
+        """Driver expression of node n's storage as a flat 1-D array (bound once to a local)."""
+        e = self.flat.get(id(n))
+        if e is not None:
+            return e
+        b = self.buf(n)
+        size = b.size
+        if b.kind == "feed":
+            src = f"f_{self._feed_index[b.name]}.reshape(({size},))"
+        elif b.kind == "store":
+            _, off, _ = self.layout[b.name]
+            src = f"S_{_dtname(b.dtype)}[{off}:{off + size}]"
+        elif b.kind in ("scratch", "const"):
+            src = f"T_{_dtname(b.dtype)}[{b.offset}:{b.offset + size}]"
+        else:
+            raise AssertionError(b.kind)
+        name = f"b{n.id}"
+        self.lines.append(f"    {name} = {src}  # {_site(n)} {fmt_shape(n.shape)} {n.dtype} ({b.kind})")
+        self.flat[id(n)] = name
+        return name
+
+    def nd(self, n: Node, shape: tuple) -> str:
+        f = self.flat_expr(n)
+        return f if len(shape) == 1 else f"{f}.reshape({tuple(shape)!r})" if shape else f
+
+    def view_arg(self, v: View) -> str:
+        b = self.buf(v.base)
+        if b.kind == "literal":
+            return literal(b.value, b.dtype)
+        if v.size == 1:
+            if b.kind == "feed" and not v.base.shape:
+                return f"f_{self._feed_index[b.name]}"
+            return f"{self.flat_expr(v.base)}[0]"
+        e = self.nd(v.base, v.shape) if len(v.shape) > 1 else self.flat_expr(v.base)
+        if v.perm is not None:
+            e = f"{e}.T" if v.perm == (1, 0) else f"np.transpose({e}, {v.perm!r})"
+        return e
+
+    # ---- kernel functions ------------------------------------------------------------------------
+    def function(self, params: list[str], body: list[str], parallel: bool) -> str:
+        deco = "@njit(cache=True, nogil=True, parallel=True)" if parallel else "@njit(cache=True, nogil=True)"
+        text = "\n".join(body)
+        key = hashlib.sha1((deco + ",".join(params) + text).encode()).hexdigest()[:12]
+        name = f"kernel_{key}"
+        if key not in self.functions:
+            self.functions[key] = f"{deco}\ndef {name}({', '.join(params)}):\n{text}\n"
+        return name
+
+    def loop_kernel(self, k: Kernel) -> tuple[str, list[str], str, bool]:
+        """Emit a fused loop kernel; return (function, driver args, value map comment, parallel)."""
+        shape = tuple(k.shape)
+        used = {id(x) for n in k.prelude + k.nodes + k.reductions for x in n.inputs}
+        leaves = [(nid, v) for nid, v in k.leaves.items() if nid in used]  # not the GEMM-only operands
+        identity = all(v.size == 1 or v.is_identity_for(shape) for _, v in leaves)
+        reduce_all = all(set(r.attrs["axes"]) == set(range(len(shape))) for r in k.reductions)
+        flat = len(shape) != 1 and identity and reduce_all and shape != ()
+        lshape = (int(np.prod(shape)),) if flat else shape
+        r = len(lshape)
+        idx = [f"i{d}" for d in range(r)]
+        params, args, body, vmap = [], [], [], []
+        names: dict[int, str] = {}
+
+        def fresh(n: Node) -> str:
+            nm = f"v{len(names)}"
+            names[id(n)] = nm
+            vmap.append(f"{nm}={_site(n)}")
+            return nm
+
+        for d in range(r):
+            params.append(f"d{d}")
+            args.append(str(lshape[d]))
+        outs = [o for o in k.outputs if o not in k.reductions]
+        out_p = {}
+        for o in outs:
+            p = f"o{len(out_p)}"
+            out_p[id(o)] = p
+            params.append(p)
+            args.append(self.flat_expr(o) if (flat or r <= 1) else self.nd(o, shape))
+        red_p = {}
+        for red in k.reductions:
+            p = f"r{len(red_p)}"
+            red_p[id(red)] = p
+            params.append(p)
+            kshape = tuple(1 if i in red.attrs["axes"] else d for i, d in enumerate(shape))
+            args.append(self.flat_expr(red) if (flat or len(kshape) <= 1) else self.nd(red, kshape))
+        if k.matmul is not None:
+            mm = k.matmul
+            params += ["ma", "mb", "mo"]
+            args += [self.view_arg(k.leaves[id(mm.inputs[0])]) if id(mm.inputs[0]) in k.leaves else "?",
+                     self.view_arg(k.leaves[id(mm.inputs[1])]),
+                     self.nd(mm, mm.shape)]
+            body.append(f"    np.dot(ma, mb, mo)  # matmul prologue (BLAS)")
+            if flat:
+                params.append("mflat")
+                args.append(self.flat_expr(mm))
+        leaf_p = {}
+        for nid, v in leaves:
+            p = f"a{len(leaf_p)}"
+            leaf_p[nid] = (p, v)
+            b = self.buf(v.base)
+            if b.kind == "literal":
+                names[nid] = literal(b.value, b.dtype)
+                continue
+            params.append(p)
+            args.append(self.view_arg(v) if not (flat and v.size > 1) else self.flat_expr(v.base))
+
+        def load(x: Node) -> str:
+            if id(x) in names:
+                return names[id(x)]
+            if k.matmul is not None and x is k.matmul:
+                return "mflat[i0]" if flat else f"mo[{', '.join(idx)}]"
+            p, v = leaf_p[id(x)]
+            if v.size == 1:
+                return p
+            if flat:
+                return f"{p}[i0]"
+            return p + leaf_index(v.view_shape, lshape, idx)
+
+        # prelude: scalar values computed once
+        for n in k.prelude:
+            ops = [load(x) for x in n.inputs]
+            nm = fresh(n)
+            body.append(f"    {nm} = {node_expr(n, ops)}  # {n.op}")
+        # reductions: local accumulators when they reduce a suffix of the loop dims
+        axes_sets = {tuple(sorted(rd.attrs["axes"])) for rd in k.reductions}
+        suffix = None
+        if k.reductions and len(axes_sets) == 1:
+            ax = next(iter(axes_sets))
+            if flat:
+                suffix = 0
+            elif ax == tuple(range(r - len(ax), r)):
+                suffix = r - len(ax)
+        par = self.parallel and r >= 1 and int(np.prod(lshape)) >= PRANGE_MIN and (
+            not k.reductions or (suffix is not None and suffix >= 1))
+        indent = "    "
+        if k.reductions and suffix is None:
+            for rd in k.reductions:
+                body.append(f"{indent}{red_p[id(rd)]}.fill({reduce_init(rd.op, rd.dtype)})  # {rd.op} init")
+        inner_lines: list[str] = []
+        for d in range(r):
+            if suffix is not None and d == suffix:
+                for rd in k.reductions:
+                    body.append(f"{indent}acc_{red_p[id(rd)]} = {reduce_init(rd.op, rd.dtype)}  # {rd.op}")
+            rng = "prange" if (par and d == 0) else "range"
+            body.append(f"{indent}for {idx[d]} in {rng}(d{d}):")
+            indent += "    "
+        # per-element body
+        for n in k.nodes:
+            ops = [load(x) for x in n.inputs]
+            nm = fresh(n)
+            inner_lines.append(f"{indent}{nm} = {node_expr(n, ops)}  # {n.op}")
+        for rd in k.reductions:
+            v = load(rd.inputs[0])
+            if suffix is not None:
+                acc = f"acc_{red_p[id(rd)]}"
+                inner_lines.append(f"{indent}{acc} = {reduce_step(rd.op, acc, v)}  # {rd.op}")
+            else:
+                ridx = [("0" if i in rd.attrs["axes"] else idx[i]) for i in range(r)]
+                tgt = f"{red_p[id(rd)]}[{', '.join(ridx) if ridx else '0'}]"
+                inner_lines.append(f"{indent}{tgt} = {reduce_step(rd.op, tgt, v)}  # {rd.op}")
+        for o in outs:  # stores last: in-place outputs read their operand first
+            tgt = f"{out_p[id(o)]}[{', '.join(idx) if idx else '0'}]"
+            inner_lines.append(f"{indent}{tgt} = {names[id(o)]}  # store {o.op}")
+        body += inner_lines
+        if suffix is not None:
+            ind = "    " * (suffix + 1)
+            for rd in k.reductions:
+                p = red_p[id(rd)]
+                if flat or r == 0:
+                    body.append(f"{ind}{p}[0] = acc_{p}")
+                else:
+                    ridx = [idx[i] if i < suffix else "0" for i in range(r)]
+                    body.append(f"{ind}{p}[{', '.join(ridx)}] = acc_{p}")
+        if len(body) == 0 or all(line.strip().startswith("#") for line in body):
+            body.append("    pass")
+        fn = self.function(params, body, par)
+        return fn, args, " ".join(vmap), par
+
+    def matmul_kernel(self, k: Kernel):
+        mm = k.matmul
+        a, b = (k.leaves[id(x)] for x in mm.inputs)
+        fn = self.function(["ma", "mb", "mo"], ["    np.dot(ma, mb, mo)  # matmul (BLAS)"], False)
+        return fn, [self.view_arg(a), self.view_arg(b), self.nd(mm, mm.shape)], _site(mm), False
+
+    def sce_kernel(self, k: Kernel):
+        z, y = k.nodes[0].inputs
+        loss = next((n for n in k.nodes if n.op == "softmax_cross_entropy"), None)
+        grad = next((n for n in k.nodes if n.op == "sce_grad"), None)
+        dt = z.dtype
+        zero = literal(0, dt)
+        par = self.parallel and int(np.prod(z.shape)) >= PRANGE_MIN
+        rng = "prange" if par else "range"
+        body = [
+            "    n, c = z.shape",
+            f"    total = {literal(0, np.float64)}",
+            f"    inv = {literal(1, dt)} / n",
+            f"    for i in {rng}(n):",
+            "        m = z[i, 0]",
+            "        for j in range(1, c):",
+            "            m = z[i, j] if z[i, j] > m else m",
+            f"        s = {zero}",
+            "        for j in range(c):",
+            "            s += math.exp(z[i, j] - m)",
+            "        lse = math.log(s) + m",
+            "        lab = y[i]",
+        ]
+        if loss is not None:
+            body.append("        total += lse - z[i, lab]  # softmax_cross_entropy")
+        if grad is not None:
+            body += ["        for j in range(c):",
+                     "            g[i, j] = math.exp(z[i, j] - lse) * inv  # sce_grad",
+                     "        g[i, lab] -= inv"]
+        if loss is not None:
+            body.append("    out[0] = total / n")
+        params = ["z", "y"] + (["out"] if loss is not None else []) + (["g"] if grad is not None else [])
+        args = [self.view_arg(k.leaves[id(z)]), self.view_arg(k.leaves[id(y)])]
+        if loss is not None:
+            args.append(self.flat_expr(loss))
+        if grad is not None:
+            args.append(self.nd(grad, grad.shape))
+        fn = self.function(params, body, par)
+        return fn, args, " ".join(_site(n) for n in k.nodes), par
+
+    def copy_kernel(self, k: Kernel):
+        (n,) = k.nodes
+        (v,) = k.leaves.values()
+        shape = tuple(k.shape)
+        r = len(shape)
+        idx = [f"i{d}" for d in range(r)]
+        body = ["    t = 0"]
+        ind = "    "
+        for d in range(r):
+            body.append(f"{ind}for {idx[d]} in range(d{d}):")
+            ind += "    "
+        src = "a" if v.size == 1 else "a" + leaf_index(v.view_shape, shape, idx)
+        body += [f"{ind}o[t] = {src}  # {n.op} (copy)", f"{ind}t += 1"]
+        params = [f"d{d}" for d in range(r)] + ["o", "a"]
+        args = [str(d) for d in shape] + [self.flat_expr(n), self.view_arg(v)]
+        return self.function(params, body, False), args, _site(n), False
+
+    # ---- the driver ----------------------------------------------------------------------------
+    def emit(self, feeds: list[Node], store_dtypes: list, copies) -> Module:
+        self._feed_index = {n.name: i for i, n in enumerate(feeds)}
+        for dt in store_dtypes:
+            self.args.append(("store", np.dtype(dt)))
+        for dt in sorted(self.plan.arena_sizes, key=lambda d: np.dtype(d).name):
+            self.args.append(("scratch", np.dtype(dt)))
+        for n in feeds:
+            self.args.append(("scalar" if n.shape == () else "feed", n.name))
+        for k in self.plan.kernels:
+            if k.kind == "loop":
+                fn, args, vmap, par = self.loop_kernel(k)
+            elif k.kind == "matmul":
+                fn, args, vmap, par = self.matmul_kernel(k)
+            elif k.kind == "sce":
+                fn, args, vmap, par = self.sce_kernel(k)
+            elif k.kind == "copy":
+                fn, args, vmap, par = self.copy_kernel(k)
+            else:  # pragma: no cover
+                raise AssertionError(k.kind)
+            fused = [n.op for n in k.all_nodes]
+            self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
+                              f" -> {', '.join('%' + str(o.id) for o in k.outputs)}")
+            self.lines.append(f"    {fn}({', '.join(args)})  # {vmap}")
+            out_bytes = sum(int(np.prod(o.shape) if o.shape else 1) * o.dtype.itemsize for o in k.outputs)
+            self.infos.append(KernelInfo(k.name, fn, k.kind, tuple(k.shape), fused, k.all_nodes, k.outputs,
+                                         out_bytes, par))
+        for node, slot in copies:
+            dt, off, shape = self.layout[slot]
+            size = int(np.prod(shape)) if shape else 1
+            b = self.buf(node)
+            src = literal(b.value, b.dtype) if b.kind == "literal" else self.flat_expr(node)
+            self.lines.append(f"    S_{_dtname(dt)}[{off}:{off + size}] = {src}  # update {slot!r} <- {_site(node)}")
+        params = []
+        for kind, key in self.args:
+            if kind == "store":
+                params.append(f"S_{_dtname(key)}")
+            elif kind == "scratch":
+                params.append(f"T_{_dtname(key)}")
+            else:
+                params.append(f"f_{self._feed_index[key]}")
+        header = [
+            "# Generated by graphc. Do not edit: the file name is a hash of this text.",
+            "import math",
+            "import numpy as np",
+            "from numba import njit, prange",
+            "",
+        ]
+        funcs = "\n\n".join(self.functions.values())
+        driver = ["@njit(cache=True, nogil=True)", f"def step({', '.join(params)}):"] + (self.lines or ["    pass"])
+        source = "\n".join(header) + "\n" + funcs + "\n\n" + "\n".join(driver) + "\n"
+        return Module(source, self.args, self.infos, len(self.functions))
+
+
+def emit_module(plan: Plan, graph: Graph, target: str, store_layout: dict, feeds: list[Node],
+                store_dtypes: list) -> Module:
+    return _Emitter(plan, graph, target, store_layout).emit(feeds, store_dtypes, plan.copies)

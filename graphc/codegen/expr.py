@@ -1,0 +1,71 @@
+"""Scalar expression text shared by every backend: typed literals, op templates, leaf indexing."""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from ..ir import Node
+
+_FLOAT_LIT = re.compile(r"(?<![\w.])(\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(?![\w.])")
+
+
+def literal(value, dtype: np.dtype) -> str:
+    """A literal of ``dtype`` in generated code (float32 values are wrapped so the
+    arithmetic stays in float32)."""
+    dtype = np.dtype(dtype)
+    v = np.asarray(value).reshape(-1)[0]
+    if dtype.kind == "b":
+        return "True" if bool(v) else "False"
+    if dtype.kind in "iu":
+        return str(int(v))
+    f = float(v)
+    if math.isnan(f):
+        text = "np.nan"
+    elif math.isinf(f):
+        text = "np.inf" if f > 0 else "-np.inf"
+    else:
+        text = repr(f)
+    return text if dtype == np.float64 else f"np.{dtype.name}({text})"
+
+
+def typed(text: str, dtype: np.dtype) -> str:
+    """Wrap the float literals of a template's text in ``dtype`` (float32 stays float32)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or dtype == np.float64:
+        return text
+    return _FLOAT_LIT.sub(lambda m: f"np.{dtype.name}({m.group(1)})", text)
+
+
+def node_expr(n: Node, operands: list[str]) -> str:
+    """The scalar expression computing elementwise node ``n`` from operand expressions."""
+    tpl = n.opdef.template
+    attrs = {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in n.attrs.items()}
+    if n.op == "cast":
+        attrs["cast"] = f"np.{n.dtype.name}"
+    text = tpl.format(*operands, **attrs)
+    # literals are typed by the dtype the op computes in (its operands' for comparisons)
+    work = n.inputs[0].dtype if n.dtype.kind == "b" and n.inputs else n.dtype
+    return typed(text, work)
+
+
+def reduce_init(op: str, dtype: np.dtype) -> str:
+    if op == "sum":
+        return literal(0, dtype)
+    if dtype.kind == "f":
+        return literal(-np.inf, dtype)
+    return str(np.iinfo(dtype).min)
+
+
+def reduce_step(op: str, acc: str, v: str) -> str:
+    return f"{acc} + {v}" if op == "sum" else f"({acc} if {acc} >= {v} else {v})"
+
+
+def leaf_index(view_shape: tuple, loop_shape: tuple, idx: list[str]) -> str:
+    """Index text for a leaf whose (view) shape broadcasts against the loop shape."""
+    r, k = len(loop_shape), len(view_shape)
+    parts = []
+    for j, d in enumerate(view_shape):
+        parts.append("0" if d == 1 else idx[r - k + j])
+    return "[" + ", ".join(parts) + "]" if parts else "[0]"

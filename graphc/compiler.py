@@ -1,0 +1,175 @@
+"""The native pipeline: specialize -> passes -> fuse -> schedule/plan -> codegen -> load.
+
+``build_native`` turns a Program (training or forward) specialized to one batch size into a
+NativeProgram whose ``run`` is one call of the generated Numba driver.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .errors import CompileError
+from .ir import Graph, Node, fmt_shape
+from .passes import run_pipeline, specialize
+from .schedule.fusion import fuse
+from .schedule.plan import Plan, build_plan
+from .training import Program
+
+
+@dataclass
+class CompileStats:
+    passes_s: float = 0.0
+    codegen_s: float = 0.0
+    numba_s: float = 0.0  # first call: Numba compile or cache load
+    nodes_before: int = 0
+    nodes_after: int = 0
+
+
+def lower(program: Program, batch: int | None, passes=None) -> tuple[Graph, list, Plan]:
+    """Specialize, optimize, fuse and plan (everything but code generation)."""
+    g = specialize(program.graph, batch)
+    g = run_pipeline(g, passes)
+    kernels = fuse(g)
+    k = len(program.user_names)
+    updates = list(zip(g.outputs[k:], program.updates))
+    plan = build_plan(g, kernels, updates, keep=list(g.outputs[:k]))
+    return g, kernels, plan
+
+
+class NativeProgram:
+    """A generated module for one (program, batch size, target) and how to call it."""
+
+    def __init__(self, program: Program, batch: int | None, target: str, store, options: Mapping):
+        from .codegen.cache import write_module
+        from .codegen.cpu import emit_module
+
+        self.program, self.batch, self.target = program, batch, target
+        self.stats = CompileStats(nodes_before=len(program.graph))
+        t0 = time.perf_counter()
+        self.graph, _, self.plan = lower(program, batch, options.get("passes"))
+        self.stats.nodes_after = len(self.graph)
+        t1 = time.perf_counter()
+        store_dtypes = sorted({np.dtype(dt) for dt, _, _ in store.layout.values()}, key=lambda d: d.name)
+        feeds = sorted(self.graph.inputs, key=lambda n: n.name)
+        self.module = emit_module(self.plan, self.graph, target, store.layout, feeds, store_dtypes)
+        self.path = write_module(self.module.source)
+        self.stats.passes_s, self.stats.codegen_s = t1 - t0, time.perf_counter() - t1
+        self.scratch = {dt: np.zeros(max(n, 1), dtype=dt) for dt, n in self.plan.arena_sizes.items()}
+        for n in self.graph.nodes:
+            b = self.plan.buffers.get(id(n))
+            if b is not None and b.kind == "const":
+                self.scratch[b.dtype][b.offset:b.offset + b.size] = b.value.reshape(-1)
+        self._driver = None
+        self._compiled = False
+        k = len(program.user_names)
+        self._readers = [self._reader(n) for n in self.graph.outputs[:k]]
+
+    # ---- calling ---------------------------------------------------------------------------
+    def _reader(self, n: Node) -> Callable:
+        b = self.plan.buffers[id(n)]
+        if b.kind == "scratch":
+            arena, off, size, shape = self.scratch[b.dtype], b.offset, b.size, n.shape
+            return lambda feeds, store, before: arena[off:off + size].reshape(shape).copy()
+        if b.kind in ("literal", "const"):
+            v = np.array(b.value, dtype=n.dtype).reshape(n.shape)
+            return lambda feeds, store, before: v.copy()
+        if b.kind == "feed":
+            return lambda feeds, store, before: np.array(feeds[n.name])
+        if b.kind == "store":  # a param/state read as an output: its value before the update
+            return lambda feeds, store, before: before[n.name]
+        raise AssertionError(b.kind)
+
+    def _load(self, fresh: bool = False):
+        from .codegen.cache import load_module
+        mod = load_module(self.path, fresh=fresh)
+        self._driver = mod.step
+        self._module = mod
+        return mod
+
+    def run(self, feeds: Mapping[str, np.ndarray], store) -> list[np.ndarray]:
+        args = []
+        for kind, key in self.module.args:
+            if kind == "store":
+                args.append(store.arenas[key])
+            elif kind == "scratch":
+                args.append(self.scratch[key])
+            elif kind == "feed":
+                args.append(feeds[key])
+            else:
+                args.append(feeds[key][()])
+        before = {n.name: store.view(n.name).copy() for n in self.graph.outputs[:len(self._readers)]
+                  if n.op in ("param", "state")}
+        if not self._compiled:
+            self._first_call(args)
+        else:
+            self._driver(*args)
+        return [r(feeds, store, before) for r in self._readers]
+
+    def _first_call(self, args) -> None:
+        from .codegen.cache import clear_numba_cache
+        t0 = time.perf_counter()
+        for attempt in range(2):
+            try:
+                if self._driver is None or attempt:
+                    self._load(fresh=bool(attempt))
+                # compile explicitly before running: a compile failure leaves params untouched
+                self._driver.compile(tuple(_numba_typeof(a) for a in args))
+                break
+            except CompileError:
+                raise
+            except Exception as e:  # numba typing/lowering errors, or a corrupted cache entry
+                if attempt == 0 and clear_numba_cache(self.path):
+                    warnings.warn(f"graphc: Numba cache for {self.path} was unusable ({type(e).__name__}); "
+                                  f"recompiling", RuntimeWarning, stacklevel=4)
+                    continue
+                raise CompileError(f"Numba failed to compile the generated step {self.path}: "
+                                   f"{type(e).__name__}: {e}") from e
+        self.stats.numba_s = time.perf_counter() - t0
+        self._compiled = True
+        self._driver(*args)
+
+    # ---- inspection --------------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"# {self.path}\n" + self.module.source
+
+    def kernel_listing(self) -> str:
+        lines = [f"{len(self.module.kernels)} kernels ({self.module.functions} distinct functions) "
+                 f"from {self.stats.nodes_after} nodes; scratch peak {self.plan.peak_bytes} B "
+                 f"(without reuse {self.plan.no_reuse_bytes} B); target {self.target}, batch {self.batch}"]
+        for k in self.module.kernels:
+            par = " parallel" if k.parallel else ""
+            lines.append(f"  {k.name:<4} {k.kind:<7}{par} {fmt_shape(k.shape):<14} {k.function}  "
+                         f"[{', '.join(k.ops)}] -> {k.out_bytes} B")
+        return "\n".join(lines)
+
+    def cache_info(self) -> dict:
+        """Numba cache hits/misses of the driver and kernels (timing-free evidence of reuse)."""
+        hits = misses = 0
+        mod = self._module if self._driver is not None else None
+        if mod is None:
+            return {"hits": 0, "misses": 0}
+        for name in dir(mod):
+            f = getattr(mod, name)
+            st = getattr(f, "stats", None)
+            if st is not None and hasattr(st, "cache_hits"):
+                hits += sum(st.cache_hits.values())
+                misses += sum(st.cache_misses.values())
+        return {"hits": hits, "misses": misses}
+
+
+def _numba_typeof(a: Any):
+    from numba import typeof
+    return typeof(a)
+
+
+def build_native(program: Program, batch: int | None, target: str, store, options: Mapping) -> NativeProgram:
+    if target == "cuda":
+        from .codegen.cuda import CudaProgram
+        return CudaProgram(program, batch, store, options)
+    if target not in ("cpu", "parallel"):
+        raise CompileError(f"unknown native target {target!r}")
+    return NativeProgram(program, batch, target, store, options)

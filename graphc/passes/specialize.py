@@ -1,0 +1,38 @@
+"""specialize: substitute the concrete batch size for None, so every shape is known.
+
+Run first in the native pipeline: ``dim_size`` becomes a constant and ``broadcast_like``
+a ``broadcast_to`` of a fixed shape, so later passes and the backends never see None.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Node, make
+
+
+def specialize(graph: Graph, batch: int | None) -> Graph:
+    new: dict[int, Node] = {}
+
+    def fix(shape):
+        return tuple(batch if d is None else d for d in shape)
+
+    for n in graph.nodes:
+        ins = [new[id(x)] for x in n.inputs]
+        attrs = dict(n.attrs)
+        if n.op == "input":
+            attrs["shape"] = fix(attrs["shape"])
+        elif n.op == "reshape":
+            attrs["shape"] = fix(attrs["shape"])
+        elif n.op == "dim_size":
+            size = int(np.prod([ins[0].shape[a] for a in attrs["axes"]]))
+            new[id(n)] = make("const", (), {"value": np.asarray(size, dtype=attrs["dtype"])}, src=n.src)
+            continue
+        elif n.op == "broadcast_like":
+            x, ref = ins
+            new[id(n)] = x if x.shape == ref.shape else make("broadcast_to", (x,), {"shape": ref.shape}, src=n.src)
+            continue
+        new[id(n)] = make(n.op, ins, attrs, src=n.src)
+    out = Graph([new[id(o)] for o in graph.outputs], graph.names)
+    for n in out.nodes:
+        assert None not in n.shape, n
+    return out

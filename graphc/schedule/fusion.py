@@ -1,0 +1,271 @@
+"""Fusion: group the nodes of a specialized graph into kernels.
+
+Rules (each kernel is described target-independently; codegen/cpu.py and codegen/cuda.py
+emit from the same descriptions):
+
+- Elementwise nodes of one shape form one loop nest. A node joins its consumers' kernel
+  when all of its consumers are in that kernel; otherwise it is materialized.
+- Scalar elementwise nodes (hyper-parameter arithmetic, bias corrections) are recomputed
+  in the prelude of every kernel that needs them instead of being materialized.
+- A reduction joins the kernel that computes its operand (accumulated in the same loop).
+- A matmul whose only consumer is one elementwise kernel of its shape becomes that
+  kernel's prologue (bias-add and activation are its epilogue, run in place).
+- softmax_cross_entropy and its gradient on the same operands share one kernel.
+- Movement ops are views (reshape of contiguous data, transpose, broadcast) read by index;
+  a view that cannot be expressed that way gets a copy kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CompileError
+from ..ir import Graph, Node
+
+
+@dataclass(eq=False)
+class View:
+    """How a kernel reads ``base``'s storage: reshape to ``shape``, then transpose by
+    ``perm``; broadcasting is implied by size-1 dims against the loop."""
+
+    base: Node
+    shape: tuple
+    perm: tuple | None = None
+
+    @property
+    def view_shape(self) -> tuple:
+        return self.shape if self.perm is None else tuple(self.shape[p] for p in self.perm)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    def is_identity_for(self, shape: tuple) -> bool:
+        return self.perm is None and tuple(self.shape) == tuple(shape)
+
+
+@dataclass(eq=False)
+class Kernel:
+    kind: str  # "loop" (elementwise/reduction), "matmul", "sce", "copy"
+    shape: tuple = ()  # loop iteration shape
+    nodes: list = field(default_factory=list)  # computed per element of the loop, topo order
+    prelude: list = field(default_factory=list)  # scalar nodes computed once before the loop
+    reductions: list = field(default_factory=list)  # accumulated in the loop
+    outputs: list = field(default_factory=list)  # nodes this kernel materializes
+    matmul: Node | None = None  # prologue GEMM whose result the loop reads (in place)
+    leaves: dict = field(default_factory=dict)  # id(node) -> View of materialized storage
+    name: str = ""
+    index: int = -1
+
+    @property
+    def all_nodes(self) -> list:
+        head = [self.matmul] if self.matmul is not None else []
+        return head + self.prelude + self.nodes + self.reductions
+
+    def reads(self) -> list[Node]:
+        """Materialized nodes this kernel reads (each once)."""
+        return list({id(v.base): v.base for v in self.leaves.values()}.values())
+
+
+def contiguous_strides(shape):
+    st, acc = [], 1
+    for d in reversed(shape):
+        st.append(acc)
+        acc *= d
+    return tuple(reversed(st))
+
+
+class Fuser:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.users = graph.consumers()
+        self.is_output = {id(o) for o in graph.outputs}
+        self.group: dict[int, Kernel] = {}  # id(node) -> kernel computing it
+        self.kernels: list[Kernel] = []
+        self.views: dict[int, View | None] = {}
+
+    # ---- views ---------------------------------------------------------------------------
+    def try_view(self, n: Node) -> View | None:
+        """The view through which ``n`` reads the storage of a materialized base (itself,
+        unless ``n`` is a movement op), or None when that is not a strided view."""
+        if n.opdef.kind != "movement" or id(n) in self._force_copy:
+            return View(n, n.shape)
+        src = self.view_of(n.inputs[0])
+        x = n.inputs[0]
+        if n.op == "reshape":
+            if src.perm is None and src.size == (int(np.prod(x.shape)) if x.shape else 1):
+                return View(src.base, n.shape)
+            return None
+        if n.op == "transpose":
+            axes = tuple(n.attrs["axes"])
+            return View(src.base, src.shape, axes if src.perm is None else tuple(src.perm[a] for a in axes))
+        if n.op == "broadcast_to":
+            pad = len(n.shape) - len(src.shape)
+            perm = None if src.perm is None else tuple(range(pad)) + tuple(p + pad for p in src.perm)
+            return View(src.base, (1,) * pad + tuple(src.shape), perm)
+        return None
+
+    def view_of(self, n: Node) -> View:
+        """As try_view, but a movement node that is no view gets a copy kernel (and is then
+        its own base)."""
+        v = self.views.get(id(n))
+        if v is None:
+            v = self.try_view(n)
+            if v is None:
+                self._force_copy.add(id(n))
+                v = View(n, n.shape)
+            self.views[id(n)] = v
+        return v
+
+    # ---- grouping ------------------------------------------------------------------------
+    def run(self) -> list[Kernel]:
+        self._force_copy: set[int] = set()
+        nodes = self.g.nodes
+        # movement nodes that are outputs are materialized by copy kernels
+        for n in nodes:
+            if n.opdef.kind == "movement" and id(n) in self.is_output:
+                self._force_copy.add(id(n))
+                self.views[id(n)] = View(n, n.shape)
+        for n in reversed(nodes):
+            kind = n.opdef.kind
+            if kind == "source":
+                continue
+            if kind == "movement":
+                if id(n) in self._force_copy:
+                    self._new(Kernel("copy", n.shape, nodes=[n], outputs=[n]), n)
+                continue
+            if kind == "elementwise":
+                self._place_elementwise(n)
+            elif kind == "reduction":
+                k = self._new(Kernel("loop", n.inputs[0].shape, reductions=[n], outputs=[n]), n)
+            elif kind == "matmul":
+                self._place_matmul(n)
+            elif n.op in ("softmax_cross_entropy", "sce_grad"):
+                self._place_sce(n)
+            else:
+                raise CompileError(f"no native emitter for op {n.op!r} (node created at {n.src})")
+        # scalar prelude nodes (recomputed per kernel) are placed after groups are known
+        order = {id(n): i for i, n in enumerate(nodes)}
+        for k in self.kernels:
+            self._collect_prelude(k, order)
+            for lst in (k.prelude, k.nodes, k.reductions):
+                lst.sort(key=lambda n: order[id(n)])
+            k.outputs = sorted(dict.fromkeys(k.outputs), key=lambda n: order[id(n)])
+            self._collect_leaves(k)
+        return self.kernels
+
+    def _new(self, k: Kernel, n: Node) -> Kernel:
+        self.kernels.append(k)
+        self.group[id(n)] = k
+        return k
+
+    def _users(self, n: Node) -> list[Node]:
+        return self.users[id(n)]
+
+    def _is_scalar_ew(self, n: Node) -> bool:
+        return n.opdef.kind == "elementwise" and n.shape == ()
+
+    def _place_elementwise(self, n: Node) -> None:
+        users = self._users(n)
+        is_out = id(n) in self.is_output
+        if self._is_scalar_ew(n) and not is_out and users and all(
+                u.opdef.kind in ("elementwise",) or self._is_scalar_ew(u) for u in users):
+            return  # inlined into the prelude of each consumer kernel (see _collect_prelude)
+        groups = {id(self.group.get(id(u))): self.group.get(id(u)) for u in users}
+        if len(groups) == 1:
+            k = next(iter(groups.values()))
+            if k is not None and k.kind == "loop" and tuple(k.shape) == tuple(n.shape):
+                if all(self.group.get(id(u)) is k and (u.opdef.kind == "elementwise" or u in k.reductions)
+                       for u in users):
+                    k.nodes.append(n)
+                    self.group[id(n)] = k
+                    if is_out:
+                        k.outputs.append(n)
+                    return
+        k = self._new(Kernel("loop", n.shape, nodes=[n], outputs=[n]), n)
+        # reductions of n that sit alone in their own kernel join this loop
+        for u in users:
+            r = self.group.get(id(u))
+            if (r is not None and r is not k and u.opdef.kind == "reduction" and r.reductions == [u]
+                    and not r.nodes and r.matmul is None and tuple(r.shape) == tuple(n.shape)):
+                k.reductions.append(u)
+                k.outputs.append(u)
+                self.group[id(u)] = k
+                self.kernels.remove(r)
+
+    def _place_matmul(self, n: Node) -> None:
+        for x in n.inputs:
+            v = self.view_of(x)
+            if v.view_shape != x.shape or (v.perm not in (None, (1, 0))) or len(v.shape) != 2:
+                # broadcast or oddly strided operand: BLAS needs it materialized
+                self._force_copy.add(id(x))
+                self.views[id(x)] = View(x, x.shape)
+        users = self._users(n)
+        ks = {id(self.group.get(id(u))): self.group.get(id(u)) for u in users}
+        if len(ks) == 1 and id(n) not in self.is_output:
+            k = next(iter(ks.values()))
+            if (k is not None and k.kind == "loop" and k.matmul is None and tuple(k.shape) == tuple(n.shape)
+                    and all(u in k.nodes for u in users)):
+                k.matmul = n
+                self.group[id(n)] = k
+                return
+        self._new(Kernel("matmul", n.shape, matmul=n, outputs=[n]), n)
+
+    def _place_sce(self, n: Node) -> None:
+        for k in self.kernels:
+            if k.kind == "sce" and k.nodes[0].inputs == n.inputs:
+                k.nodes.append(n)
+                k.outputs.append(n)
+                self.group[id(n)] = k
+                return
+        self._new(Kernel("sce", n.inputs[0].shape, nodes=[n], outputs=[n]), n)
+
+    def _collect_prelude(self, k: Kernel, order) -> None:
+        """Pull the inlined scalar elementwise ancestors of k's nodes into its prelude."""
+        seen: set[int] = set()
+        stack = [x for n in k.all_nodes for x in n.inputs]
+        while stack:
+            x = stack.pop()
+            if id(x) in seen or id(x) in self.group or x.opdef.kind != "elementwise":
+                continue
+            seen.add(id(x))
+            k.prelude.append(x)
+            stack.extend(x.inputs)
+
+    def _collect_leaves(self, k: Kernel) -> None:
+        inside = {id(n) for n in k.all_nodes}
+        if k.kind == "copy":
+            (n,) = k.nodes
+            x = n.inputs[0]
+            if n.op == "reshape":
+                k.shape = x.shape
+                k.leaves[id(x)] = self.view_of(x)
+            else:
+                self._force_copy.discard(id(n))
+                k.leaves[id(n)] = self.try_view(n)
+                self._force_copy.add(id(n))
+            return
+        else:
+            srcs = [x for n in k.all_nodes for x in n.inputs if id(x) not in inside]
+        for x in srcs:
+            if id(x) not in k.leaves:
+                k.leaves[id(x)] = self.view_of(x)
+
+
+def fuse(graph: Graph) -> list[Kernel]:
+    """Group a specialized graph's nodes into kernels (unordered; see schedule.plan)."""
+    f = Fuser(graph)
+    kernels = f.run()
+    # copy kernels created lazily by view resolution (movement chains that are not views)
+    pending = [nid for nid in f._force_copy if nid not in f.group]
+    by_id = {id(n): n for n in graph.nodes}
+    while pending:
+        for nid in pending:
+            n = by_id[nid]
+            k = Kernel("copy", n.shape, nodes=[n], outputs=[n])
+            f.kernels.append(k)
+            f.group[nid] = k
+            f._collect_leaves(k)
+        pending = [nid for nid in f._force_copy if nid not in f.group]
+    return f.kernels
