@@ -1,0 +1,1 @@
+"""Code generation backends (cpu/parallel Numba, CUDA) and the module cache."""

@@ -1,0 +1,1 @@
+"""Fusion into kernels and the schedule/buffer plan."""
