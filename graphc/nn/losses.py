@@ -1,0 +1,219 @@
+"""Losses by name (Keras' names) or object, built as DSL graphs.
+
+Each loss knows what labels it takes (``prepare`` checks and converts ``y`` before any
+training starts, naming the argument in its errors) and builds a scalar loss node from the
+labels, the model's output and the output layer's pre-activation ``(pre, activation)``.
+
+``from_logits``: as in Keras, ``from_logits=True`` means the model's output is logits.
+With ``from_logits=False`` and an output layer ending in ``softmax`` (categorical losses)
+or ``sigmoid`` (binary cross-entropy), the loss is computed from the pre-activation logits,
+which is numerically stable and what Keras effectively does; for other outputs the
+probabilities are clipped to ``[eps, 1-eps]`` first.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from .. import dsl as F
+
+EPSILON = 1e-7
+
+
+def _as_array(y, arg: str) -> np.ndarray:
+    try:
+        a = np.asarray(y)
+    except Exception as e:  # pragma: no cover - exotic objects
+        raise ValueError(f"{arg}: could not be read as an array ({e})") from None
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise ValueError(f"{arg}: labels must be numeric, got dtype {a.dtype}")
+    if a.ndim == 0:
+        raise ValueError(f"{arg}: expected one label per sample, got a scalar")
+    return a
+
+
+def _match_output(y: np.ndarray, out_shape: tuple, arg: str, loss_name: str) -> np.ndarray:
+    """Float labels with the output's per-sample shape; ``(n,)`` for a single output unit
+    becomes ``(n, 1)`` (Keras expands such labels too, instead of broadcasting)."""
+    if y.ndim == 1 and out_shape == (1,):
+        y = y[:, None]
+    if tuple(y.shape[1:]) != tuple(out_shape):
+        raise ValueError(f"{arg}: labels have per-sample shape {tuple(y.shape[1:])}, but the model's output is "
+                         f"{(None,) + tuple(out_shape)} (loss {loss_name!r})")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+class Loss:
+    """Base class: ``name``, ``prepare(y, out_shape, arg)``, ``label_spec(out_shape)``, ``build``."""
+
+    name = "loss"
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = bool(from_logits)
+
+    def label_spec(self, out_shape: tuple) -> tuple[tuple, str]:
+        return tuple(out_shape), "float32"
+
+    def prepare(self, y, out_shape: tuple, arg: str = "y") -> np.ndarray:
+        return _match_output(_as_array(y, arg), out_shape, arg, self.name)
+
+    def build(self, y, out, pre, act):
+        raise NotImplementedError
+
+    def __call__(self, y, out, pre=None, act="linear"):
+        return self.build(y, out, out if pre is None else pre, act if pre is not None else "linear")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(from_logits={self.from_logits})"
+
+
+class MeanSquaredError(Loss):
+    name = "mean_squared_error"
+
+    def build(self, y, out, pre, act):
+        return F.mse(out, y)
+
+
+class MeanAbsoluteError(Loss):
+    name = "mean_absolute_error"
+
+    def build(self, y, out, pre, act):
+        return F.mae(out, y)
+
+
+def _logits(loss: Loss, out, pre, act, want: str):
+    """The logits to compute a cross-entropy from, or None when the output is probabilities."""
+    if loss.from_logits:
+        if act == want:
+            warnings.warn(f"{loss.name} received from_logits=True, but the model's output comes from a {want} "
+                          "activation and so is not logits", stacklevel=4)
+        return out
+    return pre if act == want else None
+
+
+class BinaryCrossentropy(Loss):
+    name = "binary_crossentropy"
+
+    def prepare(self, y, out_shape, arg="y"):
+        y = super().prepare(y, out_shape, arg)
+        if y.size and (np.nanmin(y) < 0 or np.nanmax(y) > 1):
+            raise ValueError(f"{arg}: binary_crossentropy needs labels in [0, 1], got values in "
+                             f"[{np.nanmin(y):g}, {np.nanmax(y):g}]")
+        return y
+
+    def build(self, y, out, pre, act):
+        z = _logits(self, out, pre, act, "sigmoid")
+        if z is not None:
+            return F.binary_cross_entropy_with_logits(z, y)
+        p = F.clip(out, EPSILON, 1.0 - EPSILON)
+        return -F.mean(y * F.log(p) + (1.0 - y) * F.log(1.0 - p))
+
+
+def _categorical_from_probs(y_onehot, out):
+    p = out / F.sum(out, -1, keepdims=True)
+    p = F.clip(p, EPSILON, 1.0 - EPSILON)
+    return -F.mean(F.sum(y_onehot * F.log(p), -1))
+
+
+class CategoricalCrossentropy(Loss):
+    """Labels one-hot (or any distribution), shape ``(n, classes)``."""
+
+    name = "categorical_crossentropy"
+
+    def prepare(self, y, out_shape, arg="y"):
+        a = _as_array(y, arg)
+        if len(out_shape) == 1 and out_shape[0] > 1 and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+            raise ValueError(f"{arg}: categorical_crossentropy needs one-hot labels of shape (n, {out_shape[0]}), "
+                             f"got shape {a.shape} (class indices?); use loss='sparse_categorical_crossentropy' "
+                             "for integer labels")
+        y = _match_output(a, out_shape, arg, self.name)
+        if y.size and np.nanmin(y) < 0:
+            raise ValueError(f"{arg}: categorical_crossentropy needs non-negative (one-hot) labels")
+        return y
+
+    def build(self, y, out, pre, act):
+        z = _logits(self, out, pre, act, "softmax")
+        if z is not None:
+            return -F.mean(F.sum(y * F.log_softmax(z, -1), -1))
+        return _categorical_from_probs(y, out)
+
+
+class SparseCategoricalCrossentropy(Loss):
+    """Labels are integer class indices, shape ``(n,)`` (or ``(n, 1)``)."""
+
+    name = "sparse_categorical_crossentropy"
+
+    def label_spec(self, out_shape):
+        return (), "int64"
+
+    def prepare(self, y, out_shape, arg="y"):
+        a = _as_array(y, arg)
+        if len(out_shape) != 1:
+            raise ValueError(f"sparse_categorical_crossentropy needs a model output of shape (None, classes), "
+                             f"got {(None,) + tuple(out_shape)}")
+        classes = out_shape[0]
+        if a.ndim == 2 and a.shape[1] == 1:
+            a = a[:, 0]
+        if a.ndim != 1:
+            hint = (" (one-hot?); use loss='categorical_crossentropy' for one-hot labels"
+                    if a.ndim == 2 and a.shape[1] == classes else "")
+            raise ValueError(f"{arg}: sparse_categorical_crossentropy needs integer class indices of shape (n,), "
+                             f"got shape {a.shape}{hint}")
+        if a.dtype.kind == "f":
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"{arg}: class labels contain NaN or infinity")
+            if np.any(a != np.round(a)):
+                raise ValueError(f"{arg}: sparse_categorical_crossentropy needs integer class indices, got "
+                                 "non-integer floats (regression targets?)")
+        elif a.dtype.kind == "b":
+            a = a.astype(np.int64)
+        a = a.astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() >= classes):
+            raise ValueError(f"{arg}: class labels must lie in [0, {classes}) for a model with {classes} outputs, "
+                             f"got values in [{a.min()}, {a.max()}]")
+        return np.ascontiguousarray(a)
+
+    def build(self, y, out, pre, act):
+        z = _logits(self, out, pre, act, "softmax")
+        if z is not None:
+            return F.softmax_cross_entropy(z, y)
+        return _categorical_from_probs(F.one_hot(y, out.shape[-1], dtype=out.dtype), out)
+
+
+class LossFunctionWrapper(Loss):
+    """A user function ``fn(y_true, y_pred) -> tensor`` (scalar, or per-sample and averaged)."""
+
+    def __init__(self, fn: Callable, name: str | None = None):
+        super().__init__(False)
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "custom_loss")
+
+    def build(self, y, out, pre, act):
+        v = self.fn(y, out)
+        return v if v.shape == () else F.mean(v)
+
+
+_BY_NAME = {
+    "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+    "binary_crossentropy": BinaryCrossentropy, "bce": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+}
+
+
+def get(identifier) -> Loss:
+    """A Loss from a name, a Loss object or a function ``fn(y_true, y_pred)``."""
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, str):
+        cls = _BY_NAME.get(identifier.lower())
+        if cls is None:
+            raise ValueError(f"compile(loss=...): unknown loss {identifier!r}; choose from {sorted(_BY_NAME)}, "
+                             "a graphc.nn.losses.Loss or a function fn(y_true, y_pred)")
+        return cls()
+    if callable(identifier):
+        return LossFunctionWrapper(identifier)
+    raise ValueError(f"compile(loss=...): expected a loss name, a Loss or a function, got {identifier!r}")
