@@ -62,8 +62,9 @@ class Loss:
     def build(self, y, out, pre, act):
         raise NotImplementedError
 
-    def __call__(self, y, out, pre=None, act="linear"):
-        return self.build(y, out, out if pre is None else pre, act if pre is not None else "linear")
+    def __call__(self, y_true, y_pred):
+        """The loss of ``y_pred`` taken as the model's output (no activation to see through)."""
+        return self.build(y_true, y_pred, y_pred, "linear")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(from_logits={self.from_logits})"

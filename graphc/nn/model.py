@@ -662,11 +662,13 @@ class Sequential:
         lines = [f'Model: "{self.name}"', "_" * line_length,
                  " Layer (type)".ljust(cols[0]) + "Output Shape".ljust(cols[1]) + "Param #",
                  "=" * line_length]
-        for i, layer in enumerate(self.layers):
+        from .layers import InputLayer
+        shown = [l for l in self.layers if not isinstance(l, InputLayer)]  # Keras lists no InputLayer
+        for i, layer in enumerate(shown):
             desc = f" {layer.name} ({type(layer).__name__})"
             lines.append(desc.ljust(cols[0]) + str((None,) + layer.output_shape).ljust(cols[1])
                          + f"{layer.count_params():,}")
-            lines.append(("_" if i < len(self.layers) - 1 else "=") * line_length)
+            lines.append(("_" if i < len(shown) - 1 else "=") * line_length)
         total = self.count_params()
         lines += [f"Total params: {total:,}", f"Trainable params: {total:,}", "Non-trainable params: 0",
                   "_" * line_length]
