@@ -107,7 +107,9 @@ class _Emitter:
 
     # ---- kernel functions ------------------------------------------------------------------------
     def function(self, params: list[str], body: list[str], parallel: bool) -> str:
-        deco = "@njit(cache=True, nogil=True, parallel=True)" if parallel else "@njit(cache=True, nogil=True)"
+        # error_model="numpy": no Python zero-division checks, which would stop LLVM from vectorizing
+        opts = "cache=True, nogil=True, error_model='numpy'" + (", parallel=True" if parallel else "")
+        deco = f"@njit({opts})"
         text = "\n".join(body)
         key = hashlib.sha1((deco + ",".join(params) + text).encode()).hexdigest()[:12]
         name = f"kernel_{key}"
@@ -356,7 +358,7 @@ class _Emitter:
             "",
         ]
         funcs = "\n\n".join(self.functions.values())
-        driver = ["@njit(cache=True, nogil=True)", f"def step({', '.join(params)}):"] + (self.lines or ["    pass"])
+        driver = ["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"] + (self.lines or ["    pass"])
         source = "\n".join(header) + "\n" + funcs + "\n\n" + "\n".join(driver) + "\n"
         return Module(source, self.args, self.infos, len(self.functions))
 

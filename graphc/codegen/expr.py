@@ -44,10 +44,14 @@ def node_expr(n: Node, operands: list[str]) -> str:
     attrs = {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in n.attrs.items()}
     if n.op == "cast":
         attrs["cast"] = f"np.{n.dtype.name}"
-    text = tpl.format(*operands, **attrs)
-    # literals are typed by the dtype the op computes in (its operands' for comparisons)
+    # literals are typed by the dtype the op computes in (its operands' for comparisons);
+    # operands are typed already, so only the template's own text is rewritten
     work = n.inputs[0].dtype if n.dtype.kind == "b" and n.inputs else n.dtype
-    return typed(text, work)
+    marks = [f"__OPERAND{i}__" for i in range(len(operands))]
+    text = typed(tpl.format(*marks, **attrs), work)
+    for m, o in zip(marks, operands):
+        text = text.replace(m, o)
+    return text
 
 
 def reduce_init(op: str, dtype: np.dtype) -> str:
