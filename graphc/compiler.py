@@ -67,12 +67,16 @@ class NativeProgram:
         self._compiled = False
         k = len(program.user_names)
         self._readers = [self._reader(n) for n in self.graph.outputs[:k]]
+        self._source_outputs = [n for n in self.graph.outputs[:k] if n.op in ("param", "state")]
+        self._bound_version = None
 
     # ---- calling ---------------------------------------------------------------------------
     def _reader(self, n: Node) -> Callable:
         b = self.plan.buffers[id(n)]
         if b.kind == "scratch":
             arena, off, size, shape = self.scratch[b.dtype], b.offset, b.size, n.shape
+            if shape == ():
+                return lambda feeds, store, before: np.array(arena[off])
             return lambda feeds, store, before: arena[off:off + size].reshape(shape).copy()
         if b.kind in ("literal", "const"):
             v = np.array(b.value, dtype=n.dtype).reshape(n.shape)
@@ -90,23 +94,32 @@ class NativeProgram:
         self._module = mod
         return mod
 
-    def run(self, feeds: Mapping[str, np.ndarray], store) -> list[np.ndarray]:
-        args = []
+    def _bind(self, store) -> None:
+        """Precompute the arena arguments (re-bound if the store reallocates)."""
+        static = []
         for kind, key in self.module.args:
             if kind == "store":
-                args.append(store.arenas[key])
+                static.append(store.arenas[key])
             elif kind == "scratch":
-                args.append(self.scratch[key])
-            elif kind == "feed":
-                args.append(feeds[key])
-            else:
-                args.append(feeds[key][()])
-        before = {n.name: store.view(n.name).copy() for n in self.graph.outputs[:len(self._readers)]
-                  if n.op in ("param", "state")}
-        if not self._compiled:
-            self._first_call(args)
-        else:
-            self._driver(*args)
+                static.append(self.scratch[key])
+        self._static = static
+        self._feed_keys = [(key, kind == "scalar") for kind, key in self.module.args if kind in ("feed", "scalar")]
+        self._bound_version = (id(store), store.version)
+
+    def run(self, feeds: Mapping[str, np.ndarray], store) -> list[np.ndarray] | None:
+        """One native call; returns the user outputs, or None if the driver rejected the
+        feeds (labels out of range) before running any kernel."""
+        if self._bound_version != (id(store), store.version):
+            self._bind(store)
+        args = list(self._static)
+        for key, scalar in self._feed_keys:
+            v = feeds[key]
+            args.append(v[()] if scalar and isinstance(v, np.ndarray) else v)
+        before = ({n.name: store.view(n.name).copy() for n in self._source_outputs}
+                  if self._source_outputs else None)
+        status = self._first_call(args) if not self._compiled else self._driver(*args)
+        if status:
+            return None
         return [r(feeds, store, before) for r in self._readers]
 
     def _first_call(self, args) -> None:
@@ -130,7 +143,7 @@ class NativeProgram:
                                    f"{type(e).__name__}: {e}") from e
         self.stats.numba_s = time.perf_counter() - t0
         self._compiled = True
-        self._driver(*args)
+        return self._driver(*args)
 
     # ---- inspection --------------------------------------------------------------------------
     def describe(self) -> str:

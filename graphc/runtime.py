@@ -30,6 +30,7 @@ class Store:
         self.layout: dict[str, tuple[np.dtype, int, tuple]] = {}  # name -> (dtype, offset, shape)
         self.kinds: dict[str, str] = {}
         self.arenas: dict[np.dtype, np.ndarray] = {}
+        self.version = 0  # bumped when an arena is reallocated (programs re-bind their arguments)
         self._add(nodes, initial or {})
 
     def _add(self, nodes, initial):
@@ -57,6 +58,7 @@ class Store:
                 if old is not None:
                     arena[:old.size] = old
                 self.arenas[dt] = arena
+                self.version += 1
         for n in new:
             v = initial.get(n.name)
             self.view(n.name)[...] = init_value(n, self.seed) if v is None else np.asarray(v, dtype=n.dtype).reshape(n.shape)
@@ -136,8 +138,42 @@ class _Compiled:
         self._hypers = [n for n in program.graph.inputs if n.name.startswith(HYPER_PREFIX)]
         self._label_checks = [(n.inputs[1], n.inputs[0].shape[1]) for n in program.graph.nodes
                               if n.op in ("softmax_cross_entropy", "sce_grad") and n.inputs[1].op == "input"]
+        self._specs = [(n.name, n.dtype, n.shape) for n in self._inputs]
+        self._hyper_cache = None
 
     # ---- calling ----------------------------------------------------------------------------
+    def _fast_feeds(self, feeds: Mapping[str, Any]):
+        """The common case in a few attribute checks per input: exact dtype, C-contiguous,
+        right rank and fixed dims. Returns (arrays, batch) or None to take the full check."""
+        if len(feeds) != len(self._inputs):
+            return None
+        batch = None
+        arrays = {}
+        for name, dtype, shape in self._specs:
+            a = feeds.get(name)
+            if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous or a.ndim != len(shape):
+                return None
+            for d, g in zip(shape, a.shape):
+                if d is None:
+                    if batch is None:
+                        batch = g
+                    elif g != batch:
+                        return None
+                elif d != g:
+                    return None
+            arrays[name] = a
+        return arrays, batch
+
+    def _hyper_values(self) -> dict:
+        opt = self.optimizer
+        if opt is None:
+            return {}
+        if self._hyper_cache is None or self._hyper_cache[0] != opt._version:
+            hp = opt.hyperparameters
+            vals = {n.name: n.dtype.type(hp[n.name[len(HYPER_PREFIX):]]) for n in self._hypers}
+            self._hyper_cache = (opt._version, vals)
+        return self._hyper_cache[1]
+
     def _feeds(self, feeds: Mapping[str, Any]) -> tuple[dict, int | None]:
         arrays, batch = check_feeds(self._inputs, feeds, what=f"{type(self).__name__} call")
         for lab, classes in self._label_checks:
@@ -145,10 +181,7 @@ class _Compiled:
             if a is not None and a.size and (a.min() < 0 or a.max() >= classes):
                 raise FeedError(f"input {lab.name!r}: class labels must lie in [0, {classes}), got values in "
                                 f"[{a.min()}, {a.max()}] (labels feed softmax_cross_entropy)")
-        if self.optimizer is not None:
-            hp = self.optimizer.hyperparameters
-            for n in self._hypers:
-                arrays[n.name] = np.asarray(hp[n.name[len(HYPER_PREFIX):]], dtype=n.dtype)
+        arrays.update(self._hyper_values())
         return arrays, batch
 
     def program_for(self, batch: int | None):
@@ -164,9 +197,22 @@ class _Compiled:
         return prog
 
     def _run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        fast = self._fast_feeds(feeds) if self.target != "numpy" else None
+        if fast is not None:
+            arrays, batch = fast
+            prog = self._programs.get(batch)
+            if prog is not None:  # native: labels are range-checked by the driver before any kernel
+                arrays.update(self._hyper_values())
+                outs = prog.run(arrays, self._store)
+                if outs is None:
+                    self._feeds(feeds)  # raises the FeedError that explains the status
+                    raise FeedError("the compiled step rejected its feeds")  # pragma: no cover
+                return dict(zip(self._program.user_names, outs))
         arrays, batch = self._feeds(feeds)
         prog = self.program_for(batch)
         outs = prog.run(arrays, self._store)
+        if outs is None:  # pragma: no cover - _feeds checks labels first
+            raise FeedError("the compiled step rejected its feeds (class labels out of range)")
         return dict(zip(self._program.user_names, outs))
 
     # ---- parameters and state -----------------------------------------------------------------

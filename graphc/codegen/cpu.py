@@ -137,9 +137,6 @@ class _Emitter:
             vmap.append(f"{nm}={_site(n)}")
             return nm
 
-        for d in range(r):
-            params.append(f"d{d}")
-            args.append(str(lshape[d]))
         outs = [o for o in k.outputs if o not in k.reductions]
         out_p = {}
         for o in outs:
@@ -187,6 +184,22 @@ class _Emitter:
                 return f"{p}[i0]"
             return p + leaf_index(v.view_shape, lshape, idx)
 
+        # loop extents come from an argument's shape (a literal int would make Numba compile
+        # one specialization per size, defeating kernel sharing)
+        carrier = None
+        if r:
+            if outs:
+                carrier = out_p[id(outs[0])]
+            elif k.matmul is not None:
+                carrier = "mflat" if flat else "mo"
+            else:
+                carrier = next((p for p, v in leaf_p.values() if v.size > 1 and (flat or v.is_identity_for(shape))), None)
+        if carrier is not None:
+            body.append(f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = {carrier}.shape")
+        else:
+            for d in range(r):
+                params.insert(d, f"d{d}")
+                args.insert(d, str(lshape[d]))
         # prelude: scalar values computed once
         for n in k.prelude:
             ops = [load(x) for x in n.inputs]
@@ -318,6 +331,17 @@ class _Emitter:
             self.args.append(("scratch", np.dtype(dt)))
         for n in feeds:
             self.args.append(("scalar" if n.shape == () else "feed", n.name))
+        # class labels are range-checked before any kernel runs (an index out of range would
+        # read outside the logits); the driver returns 1 + the check's number
+        checks = {}
+        for n in self.graph.nodes:
+            if n.op in ("softmax_cross_entropy", "sce_grad") and n.inputs[1].op == "input":
+                checks[n.inputs[1].name] = n.inputs[0].shape[1]
+        for i, (name, classes) in enumerate(sorted(checks.items())):
+            f = f"f_{self._feed_index[name]}"
+            self.lines += [f"    for i in range({f}.shape[0]):  # labels {name!r} must lie in [0, {classes})",
+                           f"        if {f}[i] < 0 or {f}[i] >= {classes}:",
+                           f"            return {i + 1}"]
         for k in self.plan.kernels:
             if k.kind == "loop":
                 fn, args, vmap, par = self.loop_kernel(k)
@@ -358,7 +382,8 @@ class _Emitter:
             "",
         ]
         funcs = "\n\n".join(self.functions.values())
-        driver = ["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"] + (self.lines or ["    pass"])
+        driver = (["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"]
+                  + self.lines + ["    return 0"])
         source = "\n".join(header) + "\n" + funcs + "\n\n" + "\n".join(driver) + "\n"
         return Module(source, self.args, self.infos, len(self.functions))
 

@@ -38,6 +38,7 @@ class Optimizer:
         object.__setattr__(self, "_hyper", {k: float(v) for k, v in hyper.items()})
         object.__setattr__(self, "global_clipnorm", None if global_clipnorm is None else float(global_clipnorm))
         object.__setattr__(self, "_dtype", np.dtype("float32"))
+        object.__setattr__(self, "_version", 0)  # bumped on every hyper-parameter change
 
     # ---- hyper-parameters: attributes users may change between steps ---------------------
     def __getattr__(self, name: str) -> Any:
@@ -53,6 +54,7 @@ class Optimizer:
             name = "learning_rate"
         if name in self._hyper:
             self._hyper[name] = float(value)
+            object.__setattr__(self, "_version", self._version + 1)
         else:
             object.__setattr__(self, name, value)
 
