@@ -1,0 +1,27 @@
+"""Shared test setup.
+
+Numba compiles are slow (seconds each on 2 cores), so the whole test session shares ONE
+graphc cache directory: identical kernels/programs compiled by different tests (or by a
+previous run) are loaded instead of recompiled. It must be set before graphc compiles
+anything, hence at conftest import time, before any test module is collected.
+
+Override with GRAPHC_TEST_CACHE_DIR (e.g. a fresh directory to measure cold compiles).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+_default = os.path.join(tempfile.gettempdir(), f"graphc-test-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
+CACHE_DIR = os.environ.get("GRAPHC_TEST_CACHE_DIR") or _default
+os.makedirs(CACHE_DIR, exist_ok=True)
+os.environ["GRAPHC_CACHE_DIR"] = CACHE_DIR
+
+try:  # keep property tests short and deadline-free: every new graph is a Numba compile
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("graphc", deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("graphc")
+except ImportError:  # pragma: no cover
+    pass
