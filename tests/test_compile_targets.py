@@ -145,17 +145,19 @@ GRAPHS = [g_unary, g_binary_broadcast, g_reductions, g_linalg_movement, g_softma
           g_softmax_ce]
 
 
-@pytest.mark.parametrize("dt", ["float64", "float32"])
-@pytest.mark.parametrize("build", GRAPHS, ids=lambda f: f.__name__[2:])
-def test_hand_written_graph_cpu(build, dt):
+# every graph on "cpu" in float64; float32 and "parallel" on the graphs where they differ
+# most (precision of transcendental ops, reductions and GEMMs under prange). Each case is a
+# cold Numba compile of a few seconds, so the grid is deliberately not the full product.
+CASES = ([(g, "cpu", "float64") for g in GRAPHS]
+         + [(g, "cpu", "float32") for g in (g_unary, g_softmax_ce)]
+         + [(g, "parallel", "float32") for g in (g_reductions, g_linalg_movement, g_softmax, g_where_compare)])
+
+
+@pytest.mark.parametrize("build,target,dt", CASES,
+                         ids=[f"{g.__name__[2:]}-{t}-{d}" for g, t, d in CASES])
+def test_hand_written_graph(build, target, dt):
     outs, wrt = build(dt)
-    check_targets(outs, wrt, targets=("cpu",))
-
-
-@pytest.mark.parametrize("build", GRAPHS, ids=lambda f: f.__name__[2:])
-def test_hand_written_graph_parallel(build):
-    outs, wrt = build("float32")
-    check_targets(outs, wrt, targets=("parallel",))
+    check_targets(outs, wrt, targets=(target,))
 
 
 def test_parallel_large_loops_agree():
@@ -244,14 +246,14 @@ def random_graph(draw, dt):
     return outs, inputs
 
 
-@settings(max_examples=8, derandomize=True, deadline=None)
+@settings(max_examples=7, derandomize=True, deadline=None)
 @given(st.data())
 def test_random_graphs_cpu_float64(data):
     outs, wrt = data.draw(random_graph("float64"))
     check_targets(outs, wrt, targets=("cpu",))
 
 
-@settings(max_examples=5, derandomize=True, deadline=None)
+@settings(max_examples=4, derandomize=True, deadline=None)
 @given(st.data())
 def test_random_graphs_float32_both_targets(data):
     outs, wrt = data.draw(random_graph("float32"))
