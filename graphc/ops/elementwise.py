@@ -29,6 +29,8 @@ def _unary(name, np_fn, template, vjp, float_only=True, out_dtype=None, doc=""):
         (x,) = inputs
         if float_only and x.dtype.kind != "f":
             raise DTypeError(f"needs a floating-point operand, got {x.dtype}")
+        if x.dtype.kind == "b" and name != "stop_gradient":
+            raise DTypeError(f"arithmetic on booleans is not supported ({x.dtype}); cast first")
         return x.shape, (out_dtype or x.dtype)
 
     def evaluate(args, attrs, node):
