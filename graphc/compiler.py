@@ -185,4 +185,7 @@ def build_native(program: Program, batch: int | None, target: str, store, option
         return CudaProgram(program, batch, store, options)
     if target not in ("cpu", "parallel"):
         raise CompileError(f"unknown native target {target!r}")
+    if target == "parallel":
+        from .threads import prepare_parallel
+        prepare_parallel()
     return NativeProgram(program, batch, target, store, options)

@@ -18,7 +18,7 @@ from ..schedule.fusion import Kernel, View
 from ..schedule.plan import Buffer, Plan
 from .expr import leaf_index, literal, node_expr, reduce_init, reduce_step
 
-PRANGE_MIN = 4096  # elements: below this a parallel loop costs more than it saves
+PRANGE_MIN = 16384  # elements: below this waking the thread pool costs more than it saves
 
 
 @dataclass
