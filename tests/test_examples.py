@@ -1,0 +1,65 @@
+"""The user-facing scripts run end to end: examples/mlp.py trains and reports accuracies,
+benchmarks/bench_step.py's smoke run writes the JSON it documents.
+
+Both run as subprocesses (as a user runs them) with the suite's shared GRAPHC_CACHE_DIR
+(set by conftest.py), so after a first run they load cached programs instead of compiling.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(args, timeout=300):
+    env = dict(os.environ)  # carries GRAPHC_CACHE_DIR from conftest.py
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_mlp_example_trains_and_reports_accuracy():
+    pytest.importorskip("sklearn")
+    p = _run(["examples/mlp.py", "--epochs", "2"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    epochs = re.findall(r"epoch\s+\d+/2\s+loss ([\d.]+)\s+train acc ([\d.]+)\s+test acc ([\d.]+)", p.stdout)
+    assert len(epochs) == 2, p.stdout
+    losses = [float(e[0]) for e in epochs]
+    assert losses[1] < losses[0]
+    m = re.search(r"final test accuracy: ([\d.]+)", p.stdout)
+    assert m and 0.8 < float(m.group(1)) <= 1.0, p.stdout
+    assert "steps/second" in p.stdout
+
+
+def test_mlp_example_help():
+    p = _run(["examples/mlp.py", "--help"])
+    assert p.returncode == 0
+    for flag in ("--target", "--epochs", "--batch-size", "--hidden", "--lr", "--seed", "--check"):
+        assert flag in p.stdout
+
+
+def test_bench_step_quick_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    p = _run(["benchmarks/bench_step.py", "--quick", "--configs", "tiny", "--no-peers", "--out", str(out)])
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert {"meta", "configs", "notes", "compile", "table"} <= set(res)
+    assert {"numba_threads", "blas", "commit", "date"} <= set(res["meta"])
+    tiny = res["configs"]["tiny"]
+    assert {"contenders", "skipped", "graphc_cpu_x_blas_floor", "speedup_vs_eager_numpy", "parallel_over_cpu",
+            "peak_step_bytes", "eager_numpy_check"} <= set(tiny)
+    assert tiny["eager_numpy_check"]["ok"]
+    for name in ("graphc cpu", "graphc parallel", "eager NumPy", "graphc numpy", "BLAS floor"):
+        s = tiny["contenders"][name]
+        assert {"median_us", "iqr_us", "reps", "ratio_to_graphc_cpu", "x_blas_floor"} <= set(s)
+        assert s["median_us"] > 0
+    assert set(tiny["skipped"]) == {"torch eager", "torch.compile", "jax jit"}
+    assert {"cold", "warm"} <= set(res["compile"])
+    assert res["compile"]["warm"]["process_wall_s"] > 0, res["compile"]
+    assert "graphc cpu" in p.stdout and "BLAS floor" in p.stdout
