@@ -21,3 +21,4 @@ from .api import compile  # noqa: F401
 from . import optim  # noqa: F401
 
 __version__ = "0.1.0"
+from . import threads  # noqa: F401,E402
