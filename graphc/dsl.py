@@ -23,24 +23,25 @@ INITIALIZERS = ("zeros", "ones", "normal", "uniform", "glorot_uniform", "glorot_
 
 # ---- sources ----------------------------------------------------------------------------
 
-def _check_shape(shape, allow_none: bool) -> tuple:
+def _check_shape(shape, allow_none: bool, what: str = "input") -> tuple:
     if isinstance(shape, numbers.Integral):
         shape = (shape,)
     shape = tuple(shape)
     for d in shape:
         if d is None:
             if not allow_none:
-                raise ShapeError(f"shape {shape}: None (the batch dimension) is allowed on inputs only")
+                raise _fail(ShapeError, what, f"shape {shape}: None (the batch dimension) is allowed on inputs only")
         elif not isinstance(d, numbers.Integral) or d < 0:
-            raise ShapeError(f"shape {shape}: dimensions must be non-negative ints")
+            raise _fail(ShapeError, what, f"shape {shape}: dimensions must be non-negative ints")
     if builtins.sum(d is None for d in shape) > 1:
-        raise ShapeError(f"shape {shape}: at most one None (batch) dimension")
+        raise _fail(ShapeError, what, f"shape {shape}: at most one None (batch) dimension")
     return tuple(None if d is None else int(d) for d in shape)
 
 
 def input(name: str, shape: Sequence, dtype: Any = "float32") -> Node:
     """A value fed at each call, e.g. a batch. ``None`` in ``shape`` marks the batch dim."""
-    return make("input", (), {"name": str(name), "shape": _check_shape(shape, True), "dtype": np.dtype(dtype)})
+    return make("input", (), {"name": str(name), "shape": _check_shape(shape, True, f"input {name!r}"),
+                              "dtype": np.dtype(dtype)})
 
 
 def param(name: str, shape: Sequence, init: Any = None, dtype: Any = "float32") -> Node:
@@ -51,10 +52,10 @@ def param(name: str, shape: Sequence, init: Any = None, dtype: Any = "float32") 
     time from a generator seeded by (compile seed, parameter name), so they do not depend
     on the order parameters were declared in.
     """
-    shape = _check_shape(shape, False)
+    shape = _check_shape(shape, False, f"param {name!r}")
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
-        raise DTypeError(f"param {name!r}: parameters must be floating point, got {dtype}")
+        raise _fail(DTypeError, f"param {name!r}", f"parameters must be floating point, got {dtype}")
     if init is None:
         init = "glorot_uniform" if len(shape) >= 2 else "zeros"
     if isinstance(init, str):
@@ -63,7 +64,7 @@ def param(name: str, shape: Sequence, init: Any = None, dtype: Any = "float32") 
     else:
         arr = np.asarray(init)
         if arr.shape != shape:
-            raise ShapeError(f"param {name!r}: initial value has shape {arr.shape}, expected {shape}")
+            raise _fail(ShapeError, f"param {name!r}", f"initial value has shape {arr.shape}, expected {shape}")
         init = ArrayValue(arr.astype(dtype))
     return make("param", (), {"name": str(name), "shape": shape, "dtype": dtype, "init": init})
 
@@ -126,9 +127,10 @@ neg = negative
 
 def power(x, p: float) -> Node:
     """``x ** p`` for a scalar (Python number) exponent."""
+    x = _lift(x)
     if isinstance(p, Node) or np.ndim(p) != 0:
-        raise ShapeError("power: the exponent must be a Python scalar")
-    return make("pow", (_lift(x),), {"p": float(p)})
+        raise _fail(ShapeError, "pow", "the exponent must be a Python scalar", x)
+    return make("pow", (x,), {"p": float(p)})
 
 
 def exp(x) -> Node: return make("exp", (_lift(x),))
@@ -151,9 +153,10 @@ def gelu(x) -> Node:
 
 
 def clip(x, lo: float, hi: float) -> Node:
+    x = _lift(x)
     if not lo <= hi:
-        raise ValueError(f"clip: lo={lo} must not exceed hi={hi}")
-    return make("clip", (_lift(x),), {"lo": float(lo), "hi": float(hi)})
+        raise _fail(ValueError, "clip", f"lo={lo} must not exceed hi={hi}", x)
+    return make("clip", (x,), {"lo": float(lo), "hi": float(hi)})
 
 
 def where(cond, a, b) -> Node:
@@ -227,7 +230,7 @@ def sum_to(x: Node, shape: Sequence) -> Node:
         return x
     lead = x.ndim - len(shape)
     if lead < 0:
-        raise ShapeError(f"sum_to: cannot sum {x.shape} to the larger rank of {shape}")
+        raise _fail(ShapeError, "sum_to", f"cannot sum to the larger rank of {shape}", x)
     axes = list(range(lead))
     for i, d in enumerate(shape):
         if d == 1 and x.shape[lead + i] != 1:
@@ -238,6 +241,8 @@ def sum_to(x: Node, shape: Sequence) -> Node:
 
 def expand_dims(x, axis: int) -> Node:
     x = _lift(x)
+    if not -(x.ndim + 1) <= axis <= x.ndim:
+        raise _fail(ShapeError, "expand_dims", f"axis {axis} is out of range for a {x.ndim}-d operand", x)
     axis = axis % (x.ndim + 1)
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
@@ -257,9 +262,23 @@ def dim_size(x: Node, axes=None, dtype=None) -> Node:
 # ---- reductions -------------------------------------------------------------------------
 
 def _located(op: str, e: Exception, *inputs: Node) -> Exception:
+    return _fail(type(e), op, str(e), *inputs)
+
+
+def _fail(cls, op: str, msg: str, *inputs: Node) -> Exception:
+    """An exception of type ``cls`` naming the op, the operands and the user's file:line."""
     from .errors import user_location
     from .ir import describe_operands
-    return type(e)(f"{op}: {e} (operands: {describe_operands(inputs)}) at {user_location()}")
+    ops = f" (operands: {describe_operands(inputs)})" if inputs else ""
+    return cls(f"{op}: {msg}{ops} at {user_location()}")
+
+
+def _checked_axes(op: str, x: Node, axis) -> tuple:
+    from .ops.base import norm_axes
+    try:
+        return norm_axes(_axes(axis), x.ndim)
+    except ShapeError as e:
+        raise _located(op, e, x) from None
 
 
 def _axes(axis):
@@ -272,11 +291,7 @@ def _axes(axis):
 
 def sum(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's name)
     x = _lift(x)
-    from .ops.base import norm_axes
-    try:
-        axes = norm_axes(_axes(axis), x.ndim)
-    except ShapeError as e:
-        raise _located("sum", e, x) from None
+    axes = _checked_axes("sum", x, axis)
     if not axes and not keepdims:
         return x
     return make("sum", (x,), {"axes": axes, "keepdims": bool(keepdims)})
@@ -284,16 +299,13 @@ def sum(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's na
 
 def max(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's name)
     x = _lift(x)
-    from .ops.base import norm_axes
-    try:
-        axes = norm_axes(_axes(axis), x.ndim)
-    except ShapeError as e:
-        raise _located("max", e, x) from None
+    axes = _checked_axes("max", x, axis)
     return make("max", (x,), {"axes": axes, "keepdims": bool(keepdims)})
 
 
 def mean(x, axis=None, keepdims: bool = False) -> Node:
     x = _lift(x)
+    _checked_axes("mean", x, axis)
     s = sum(x, axis, keepdims)
     return s / dim_size(x, _axes(axis), dtype=s.dtype if s.dtype.kind == "f" else None)
 
@@ -303,6 +315,7 @@ def mean(x, axis=None, keepdims: bool = False) -> Node:
 def softmax(x, axis: int = -1) -> Node:
     """Numerically stable softmax (the max shift carries no gradient, as it cancels)."""
     x = _lift(x)
+    _checked_axes("softmax", x, axis)
     m = stop_gradient(max(x, axis, keepdims=True))
     e = exp(x - m)
     return e / sum(e, axis, keepdims=True)
@@ -310,6 +323,7 @@ def softmax(x, axis: int = -1) -> Node:
 
 def log_softmax(x, axis: int = -1) -> Node:
     x = _lift(x)
+    _checked_axes("log_softmax", x, axis)
     s = x - stop_gradient(max(x, axis, keepdims=True))
     return s - log(sum(exp(s), axis, keepdims=True))
 
@@ -322,7 +336,7 @@ def softmax_cross_entropy(logits, labels) -> Node:
 def one_hot(labels, depth: int, dtype: Any = "float32") -> Node:
     labels = _lift(labels)
     if labels.dtype.kind not in "iu":
-        raise DTypeError(f"one_hot: labels must be integers, got {labels.dtype}")
+        raise _fail(DTypeError, "one_hot", f"labels must be integers, got {labels.dtype}", labels)
     classes = const(np.arange(int(depth), dtype=labels.dtype))
     return cast(equal(expand_dims(labels, -1), classes), dtype)
 
@@ -386,7 +400,7 @@ def make_sce_grad(logits: Node, labels: Node) -> Node:
 def state(name: str, shape: Sequence, init: Any = "zeros", dtype: Any = "float32") -> Node:
     """A persistent non-trainable value (optimizer state, counters): read at the start of a
     step, written at its end. Optimizers declare theirs through this."""
-    shape = _check_shape(shape, False)
+    shape = _check_shape(shape, False, f"state {name!r}")
     dtype = np.dtype(dtype)
     if not isinstance(init, str):
         init = ArrayValue(np.asarray(init, dtype=dtype).reshape(shape))

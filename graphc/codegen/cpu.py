@@ -289,15 +289,18 @@ class _Emitter:
             "            m = z[i, j] if z[i, j] > m else m",
             f"        s = {zero}",
             "        for j in range(c):",
-            "            s += math.exp(z[i, j] - m)",
-            "        lse = math.log(s) + m",
-            "        lab = y[i]",
+            "            e = math.exp(z[i, j] - m)",
+            "            s += e",
         ]
+        if grad is not None:  # keep exp(z - m) and scale it: one exp per element
+            body.append("            g[i, j] = e")
+        body += ["        lse = math.log(s) + m", "        lab = y[i]"]
         if loss is not None:
             body.append("        total += lse - z[i, lab]  # softmax_cross_entropy")
         if grad is not None:
-            body += ["        for j in range(c):",
-                     "            g[i, j] = math.exp(z[i, j] - lse) * inv  # sce_grad",
+            body += ["        scale = inv / s",
+                     "        for j in range(c):",
+                     "            g[i, j] *= scale  # sce_grad: (softmax - onehot) / n",
                      "        g[i, lab] -= inv"]
         if loss is not None:
             body.append("    out[0] = total / n")
