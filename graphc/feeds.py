@@ -52,5 +52,5 @@ def check_feeds(inputs: Sequence[Node], feeds: Mapping[str, object], what: str =
         if want.kind in "iu" and a.dtype != want:
             if a.size and (a.min() < np.iinfo(want).min or a.max() > np.iinfo(want).max):
                 raise FeedError(f"{what}: input {name!r} has values outside {want}'s range")
-        out[name] = np.ascontiguousarray(a, dtype=want)
+        out[name] = np.asarray(a, dtype=want, order="C")  # (ascontiguousarray would make 0-d feeds 1-d)
     return out, batch

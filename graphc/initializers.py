@@ -45,4 +45,4 @@ def init_value(node: Node, seed: int = 0) -> np.ndarray:
         v = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
     else:  # pragma: no cover - rejected by gc.param
         raise ValueError(f"unknown initializer {init!r}")
-    return np.ascontiguousarray(v, dtype=dtype)
+    return np.array(v, dtype=dtype, order="C")  # a fresh array; keeps 0-d shapes (ascontiguousarray does not)

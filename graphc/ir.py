@@ -31,7 +31,7 @@ class ArrayValue:
         a = np.array(array)  # a private copy: later edits by the user cannot change the graph
         a.setflags(write=False)
         self.array = a
-        digest = hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
+        digest = hashlib.sha1(np.asarray(a, order="C").tobytes()).hexdigest()
         self._hash = hash((a.shape, a.dtype.str, digest))
 
     def __hash__(self) -> int:
@@ -49,7 +49,7 @@ class ArrayValue:
         return f"array{self.array.shape}:{self.array.dtype}"
 
     def fingerprint(self) -> str:
-        a = np.ascontiguousarray(self.array)
+        a = np.asarray(self.array, order="C")
         return f"{a.shape}{a.dtype.str}{hashlib.sha1(a.tobytes()).hexdigest()[:16]}"
 
 

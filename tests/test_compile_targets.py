@@ -269,9 +269,6 @@ def test_grad_outputs_are_graphs_and_compile():
     check_targets([g, *gg], [x], targets=("cpu",))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG graphc/feeds.py check_feeds: np.ascontiguousarray turns a 0-d "
-                   "feed into shape (1,), so scalar inputs give (1,)-shaped results (numpy target) and "
-                   "fail to type in the generated kernels (native targets)")
 def test_scalar_input_feed():
     s = gc.input("scalar_in", (), dtype="float64")
     (v,) = _inputs("float64", [(4,)], prefix="sc")

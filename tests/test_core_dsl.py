@@ -378,3 +378,15 @@ def test_grad_returns_single_or_list_and_is_differentiable_again():
     d3 = gc.grad(gc.grad(d1, x), x)
     (v,) = gc.evaluate([d3], {x.name: np.array(2.0)}, {})
     assert v == 6.0
+
+
+def test_scalar_inputs_and_params_keep_their_0d_shape():
+    s = gc.input("zd_s", (), dtype="float64")
+    p = gc.param("zd_p", (), init="ones", dtype="float64")
+    assert init_value(p).shape == ()
+    f = gc.compile({"a": s * 2.0, "b": s * p}, target="numpy")
+    out = f(zd_s=np.float64(3.0))
+    assert out["a"].shape == () and out["b"].shape == ()
+    assert float(out["b"]) == 3.0
+    out = f(zd_s=3)  # a Python int for a float input
+    assert out["a"].shape == () and float(out["a"]) == 6.0
