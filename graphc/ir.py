@@ -253,16 +253,21 @@ class Graph:
         return h.hexdigest()
 
     def dump(self) -> str:
-        """One line per node: id, op, shape, dtype, inputs, attrs; outputs marked."""
+        """One line per node: %k (its position here: what generated code refers to), op,
+        inputs, attrs, shape, dtype, the user's file:line; outputs marked."""
         outs = {}
         for nm, o in zip(self.names, self.outputs):
             outs.setdefault(id(o), []).append(nm)
+        local = {id(n): i for i, n in enumerate(self.nodes)}
         lines = []
         for n in self.nodes:
-            ins = ", ".join(f"%{x.id}" for x in n.inputs)
-            attrs = " ".join(f"{k}={v!r}" for k, v in sorted(n.attrs.items()))
+            ins = ", ".join(f"%{local[id(x)]}" for x in n.inputs)
+            attrs = " ".join(f"{k}={v!r}" for k, v in sorted(n.attrs.items()) if not (
+                n.opdef.kind == "source" and k in ("shape", "dtype")))
             mark = f"  -> {', '.join(outs[id(n)])}" if id(n) in outs else ""
-            lines.append(f"%{n.id:<5} = {n.op}({ins}) {attrs} : {fmt_shape(n.shape)} {n.dtype}{mark}".replace("  :", " :"))
+            where = n.src.rsplit("/", 1)[-1]
+            lines.append(f"%{local[id(n)]:<4} = {n.op}({ins}) {attrs}".rstrip()
+                         + f" : {fmt_shape(n.shape)} {n.dtype}  @ {where}{mark}")
         return "\n".join(lines)
 
     __str__ = dump

@@ -91,11 +91,6 @@ def test_second_process_does_not_recompile(cache):
     assert not [f for f in files(cache) if Path(f).name.startswith(".tmp-")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG graphc/codegen/cpu.py: the generated source embeds process-global node ids (%id comments, "
-    "b<id> buffer names), and node ids come from a global counter; the module file name is a hash of "
-    "the source, so the same program built after any other node (or after hash-consed nodes were "
-    "garbage-collected) gets a new file and Numba recompiles everything"))
 def test_cache_key_does_not_depend_on_node_ids(cache):
     first = run_script(cache)
     second = run_script(cache, "shift_ids")

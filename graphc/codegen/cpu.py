@@ -51,8 +51,14 @@ def _dtname(dt) -> str:
     return np.dtype(dt).name
 
 
+_LOCAL: dict[int, int] = {}  # id(node) -> its position in the graph being emitted
+
+
 def _site(n: Node) -> str:
-    return f"%{n.id} {n.op} @ {n.src.rsplit('/', 1)[-1]}"
+    """``%k op @ file:line``: k is the node's position in the compiled graph's dump
+    (``program.graph.dump()``), not its process-global id, so the same program always
+    generates the same text (and hits the same cache entry) in every process."""
+    return f"%{_LOCAL[id(n)]} {n.op} @ {n.src.rsplit('/', 1)[-1]}"
 
 
 class _Emitter:
@@ -88,7 +94,7 @@ class _Emitter:
             src = f"T_{_dtname(b.dtype)}[{b.offset}:{b.offset + size}]"
         else:
             raise AssertionError(b.kind)
-        name = f"b{n.id}"
+        name = f"b{_LOCAL[id(n)]}"
         self.lines.append(f"    {name} = {src}  # {_site(n)} {fmt_shape(n.shape)} {n.dtype} ({b.kind})")
         self.flat[id(n)] = name
         return name
@@ -332,6 +338,8 @@ class _Emitter:
 
     # ---- the driver ----------------------------------------------------------------------------
     def emit(self, feeds: list[Node], store_dtypes: list, copies) -> Module:
+        _LOCAL.clear()
+        _LOCAL.update({id(n): i for i, n in enumerate(self.graph.nodes)})
         self._feed_index = {n.name: i for i, n in enumerate(feeds)}
         for dt in store_dtypes:
             self.args.append(("store", np.dtype(dt)))
@@ -363,7 +371,7 @@ class _Emitter:
                 raise AssertionError(k.kind)
             fused = [n.op for n in k.all_nodes]
             self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
-                              f" -> {', '.join('%' + str(o.id) for o in k.outputs)}")
+                              f" -> {', '.join('%' + str(_LOCAL[id(o)]) for o in k.outputs)}")
             self.lines.append(f"    {fn}({', '.join(args)})  # {vmap}")
             out_bytes = sum(int(np.prod(o.shape) if o.shape else 1) * o.dtype.itemsize for o in k.outputs)
             self.infos.append(KernelInfo(k.name, fn, k.kind, tuple(k.shape), fused, k.all_nodes, k.outputs,
