@@ -51,14 +51,6 @@ def _dtname(dt) -> str:
     return np.dtype(dt).name
 
 
-_LOCAL: dict[int, int] = {}  # id(node) -> its position in the graph being emitted
-
-
-def _site(n: Node) -> str:
-    """``%k op @ file:line``: k is the node's position in the compiled graph's dump
-    (``program.graph.dump()``), not its process-global id, so the same program always
-    generates the same text (and hits the same cache entry) in every process."""
-    return f"%{_LOCAL[id(n)]} {n.op} @ {n.src.rsplit('/', 1)[-1]}"
 
 
 class _Emitter:
@@ -73,6 +65,13 @@ class _Emitter:
         self.flat: dict[int, str] = {}  # id(node) -> driver expression of its flat 1-D buffer
         self.args: list[tuple[str, object]] = []
         self.infos: list[KernelInfo] = []
+        # nodes are named by their position in the compiled graph's dump, not their
+        # process-global ids, so a program generates the same text (same cache entry) anywhere
+        self.local = {id(n): i for i, n in enumerate(graph.nodes)}
+
+    def _site(self, n: Node) -> str:
+        """``%k op @ file:line`` for generated-code comments (k: position in ``graph.dump()``)."""
+        return f"%{self.local[id(n)]} {n.op} @ {n.src.rsplit('/', 1)[-1]}"
 
     # ---- driver-side expressions -------------------------------------------------------------
     def buf(self, n: Node) -> Buffer:
@@ -94,8 +93,8 @@ class _Emitter:
             src = f"T_{_dtname(b.dtype)}[{b.offset}:{b.offset + size}]"
         else:
             raise AssertionError(b.kind)
-        name = f"b{_LOCAL[id(n)]}"
-        self.lines.append(f"    {name} = {src}  # {_site(n)} {fmt_shape(n.shape)} {n.dtype} ({b.kind})")
+        name = f"b{self.local[id(n)]}"
+        self.lines.append(f"    {name} = {src}  # {self._site(n)} {fmt_shape(n.shape)} {n.dtype} ({b.kind})")
         self.flat[id(n)] = name
         return name
 
@@ -145,7 +144,7 @@ class _Emitter:
         def fresh(n: Node) -> str:
             nm = f"v{len(names)}"
             names[id(n)] = nm
-            vmap.append(f"{nm}={_site(n)}")
+            vmap.append(f"{nm}={self._site(n)}")
             return nm
 
         outs = [o for o in k.outputs if o not in k.reductions]
@@ -275,7 +274,7 @@ class _Emitter:
         mm = k.matmul
         a, b = (k.leaves[id(x)] for x in mm.inputs)
         fn = self.function(["ma", "mb", "mo"], ["    np.dot(ma, mb, mo)  # matmul (BLAS)"], False)
-        return fn, [self.view_arg(a), self.view_arg(b), self.nd(mm, mm.shape)], _site(mm), False
+        return fn, [self.view_arg(a), self.view_arg(b), self.nd(mm, mm.shape)], self._site(mm), False
 
     def sce_kernel(self, k: Kernel):
         z, y = k.nodes[0].inputs
@@ -317,7 +316,7 @@ class _Emitter:
         if grad is not None:
             args.append(self.nd(grad, grad.shape))
         fn = self.function(params, body, par)
-        return fn, args, " ".join(_site(n) for n in k.nodes), par
+        return fn, args, " ".join(self._site(n) for n in k.nodes), par
 
     def copy_kernel(self, k: Kernel):
         (n,) = k.nodes
@@ -334,12 +333,10 @@ class _Emitter:
         body += [f"{ind}o[t] = {src}  # {n.op} (copy)", f"{ind}t += 1"]
         params = [f"d{d}" for d in range(r)] + ["o", "a"]
         args = [str(d) for d in shape] + [self.flat_expr(n), self.view_arg(v)]
-        return self.function(params, body, False), args, _site(n), False
+        return self.function(params, body, False), args, self._site(n), False
 
     # ---- the driver ----------------------------------------------------------------------------
     def emit(self, feeds: list[Node], store_dtypes: list, copies) -> Module:
-        _LOCAL.clear()
-        _LOCAL.update({id(n): i for i, n in enumerate(self.graph.nodes)})
         self._feed_index = {n.name: i for i, n in enumerate(feeds)}
         for dt in store_dtypes:
             self.args.append(("store", np.dtype(dt)))
@@ -371,7 +368,7 @@ class _Emitter:
                 raise AssertionError(k.kind)
             fused = [n.op for n in k.all_nodes]
             self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
-                              f" -> {', '.join('%' + str(_LOCAL[id(o)]) for o in k.outputs)}")
+                              f" -> {', '.join('%' + str(self.local[id(o)]) for o in k.outputs)}")
             self.lines.append(f"    {fn}({', '.join(args)})  # {vmap}")
             out_bytes = sum(int(np.prod(o.shape) if o.shape else 1) * o.dtype.itemsize for o in k.outputs)
             self.infos.append(KernelInfo(k.name, fn, k.kind, tuple(k.shape), fused, k.all_nodes, k.outputs,
@@ -381,7 +378,7 @@ class _Emitter:
             size = int(np.prod(shape)) if shape else 1
             b = self.buf(node)
             src = literal(b.value, b.dtype) if b.kind == "literal" else self.flat_expr(node)
-            self.lines.append(f"    S_{_dtname(dt)}[{off}:{off + size}] = {src}  # update {slot!r} <- {_site(node)}")
+            self.lines.append(f"    S_{_dtname(dt)}[{off}:{off + size}] = {src}  # update {slot!r} <- {self._site(node)}")
         params = []
         for kind, key in self.args:
             if kind == "store":
