@@ -118,3 +118,22 @@ def test_hyperparameter_schedule_does_not_recompile():
     assert len(nat._programs) == 1
     for k, v in ref.params.items():
         close(nat.params[k], v, k)
+
+
+def test_tied_weights_in_place_update_hazards():
+    """A param read transposed, reshaped and reduced by several kernels while its update is
+    written in place: every reader must see the old value (write-after-read ordering)."""
+    x = gc.input("tx", (None, 6))
+    W = gc.param("tW", (6, 4))
+    b = gc.param("tb", (4,))
+    c = gc.param("tc", (6,))
+    rec = gc.tanh(x @ W + b) @ W.T + c
+    loss = (gc.mean(gc.square(rec - x)) + 0.01 * gc.sum(gc.reshape(W, (4, 6)) * gc.reshape(W.T, (4, 6)))
+            + gc.mean(c * gc.max(W, axis=1)))
+    ref = gc.compile(loss, optimizer=optim.Adam(1e-2), target="numpy")
+    nat = gc.compile(loss, optimizer=optim.Adam(1e-2), target="cpu")
+    xb = np.random.default_rng(5).standard_normal((BATCH, 6)).astype("f4")
+    for i in range(4):
+        close(nat(tx=xb)["loss"], ref(tx=xb)["loss"], f"step {i}")
+    for k, v in ref.params.items():
+        close(nat.params[k], v, k)
