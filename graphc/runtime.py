@@ -115,9 +115,11 @@ class NumpyProgram:
         values = {n.name: store.view(n.name) for n in self.program.sources}
         outs = evaluate(g.outputs, feeds, values)
         k = len(self.program.user_names)
-        for name, v in zip(self.program.updates, outs[k:]):
+        # copy everything first: a param output (or an update) may be a view of the store
+        user = [np.array(v) for v in outs[:k]]
+        for name, v in zip(self.program.updates, [np.array(v) for v in outs[k:]]):
             np.copyto(store.view(name), v)
-        return [np.array(v) for v in outs[:k]]
+        return user
 
     def describe(self) -> str:
         return self.program.graph.dump()

@@ -154,11 +154,6 @@ def test_source_and_kernels_are_inspectable(trained):
     assert len(listing.splitlines()) == len(nat.program_for(8).module.kernels) + 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG graphc/runtime.py NumpyProgram.run: the interpreter's values of param/state outputs are "
-    "views of the store, and the updates are copied into the store before the outputs are copied, "
-    "so target='numpy' returns the param AFTER the update while native targets return it before "
-    "(compiler._reader: 'its value before the update')"))
 def test_param_as_extra_output_is_the_value_before_the_update():
     got = {}
     for target in ("numpy", "cpu"):
