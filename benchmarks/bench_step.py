@@ -666,6 +666,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile-times", action="store_true", help="skip the cold/warm start subprocesses")
     ap.add_argument("--compile-config", default=None,
                     help="config for cold/warm start (default: medium, or the first of --configs with --quick)")
+    ap.add_argument("--blas-threads", type=int, default=1,
+                    help="limit BLAS (all OpenBLAS copies) to N threads via threadpoolctl for the whole run; "
+                         "0 = the libraries' default. Default 1: on the 2-core dev machine multi-threaded "
+                         "OpenBLAS ran the small config's GEMMs ~100x slower (see benchmarks/README.md)")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_step.json"), help="JSON output path")
     args = ap.parse_args(argv)
     if args.quick:
@@ -684,6 +688,16 @@ def main(argv=None) -> int:
         print("note: OPENBLAS_CORETYPE is set; for comparable numbers run with "
               "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_step.py`")
 
+    limiter = None
+    if args.blas_threads > 0:
+        try:
+            from threadpoolctl import threadpool_limits
+            import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS now so the limit covers it)
+            limiter = threadpool_limits(args.blas_threads, user_api="blas")
+        except ImportError:
+            print("note: threadpoolctl not installed; BLAS threads not limited")
+    meta["blas_threads_limit"] = args.blas_threads if limiter is not None else None
+    print(f"BLAS threads limited to: {meta['blas_threads_limit'] or 'library default'}")
     notes: list[str] = []
     results = {"meta": meta, "args": vars(args), "configs": {}, "notes": notes}
     for name in configs:
