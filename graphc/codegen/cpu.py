@@ -98,6 +98,15 @@ class _Emitter:
         self.flat[id(n)] = name
         return name
 
+    def storage(self, n: Node):
+        """Where n's value lives: equal keys mean the same memory (None: a feed or literal)."""
+        b = self.plan.buffers.get(id(n))
+        if b is None or b.kind in ("feed", "literal"):
+            return None
+        if b.kind == "store":
+            return ("S", b.dtype, self.layout[b.name][1], b.size)
+        return ("T", b.dtype, b.offset, b.size)
+
     def nd(self, n: Node, shape: tuple) -> str:
         f = self.flat_expr(n)
         return f if len(shape) == 1 else f"{f}.reshape({tuple(shape)!r})" if shape else f
@@ -148,10 +157,20 @@ class _Emitter:
             return nm
 
         outs = [o for o in k.outputs if o not in k.reductions]
+        # An operand stored where an output goes (a parameter updated in place, a GEMM result
+        # overwritten by its epilogue) is read through the output's own argument: with two
+        # array arguments over the same memory LLVM must assume they overlap and gives up
+        # vectorizing the loop (10x on Adam's update).
+        mm = k.matmul
         out_p = {}
+        slot_p: dict = {}
         for o in outs:
+            if mm is not None and not flat and self.storage(o) == self.storage(mm):
+                out_p[id(o)] = "mo"  # the epilogue writes over the GEMM result in place
+                continue
             p = f"o{len(out_p)}"
             out_p[id(o)] = p
+            slot_p.setdefault(self.storage(o), p)
             params.append(p)
             args.append(self.flat_expr(o) if (flat or r <= 1) else self.nd(o, shape))
         red_p = {}
@@ -161,32 +180,40 @@ class _Emitter:
             params.append(p)
             kshape = tuple(1 if i in red.attrs["axes"] else d for i, d in enumerate(shape))
             args.append(self.flat_expr(red) if (flat or len(kshape) <= 1) else self.nd(red, kshape))
-        if k.matmul is not None:
-            mm = k.matmul
+        mm_read = None
+        if mm is not None:
             params += ["ma", "mb", "mo"]
-            args += [self.view_arg(k.leaves[id(mm.inputs[0])]) if id(mm.inputs[0]) in k.leaves else "?",
-                     self.view_arg(k.leaves[id(mm.inputs[1])]),
+            args += [self.view_arg(k.leaves[id(mm.inputs[0])]), self.view_arg(k.leaves[id(mm.inputs[1])]),
                      self.nd(mm, mm.shape)]
-            body.append(f"    np.dot(ma, mb, mo)  # matmul prologue (BLAS)")
-            if flat:
+            body.append("    np.dot(ma, mb, mo)  # matmul prologue (BLAS)")
+            if not flat:
+                mm_read = "mo"
+            elif self.storage(mm) in slot_p:
+                mm_read = slot_p[self.storage(mm)]
+            else:
+                mm_read = "mflat"
                 params.append("mflat")
                 args.append(self.flat_expr(mm))
         leaf_p = {}
         for nid, v in leaves:
-            p = f"a{len(leaf_p)}"
-            leaf_p[nid] = (p, v)
             b = self.buf(v.base)
             if b.kind == "literal":
                 names[nid] = literal(b.value, b.dtype)
                 continue
+            same = slot_p.get(self.storage(v.base)) if (flat or v.is_identity_for(shape)) and v.size > 1 else None
+            if same is not None:
+                leaf_p[nid] = (same, v)  # read in place through the output's argument
+                continue
+            p = f"a{len(leaf_p)}"
+            leaf_p[nid] = (p, v)
             params.append(p)
             args.append(self.view_arg(v) if not (flat and v.size > 1) else self.flat_expr(v.base))
 
         def load(x: Node) -> str:
             if id(x) in names:
                 return names[id(x)]
-            if k.matmul is not None and x is k.matmul:
-                return "mflat[i0]" if flat else f"mo[{', '.join(idx)}]"
+            if mm is not None and x is mm:
+                return f"{mm_read}[{', '.join(idx)}]"
             p, v = leaf_p[id(x)]
             if v.size == 1:
                 return p
@@ -200,8 +227,8 @@ class _Emitter:
         if r:
             if outs:
                 carrier = out_p[id(outs[0])]
-            elif k.matmul is not None:
-                carrier = "mflat" if flat else "mo"
+            elif mm is not None:
+                carrier = mm_read
             else:
                 carrier = next((p for p, v in leaf_p.values() if v.size > 1 and (flat or v.is_identity_for(shape))), None)
         if carrier is not None:
