@@ -29,8 +29,20 @@ Also: cold compile (fresh, empty GRAPHC_CACHE_DIR, in a subprocess), warm start 
 process with that cache, imports included), and the peak memory of one step (tracemalloc).
 Results: a table on stdout, JSON (default benchmarks/results/bench_step.json) and a PNG bar
 chart when matplotlib is installed.
+
+Threads: the contenders share one process, so NumPy's and SciPy's OpenBLAS pools (and
+torch's, and Numba's) all live side by side. OpenBLAS workers busy-wait after each GEMM by
+default; with two such pools on two cores, a step ran 10-100x slower than in a process of
+its own. This script therefore sets OPENBLAS_THREAD_TIMEOUT=4 (workers sleep almost at
+once) before NumPy loads, unless it is already set, and keeps the libraries' thread counts
+(``--blas-threads 1`` limits them instead). A graphc-only process needs neither: with the
+defaults there, the medium step ran 507 us with 2 BLAS threads vs 790 us with 1.
 """
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS; see above
 
 import argparse
 import datetime
@@ -448,7 +460,7 @@ def environment() -> dict:
         "graphc": gc.__version__,
         "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": numba.config.THREADING_LAYER,
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT",
                                                "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY",
                                                "NUMBA_THREADING_LAYER")},
     }
@@ -666,10 +678,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile-times", action="store_true", help="skip the cold/warm start subprocesses")
     ap.add_argument("--compile-config", default=None,
                     help="config for cold/warm start (default: medium, or the first of --configs with --quick)")
-    ap.add_argument("--blas-threads", type=int, default=1,
+    ap.add_argument("--blas-threads", type=int, default=0,
                     help="limit BLAS (all OpenBLAS copies) to N threads via threadpoolctl for the whole run; "
-                         "0 = the libraries' default. Default 1: on the 2-core dev machine multi-threaded "
-                         "OpenBLAS ran the small config's GEMMs ~100x slower (see benchmarks/README.md)")
+                         "0 (default) = the libraries' default (see 'Threads' above)")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_step.json"), help="JSON output path")
     args = ap.parse_args(argv)
     if args.quick:
