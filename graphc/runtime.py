@@ -7,11 +7,11 @@ inference function compiled to share its weights, reads the same memory.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .atomic import write_atomic
 from .errors import FeedError, GraphcError
 from .feeds import check_feeds
 from .initializers import init_value
@@ -353,17 +353,4 @@ def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     path = os.fspath(path)
     if not path.endswith(".npz"):
         path += ".npz"
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, lambda f: np.savez(f, **arrays))

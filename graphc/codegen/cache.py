@@ -14,11 +14,11 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
 
+from ..atomic import write_atomic
 from ..errors import CompileError
 
 
@@ -50,19 +50,7 @@ def write_module(source: str) -> Path:
     if existing is not None:
         warnings.warn(f"graphc: cache entry {path} was corrupted; rebuilding it", RuntimeWarning, stacklevel=3)
         clear_numba_cache(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".py", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, lambda f: f.write(source), binary=False)
     return path
 
 
