@@ -23,6 +23,10 @@ class FeedError(GraphcError, ValueError):
     """A call fed a missing, unknown or mis-shaped input (raised before native code runs)."""
 
 
+class StateError(GraphcError, ValueError):
+    """A state dict or checkpoint does not fit the compiled step (names, shapes, dtypes, NaN)."""
+
+
 class CompileError(GraphcError, RuntimeError):
     """Code generation or Numba compilation failed; the message names the generated file."""
 

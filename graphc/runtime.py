@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .atomic import write_atomic
-from .errors import FeedError, GraphcError
+from .errors import FeedError, GraphcError, StateError
 from .feeds import check_feeds
 from .initializers import init_value
 from .ir import Node, fmt_shape
@@ -227,6 +227,11 @@ class _Compiled:
         """Overwrite some parameters (validated first: nothing is written if any is wrong)."""
         self._load({"params": values}, partial=True)
 
+    @property
+    def iterations(self) -> int:
+        """How many training steps have run (the optimizer's step counter, as in Keras)."""
+        return int(self._store.view("step")) if "step" in self._store.layout else 0
+
     def state_dict(self) -> dict:
         """Copies of params, optimizer state (incl. the step counter) and hyper-parameters."""
         d = {"params": self.params,
@@ -247,19 +252,19 @@ class _Compiled:
             expected = set(self._store.names(kind))
             unknown = sorted(set(given) - expected)
             if unknown:
-                raise GraphcError(f"load_state_dict: unknown {section} {unknown}; expected {sorted(expected)}")
+                raise StateError(f"load_state_dict: unknown {section} {unknown}; expected {sorted(expected)}")
             missing = sorted(expected - set(given))
             if missing and not partial and (section == "params" or "state" in d):
-                raise GraphcError(f"load_state_dict: missing {section} {missing}")
+                raise StateError(f"load_state_dict: missing {section} {missing}")
             for k, v in given.items():
                 dst = self._store.view(k)
                 a = np.asarray(v)
                 if a.shape != dst.shape:
-                    raise GraphcError(f"load_state_dict: {k!r} has shape {a.shape}, expected {dst.shape}")
+                    raise StateError(f"load_state_dict: {k!r} has shape {a.shape}, expected {dst.shape}")
                 if a.dtype.kind != dst.dtype.kind:
-                    raise GraphcError(f"load_state_dict: {k!r} has dtype {a.dtype}, expected {dst.dtype}")
+                    raise StateError(f"load_state_dict: {k!r} has dtype {a.dtype}, expected {dst.dtype}")
                 if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-                    raise GraphcError(f"load_state_dict: {k!r} holds NaN or infinity")
+                    raise StateError(f"load_state_dict: {k!r} holds NaN or infinity")
                 pending.append((dst, a))
         for dst, a in pending:
             dst[...] = a
@@ -340,7 +345,7 @@ def unflatten_state(flat: Mapping[str, np.ndarray]) -> dict:
     for k, v in flat.items():
         section, _, name = k.partition("::")
         if section not in d:
-            raise GraphcError(f"checkpoint entry {k!r} is not graphc state")
+            raise StateError(f"checkpoint entry {k!r} is not graphc state")
         d[section][name] = float(v) if section == "hyper" else v
     if not d["state"]:
         del d["state"]
