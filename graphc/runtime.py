@@ -29,12 +29,56 @@ class Store:
         self.seed = seed
         self.layout: dict[str, tuple[np.dtype, int, tuple]] = {}  # name -> (dtype, offset, shape)
         self.kinds: dict[str, str] = {}
-        self.arenas: dict[np.dtype, np.ndarray] = {}
-        self.version = 0  # bumped when an arena is reallocated (programs re-bind their arguments)
+        self._arenas: dict[np.dtype, np.ndarray] = {}
+        self._version = 0  # bumped when an arena is reallocated (programs re-bind their arguments)
+        # device mirrors (target="cuda"): {key: mirror}; ``_owner`` is the mirror holding newer
+        # values than the host arenas (None: the host is current)
+        self._mirrors: dict[str, object] = {}
+        self._owner = None
         self._add(nodes, initial or {})
 
+    # ---- host/device coherence ------------------------------------------------------------------
+    # The host arenas are the store's truth unless a device program ran last. Every host access
+    # (``arenas``, ``version``, ``view``) first pulls the device values back; a device program
+    # calls ``acquire`` before it runs, which pushes the host values to the device when the
+    # host may have been written since (any host access counts as a possible write).
+
+    @property
+    def arenas(self) -> dict[np.dtype, np.ndarray]:
+        self.sync_host()
+        return self._arenas
+
+    @property
+    def version(self) -> int:
+        self.sync_host()
+        return self._version
+
+    def mirror(self, key: str, factory):
+        """The device mirror ``key`` of this store, created by ``factory(store)`` on first use."""
+        m = self._mirrors.get(key)
+        if m is None:
+            m = self._mirrors[key] = factory(self)
+        return m
+
+    def sync_host(self) -> None:
+        """Make the host arenas current (pull from the device mirror that ran last)."""
+        owner = self._owner
+        if owner is not None:
+            owner.pull(self)
+            self._owner = None
+
+    def acquire(self, mirror) -> None:
+        """Make ``mirror`` current before a device step runs (push the host values if needed);
+        until the host next touches the store, the device holds its newest values."""
+        if self._owner is mirror:
+            return
+        self.sync_host()
+        mirror.push(self)
+        self._owner = mirror
+
     def _add(self, nodes, initial):
-        sizes: dict[np.dtype, int] = {dt: a.size for dt, a in self.arenas.items()}
+        self.sync_host()
+        sizes: dict[np.dtype, int] = {dt: a.size for dt, a in self._arenas.items()}
         new = []
         for n in nodes:
             if n.name in self.layout:
@@ -52,13 +96,13 @@ class Store:
             sizes[dt] = off + max(size, 1)
             new.append(n)
         for dt, total in sizes.items():
-            old = self.arenas.get(dt)
+            old = self._arenas.get(dt)
             if old is None or old.size < total:
                 arena = np.zeros(-(-total // 16) * 16, dtype=dt)
                 if old is not None:
                     arena[:old.size] = old
-                self.arenas[dt] = arena
-                self.version += 1
+                self._arenas[dt] = arena
+                self._version += 1
         for n in new:
             v = initial.get(n.name)
             self.view(n.name)[...] = init_value(n, self.seed) if v is None else np.asarray(v, dtype=n.dtype).reshape(n.shape)
