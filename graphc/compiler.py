@@ -5,6 +5,7 @@ NativeProgram whose ``run`` is one call of the generated Numba driver.
 """
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class NativeProgram:
         self._readers = [self._reader(n) for n in self.graph.outputs[:k]]
         self._source_outputs = [n for n in self.graph.outputs[:k] if n.op in ("param", "state")]
         self._bound_version = None
+        self._lock = threading.Lock()
 
     # ---- calling ---------------------------------------------------------------------------
     def _reader(self, n: Node) -> Callable:
@@ -117,10 +119,11 @@ class NativeProgram:
             args.append(v[()] if scalar and isinstance(v, np.ndarray) else v)
         before = ({n.name: store.view(n.name).copy() for n in self._source_outputs}
                   if self._source_outputs else None)
-        status = self._first_call(args) if not self._compiled else self._driver(*args)
-        if status:
-            return None
-        return [r(feeds, store, before) for r in self._readers]
+        with self._lock:  # the scratch arena is shared: one call at a time per program
+            status = self._first_call(args) if not self._compiled else self._driver(*args)
+            if status:
+                return None
+            return [r(feeds, store, before) for r in self._readers]
 
     def _first_call(self, args) -> None:
         from .codegen.cache import clear_numba_cache

@@ -718,8 +718,10 @@ class CudaProgram:
         k = len(program.user_names)
         self._outs = list(self.graph.outputs[:k])
         self._source_outputs = [n for n in self._outs if n.op in ("param", "state")]
-        self._scalar_keys = sorted({a[1] for ln in self.module.launches for a in ln.args if a[0] == "scalar"}
-                                   | {c[4][1] for c in self.module.copies if c[4][0] == "scalar"})
+        scalar_types = {a[1]: np.dtype(a[2]).type for ln in self.module.launches for a in ln.args if a[0] == "scalar"}
+        scalar_types.update({c[4][1]: c[3].type for c in self.module.copies if c[4][0] == "scalar"})
+        self._scalar_keys = sorted(scalar_types)
+        self._scalar_types = [scalar_types[k] for k in self._scalar_keys]  # typed as the kernels were emitted
         self._scalar_vals = None
         self._bound = None
         self._compiled = False
@@ -795,18 +797,14 @@ class CudaProgram:
             if a.size and (a.min() < 0 or a.max() >= classes):
                 return None
         store.acquire(self.mirror)
-        scalars = None
         if self._scalar_keys:
             vals = tuple(feeds[k] for k in self._scalar_keys)
             if vals != self._scalar_vals:
-                scalars = {k: (v[()] if isinstance(v, np.ndarray) else v) for k, v in zip(self._scalar_keys, vals)}
                 self._scalar_vals = vals
                 self._bound = None
         if self._bound != self.mirror.generation:
-            if scalars is None:
-                scalars = {k: (v[()] if isinstance(v, np.ndarray) else v)
-                           for k, v in zip(self._scalar_keys, self._scalar_vals or ())}
-            self._bind(scalars)
+            self._bind({k: t(v[()] if isinstance(v, np.ndarray) else v)
+                        for k, t, v in zip(self._scalar_keys, self._scalar_types, self._scalar_vals or ())})
         for name, view, size in self._feed_views:  # copy in only the batch
             view.copy_to_device(np.ascontiguousarray(feeds[name]).reshape(size))
         before = None
