@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -691,7 +693,11 @@ class CudaProgram:
         self.program, self.batch = program, batch
         self.stats = _Stats(nodes_before=len(program.graph))
         t0 = time.perf_counter()
-        gemm = (options.get("cuda_gemm") or "auto")
+        # "auto": cuBLAS through CuPy when importable, else the fallback; GRAPHC_CUDA_GEMM=numba
+        # forces the fallback (to test it on a real device), =cublas insists on CuPy
+        gemm = options.get("cuda_gemm") or os.environ.get("GRAPHC_CUDA_GEMM", "auto")
+        if gemm not in ("auto", "cublas", "numba"):
+            raise CompileError(f"GRAPHC_CUDA_GEMM must be auto, cublas or numba, got {gemm!r}")
         self.cp = cupy_or_none() if gemm in ("auto", "cublas") else None
         if gemm == "cublas" and self.cp is None:
             raise CompileError("cuda_gemm='cublas' needs CuPy on a real device (pip install graphc[cuda])")
@@ -725,6 +731,7 @@ class CudaProgram:
         self._scalar_vals = None
         self._bound = None
         self._compiled = False
+        self._lock = threading.Lock()
 
     # ---- binding -------------------------------------------------------------------------------
     def _arena(self, key: str):
@@ -796,6 +803,10 @@ class CudaProgram:
             a = feeds[name]
             if a.size and (a.min() < 0 or a.max() >= classes):
                 return None
+        with self._lock:  # the device scratch arena is shared: one call at a time per program
+            return self._run_locked(feeds, store)
+
+    def _run_locked(self, feeds, store) -> list[np.ndarray]:
         store.acquire(self.mirror)
         if self._scalar_keys:
             vals = tuple(feeds[k] for k in self._scalar_keys)
