@@ -150,7 +150,11 @@ class NativeProgram:
 
     # ---- inspection --------------------------------------------------------------------------
     def describe(self) -> str:
-        return f"# {self.path}\n" + self.module.source
+        """The generated module, headed by its path; ``%k`` in its comments is line k of
+        ``self.graph.dump()`` (the specialized, optimized graph, appended at the end)."""
+        dump = "\n".join("# " + line for line in self.graph.dump().splitlines())
+        return (f"# {self.path}\n" + self.module.source
+                + "\n# ---- the compiled graph (%k in the comments above) ----\n" + dump + "\n")
 
     def kernel_listing(self) -> str:
         lines = [f"{len(self.module.kernels)} kernels ({self.module.functions} distinct functions) "
