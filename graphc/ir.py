@@ -114,7 +114,7 @@ class Node:
     def __hash__(self) -> int:  # identity: nodes are hash-consed
         return object.__hash__(self)
 
-    def __eq__(self, other):  # overridden by the DSL (elementwise equal); identity here
+    def __eq__(self, other):  # identity, so nodes work in sets and lists; gc.equal is elementwise
         return self is other
 
     def __bool__(self):
