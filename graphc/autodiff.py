@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from . import dsl as F
 from .errors import DTypeError, ShapeError, user_location
 from .ir import Node, topo_order

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import DTypeError, ShapeError
+from ..errors import ShapeError
 
 KINDS = ("source", "elementwise", "reduction", "matmul", "movement", "other")
 
@@ -73,11 +73,6 @@ def broadcast_shapes(*shapes: Sequence) -> tuple:
 
 def promote(*dtypes) -> np.dtype:
     return np.result_type(*[np.dtype(d) for d in dtypes])
-
-
-def require_float(dtype, what: str = "this op") -> None:
-    if np.dtype(dtype).kind != "f":
-        raise DTypeError(f"{what} needs floating-point operands, got {np.dtype(dtype)}")
 
 
 def norm_axes(axes, ndim: int) -> tuple:

@@ -17,13 +17,6 @@ def _unb(g, x):
     return None if g is None else F.sum_to(g, x.shape)
 
 
-def _float_only(name):
-    def check(dt):
-        if np.dtype(dt).kind != "f":
-            raise DTypeError(f"needs floating-point operands, got {np.dtype(dt)}")
-    return check
-
-
 def _unary(name, np_fn, template, vjp, float_only=True, out_dtype=None, doc=""):
     def infer(inputs, attrs):
         (x,) = inputs

@@ -1,8 +1,6 @@
 """Sources: input (fed each call), param (trainable, initialized at compile), const."""
 from __future__ import annotations
 
-import numpy as np
-
 from .base import OpDef, register
 
 

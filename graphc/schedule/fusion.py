@@ -256,7 +256,7 @@ class Fuser:
 def fuse(graph: Graph) -> list[Kernel]:
     """Group a specialized graph's nodes into kernels (unordered; see schedule.plan)."""
     f = Fuser(graph)
-    kernels = f.run()
+    f.run()
     # copy kernels created lazily by view resolution (movement chains that are not views)
     pending = [nid for nid in f._force_copy if nid not in f.group]
     by_id = {id(n): n for n in graph.nodes}
