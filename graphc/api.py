@@ -14,7 +14,7 @@ TARGETS = ("numpy", "cpu", "parallel", "cuda")
 
 def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, target: str = "cpu",
             outputs: Mapping[str, Node] | None = None, params: Any = None, seed: int = 0,
-            passes: Any = None) -> CompiledStep | Function:  # noqa: A001 (the DSL's verb)
+            passes: Any = None, check_finite: bool = True) -> CompiledStep | Function:  # noqa: A001
     """Compile a training step (with ``optimizer``) or a forward-only function (without).
 
     - With an optimizer, ``loss_or_outputs`` is the scalar loss; a call runs forward,
@@ -28,6 +28,9 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
       of initial values by name. Others are initialized from their initializers, seeded
       by ``seed``.
     - ``passes``: names of graph passes to run (default: all; see graphc.passes.PIPELINE).
+    - ``check_finite``: reject float feeds (and hyper-parameters) holding NaN or infinity
+      with a FeedError before anything runs, so bad data never reaches the parameters
+      (natively this is one vectorized pass over the feeds inside the compiled call).
     """
     if target not in TARGETS:
         raise ValueError(f"compile: unknown target {target!r}; choose from {TARGETS}")
@@ -54,7 +57,7 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
         if params is not None and not isinstance(params, Mapping):
             raise TypeError("compile: params must be a compiled step/function to share with, or a dict of arrays")
         store = Store(sources, seed=seed, initial=params)
-    options = {"passes": passes}
+    options = {"passes": passes, "check_finite": bool(check_finite)}
     if optimizer is not None:
         return CompiledStep(program, target, store, optimizer, options)
     return Function(program, target, store, options, rebuild)

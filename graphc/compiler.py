@@ -56,7 +56,8 @@ class NativeProgram:
         t1 = time.perf_counter()
         store_dtypes = sorted({np.dtype(dt) for dt, _, _ in store.layout.values()}, key=lambda d: d.name)
         feeds = sorted(self.graph.inputs, key=lambda n: n.name)
-        self.module = emit_module(self.plan, self.graph, target, store.layout, feeds, store_dtypes)
+        self.module = emit_module(self.plan, self.graph, target, store.layout, feeds, store_dtypes,
+                                  check_finite=options.get("check_finite", True))
         self.path = write_module(self.module.source)
         self.stats.passes_s, self.stats.codegen_s = t1 - t0, time.perf_counter() - t1
         self.scratch = {dt: np.zeros(max(n, 1), dtype=dt) for dt, n in self.plan.arena_sizes.items()}

@@ -228,6 +228,12 @@ class _Compiled:
                 raise FeedError(f"input {lab.name!r}: class labels must lie in [0, {classes}), got values in "
                                 f"[{a.min()}, {a.max()}] (labels feed softmax_cross_entropy)")
         arrays.update(self._hyper_values())
+        if self._options.get("check_finite", True):
+            for name, a in arrays.items():
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    what = "hyper-parameter" if name.startswith(HYPER_PREFIX) else "input"
+                    raise FeedError(f"{what} {name!r} contains NaN or infinity; refusing to run the step "
+                                    f"(pass check_finite=False to compile to allow it)")
         return arrays, batch
 
     def program_for(self, batch: int | None):
@@ -243,7 +249,9 @@ class _Compiled:
         return prog
 
     def _run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        fast = self._fast_feeds(feeds) if self.target != "numpy" else None
+        # cpu/parallel drivers range-check labels and finiteness themselves; other targets
+        # take the full Python checks
+        fast = self._fast_feeds(feeds) if self.target in ("cpu", "parallel") else None
         if fast is not None:
             arrays, batch = fast
             prog = self._programs.get(batch)

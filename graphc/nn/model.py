@@ -287,7 +287,8 @@ class Sequential:
             self._metrics = self._resolve_metrics()
             extras = {m.name: m.build(y, out, pre, act) for m in self._metrics}
             self._train_fn = gc_compile(loss, optimizer=self.optimizer, target=self._target, outputs=extras or None,
-                                        params=self._params_arg(), seed=self._seed)
+                                        params=self._params_arg(), seed=self._seed,
+                                        check_finite=False)  # fit() applies nan_policy to the data once
             self._initial_weights = None
             if self._pending_opt_state is not None:
                 pending, self._pending_opt_state = self._pending_opt_state, None
@@ -304,7 +305,8 @@ class Sequential:
             out, pre, act = self._forward(x, training=False)
             metrics = self._resolve_metrics()
             outs = {"loss": self.loss.build(y, out, pre, act), **{m.name: m.build(y, out, pre, act) for m in metrics}}
-            self._test_fn = gc_compile(outs, target=self._target, params=self._params_arg(), seed=self._seed)
+            self._test_fn = gc_compile(outs, target=self._target, params=self._params_arg(), seed=self._seed,
+                                       check_finite=False)
             self._initial_weights = None
         return self._test_fn
 
@@ -315,7 +317,8 @@ class Sequential:
             self._ensure_built()
             x = F.input("x", (None,) + self._input_shape)
             out, _, _ = self._forward(x, training=False)
-            self._predict_fn = gc_compile(out, target=self._target, params=self._params_arg(), seed=self._seed)
+            self._predict_fn = gc_compile(out, target=self._target, params=self._params_arg(), seed=self._seed,
+                                          check_finite=False)
             self._initial_weights = None
         return self._predict_fn
 
