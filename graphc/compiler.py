@@ -58,6 +58,7 @@ class NativeProgram:
         feeds = sorted(self.graph.inputs, key=lambda n: n.name)
         self.module = emit_module(self.plan, self.graph, target, store.layout, feeds, store_dtypes,
                                   check_finite=options.get("check_finite", True))
+        self.kernel_paths = [write_module(src) for src in self.module.kernel_modules.values()]
         self.path = write_module(self.module.source)
         self.stats.passes_s, self.stats.codegen_s = t1 - t0, time.perf_counter() - t1
         self.scratch = {dt: np.zeros(max(n, 1), dtype=dt) for dt, n in self.plan.arena_sizes.items()}
@@ -92,6 +93,7 @@ class NativeProgram:
 
     def _load(self, fresh: bool = False):
         from .codegen.cache import load_module
+        self._kernel_modules = [load_module(p, fresh=fresh) for p in self.kernel_paths]
         mod = load_module(self.path, fresh=fresh)
         self._driver = mod.step
         self._module = mod
@@ -139,7 +141,7 @@ class NativeProgram:
             except CompileError:
                 raise
             except Exception as e:  # numba typing/lowering errors, or a corrupted cache entry
-                if attempt == 0 and clear_numba_cache(self.path):
+                if attempt == 0 and sum(clear_numba_cache(p) for p in [*self.kernel_paths, self.path]):
                     warnings.warn(f"graphc: Numba cache for {self.path} was unusable ({type(e).__name__}); "
                                   f"recompiling", RuntimeWarning, stacklevel=4)
                     continue
@@ -154,7 +156,9 @@ class NativeProgram:
         """The generated module, headed by its path; ``%k`` in its comments is line k of
         ``self.graph.dump()`` (the specialized, optimized graph, appended at the end)."""
         dump = "\n".join("# " + line for line in self.graph.dump().splitlines())
-        return (f"# {self.path}\n" + self.module.source
+        kernels = "".join(f"# ---- {p} ----\n{src}\n" for p, src in zip(
+            self.kernel_paths, self.module.kernel_modules.values()))
+        return (kernels + f"# ---- {self.path} (the driver) ----\n" + self.module.source
                 + "\n# ---- the compiled graph (%k in the comments above) ----\n" + dump + "\n")
 
     def kernel_listing(self) -> str:
@@ -170,15 +174,15 @@ class NativeProgram:
     def cache_info(self) -> dict:
         """Numba cache hits/misses of the driver and kernels (timing-free evidence of reuse)."""
         hits = misses = 0
-        mod = self._module if self._driver is not None else None
-        if mod is None:
+        if self._driver is None:
             return {"hits": 0, "misses": 0}
-        for name in dir(mod):
-            f = getattr(mod, name)
-            st = getattr(f, "stats", None)
-            if st is not None and hasattr(st, "cache_hits"):
-                hits += sum(st.cache_hits.values())
-                misses += sum(st.cache_misses.values())
+        for mod in [*self._kernel_modules, self._module]:
+            for name in dir(mod):
+                f = getattr(mod, name)
+                st = getattr(f, "stats", None)
+                if st is not None and hasattr(st, "cache_hits") and getattr(f, "__module__", None) == mod.__name__:
+                    hits += sum(st.cache_hits.values())
+                    misses += sum(st.cache_misses.values())
         return {"hits": hits, "misses": misses}
 
 

@@ -40,6 +40,7 @@ class Module:
     args: list[tuple[str, object]]  # driver arguments: ("store"|"scratch", dtype) or ("feed"|"scalar", name)
     kernels: list[KernelInfo] = field(default_factory=list)
     functions: int = 0
+    kernel_modules: dict = field(default_factory=dict)  # module name -> source, imported by the driver
 
 
 def _numba_version() -> str:
@@ -450,11 +451,20 @@ class _Emitter:
             "from numba import njit, prange",
             "",
         ]
-        funcs = "\n\n".join(self.functions.values())
+        # each kernel is a module of its own, named by the hash of its text: programs that
+        # differ only in shapes (another batch size) or share a kernel (training step and
+        # inference function) import the same file and reuse its Numba cache
+        from .cache import module_name
+        kernel_modules, imports = {}, []
+        for key, fsrc in self.functions.items():
+            ksrc = "\n".join(header) + "\n" + fsrc
+            mname = module_name(ksrc)
+            kernel_modules[mname] = ksrc
+            imports.append(f"from {mname} import kernel_{key}")
         driver = (["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"]
                   + self.lines + ["    return 0"])
-        source = "\n".join(header) + "\n" + funcs + "\n\n" + "\n".join(driver) + "\n"
-        return Module(source, self.args, self.infos, len(self.functions))
+        source = "\n".join(header + imports) + "\n\n\n" + "\n".join(driver) + "\n"
+        return Module(source, self.args, self.infos, len(self.functions), kernel_modules)
 
 
 def emit_module(plan: Plan, graph: Graph, target: str, store_layout: dict, feeds: list[Node],
