@@ -22,3 +22,12 @@ from . import optim  # noqa: F401
 
 __version__ = "0.1.0"
 from . import threads  # noqa: F401,E402
+
+
+def __getattr__(name: str):
+    """``gc.nn`` without an explicit ``import graphc.nn`` (imported on first use: the core
+    does not pay for the layer API)."""
+    if name == "nn":
+        import importlib
+        return importlib.import_module(".nn", __name__)
+    raise AttributeError(f"module 'graphc' has no attribute {name!r}")

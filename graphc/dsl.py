@@ -341,19 +341,34 @@ def one_hot(labels, depth: int, dtype: Any = "float32") -> Node:
     return cast(equal(expand_dims(labels, -1), classes), dtype)
 
 
+def _loss_operands(op: str, pred, target) -> tuple[Node, Node]:
+    """A loss compares like with like: tensors of different shapes are an error, not a
+    broadcast (``(B, 1)`` against ``(B,)`` would silently average a ``(B, B)`` matrix).
+    A Python scalar target still broadcasts."""
+    pred2, target2 = _pair(pred, target)
+    if isinstance(pred, Node) and isinstance(target, Node) and pred.shape != target.shape:
+        from .ir import fmt_shape
+        raise _fail(ShapeError, op, f"prediction {fmt_shape(pred.shape)} and target {fmt_shape(target.shape)} "
+                    "must have the same shape (reshape one of them; losses do not broadcast)", pred, target)
+    return pred2, target2
+
+
 def mse(pred, target) -> Node:
-    """Mean squared error over all elements."""
+    """Mean squared error over all elements; ``pred`` and ``target`` must have one shape."""
+    pred, target = _loss_operands("mse", pred, target)
     return mean(square(subtract(pred, target)))
 
 
 def mae(pred, target) -> Node:
-    """Mean absolute error over all elements."""
+    """Mean absolute error over all elements; ``pred`` and ``target`` must have one shape."""
+    pred, target = _loss_operands("mae", pred, target)
     return mean(abs(subtract(pred, target)))
 
 
 def binary_cross_entropy_with_logits(logits, targets) -> Node:
-    """Mean over all elements of the sigmoid cross-entropy, computed stably from logits."""
-    logits, targets = _pair(logits, targets)
+    """Mean over all elements of the sigmoid cross-entropy, computed stably from logits
+    (``logits`` and ``targets`` must have one shape)."""
+    logits, targets = _loss_operands("binary_cross_entropy_with_logits", logits, targets)
     return mean(softplus(logits) - logits * targets)
 
 

@@ -14,7 +14,7 @@ def check_feeds(inputs: Sequence[Node], feeds: Mapping[str, object], what: str =
 
     Raises FeedError naming the input and expected vs given for a missing or unknown
     name, a dtype of the wrong kind (a float for integer labels, say), a wrong rank or a
-    wrong size of a fixed dim, or batch dims that disagree.
+    wrong size of a fixed dim, batch dims that disagree, or an empty batch.
     """
     by_name = {n.name: n for n in inputs}
     unknown = sorted(set(feeds) - set(by_name))
@@ -53,4 +53,7 @@ def check_feeds(inputs: Sequence[Node], feeds: Mapping[str, object], what: str =
             if a.size and (a.min() < np.iinfo(want).min or a.max() > np.iinfo(want).max):
                 raise FeedError(f"{what}: input {name!r} has values outside {want}'s range")
         out[name] = np.asarray(a, dtype=want, order="C")  # (ascontiguousarray would make 0-d feeds 1-d)
+    if batch == 0:  # means over no samples are NaN, and a step would still advance its state
+        raise FeedError(f"{what}: empty batch: input {batch_from!r} has 0 samples along its batch dim; "
+                        "nothing was run (feed at least one sample)")
     return out, batch

@@ -120,6 +120,38 @@ class Node:
     def __bool__(self):
         raise TypeError("a symbolic graphc tensor has no truth value; use gc.where / comparisons")
 
+    # ---- NumPy interop: a node is not an array --------------------------------------------
+    # Without these, NumPy turns a node into a 0-d object array and e.g. np.argmax(node)
+    # silently returns 0. Arithmetic with an ndarray on the left still builds nodes.
+    def __array__(self, *args, **kwargs):
+        raise TypeError(f"{self!r} is a symbolic graphc tensor: it has no value to convert to a NumPy array "
+                        "(compile the graph and call it to get arrays)")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        from . import dsl
+        fn = _OPERATOR_UFUNCS.get(ufunc.__name__)
+        if fn is not None and method == "__call__" and not kwargs:
+            return getattr(dsl, fn)(*inputs)
+        raise TypeError(_numpy_hint(f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}"),
+                                    ufunc.__name__, self))
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise TypeError(_numpy_hint(f"np.{func.__name__}", func.__name__, self))
+
+
+# ufuncs that NumPy calls for Python operators with an array on the left (``a * node``)
+_OPERATOR_UFUNCS = {"add": "add", "subtract": "subtract", "multiply": "multiply", "divide": "divide",
+                    "true_divide": "divide", "matmul": "matmul", "negative": "negative", "greater": "greater",
+                    "greater_equal": "greater_equal", "less": "less", "less_equal": "less_equal"}
+
+
+def _numpy_hint(what: str, name: str, node: "Node") -> str:
+    from . import dsl
+    alt = {"amax": "max", "true_divide": "divide"}.get(name, name)
+    hint = (f"use gc.{alt} instead" if callable(getattr(dsl, alt, None))
+            else "graphc has no such op; compute it on the NumPy arrays a compiled call returns")
+    return f"{what} cannot take the symbolic graphc tensor {node!r}: {hint}"
+
 
 def fmt_shape(shape: Shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
