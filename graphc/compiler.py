@@ -72,7 +72,6 @@ class NativeProgram:
         self._readers = [self._reader(n) for n in self.graph.outputs[:k]]
         self._source_outputs = [n for n in self.graph.outputs[:k] if n.op in ("param", "state")]
         self._bound_version = None
-        self._lock = threading.Lock()
 
     # ---- calling ---------------------------------------------------------------------------
     def _reader(self, n: Node) -> Callable:
@@ -114,15 +113,17 @@ class NativeProgram:
     def run(self, feeds: Mapping[str, np.ndarray], store) -> list[np.ndarray] | None:
         """One native call; returns the user outputs, or None if the driver rejected the
         feeds (labels out of range) before running any kernel."""
-        if self._bound_version != (id(store), store.version):
-            self._bind(store)
-        args = list(self._static)
-        for key, scalar in self._feed_keys:
-            v = feeds[key]
-            args.append(v[()] if scalar and isinstance(v, np.ndarray) else v)
-        before = ({n.name: store.view(n.name).copy() for n in self._source_outputs}
-                  if self._source_outputs else None)
-        with self._lock:  # the scratch arena is shared: one call at a time per program
+        # the store is the unit of locking: programs of other batch sizes, inference
+        # functions and host reads share its arenas (and this program's scratch is shared too)
+        with store.lock:
+            if self._bound_version != (id(store), store.version):
+                self._bind(store)
+            args = list(self._static)
+            for key, scalar in self._feed_keys:
+                v = feeds[key]
+                args.append(v[()] if scalar and isinstance(v, np.ndarray) else v)
+            before = ({n.name: store.view(n.name).copy() for n in self._source_outputs}
+                      if self._source_outputs else None)
             status = self._first_call(args) if not self._compiled else self._driver(*args)
             if status:
                 return None

@@ -7,6 +7,7 @@ inference function compiled to share its weights, reads the same memory.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -27,6 +28,10 @@ class Store:
 
     def __init__(self, nodes: list[Node], seed: int = 0, initial: Mapping[str, np.ndarray] | None = None):
         self.seed = seed
+        # every program reading or writing these arenas holds this lock while it runs, and so
+        # do host reads and loads: a step never loses another thread's update, a reader never
+        # sees half a step (re-entrant: a load may read the store while it holds the lock)
+        self.lock = threading.RLock()
         self.layout: dict[str, tuple[np.dtype, int, tuple]] = {}  # name -> (dtype, offset, shape)
         self.kinds: dict[str, str] = {}
         self._arenas: dict[np.dtype, np.ndarray] = {}
@@ -156,13 +161,14 @@ class NumpyProgram:
         from .interpret import evaluate
 
         g = self.program.graph
-        values = {n.name: store.view(n.name) for n in self.program.sources}
-        outs = evaluate(g.outputs, feeds, values)
-        k = len(self.program.user_names)
-        # copy everything first: a param output (or an update) may be a view of the store
-        user = [np.array(v) for v in outs[:k]]
-        for name, v in zip(self.program.updates, [np.array(v) for v in outs[k:]]):
-            np.copyto(store.view(name), v)
+        with store.lock:
+            values = {n.name: store.view(n.name) for n in self.program.sources}
+            outs = evaluate(g.outputs, feeds, values)
+            k = len(self.program.user_names)
+            # copy everything first: a param output (or an update) may be a view of the store
+            user = [np.array(v) for v in outs[:k]]
+            for name, v in zip(self.program.updates, [np.array(v) for v in outs[k:]]):
+                np.copyto(store.view(name), v)
         return user
 
     def describe(self) -> str:
@@ -180,6 +186,7 @@ class _Compiled:
         self.optimizer = optimizer
         self._options = options
         self._programs: dict[int | None, Any] = {}
+        self._build_lock = threading.Lock()  # two threads' first calls build one program
         self._inputs = [n for n in program.graph.inputs if not n.name.startswith(HYPER_PREFIX)]
         self._hypers = [n for n in program.graph.inputs if n.name.startswith(HYPER_PREFIX)]
         self._label_checks = [(n.inputs[1], n.inputs[0].shape[1]) for n in program.graph.nodes
@@ -240,12 +247,15 @@ class _Compiled:
         """The executable specialized to ``batch`` (built on first use, then cached)."""
         prog = self._programs.get(batch)
         if prog is None:
-            if self.target == "numpy":
-                prog = NumpyProgram(self._program, batch)
-            else:
-                from .compiler import build_native
-                prog = build_native(self._program, batch, self.target, self._store, self._options)
-            self._programs[batch] = prog
+            with self._build_lock:
+                prog = self._programs.get(batch)
+                if prog is None:
+                    if self.target == "numpy":
+                        prog = NumpyProgram(self._program, batch)
+                    else:
+                        from .compiler import build_native
+                        prog = build_native(self._program, batch, self.target, self._store, self._options)
+                    self._programs[batch] = prog
         return prog
 
     def _run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -272,8 +282,10 @@ class _Compiled:
     # ---- parameters and state -----------------------------------------------------------------
     @property
     def params(self) -> dict[str, np.ndarray]:
-        """Copies of the current parameter values, by name."""
-        return {k: self._store.view(k).copy() for k in self._store.names("param")}
+        """Copies of the current parameter values, by name (a consistent snapshot: taken
+        between steps, never during one)."""
+        with self._store.lock:
+            return {k: self._store.view(k).copy() for k in self._store.names("param")}
 
     def set_params(self, values: Mapping[str, np.ndarray]) -> None:
         """Overwrite some parameters (validated first: nothing is written if any is wrong)."""
@@ -286,8 +298,9 @@ class _Compiled:
 
     def state_dict(self) -> dict:
         """Copies of params, optimizer state (incl. the step counter) and hyper-parameters."""
-        d = {"params": self.params,
-             "state": {k: self._store.view(k).copy() for k in self._store.names("state")}}
+        with self._store.lock:
+            d = {"params": self.params,
+                 "state": {k: self._store.view(k).copy() for k in self._store.names("state")}}
         if self.optimizer is not None:
             d["hyper"] = self.optimizer.hyperparameters
         return d

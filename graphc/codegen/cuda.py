@@ -731,7 +731,6 @@ class CudaProgram:
         self._scalar_vals = None
         self._bound = None
         self._compiled = False
-        self._lock = threading.Lock()
 
     # ---- binding -------------------------------------------------------------------------------
     def _arena(self, key: str):
@@ -803,7 +802,7 @@ class CudaProgram:
             a = feeds[name]
             if a.size and (a.min() < 0 or a.max() >= classes):
                 return None
-        with self._lock:  # the device scratch arena is shared: one call at a time per program
+        with store.lock:  # the store (and this program's device scratch) is shared: one call at a time
             return self._run_locked(feeds, store)
 
     def _run_locked(self, feeds, store) -> list[np.ndarray]:
