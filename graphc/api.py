@@ -14,7 +14,8 @@ TARGETS = ("numpy", "cpu", "parallel", "cuda")
 
 def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, target: str = "cpu",
             outputs: Mapping[str, Node] | None = None, params: Any = None, seed: int = 0,
-            passes: Any = None, check_finite: bool = True) -> CompiledStep | Function:  # noqa: A001
+            passes: Any = None, check_finite: bool = True,
+            check_numerics: bool = False) -> CompiledStep | Function:  # noqa: A001
     """Compile a training step (with ``optimizer``) or a forward-only function (without).
 
     - With an optimizer, ``loss_or_outputs`` is the scalar loss; a call runs forward,
@@ -26,14 +27,24 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
     - ``params``: another compiled step/function whose parameters to share (live, not a
       copy: an inference function sees the training step's latest weights), or a dict
       of initial values by name. Others are initialized from their initializers, seeded
-      by ``seed``.
+      by ``seed``. The dict may name any param or state of this program (optimizer state
+      included); an unknown name, a wrong shape, a dtype that does not cast, or a value
+      that is NaN/infinite after the cast to the param's dtype is a StateError.
     - ``passes``: names of graph passes to run (default: all; see graphc.passes.PIPELINE).
     - ``check_finite``: reject float feeds (and hyper-parameters) holding NaN or infinity
       with a FeedError before anything runs, so bad data never reaches the parameters
       (natively this is one vectorized pass over the feeds inside the compiled call).
+    - ``check_numerics``: stop at the first NaN/infinite loss (a function: output) or
+      parameter/state update, before anything is written to the store, with a
+      ``gc.NumericsError`` naming the value, the kernel and the line where the first
+      non-finite value appeared (updates go through scratch and a check: see
+      graphc/numerics.py). Not on target "cuda".
     """
     if target not in TARGETS:
         raise ValueError(f"compile: unknown target {target!r}; choose from {TARGETS}")
+    if check_numerics and target == "cuda":
+        raise GraphcError("compile: check_numerics=True is not available on target='cuda' yet; "
+                          "use target='cpu', 'parallel' or 'numpy' to find where the NaN comes from")
     if isinstance(optimizer, str):
         from . import optim
         optimizer = optim.get(optimizer)
@@ -57,7 +68,7 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
         if params is not None and not isinstance(params, Mapping):
             raise TypeError("compile: params must be a compiled step/function to share with, or a dict of arrays")
         store = Store(sources, seed=seed, initial=params)
-    options = {"passes": passes, "check_finite": bool(check_finite)}
+    options = {"passes": passes, "check_finite": bool(check_finite), "check_numerics": bool(check_numerics)}
     if optimizer is not None:
         return CompiledStep(program, target, store, optimizer, options)
     return Function(program, target, store, options, rebuild)

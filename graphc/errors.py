@@ -31,6 +31,11 @@ class CompileError(GraphcError, RuntimeError):
     """Code generation or Numba compilation failed; the message names the generated file."""
 
 
+class NumericsError(GraphcError, FloatingPointError):
+    """With ``compile(..., check_numerics=True)``: a step computed a NaN or infinite loss,
+    output or parameter/state update. Raised before anything is written to the store."""
+
+
 def user_location() -> str:
     """Return 'file:line' of the innermost stack frame outside the graphc package.
 

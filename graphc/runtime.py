@@ -6,6 +6,7 @@ inference function compiled to share its weights, reads the same memory.
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from typing import Any, Callable, Mapping
@@ -40,7 +41,7 @@ class Store:
         # values than the host arenas (None: the host is current)
         self._mirrors: dict[str, object] = {}
         self._owner = None
-        self._add(nodes, initial or {})
+        self._add(nodes, checked_initial(nodes, initial))
 
     # ---- host/device coherence ------------------------------------------------------------------
     # The host arenas are the store's truth unless a device program ran last. Every host access
@@ -109,8 +110,8 @@ class Store:
                 self._arenas[dt] = arena
                 self._version += 1
         for n in new:
-            v = initial.get(n.name)
-            self.view(n.name)[...] = init_value(n, self.seed) if v is None else np.asarray(v, dtype=n.dtype).reshape(n.shape)
+            v = initial.get(n.name)  # validated and cast by checked_initial
+            self.view(n.name)[...] = init_value(n, self.seed) if v is None else v
 
     def ensure(self, nodes: list[Node]) -> None:
         """Add (and initialize) any of ``nodes`` not yet in the store.
@@ -153,9 +154,17 @@ class NumpyProgram:
 
     target = "numpy"
 
-    def __init__(self, program: Program, batch: int | None):
+    def __init__(self, program: Program, batch: int | None, check_numerics: bool = False):
         self.program = program
         self.batch = batch
+        self.check_numerics = check_numerics
+        self._checks = []  # check_numerics (H2): (label, output index), in the order they are computed
+        if check_numerics:
+            from .ir import topo_order
+            from .numerics import checked_values
+            g = program.graph
+            pos = {id(n): i for i, n in enumerate(topo_order(g.outputs))}
+            self._checks = sorted(checked_values(program, g), key=lambda t: pos[id(g.outputs[t[1]])])
 
     def run(self, feeds: Mapping[str, np.ndarray], store: Store) -> list[np.ndarray]:
         from .interpret import evaluate
@@ -165,6 +174,10 @@ class NumpyProgram:
             values = {n.name: store.view(n.name) for n in self.program.sources}
             outs = evaluate(g.outputs, feeds, values)
             k = len(self.program.user_names)
+            for label, i in self._checks:  # check_numerics: the first bad value, before any write
+                if not np.isfinite(outs[i]).all():
+                    from .numerics import numerics_error
+                    raise numerics_error(self.program, label, i, g.outputs[i], outs[i], feeds, store)
             # copy everything first: a param output (or an update) may be a view of the store
             user = [np.array(v) for v in outs[:k]]
             for name, v in zip(self.program.updates, [np.array(v) for v in outs[k:]]):
@@ -251,7 +264,7 @@ class _Compiled:
                 prog = self._programs.get(batch)
                 if prog is None:
                     if self.target == "numpy":
-                        prog = NumpyProgram(self._program, batch)
+                        prog = NumpyProgram(self._program, batch, self._options.get("check_numerics", False))
                     else:
                         from .compiler import build_native
                         prog = build_native(self._program, batch, self.target, self._store, self._options)
@@ -287,9 +300,12 @@ class _Compiled:
         with self._store.lock:
             return {k: self._store.view(k).copy() for k in self._store.names("param")}
 
-    def set_params(self, values: Mapping[str, np.ndarray]) -> None:
-        """Overwrite some parameters (validated first: nothing is written if any is wrong)."""
-        self._load({"params": values}, partial=True)
+    def set_params(self, values: Mapping[str, np.ndarray], allow_nonfinite: bool = False) -> None:
+        """Overwrite some parameters (validated first: nothing is written if any is wrong).
+        Values are cast to the store's dtype; NaN/infinity is refused unless ``allow_nonfinite``."""
+        if not isinstance(values, Mapping):
+            raise StateError(f"set_params: expected a dict of arrays by param name, got {type(values).__name__}")
+        self._load({"params": values}, partial=True, what="set_params", allow_nonfinite=allow_nonfinite)
 
     @property
     def iterations(self) -> int:
@@ -305,46 +321,77 @@ class _Compiled:
             d["hyper"] = self.optimizer.hyperparameters
         return d
 
-    def load_state_dict(self, d: Mapping) -> None:
-        """Restore what ``state_dict`` returned (from any target). Every entry is checked
-        against the store before anything is written, so a bad dict changes nothing."""
-        self._load(d, partial=False)
+    def load_state_dict(self, d: Mapping, allow_nonfinite: bool = False) -> None:
+        """Restore what ``state_dict`` returned (from any target). Every entry (names, shapes,
+        dtypes, values after the cast to the store's dtype, hyper-parameters) is checked before
+        anything is written, so a bad dict changes nothing. NaN/infinity is refused unless
+        ``allow_nonfinite``."""
+        self._load(d, partial=False, what="load_state_dict", allow_nonfinite=allow_nonfinite)
 
-    def _load(self, d: Mapping, partial: bool) -> None:
+    def _load(self, d: Mapping, partial: bool, what: str, allow_nonfinite: bool = False) -> None:
+        """Validate everything in ``d``, then write it all under the store's lock. ``what``
+        (the method the user called) starts every error message."""
+        if not isinstance(d, Mapping):
+            raise StateError(f"{what}: expected a mapping like state_dict() returns, got {type(d).__name__}")
+        extra = sorted((str(k) for k in d if k not in ("params", "state", "hyper")))
+        if extra:
+            raise StateError(f"{what}: unknown sections {extra}; a state dict holds 'params', 'state' and 'hyper'")
         pending = []
         for section, kind in (("params", "param"), ("state", "state")):
-            given = dict(d.get(section, {}))
+            given = d.get(section, {})
+            if not isinstance(given, Mapping):
+                raise StateError(f"{what}: {section!r} must be a dict of arrays by name, got {type(given).__name__}")
             expected = set(self._store.names(kind))
-            unknown = sorted(set(given) - expected)
+            unknown = sorted((k for k in given if k not in expected), key=str)
             if unknown:
-                raise StateError(f"load_state_dict: unknown {section} {unknown}; expected {sorted(expected)}")
+                raise StateError(f"{what}: unknown {section} {unknown}; expected {sorted(expected)}")
             missing = sorted(expected - set(given))
             if missing and not partial and (section == "params" or "state" in d):
-                raise StateError(f"load_state_dict: missing {section} {missing}")
+                raise StateError(f"{what}: missing {section} {missing}")
             for k, v in given.items():
-                dst = self._store.view(k)
-                a = np.asarray(v)
-                if a.shape != dst.shape:
-                    raise StateError(f"load_state_dict: {k!r} has shape {a.shape}, expected {dst.shape}")
-                if a.dtype.kind != dst.dtype.kind:
-                    raise StateError(f"load_state_dict: {k!r} has dtype {a.dtype}, expected {dst.dtype}")
-                if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-                    raise StateError(f"load_state_dict: {k!r} holds NaN or infinity")
-                pending.append((dst, a))
-        for dst, a in pending:
-            dst[...] = a
-        if self.optimizer is not None and "hyper" in d:
-            for k, v in d["hyper"].items():
-                if k in self.optimizer.hyperparameters:
-                    setattr(self.optimizer, k, v)
+                dt, _, shape = self._store.layout[k]
+                pending.append((k, checked_array(what, k, v, dt, shape, allow_nonfinite)))
+        hyper = {}
+        given = d.get("hyper")
+        opt = self.optimizer
+        if given is not None and opt is not None:  # a Function has no hyper-parameters to restore
+            if not isinstance(given, Mapping):
+                raise StateError(f"{what}: 'hyper' must be a dict of numbers by name, got {type(given).__name__}")
+            known = opt.hyperparameters
+            unknown = sorted((k for k in given if k not in known), key=str)
+            if unknown:
+                raise StateError(f"{what}: unknown hyper-parameters {unknown} for {type(opt).__name__}; "
+                                 f"it has {sorted(known)}")
+            for k, v in given.items():
+                try:
+                    hyper[k] = opt._checked_hyper(k, v)
+                except (TypeError, ValueError) as e:
+                    raise StateError(f"{what}: {e}") from None
+        with self._store.lock:  # nothing below can fail: every value is checked and cast
+            for k, c in pending:
+                self._store.view(k)[...] = c
+            for k, v in hyper.items():
+                setattr(opt, k, v)
 
-    def save(self, path: str) -> None:
-        """Write ``state_dict()`` to an .npz file atomically (temp file + rename)."""
-        save_npz_atomic(path, flatten_state(self.state_dict()))
+    def save(self, path: str | os.PathLike, allow_nonfinite: bool = False) -> str:
+        """Write ``state_dict()`` to an .npz file (``.npz`` appended if missing) atomically:
+        temp file + rename, so a crash mid-save leaves the previous file intact. A state
+        holding NaN or infinity is refused (StateError, the old file kept) unless
+        ``allow_nonfinite``: a loop that saves every epoch keeps its last good checkpoint.
+        Returns the path written."""
+        sd = self.state_dict()
+        path = checkpoint_path(path)
+        if not allow_nonfinite:
+            check_savable(sd, f"save: {path}")
+        return save_npz_atomic(path, flatten_state(sd))
 
-    def load(self, path: str) -> None:
-        with np.load(path) as z:
-            self.load_state_dict(unflatten_state({k: z[k] for k in z.files}))
+    def load(self, path: str | os.PathLike, allow_nonfinite: bool = False) -> None:
+        """Restore a checkpoint written by ``save`` (``path`` as given to ``save``: ``ck``
+        finds ``ck.npz``). A damaged or foreign file is a StateError naming it; everything is
+        checked before anything is written, as in ``load_state_dict``."""
+        path, flat = read_checkpoint(path, "load")
+        where = f"load: {path}"
+        self._load(unflatten_state(flat, where), partial=False, what=where, allow_nonfinite=allow_nonfinite)
 
     # ---- inspection ----------------------------------------------------------------------
     @property
@@ -395,6 +442,75 @@ class Function(_Compiled):
 
 # ---- checkpoints ---------------------------------------------------------------------------
 
+def checked_array(what: str, name: str, v: Any, dtype: np.dtype, shape: tuple,
+                  allow_nonfinite: bool = False) -> np.ndarray:
+    """``v`` as a fresh array of the store's ``dtype``, or a StateError naming ``what`` (the
+    method the user called) and ``name``. Values are checked AFTER the cast: float64 1e300
+    is a finite number that becomes infinity in float32."""
+    if v is None or isinstance(v, (str, bytes)):
+        raise StateError(f"{what}: {name!r} must be a numeric array, got {type(v).__name__} {v!r:.40}")
+    try:
+        a = np.asarray(v)
+    except Exception as e:  # ragged lists and the like
+        raise StateError(f"{what}: {name!r} could not be read as an array ({e})") from None
+    if a.dtype.kind not in "biuf":
+        raise StateError(f"{what}: {name!r} must be numeric, got dtype {a.dtype}")
+    if a.shape != tuple(shape):
+        raise StateError(f"{what}: {name!r} has shape {a.shape}, expected {tuple(shape)}")
+    if not np.can_cast(a.dtype, dtype, "same_kind"):
+        raise StateError(f"{what}: {name!r} has dtype {a.dtype}, expected {dtype} (or one that casts to it "
+                         f"without changing kind)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = a.astype(dtype)
+    if dtype.kind == "f":
+        bad = ~np.isfinite(c)
+        if bad.any():
+            src = a[bad]
+            if src.dtype.kind != "f" or np.isfinite(src).any():
+                raise StateError(f"{what}: {name!r} holds values too large for {dtype} (largest magnitude "
+                                 f"{np.max(np.abs(src[np.isfinite(src)] if src.dtype.kind == 'f' else src)):.3g}); "
+                                 f"they would become infinity")
+            if not allow_nonfinite:
+                raise StateError(f"{what}: {name!r} holds NaN or infinity (pass allow_nonfinite=True to accept it)")
+    elif not np.array_equal(c, a):
+        raise StateError(f"{what}: {name!r} holds values out of the range of {dtype}")
+    return c
+
+
+def checked_initial(nodes: list[Node], initial: Mapping | None, what: str = "compile(params=...)") -> dict:
+    """Initial values given by name for ``nodes`` (params and state of a program), checked
+    and cast; an unknown name or a wrong shape is a StateError, never silently ignored."""
+    if not initial:
+        return {}
+    if not isinstance(initial, Mapping):
+        raise TypeError(f"{what}: expected a dict of arrays by name, got {type(initial).__name__}")
+    known = {n.name: n for n in nodes}
+    keys = set(initial)
+    if keys <= {"params", "state", "hyper"} and not keys & set(known) \
+            and all(isinstance(v, Mapping) for v in initial.values()):
+        raise StateError(f"{what}: got a state_dict; pass its ['params'] (or the compiled step itself, to share "
+                         f"its store), then restore the rest with load_state_dict")
+    unknown = sorted((k for k in initial if k not in known), key=str)
+    if unknown:
+        raise StateError(f"{what}: unknown names {unknown}; this program's params and state are {sorted(known)}")
+    return {k: checked_array(what, k, v, known[k].dtype, known[k].shape) for k, v in initial.items()}
+
+
+def nonfinite_entries(d: Mapping) -> list[str]:
+    """Names of the float params/state in a state dict holding NaN or infinity."""
+    return [k for section in ("params", "state") for k, v in d.get(section, {}).items()
+            if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()]
+
+
+def check_savable(d: Mapping, what: str) -> None:
+    """Refuse to write a checkpoint holding NaN/infinity (a StateError naming the entries)."""
+    bad = nonfinite_entries(d)
+    if bad:
+        shown = bad[:8] + (["..."] if len(bad) > 8 else [])
+        raise StateError(f"{what}: refusing to write a checkpoint holding NaN or infinity in {shown}; "
+                         f"the file is left as it was (pass allow_nonfinite=True to write it anyway)")
+
+
 def flatten_state(d: Mapping) -> dict[str, np.ndarray]:
     out = {}
     for section in ("params", "state"):
@@ -405,22 +521,79 @@ def flatten_state(d: Mapping) -> dict[str, np.ndarray]:
     return out
 
 
-def unflatten_state(flat: Mapping[str, np.ndarray]) -> dict:
+def unflatten_state(flat: Mapping[str, np.ndarray], where: str = "checkpoint") -> dict:
+    """The inverse of ``flatten_state``; a foreign entry is a StateError starting with ``where``."""
     d: dict = {"params": {}, "state": {}, "hyper": {}}
     for k, v in flat.items():
-        section, _, name = k.partition("::")
-        if section not in d:
-            raise StateError(f"checkpoint entry {k!r} is not graphc state")
-        d[section][name] = float(v) if section == "hyper" else v
+        section, sep, name = str(k).partition("::")
+        if not sep or section not in d or not name:
+            raise StateError(f"{where}: entry {k!r} is not graphc state (entries are named params::<name>, "
+                             f"state::<name> or hyper::<name>)")
+        v = np.asarray(v)
+        if v.dtype.kind not in "biuf":
+            raise StateError(f"{where}: entry {k!r} has dtype {v.dtype}, not a number type")
+        if section == "hyper":
+            if v.size != 1:
+                raise StateError(f"{where}: hyper-parameter {name!r} must be a scalar, got shape {v.shape}")
+            v = v.reshape(()).item()
+        d[section][name] = v
     if not d["state"]:
         del d["state"]
     return d
 
 
-def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """np.savez to a temp file in the same directory, fsync, then rename over ``path``:
-    a crash mid-save leaves the previous file intact."""
+def checkpoint_path(path: str | os.PathLike) -> str:
+    """The file ``save(path)`` writes: ``path`` with ``.npz`` appended if missing (as np.savez)."""
     path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
+    return path if path.endswith(".npz") else path + ".npz"
+
+
+def find_checkpoint(path: str | os.PathLike, what: str) -> str:
+    """The file ``load(path)`` reads: the one ``save(path)`` writes, else ``path`` as given."""
+    p = os.fspath(path)
+    candidates = [checkpoint_path(p)] + ([] if p.endswith(".npz") else [p])
+    for c in candidates:
+        if os.path.exists(c):
+            return c
+    raise FileNotFoundError(errno.ENOENT, f"{what}: no checkpoint at {' or '.join(candidates)}", p)
+
+
+def read_checkpoint(path: str | os.PathLike, what: str) -> tuple[str, dict[str, np.ndarray]]:
+    """(the file read, its arrays by entry name). Anything but an intact .npz archive of
+    numeric arrays is a StateError naming the file and the problem; nothing is unpickled."""
+    path = find_checkpoint(path, what)
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head:
+        raise StateError(f"{what}: {path} is empty (a save that never finished?)")
+    if head.startswith(b"\x93NUMPY"):
+        raise StateError(f"{what}: {path} is a single .npy array, not an .npz checkpoint")
+    if not head.startswith(b"PK"):
+        raise StateError(f"{what}: {path} is not an .npz checkpoint (it does not start like a zip archive)")
+    out = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):  # pragma: no cover - excluded by the magic check
+                raise StateError(f"{what}: {path} is not an .npz checkpoint")
+            for k in z.files:
+                try:
+                    out[k] = z[k]
+                except ValueError as e:
+                    if "allow_pickle" not in str(e):
+                        raise
+                    raise StateError(f"{what}: {path}: entry {k!r} is an object array (pickled Python "
+                                     f"objects); checkpoints hold numeric arrays only") from None
+    except StateError:
+        raise
+    except Exception as e:  # BadZipFile, EOFError, zlib.error, a bad .npy header, a CRC mismatch, ...
+        raise StateError(f"{what}: {path} is damaged or not an .npz checkpoint ({type(e).__name__}: {e})") from None
+    return path, out
+
+
+def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> str:
+    """np.savez to a temp file in the same directory, fsync, then rename over ``path``
+    (``.npz`` appended if missing): a crash mid-save leaves the previous file intact, and
+    the next save removes the orphaned temp file. Returns the path written."""
+    path = checkpoint_path(path)
     write_atomic(path, lambda f: np.savez(f, **arrays))
+    return path

@@ -5,17 +5,14 @@ every parameter and state tensor; the runtime writes the latter back in place.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Mapping
 
-import numpy as np
-
 from . import dsl as F
 from .autodiff import grad
-from .errors import DTypeError, GraphcError, ShapeError
+from .errors import DTypeError, GraphcError, ShapeError, StateError
 from .ir import Graph, Node, topo_order
-from .optim.base import Optimizer
+from .optim.base import Optimizer, resolve_state_spec
 
 STEP = "step"
 
@@ -27,10 +24,15 @@ class Program:
     graph: Graph
     user_names: list[str]
     updates: list[str]  # store names written, in output order after the user outputs
+    declared: tuple = ()  # state the optimizer declared: in the store even if no op reads it
 
     @property
     def sources(self) -> list[Node]:
-        return [n for n in self.graph.nodes if n.op in ("param", "state")]
+        """Every param and state this program reads or writes (the store must hold them)."""
+        found = {n.name: n for n in self.graph.nodes if n.op in ("param", "state")}
+        for n in self.declared:
+            found.setdefault(n.name, n)
+        return list(found.values())
 
 
 def check_unique_names(nodes) -> None:
@@ -70,6 +72,8 @@ def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node]
     if not params:
         raise GraphcError("compile: the loss depends on no param, so there is nothing to train")
     optimizer._dtype = params[0].dtype
+    for k, v in optimizer.hyperparameters.items():  # finite in the dtype they are fed in
+        optimizer._checked_hyper(k, v)
     grads = grad(loss, params)
     if optimizer.global_clipnorm is not None:
         total = None
@@ -81,28 +85,42 @@ def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node]
         grads = [g * F.cast(scale, g.dtype) for g in grads]
 
     step = F.state(STEP, (), init="zeros", dtype="int64")
+    declared = [step]
     t_new = step + 1
     t = F.cast(t_new, params[0].dtype)
     outs: dict[str, Node] = {"loss": loss, **extra}
     updates: list[tuple[str, Node]] = []
+    opt_name = type(optimizer).__name__
     for p, g in zip(params, grads):
         spec = optimizer.state_spec(p)
+        if not isinstance(spec, Mapping):
+            raise StateError(f"{opt_name}.state_spec for param {p.name!r} must return a dict "
+                             f"{{state name: entry}}, got {type(spec).__name__}")
         st = {}
-        for k, init in spec.items():
-            if isinstance(init, numbers.Number):
-                init = np.full(p.shape, init, dtype=p.dtype)
-            st[k] = F.state(f"{p.name}/{k}", p.shape, init=init, dtype=p.dtype)
-        new_p, new_st = optimizer.update(p, g, st, t)
+        for k, entry in spec.items():
+            shape, dtype, init = resolve_state_spec(optimizer, p, k, entry)
+            st[k] = F.state(f"{p.name}/{k}", shape, init=init, dtype=dtype)
+            declared.append(st[k])
+        result = optimizer.update(p, g, st, t)
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
+            raise GraphcError(f"{opt_name}.update must return (new param, {{state name: new value}}), "
+                              f"got {type(result).__name__}")
+        new_p, new_st = result
         if set(new_st) != set(st):
-            raise GraphcError(f"{type(optimizer).__name__}.update returned state {sorted(new_st)} "
+            raise GraphcError(f"{opt_name}.update returned state {sorted(new_st)} "
                               f"but state_spec declared {sorted(st)}")
-        for k, v in [(p.name, new_p)] + [(f"{p.name}/{k}", new_st[k]) for k in st]:
-            if not isinstance(v, Node) or v.shape != p.shape:
-                raise ShapeError(f"{type(optimizer).__name__}.update: new value of {k!r} has shape "
-                                 f"{getattr(v, 'shape', None)}, expected {p.shape}")
-            updates.append((k, F.cast(v, p.dtype)))
+        for k, v, ref, what in ([(p.name, new_p, p, "param")]
+                                + [(f"{p.name}/{k}", new_st[k], st[k], "state") for k in st]):
+            if not isinstance(v, Node):
+                raise ShapeError(f"{opt_name}.update: the new value of {what} {k!r} is a {type(v).__name__}, "
+                                 f"not a graphc tensor of shape {ref.shape}")
+            if v.shape != ref.shape:
+                declared = "the param's shape" if what == "param" else "its declared shape"
+                raise ShapeError(f"{opt_name}.update: the new value of {what} {k!r} has shape {v.shape}, "
+                                 f"expected {ref.shape} ({declared})")
+            updates.append((k, F.cast(v, ref.dtype)))
     updates.append((STEP, t_new))
     names = list(outs) + [f"update:{k}" for k, _ in updates]
     g = Graph(list(outs.values()) + [v for _, v in updates], names)
     check_unique_names(g.nodes)
-    return Program(g, list(outs), [k for k, _ in updates])
+    return Program(g, list(outs), [k for k, _ in updates], tuple(declared))

@@ -39,7 +39,10 @@ def test_nonfinite_hyperparameter_is_rejected(target):
     feeds = {x.name: np.ones((2, 4), "f4"), y.name: np.array([0, 1])}
     step(**feeds)
     W = step.params[f"fin_W_b"]
-    step.optimizer.learning_rate = float("nan")
+    with pytest.raises(ValueError, match="learning_rate"):  # refused when set (issue 9, item 11) ...
+        step.optimizer.learning_rate = float("nan")
+    step.optimizer._hyper["learning_rate"] = float("nan")  # ... forced past that check, the step still refuses it
+    step.optimizer._version += 1
     with pytest.raises(gc.FeedError, match="learning_rate"):
         step(**feeds)
     np.testing.assert_array_equal(W, step.params["fin_W_b"])

@@ -19,8 +19,9 @@ from .. import dsl as F
 from .. import optim
 from ..api import TARGETS
 from ..api import compile as gc_compile
-from ..errors import GraphcError
-from ..runtime import flatten_state, save_npz_atomic, unflatten_state
+from ..errors import GraphcError, StateError
+from ..runtime import (check_savable, checkpoint_path, flatten_state, nonfinite_entries, read_checkpoint,
+                       save_npz_atomic, unflatten_state)
 from . import losses as L
 from . import metrics as M
 from .callbacks import Callback, CallbackList, History
@@ -267,7 +268,11 @@ class Sequential:
         owner = self._owner()
         if owner is not None:
             return owner
-        return self._initial_weights
+        init = self._initial_weights
+        if init:  # after pop()/add() a weight may be gone or reshaped: it starts fresh, as in Keras
+            shapes = {w.name: w.shape for w in self.weights}
+            init = {k: v for k, v in init.items() if shapes.get(k) == np.shape(v)}
+        return init
 
     def _inputs(self):
         x = F.input("x", (None,) + self._input_shape)
@@ -552,7 +557,7 @@ class Sequential:
     def _weights_by_name(self) -> dict[str, np.ndarray]:
         return self._current_weights()
 
-    def _set_weights_by_name(self, values: dict) -> None:
+    def _set_weights_by_name(self, values: dict, allow_nonfinite: bool = False) -> None:
         owner = self._store_owner()
         current = owner.params
         checked = {}
@@ -564,8 +569,8 @@ class Sequential:
                 raise ValueError(f"set_weights: weight {k!r} has shape {current[k].shape}, got an array of shape {a.shape}")
             if a.dtype.kind not in "biuf":
                 raise ValueError(f"set_weights: weight {k!r} must be numeric, got dtype {a.dtype}")
-            checked[k] = a.astype(current[k].dtype)
-        owner.set_params(checked)
+            checked[k] = a if a.dtype.kind == current[k].dtype.kind else a.astype(current[k].dtype)
+        owner.set_params(checked, allow_nonfinite=allow_nonfinite)  # casts, then checks the values
 
     @property
     def weights(self) -> list:
@@ -601,55 +606,70 @@ class Sequential:
         raise ValueError(f"get_layer: no layer named {name!r}; layers are {[l.name for l in self.layers]}")
 
     # ---- checkpoints ---------------------------------------------------------------------------------
-    def save_weights(self, filepath, include_optimizer: bool = False, overwrite: bool = True) -> str:
+    def save_weights(self, filepath, include_optimizer: bool = False, overwrite: bool = True,
+                     allow_nonfinite: bool = False) -> str:
         """Write the weights (and, with ``include_optimizer``, the optimizer's state, step count,
         hyper-parameters and the epoch counter) to an .npz file, atomically: a crash mid-save
-        leaves any previous file intact. Returns the path written (``.npz`` is appended if missing)."""
-        path = os.fspath(filepath)
-        if not path.endswith(".npz"):
-            path += ".npz"
+        leaves any previous file intact. Weights or state holding NaN/infinity are refused (a
+        StateError, the old file kept) unless ``allow_nonfinite``. Returns the path written
+        (``.npz`` is appended if missing)."""
+        path = checkpoint_path(filepath)
         if not overwrite and os.path.exists(path):
             raise FileExistsError(f"save_weights: {path} exists and overwrite=False")
         if include_optimizer:
             self._require_compiled()
-            flat = flatten_state(self.train_function.state_dict())
-            flat[_META + "epochs_seen"] = np.asarray(self._epochs_seen, dtype=np.int64)
+            sd = self.train_function.state_dict()
         else:
-            flat = flatten_state({"params": self._current_weights()})
-        save_npz_atomic(path, flat)
-        return path
+            sd = {"params": self._current_weights()}
+        if not allow_nonfinite:
+            check_savable(sd, f"save_weights: {path}")
+        flat = flatten_state(sd)
+        if include_optimizer:
+            flat[_META + "epochs_seen"] = np.asarray(self._epochs_seen, dtype=np.int64)
+        return save_npz_atomic(path, flat)
 
-    def load_weights(self, filepath) -> None:
-        """Load what ``save_weights`` wrote. Weights are matched by name and checked (names,
-        shapes) before anything changes; optimizer state, if present, is restored into the
-        compiled step (now, or when it is first built)."""
-        path = os.fspath(filepath)
-        if not os.path.exists(path) and os.path.exists(path + ".npz"):
-            path += ".npz"
-        with np.load(path) as z:
-            flat = {k: z[k] for k in z.files}
+    def load_weights(self, filepath, allow_nonfinite: bool = False) -> None:
+        """Load what ``save_weights`` wrote (``filepath`` as given to it: ``ckpt`` finds
+        ``ckpt.npz``). Everything is checked before anything changes: the file, the weight
+        names and shapes, and, for a checkpoint with optimizer state in a compiled model, that
+        state against this model's optimizer (an Adam checkpoint does not load into an SGD
+        model). Values holding NaN/infinity are refused unless ``allow_nonfinite``. In a model
+        not compiled yet, the optimizer state is restored when the training step is built."""
+        path, flat = read_checkpoint(filepath, "load_weights")
+        where = f"load_weights: {path}"
         meta = {k[len(_META):]: v for k, v in flat.items() if k.startswith(_META)}
-        try:
-            d = unflatten_state({k: v for k, v in flat.items() if not k.startswith(_META)})
-        except GraphcError as e:
-            raise ValueError(f"load_weights: {path} is not a graphc.nn weights file ({e})") from None
+        d = unflatten_state({k: v for k, v in flat.items() if not k.startswith(_META)}, where)
         names = self._weight_names()
         given = d["params"]
         missing, unknown = sorted(set(names) - set(given)), sorted(set(given) - set(names))
         if missing or unknown:
-            raise ValueError(f"load_weights: {path} does not match this model: missing {missing}, unexpected {unknown}")
-        self._set_weights_by_name(given)
-        if "state" in d:
-            if "epochs_seen" in meta:
-                d["epochs_seen"] = int(meta["epochs_seen"])
-            if self.compiled and self._train_fn is not None:
-                self._load_opt_state(d)
-            else:
-                self._pending_opt_state = d
+            raise ValueError(f"{where} does not match this model: missing {missing}, unexpected {unknown}")
+        current = self._current_weights()
+        for k in names:
+            if np.shape(given[k]) != current[k].shape:
+                raise ValueError(f"{where} does not match this model: weight {k!r} has shape {np.shape(given[k])}, "
+                                 f"the model's has {current[k].shape}")
+        bad = [] if allow_nonfinite else nonfinite_entries(d)
+        if bad:
+            raise StateError(f"{where}: {bad} hold NaN or infinity (pass allow_nonfinite=True to load them anyway)")
+        if "state" not in d:
+            self._set_weights_by_name(given, allow_nonfinite)
+            return
+        if "epochs_seen" in meta:
+            d["epochs_seen"] = int(meta["epochs_seen"])
+        d["allow_nonfinite"] = allow_nonfinite
+        if self.compiled and self.loss is not None:
+            self.train_function  # noqa: B018 - built now (no native compile) so everything is checked at once
+        if self._train_fn is not None:
+            self._load_opt_state(d)  # weights, state and hyper-parameters in one all-or-nothing load
+        else:
+            self._set_weights_by_name(given, allow_nonfinite)
+            self._pending_opt_state = d
 
     def _load_opt_state(self, d: dict) -> None:
         try:
-            self._train_fn.load_state_dict({k: d[k] for k in ("params", "state", "hyper") if k in d})
+            self._train_fn.load_state_dict({k: d[k] for k in ("params", "state", "hyper") if k in d},
+                                           allow_nonfinite=d.get("allow_nonfinite", False))
         except GraphcError as e:
             raise ValueError(f"load_weights: the saved optimizer state does not fit this model's optimizer "
                              f"{self.optimizer!r} ({e})") from None

@@ -1,5 +1,5 @@
 """Optimizers as DSL update rules: built-ins and the base class for custom ones."""
-from .base import Optimizer  # noqa: F401
+from .base import Optimizer, StateSpec  # noqa: F401
 from .builtin import SGD, Adagrad, Adam, AdamW, Lion, RMSprop  # noqa: F401
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad, "lion": Lion}

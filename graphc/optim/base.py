@@ -13,50 +13,202 @@ A custom optimizer subclasses :class:`Optimizer`::
 
         def update(self, param, grad, state, step):
             return param - self.hyper("learning_rate") * gc.sign(grad), {}
+
+State need not have the parameter's shape: a factored second moment (Adafactor) keeps a
+row and a column accumulator for a matrix::
+
+    def state_spec(self, param):
+        if len(param.shape) != 2:
+            return {"v": "zeros"}                                  # the param's shape
+        rows, cols = param.shape
+        return {"vr": gc.optim.StateSpec((rows,)), "vc": gc.optim.StateSpec((cols,))}
 """
 from __future__ import annotations
 
+import difflib
+import math
+import numbers
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from .. import dsl as F
+from ..errors import ShapeError, StateError
 from ..ir import Node
 
 HYPER_PREFIX = "hyper:"
 
 
-class Optimizer:
+@dataclass(frozen=True)
+class StateSpec:
+    """One optimizer state tensor declared with its own shape (returned by ``state_spec``).
+
+    ``shape``: a tuple of ints, e.g. ``(rows,)`` for a factored accumulator or ``()`` for a
+    per-parameter scalar. ``init``: an initializer name (``"zeros"``, ``"ones"``, ...), a
+    number (every element), or an array of exactly ``shape``. ``dtype``: the parameter's
+    when None.
+    """
+
+    shape: tuple
+    init: Any = "zeros"
+    dtype: Any = None
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def resolve_state_spec(opt: "Optimizer", param: Node, key: Any, entry: Any) -> tuple[tuple, np.dtype, Any]:
+    """One ``state_spec`` entry -> (shape, dtype, init name or initial array), or a StateError
+    (ShapeError for an initial array of the wrong shape) naming optimizer, param and entry."""
+    where = f"{type(opt).__name__}.state_spec for param {param.name!r}"
+    if not isinstance(key, str) or not key:
+        raise StateError(f"{where}: state names must be non-empty strings, got {_short(key)}")
+    where += f", state {key!r}"
+    kinds = ("an initializer name (one of " + ", ".join(F.INITIALIZERS) + "), a number (the param's shape), "
+             "a NumPy array (its own shape) or gc.optim.StateSpec(shape, init)")
+    shape, dtype, init = param.shape, param.dtype, entry
+    if isinstance(entry, StateSpec):
+        shape, init = entry.shape, entry.init
+        if (not isinstance(shape, (tuple, list))
+                or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise StateError(f"{where}: StateSpec shape must be a tuple of non-negative ints, got {_short(shape)}")
+        shape = tuple(int(d) for d in shape)
+        if entry.dtype is not None:
+            try:
+                dtype = np.dtype(entry.dtype)
+            except TypeError as e:
+                raise StateError(f"{where}: StateSpec dtype {entry.dtype!r} is not a dtype ({e})") from None
+            if dtype.kind not in "iuf":
+                raise StateError(f"{where}: StateSpec dtype must be a float or int type, got {dtype}")
+        if isinstance(init, np.ndarray) and init.shape != shape:
+            if init.ndim != 0:
+                raise ShapeError(f"{where}: the initial array has shape {init.shape}, but the StateSpec declares "
+                                 f"{shape}")
+            init = init.item()
+        if isinstance(init, StateSpec):
+            raise StateError(f"{where}: StateSpec init must be an initializer name, a number or an array, "
+                             "not another StateSpec")
+    if isinstance(init, str):
+        if init not in F.INITIALIZERS:
+            close = difflib.get_close_matches(init, F.INITIALIZERS, 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise StateError(f"{where}: unknown initializer {init!r}{hint}; choose from {list(F.INITIALIZERS)}")
+        return shape, dtype, init
+    if isinstance(init, numbers.Real) and not isinstance(init, (bool, np.bool_)):
+        value = np.full(shape, init, dtype=dtype)
+    elif isinstance(init, np.ndarray):
+        if init.dtype.kind not in "iuf":
+            raise StateError(f"{where}: the initial array must be numeric, got dtype {init.dtype}")
+        shape = init.shape
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = init.astype(dtype)
+    else:
+        raise StateError(f"{where}: got {_short(entry)} ({type(entry).__name__}); expected {kinds}")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise StateError(f"{where}: the initial value holds NaN or infinity (as {dtype})")
+    return shape, dtype, value
+
+
+class _OptimizerType(type):
+    """Marks an optimizer as constructed once the outermost ``__init__`` has returned: from
+    then on a new public attribute is refused (a typo such as ``opt.learnig_rate = 0.1``
+    would otherwise be accepted and change nothing)."""
+
+    def __call__(cls, *args, **kwargs):
+        obj = super().__call__(*args, **kwargs)
+        object.__setattr__(obj, "_frozen", True)
+        return obj
+
+
+class Optimizer(metaclass=_OptimizerType):
     """Base class. Subclasses pass their hyper-parameters to ``__init__`` and implement
     ``update``; those with state also implement ``state_spec``.
+
+    Hyper-parameters are finite real numbers, checked whenever they are set (in
+    ``__init__``, as attributes, from a state dict): a string, a bool, None, NaN, infinity
+    or an array of more than one element is a TypeError/ValueError naming the optimizer and
+    the hyper-parameter. After ``__init__`` an optimizer accepts new attributes only with a
+    leading underscore: assigning to an unknown public name (a typo of a hyper-parameter)
+    raises AttributeError listing the real ones. Subclasses set their own plain attributes
+    (``self.nesterov = ...``) in ``__init__`` as usual.
 
     ``global_clipnorm`` rescales all gradients together so that their global L2 norm is
     at most that value (as Keras' argument of the same name).
     """
 
     def __init__(self, global_clipnorm: float | None = None, **hyper: float):
-        object.__setattr__(self, "_hyper", {k: float(v) for k, v in hyper.items()})
-        object.__setattr__(self, "global_clipnorm", None if global_clipnorm is None else float(global_clipnorm))
         object.__setattr__(self, "_dtype", np.dtype("float32"))
         object.__setattr__(self, "_version", 0)  # bumped on every hyper-parameter change
+        object.__setattr__(self, "_hyper", {})
+        object.__setattr__(self, "global_clipnorm", self._checked_clipnorm(global_clipnorm))
+        self._hyper.update({k: self._checked_hyper(k, v) for k, v in hyper.items()})
 
     # ---- hyper-parameters: attributes users may change between steps ---------------------
+    def _checked_hyper(self, name: str, value: Any) -> float:
+        """``value`` as a float, or TypeError/ValueError naming this optimizer and ``name``."""
+        what = f"{type(self).__name__}: hyper-parameter {name!r}"
+        v = value
+        if isinstance(v, np.ndarray) and v.size == 1 and v.dtype.kind in "iuf":
+            v = v.reshape(()).item()
+        elif isinstance(v, np.generic) and v.dtype.kind in "iuf":
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{what} must be a finite real number, got {_short(value)} ({type(value).__name__})")
+        try:
+            v = float(v)
+        except OverflowError:
+            v = math.inf
+        if not math.isfinite(v):
+            raise ValueError(f"{what} must be finite, got {v}")
+        dtype = self.__dict__.get("_dtype", np.dtype("float32"))
+        with np.errstate(over="ignore"):
+            if not np.isfinite(dtype.type(v)):
+                raise ValueError(f"{what}: {v} overflows {dtype}, the dtype it is fed in")
+        return v
+
+    def _checked_clipnorm(self, value: Any) -> float | None:
+        if value is None:
+            return None
+        v = self._checked_hyper("global_clipnorm", value)
+        if v <= 0.0:
+            raise ValueError(f"{type(self).__name__}: global_clipnorm must be positive (or None), got {v}")
+        return v
+
+    def _unknown(self, name: str) -> AttributeError:
+        hyper = sorted(self.__dict__.get("_hyper", {}))
+        close = difflib.get_close_matches(name, hyper + ["lr"] * ("learning_rate" in hyper), 1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return AttributeError(f"{type(self).__name__} has no attribute {name!r}{hint} "
+                              f"(its hyper-parameters are {hyper})")
+
     def __getattr__(self, name: str) -> Any:
         hyper = self.__dict__.get("_hyper", {})
         if name in hyper:
             return hyper[name]
         if name == "lr" and "learning_rate" in hyper:
             return hyper["learning_rate"]
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        if name.startswith("__") or "_hyper" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        raise self._unknown(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "lr" and "learning_rate" in self._hyper:
-            name = "learning_rate"
-        if name in self._hyper:
-            self._hyper[name] = float(value)
-            object.__setattr__(self, "_version", self._version + 1)
-        else:
-            object.__setattr__(self, name, value)
+        d = self.__dict__
+        hyper = d.get("_hyper")
+        if hyper is not None:
+            if name == "lr" and "learning_rate" in hyper:
+                name = "learning_rate"
+            if name in hyper:
+                hyper[name] = self._checked_hyper(name, value)
+                object.__setattr__(self, "_version", self._version + 1)
+                return
+            if name == "global_clipnorm":
+                value = self._checked_clipnorm(value)
+            elif d.get("_frozen") and not name.startswith("_") and name not in d and not hasattr(type(self), name):
+                raise self._unknown(name)
+        object.__setattr__(self, name, value)
 
     @property
     def hyperparameters(self) -> dict[str, float]:
@@ -70,12 +222,22 @@ class Optimizer:
         return F.input(HYPER_PREFIX + name, (), dtype=self._dtype)
 
     # ---- the rule ------------------------------------------------------------------------
-    def state_spec(self, param: Node) -> Mapping[str, str]:
-        """Per-parameter state: {state name: initializer name}, same shape/dtype as param."""
+    def state_spec(self, param: Node) -> Mapping[str, Any]:
+        """Per-parameter state: ``{state name: entry}``. An entry is
+
+        - an initializer name (``"zeros"``, ``"ones"``, ...) or a number: a tensor of the
+          param's shape and dtype, so initialized;
+        - a NumPy array: a tensor of that array's shape (any shape), starting from it;
+        - :class:`StateSpec` ``(shape, init, dtype)``: a tensor of any declared shape.
+
+        ``update`` receives each state tensor with its declared shape and must return its
+        new value with exactly that shape (a ShapeError names the entry otherwise).
+        """
         return {}
 
     def update(self, param: Node, grad: Node, state: Mapping[str, Node], step: Node) -> tuple[Node, Mapping[str, Node]]:
-        """Return (new param, {state name: new value}); ``step`` is the 1-based step count (float)."""
+        """Return (new param, {state name: new value}); ``step`` is the 1-based step count (float).
+        The new param has the param's shape, each new state value its declared shape."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
