@@ -41,6 +41,10 @@ class Module:
     kernels: list[KernelInfo] = field(default_factory=list)
     functions: int = 0
     kernel_modules: dict = field(default_factory=dict)  # module name -> source, imported by the driver
+    # check_numerics: status NUMERICS_STATUS + i means that a value of numerics[i] =
+    # ([(label, output index, node), ...], kernel description) is not finite (the values of
+    # one kernel share a check; checks run in the order the kernels computed the values)
+    numerics: list = field(default_factory=list)
 
 
 def _numba_version() -> str:
@@ -69,6 +73,8 @@ class _Emitter:
         # nodes are named by their position in the compiled graph's dump, not their
         # process-global ids, so a program generates the same text (same cache entry) anywhere
         self.local = {id(n): i for i, n in enumerate(graph.nodes)}
+        self._checked: set[int] = set()  # check_numerics: nodes to check (kept in scratch)
+        self._counted: set[int] = set()  # those a loop kernel counted (it returns the count)
 
     def _site(self, n: Node) -> str:
         """``%k op @ file:line`` for generated-code comments (k: position in ``graph.dump()``)."""
@@ -112,11 +118,15 @@ class _Emitter:
         f = self.flat_expr(n)
         return f if len(shape) == 1 else f"{f}.reshape({tuple(shape)!r})" if shape else f
 
-    def view_arg(self, v: View) -> str:
+    def view_arg(self, v: View, scalar: bool = False) -> str:
+        """Driver expression of a kernel operand read through view ``v``. ``scalar``: an
+        elementwise loop broadcasts a size-1 operand, so it is passed as its value; every
+        other operand (GEMM, softmax-CE, anything indexed) stays an array of its shape,
+        size 1 included."""
         b = self.buf(v.base)
         if b.kind == "literal":
             return literal(b.value, b.dtype)
-        if v.size == 1:
+        if scalar and v.size == 1:
             if b.kind == "feed" and not v.base.shape:
                 return f"f_{self._feed_index[b.name]}"
             return f"{self.flat_expr(v.base)}[0]"
@@ -211,7 +221,7 @@ class _Emitter:
             p = f"a{len(leaf_p)}"
             leaf_p[nid] = (p, v)
             params.append(p)
-            args.append(self.view_arg(v) if not (flat and v.size > 1) else self.flat_expr(v.base))
+            args.append(self.view_arg(v, scalar=True) if not (flat and v.size > 1) else self.flat_expr(v.base))
 
         def load(x: Node) -> str:
             if id(x) in names:
@@ -262,6 +272,7 @@ class _Emitter:
             for rd in k.reductions:
                 body.append(f"{indent}{red_p[id(rd)]}.fill({reduce_init(rd.op, rd.dtype)})  # {rd.op} init")
         inner_lines: list[str] = []
+        loop_start = len(body)
         for d in range(r):
             if suffix is not None and d == suffix:
                 for rd in k.reductions:
@@ -283,6 +294,15 @@ class _Emitter:
                 ridx = [("0" if i in rd.attrs["axes"] else idx[i]) for i in range(r)]
                 tgt = f"{red_p[id(rd)]}[{', '.join(ridx) if ridx else '0'}]"
                 inner_lines.append(f"{indent}{tgt} = {reduce_step(rd.op, tgt, v)}  # {rd.op}")
+        # check_numerics: count the non-finite values among the checked outputs (x - x is
+        # NaN exactly when x is NaN or infinite; an integer sum, so the loop still vectorizes
+        # and prange treats it as a reduction); the kernel returns the count
+        chk = [o for o in outs if id(o) in self._checked]
+        if chk:
+            body.insert(loop_start, "    bad = 0  # check_numerics")  # before the loop nest
+            terms = " + ".join(f"({names[id(o)]} - {names[id(o)]})" for o in chk)
+            inner_lines.append(f"{indent}bad += ({terms}) != {literal(0, chk[0].dtype)}  # check_numerics")
+        self._counted.update(id(o) for o in chk)
         for o in outs:  # stores last: in-place outputs read their operand first
             tgt = f"{out_p[id(o)]}[{', '.join(idx) if idx else '0'}]"
             inner_lines.append(f"{indent}{tgt} = {names[id(o)]}  # store {o.op}")
@@ -298,6 +318,8 @@ class _Emitter:
                     body.append(f"{ind}{p}[{', '.join(ridx)}] = acc_{p}")
         if len(body) == 0 or all(line.strip().startswith("#") for line in body):
             body.append("    pass")
+        if chk:
+            body.append("    return bad")
         fn = self.function(params, body, par)
         return fn, args, " ".join(vmap), par
 
@@ -363,7 +385,7 @@ class _Emitter:
         src = "a" if v.size == 1 else "a" + leaf_index(v.view_shape, shape, idx)
         body += [f"{ind}o[t] = {src}  # {n.op} (copy)", f"{ind}t += 1"]
         params = [f"d{d}" for d in range(r)] + ["o", "a"]
-        args = [str(d) for d in shape] + [self.flat_expr(n), self.view_arg(v)]
+        args = [str(d) for d in shape] + [self.flat_expr(n), self.view_arg(v, scalar=True)]
         return self.function(params, body, False), args, self._site(n), False
 
     def finite_checks(self, feeds: list[Node]) -> None:
@@ -388,8 +410,49 @@ class _Emitter:
                            f"    if top == {mask}:",
                            f"        return {1000 + i}"]
 
+    def numerics_checks(self, checked: list[tuple[str, int]], counters: dict) -> list:
+        """check_numerics, after the last kernel and before the updates are copied into the
+        store: return NUMERICS_STATUS + i at the first kernel whose checked values are not all
+        finite, in schedule order. Loop kernels counted their elementwise outputs as they
+        computed them (``counters``: kernel name -> driver variable); other values (a loss
+        from a reduction or the softmax-CE kernel, a GEMM result) get a bit-pattern pass."""
+        from ..numerics import NUMERICS_STATUS
+        producer = {}
+        for pos, info in enumerate(self.infos):
+            for o in info.outputs:
+                producer[id(o)] = pos
+        groups: dict[int, list] = {}
+        for label, index in checked:
+            node = self.graph.outputs[index]
+            if id(node) in self._checked and id(node) in producer:
+                groups.setdefault(producer[id(node)], []).append((label, index, node))
+        out = []
+        for pos in sorted(groups):
+            info, entries = self.infos[pos], groups[pos]
+            status = NUMERICS_STATUS + len(out)
+            counted = [label for label, _, node in entries if id(node) in self._counted]
+            if counted:
+                self.lines += [f"    if {counters[info.name]}:  # check_numerics: {', '.join(counted)}",
+                               f"        return {status}"]
+            for label, _, node in entries:
+                if id(node) in self._counted:
+                    continue
+                bits, mask = {4: ("np.int32", "0x7F800000"), 8: ("np.int64", "0x7FF0000000000000")}[node.dtype.itemsize]
+                fn = self.function(["a"], [f"    u = a.view({bits})",
+                                           "    top = 0",
+                                           "    for j in range(u.shape[0]):",
+                                           f"        e = u[j] & {mask}",
+                                           "        top = e if e > top else top",
+                                           f"    return top == {mask}  # an all-ones exponent: NaN or infinity"], False)
+                self.lines += [f"    if {fn}({self.flat_expr(node)}):  # check_numerics: {label} ({self._site(node)})",
+                               f"        return {status}"]
+            kernel = f"kernel {info.name} ({info.kind} {fmt_shape(info.shape)} [{', '.join(info.ops)}], {info.function})"
+            out.append((entries, kernel))
+        return out
+
     # ---- the driver ----------------------------------------------------------------------------
-    def emit(self, feeds: list[Node], store_dtypes: list, copies, check_finite: bool = True) -> Module:
+    def emit(self, feeds: list[Node], store_dtypes: list, copies, check_finite: bool = True,
+             numerics: list | None = None) -> Module:
         self._feed_index = {n.name: i for i, n in enumerate(feeds)}
         for dt in store_dtypes:
             self.args.append(("store", np.dtype(dt)))
@@ -410,7 +473,13 @@ class _Emitter:
                            f"            return {i + 1}"]
         if check_finite:
             self.finite_checks(feeds)
+        counters: dict[str, str] = {}
+        for _, i in numerics or ():  # computed by this step (not a source, literal or feed)
+            b = self.plan.buffers.get(id(self.graph.outputs[i]))
+            if b is not None and b.kind == "scratch":
+                self._checked.add(id(self.graph.outputs[i]))
         for k in self.plan.kernels:
+            before = len(self._counted)
             if k.kind == "loop":
                 fn, args, vmap, par = self.loop_kernel(k)
             elif k.kind == "matmul":
@@ -424,10 +493,15 @@ class _Emitter:
             fused = [n.op for n in k.all_nodes]
             self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
                               f" -> {', '.join('%' + str(self.local[id(o)]) for o in k.outputs)}")
-            self.lines.append(f"    {fn}({', '.join(args)})  # {vmap}")
+            if len(self._counted) > before:  # check_numerics: the kernel returns its count of non-finite values
+                counters[k.name] = f"bad_{k.name}"
+                self.lines.append(f"    bad_{k.name} = {fn}({', '.join(args)})  # {vmap}")
+            else:
+                self.lines.append(f"    {fn}({', '.join(args)})  # {vmap}")
             out_bytes = sum(int(np.prod(o.shape) if o.shape else 1) * o.dtype.itemsize for o in k.outputs)
             self.infos.append(KernelInfo(k.name, fn, k.kind, tuple(k.shape), fused, k.all_nodes, k.outputs,
                                          out_bytes, par))
+        checks = self.numerics_checks(numerics, counters) if numerics else []
         for node, slot in copies:
             dt, off, shape = self.layout[slot]
             size = int(np.prod(shape)) if shape else 1
@@ -464,9 +538,12 @@ class _Emitter:
         driver = (["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"]
                   + self.lines + ["    return 0"])
         source = "\n".join(header + imports) + "\n\n\n" + "\n".join(driver) + "\n"
-        return Module(source, self.args, self.infos, len(self.functions), kernel_modules)
+        return Module(source, self.args, self.infos, len(self.functions), kernel_modules, checks)
 
 
 def emit_module(plan: Plan, graph: Graph, target: str, store_layout: dict, feeds: list[Node],
-                store_dtypes: list, check_finite: bool = True) -> Module:
-    return _Emitter(plan, graph, target, store_layout).emit(feeds, store_dtypes, plan.copies, check_finite)
+                store_dtypes: list, check_finite: bool = True, numerics: list | None = None) -> Module:
+    """``numerics``: (label, output index) pairs to check before the store is written
+    (check_numerics; the plan must have been built with ``in_place=False``)."""
+    return _Emitter(plan, graph, target, store_layout).emit(feeds, store_dtypes, plan.copies, check_finite,
+                                                           numerics)

@@ -5,6 +5,7 @@ from typing import Sequence
 
 from ..ir import Graph
 from .simplify import cse, dce, fold_constants, simplify
+from .snapshot import snapshot_sources
 from .specialize import specialize
 
 PIPELINE = {
@@ -17,7 +18,8 @@ PIPELINE = {
 
 def run_pipeline(graph: Graph, names: Sequence[str] | None = None) -> Graph:
     """Run the named passes (all of PIPELINE, in order, by default) twice: folding can
-    expose new simplifications and vice versa."""
+    expose new simplifications and vice versa. Then, always, ``snapshot_sources`` (needed
+    for correctness, not an optimization)."""
     names = list(PIPELINE) if names is None else list(names)
     for name in names:
         if name not in PIPELINE:
@@ -25,4 +27,4 @@ def run_pipeline(graph: Graph, names: Sequence[str] | None = None) -> Graph:
     for _ in range(2):
         for name in names:
             graph = PIPELINE[name](graph)
-    return graph
+    return snapshot_sources(graph)

@@ -95,11 +95,13 @@ def _order(kernels: list[Kernel], dag: nx.DiGraph, sizes: dict[int, int]) -> lis
 
 
 def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, str]],
-               keep: list[Node] = ()) -> Plan:
+               keep: list[Node] = (), in_place: bool = True) -> Plan:
     """Order ``kernels`` and assign every materialized node a Buffer.
 
     ``updates`` lists (node, store slot) pairs: the node's value must end up in the slot.
     ``keep`` are nodes read after the step (user outputs): never written into the store.
+    ``in_place=False`` keeps every update in scratch and copies it into the store after the
+    last kernel (check_numerics: the driver checks the new values before any is written).
     """
     producer: dict[int, int] = {}
     for i, k in enumerate(kernels):
@@ -110,6 +112,14 @@ def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, st
 
     # ---- storage of sources and kernel outputs ----------------------------------------
     buffers: dict[int, Buffer] = {}
+    # a one-element constant is inlined as a literal where loops read it; a GEMM or
+    # softmax-CE operand must be an array, so those constants keep arena storage
+    as_array: set[int] = set()
+    for k in kernels:
+        operands = list(k.matmul.inputs) if k.matmul is not None else []
+        if k.kind == "sce":
+            operands += list(k.nodes[0].inputs)
+        as_array.update(id(k.leaves[id(x)].base) for x in operands if id(x) in k.leaves)
     for n in graph.nodes:
         if n.op == "input":
             buffers[id(n)] = Buffer("feed", n.dtype, n.shape, name=n.name)
@@ -117,7 +127,8 @@ def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, st
             buffers[id(n)] = Buffer("store", n.dtype, n.shape, name=n.name)
         elif n.op == "const":
             v = n.attrs["value"].array
-            buffers[id(n)] = Buffer("literal" if v.size == 1 else "const", n.dtype, n.shape, value=v)
+            lit = v.size == 1 and id(n) not in as_array
+            buffers[id(n)] = Buffer("literal" if lit else "const", n.dtype, n.shape, value=v)
     store_reads: dict[str, set[int]] = {}  # slot -> kernels reading its old value
     for i, k in enumerate(kernels):
         for b in k.reads():
@@ -130,7 +141,8 @@ def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, st
     for node, slot in updates:
         nid = id(node)
         i = producer.get(nid)
-        if i is None or nid in direct or nid in kept or kernels[i].kind not in ("loop", "copy"):
+        if (not in_place or i is None or nid in direct or nid in kept
+                or kernels[i].kind not in ("loop", "copy")):
             copies.append((node, slot))  # a source, a GEMM result, or a second slot of one node
         else:
             direct[nid] = slot
