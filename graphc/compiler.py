@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -19,6 +20,7 @@ from .passes import run_pipeline, specialize
 from .schedule.fusion import fuse
 from .schedule.plan import Plan, build_plan
 from .training import Program
+from .numerics import NUMERICS_STATUS, checked_values, numerics_error
 
 
 @dataclass
@@ -30,14 +32,15 @@ class CompileStats:
     nodes_after: int = 0
 
 
-def lower(program: Program, batch: int | None, passes=None) -> tuple[Graph, list, Plan]:
-    """Specialize, optimize, fuse and plan (everything but code generation)."""
+def lower(program: Program, batch: int | None, passes=None, in_place: bool = True) -> tuple[Graph, list, Plan]:
+    """Specialize, optimize, fuse and plan (everything but code generation); ``in_place=False``
+    (check_numerics) keeps new param/state values in scratch until the driver has checked them."""
     g = specialize(program.graph, batch)
     g = run_pipeline(g, passes)
     kernels = fuse(g)
     k = len(program.user_names)
     updates = list(zip(g.outputs[k:], program.updates))
-    plan = build_plan(g, kernels, updates, keep=list(g.outputs[:k]))
+    plan = build_plan(g, kernels, updates, keep=list(g.outputs[:k]), in_place=in_place)
     return g, kernels, plan
 
 
@@ -51,13 +54,15 @@ class NativeProgram:
         self.program, self.batch, self.target = program, batch, target
         self.stats = CompileStats(nodes_before=len(program.graph))
         t0 = time.perf_counter()
-        self.graph, _, self.plan = lower(program, batch, options.get("passes"))
+        numerics = bool(options.get("check_numerics"))  # check_numerics (H2): see graphc/numerics.py
+        self.graph, _, self.plan = lower(program, batch, options.get("passes"), in_place=not numerics)
         self.stats.nodes_after = len(self.graph)
         t1 = time.perf_counter()
         store_dtypes = sorted({np.dtype(dt) for dt, _, _ in store.layout.values()}, key=lambda d: d.name)
         feeds = sorted(self.graph.inputs, key=lambda n: n.name)
         self.module = emit_module(self.plan, self.graph, target, store.layout, feeds, store_dtypes,
-                                  check_finite=options.get("check_finite", True))
+                                  check_finite=options.get("check_finite", True),
+                                  numerics=checked_values(program, self.graph) if numerics else None)
         self.kernel_paths = [write_module(src) for src in self.module.kernel_modules.values()]
         self.path = write_module(self.module.source)
         self.stats.passes_s, self.stats.codegen_s = t1 - t0, time.perf_counter() - t1
@@ -67,6 +72,7 @@ class NativeProgram:
             if b is not None and b.kind == "const":
                 self.scratch[b.dtype][b.offset:b.offset + b.size] = b.value.reshape(-1)
         self._driver = None
+        self._release = None  # finalizer: the modules may be unloaded once this is dropped
         self._compiled = False
         k = len(program.user_names)
         self._readers = [self._reader(n) for n in self.graph.outputs[:k]]
@@ -91,9 +97,12 @@ class NativeProgram:
         raise AssertionError(b.kind)
 
     def _load(self, fresh: bool = False):
-        from .codegen.cache import load_module
-        self._kernel_modules = [load_module(p, fresh=fresh) for p in self.kernel_paths]
-        mod = load_module(self.path, fresh=fresh)
+        from .codegen.cache import load_program, release_program
+        mod, self._kernel_modules = load_program(self.path, self.kernel_paths, fresh=fresh,
+                                                 retain=self._release is None)
+        if self._release is None:
+            self._release = weakref.finalize(self, release_program, self.path.stem)
+            self._release.atexit = False  # nothing to free when the process ends
         self._driver = mod.step
         self._module = mod
         return mod
@@ -126,31 +135,58 @@ class NativeProgram:
                       if self._source_outputs else None)
             status = self._first_call(args) if not self._compiled else self._driver(*args)
             if status:
+                if status >= NUMERICS_STATUS:  # check_numerics: a bad value, nothing written
+                    raise self._numerics_error(status - NUMERICS_STATUS, feeds, store)
                 return None
             return [r(feeds, store, before) for r in self._readers]
 
-    def _first_call(self, args) -> None:
-        from .codegen.cache import clear_numba_cache
+    def _numerics_error(self, i: int, feeds, store):
+        """The NumericsError for status NUMERICS_STATUS + i: the first non-finite value of the
+        kernel that check i covers (the values are still in scratch)."""
+        entries, kernel = self.module.numerics[i]
+        for label, index, node in entries:
+            b = self.plan.buffers[id(node)]
+            value = self.scratch[b.dtype][b.offset:b.offset + b.size]
+            if not np.isfinite(value).all() or (label, index, node) == entries[-1]:
+                return numerics_error(self.program, label, index, node, value, feeds, store, kernel)
+
+    def _first_call(self, args) -> int:
+        """Load (verified), compile and run once; one thread of the process at a time, so no
+        thread sees another's half-imported modules and Numba's files are checked, loaded
+        and recorded as a unit (see codegen/cache.py)."""
+        from .codegen.cache import LOCK, clear_numba_cache, record_numba_cache, verify_numba_cache
         t0 = time.perf_counter()
-        for attempt in range(2):
-            try:
-                if self._driver is None or attempt:
-                    self._load(fresh=bool(attempt))
-                # compile explicitly before running: a compile failure leaves params untouched
-                self._driver.compile(tuple(_numba_typeof(a) for a in args))
-                break
-            except CompileError:
-                raise
-            except Exception as e:  # numba typing/lowering errors, or a corrupted cache entry
-                if attempt == 0 and sum(clear_numba_cache(p) for p in [*self.kernel_paths, self.path]):
-                    warnings.warn(f"graphc: Numba cache for {self.path} was unusable ({type(e).__name__}); "
-                                  f"recompiling", RuntimeWarning, stacklevel=4)
-                    continue
-                raise CompileError(f"Numba failed to compile the generated step {self.path}: "
-                                   f"{type(e).__name__}: {e}") from e
-        self.stats.numba_s = time.perf_counter() - t0
-        self._compiled = True
-        return self._driver(*args)
+        paths = [*self.kernel_paths, self.path]
+        with LOCK:
+            problems = verify_numba_cache(paths)  # before Numba can load a damaged file
+            if problems:
+                warnings.warn(f"graphc: Numba cache for {self.path} was unusable (integrity check failed: "
+                              f"{'; '.join(problems)}); recompiling", RuntimeWarning, stacklevel=4)
+            if any(k.parallel for k in self.module.kernels):
+                from .threads import start_parallel_runtime
+                start_parallel_runtime()  # the parfor code linked into the driver needs it
+            for attempt in range(2):
+                try:
+                    if self._driver is None or attempt:
+                        self._load(fresh=bool(attempt))
+                    # compile explicitly before running: a compile failure leaves params untouched
+                    self._driver.compile(tuple(_numba_typeof(a) for a in args))
+                    break
+                except CompileError:
+                    raise
+                except Exception as e:  # numba typing/lowering errors, or a corrupted cache entry
+                    if attempt == 0 and sum(clear_numba_cache(p) for p in paths):
+                        if not problems:
+                            warnings.warn(f"graphc: Numba cache for {self.path} was unusable "
+                                          f"({type(e).__name__}); recompiling", RuntimeWarning, stacklevel=4)
+                        continue
+                    raise CompileError(f"Numba failed to compile the generated step {self.path}: "
+                                       f"{type(e).__name__}: {e}") from e
+            self.stats.numba_s = time.perf_counter() - t0
+            self._compiled = True
+            status = self._driver(*args)
+            record_numba_cache(paths)  # it ran: these files are known good from now on
+        return status
 
     # ---- inspection --------------------------------------------------------------------------
     def describe(self) -> str:

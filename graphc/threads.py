@@ -18,6 +18,16 @@ def prepare_parallel() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def start_parallel_runtime() -> None:
+    """Start Numba's threading runtime (once; later calls return at once). Called before a
+    driver that links parfor kernels is loaded: that code calls into the runtime, which
+    Numba only starts when a parallel function is compiled or its own cache entry loads,
+    not when a caller that inlined it is loaded."""
+    import numba
+
+    numba.get_num_threads()  # launches the threading layer if it has not started
+
+
 def info() -> dict:
     """Numba's thread count and layer, and the BLAS libraries with their thread counts."""
     import numba
