@@ -34,7 +34,7 @@ from bench_step import CONFIGS, LR, B1, B2, EPS, graphc_model, init_params, make
 import numpy as np  # noqa: E402
 
 import graphc as gc  # noqa: E402
-from graphc.codegen.cuda_compat import cupy_or_none, numba_cuda  # noqa: E402
+from graphc.backends.cuda.compat import cupy_or_none, numba_cuda  # noqa: E402
 
 cuda = numba_cuda()  # a module global: the simulator rewrites kernels' global `cuda` only
 

@@ -597,7 +597,7 @@ def bench_config(name: str, args, notes: list) -> dict:
 
 
 def _driver_args(prog, st, x, y):
-    """The arguments NativeProgram.run passes to the driver (for timing the native call alone)."""
+    """The arguments CpuProgram.run passes to the driver (for timing the native call alone)."""
     try:
         feeds, _ = st._feeds({"x": x, "y": y})
         args = []

@@ -19,7 +19,7 @@ rc=0
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   python -c "import sys, numpy, numba; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__)"
-  python -c "from graphc.codegen.cuda_compat import numba_cuda, cupy_or_none; c = numba_cuda(); print('cuda available', c.is_available(), c.get_current_device().name if c.is_available() and hasattr(c, 'get_current_device') else '', 'cupy', cupy_or_none() is not None)"
+  python -c "from graphc.backends.cuda.compat import numba_cuda, cupy_or_none; c = numba_cuda(); print('cuda available', c.is_available(), c.get_current_device().name if c.is_available() and hasattr(c, 'get_current_device') else '', 'cupy', cupy_or_none() is not None)"
 } 2>&1 | tee "$OUT/gpu_env.txt"
 
 echo "== 1. tests/cuda on the device (cuBLAS GEMMs when CuPy imports)"

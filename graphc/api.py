@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from . import backends
 from .errors import GraphcError
 from .ir import Node
 from .optim.base import Optimizer
 from .runtime import CompiledStep, Function, Store, _Compiled, _flatten
 from .training import forward_program, training_program
 
-TARGETS = ("numpy", "cpu", "parallel", "cuda")
+TARGETS = backends.targets()  # the registered backends (graphc/backends/__init__.py)
 
 
 def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, target: str = "cpu",
@@ -40,11 +41,14 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
       non-finite value appeared (updates go through scratch and a check: see
       graphc/numerics.py). Not on target "cuda".
     """
-    if target not in TARGETS:
-        raise ValueError(f"compile: unknown target {target!r}; choose from {TARGETS}")
-    if check_numerics and target == "cuda":
-        raise GraphcError("compile: check_numerics=True is not available on target='cuda' yet; "
-                          "use target='cpu', 'parallel' or 'numpy' to find where the NaN comes from")
+    try:
+        backend = backends.get(target)
+    except ValueError as e:
+        raise ValueError(f"compile: {e}") from None
+    if check_numerics and "check_numerics" not in backend.options:
+        able = [t for t in backends.targets() if "check_numerics" in backends.get(t).options]
+        raise GraphcError(f"compile: check_numerics=True is not available on target={target!r} yet; "
+                          f"use one of {able} to find where the NaN comes from")
     if isinstance(optimizer, str):
         from . import optim
         optimizer = optim.get(optimizer)
@@ -57,9 +61,8 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
                               "without an optimizer pass the outputs as the first argument")
         named, rebuild = _flatten(loss_or_outputs)
         program = forward_program(named)
-    if target == "cuda":
-        from .codegen.cuda import check_cuda_available
-        check_cuda_available()
+    if backend.available is not None:
+        backend.available()
     sources = program.sources
     if isinstance(params, _Compiled):
         store = params._store

@@ -1,35 +1,21 @@
-"""The native pipeline: specialize -> passes -> fuse -> schedule/plan -> codegen -> load.
+"""The native pipeline up to the backend: specialize -> passes -> fuse -> schedule/plan.
 
-``build_native`` turns a Program (training or forward) specialized to one batch size into a
-NativeProgram whose ``run`` is one call of the generated Numba driver.
+``build`` looks the target up in the backend registry (graphc/backends), lowers the program
+for one batch size when the backend wants it lowered, and hands the result to the backend.
+Code generation, loading and calling live in the backends; nothing there imports this file.
 """
 from __future__ import annotations
 
-import threading
 import time
-import warnings
-import weakref
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-import numpy as np
-
-from .errors import CompileError
-from .ir import Graph, Node, fmt_shape
+from . import backends
+from .backends.base import CompileStats, Lowered
+from .ir import Graph
 from .passes import run_pipeline, specialize
 from .schedule.fusion import fuse
 from .schedule.plan import Plan, build_plan
 from .training import Program
-from .numerics import NUMERICS_STATUS, checked_values, numerics_error
-
-
-@dataclass
-class CompileStats:
-    passes_s: float = 0.0
-    codegen_s: float = 0.0
-    numba_s: float = 0.0  # first call: Numba compile or cache load
-    nodes_before: int = 0
-    nodes_after: int = 0
 
 
 def lower(program: Program, batch: int | None, passes=None, in_place: bool = True) -> tuple[Graph, list, Plan]:
@@ -44,197 +30,19 @@ def lower(program: Program, batch: int | None, passes=None, in_place: bool = Tru
     return g, kernels, plan
 
 
-class NativeProgram:
-    """A generated module for one (program, batch size, target) and how to call it."""
-
-    def __init__(self, program: Program, batch: int | None, target: str, store, options: Mapping):
-        from .codegen.cache import write_module
-        from .codegen.cpu import emit_module
-
-        self.program, self.batch, self.target = program, batch, target
-        self.stats = CompileStats(nodes_before=len(program.graph))
-        t0 = time.perf_counter()
-        numerics = bool(options.get("check_numerics"))  # check_numerics (H2): see graphc/numerics.py
-        self.graph, _, self.plan = lower(program, batch, options.get("passes"), in_place=not numerics)
-        self.stats.nodes_after = len(self.graph)
-        t1 = time.perf_counter()
-        store_dtypes = sorted({np.dtype(dt) for dt, _, _ in store.layout.values()}, key=lambda d: d.name)
-        feeds = sorted(self.graph.inputs, key=lambda n: n.name)
-        self.module = emit_module(self.plan, self.graph, target, store.layout, feeds, store_dtypes,
-                                  check_finite=options.get("check_finite", True),
-                                  numerics=checked_values(program, self.graph) if numerics else None)
-        self.kernel_paths = [write_module(src) for src in self.module.kernel_modules.values()]
-        self.path = write_module(self.module.source)
-        self.stats.passes_s, self.stats.codegen_s = t1 - t0, time.perf_counter() - t1
-        self.scratch = {dt: np.zeros(max(n, 1), dtype=dt) for dt, n in self.plan.arena_sizes.items()}
-        for n in self.graph.nodes:
-            b = self.plan.buffers.get(id(n))
-            if b is not None and b.kind == "const":
-                self.scratch[b.dtype][b.offset:b.offset + b.size] = b.value.reshape(-1)
-        self._driver = None
-        self._release = None  # finalizer: the modules may be unloaded once this is dropped
-        self._compiled = False
-        k = len(program.user_names)
-        self._readers = [self._reader(n) for n in self.graph.outputs[:k]]
-        self._source_outputs = [n for n in self.graph.outputs[:k] if n.op in ("param", "state")]
-        self._bound_version = None
-
-    # ---- calling ---------------------------------------------------------------------------
-    def _reader(self, n: Node) -> Callable:
-        b = self.plan.buffers[id(n)]
-        if b.kind == "scratch":
-            arena, off, size, shape = self.scratch[b.dtype], b.offset, b.size, n.shape
-            if shape == ():
-                return lambda feeds, store, before: np.array(arena[off])
-            return lambda feeds, store, before: arena[off:off + size].reshape(shape).copy()
-        if b.kind in ("literal", "const"):
-            v = np.array(b.value, dtype=n.dtype).reshape(n.shape)
-            return lambda feeds, store, before: v.copy()
-        if b.kind == "feed":
-            return lambda feeds, store, before: np.array(feeds[n.name])
-        if b.kind == "store":  # a param/state read as an output: its value before the update
-            return lambda feeds, store, before: before[n.name]
-        raise AssertionError(b.kind)
-
-    def _load(self, fresh: bool = False):
-        from .codegen.cache import load_program, release_program
-        mod, self._kernel_modules = load_program(self.path, self.kernel_paths, fresh=fresh,
-                                                 retain=self._release is None)
-        if self._release is None:
-            self._release = weakref.finalize(self, release_program, self.path.stem)
-            self._release.atexit = False  # nothing to free when the process ends
-        self._driver = mod.step
-        self._module = mod
-        return mod
-
-    def _bind(self, store) -> None:
-        """Precompute the arena arguments (re-bound if the store reallocates)."""
-        static = []
-        for kind, key in self.module.args:
-            if kind == "store":
-                static.append(store.arenas[key])
-            elif kind == "scratch":
-                static.append(self.scratch[key])
-        self._static = static
-        self._feed_keys = [(key, kind == "scalar") for kind, key in self.module.args if kind in ("feed", "scalar")]
-        self._bound_version = (id(store), store.version)
-
-    def run(self, feeds: Mapping[str, np.ndarray], store) -> list[np.ndarray] | None:
-        """One native call; returns the user outputs, or None if the driver rejected the
-        feeds (labels out of range) before running any kernel."""
-        # the store is the unit of locking: programs of other batch sizes, inference
-        # functions and host reads share its arenas (and this program's scratch is shared too)
-        with store.lock:
-            if self._bound_version != (id(store), store.version):
-                self._bind(store)
-            args = list(self._static)
-            for key, scalar in self._feed_keys:
-                v = feeds[key]
-                args.append(v[()] if scalar and isinstance(v, np.ndarray) else v)
-            before = ({n.name: store.view(n.name).copy() for n in self._source_outputs}
-                      if self._source_outputs else None)
-            status = self._first_call(args) if not self._compiled else self._driver(*args)
-            if status:
-                if status >= NUMERICS_STATUS:  # check_numerics: a bad value, nothing written
-                    raise self._numerics_error(status - NUMERICS_STATUS, feeds, store)
-                return None
-            return [r(feeds, store, before) for r in self._readers]
-
-    def _numerics_error(self, i: int, feeds, store):
-        """The NumericsError for status NUMERICS_STATUS + i: the first non-finite value of the
-        kernel that check i covers (the values are still in scratch)."""
-        entries, kernel = self.module.numerics[i]
-        for label, index, node in entries:
-            b = self.plan.buffers[id(node)]
-            value = self.scratch[b.dtype][b.offset:b.offset + b.size]
-            if not np.isfinite(value).all() or (label, index, node) == entries[-1]:
-                return numerics_error(self.program, label, index, node, value, feeds, store, kernel)
-
-    def _first_call(self, args) -> int:
-        """Load (verified), compile and run once; one thread of the process at a time, so no
-        thread sees another's half-imported modules and Numba's files are checked, loaded
-        and recorded as a unit (see codegen/cache.py)."""
-        from .codegen.cache import LOCK, clear_numba_cache, record_numba_cache, verify_numba_cache
-        t0 = time.perf_counter()
-        paths = [*self.kernel_paths, self.path]
-        with LOCK:
-            problems = verify_numba_cache(paths)  # before Numba can load a damaged file
-            if problems:
-                warnings.warn(f"graphc: Numba cache for {self.path} was unusable (integrity check failed: "
-                              f"{'; '.join(problems)}); recompiling", RuntimeWarning, stacklevel=4)
-            if any(k.parallel for k in self.module.kernels):
-                from .threads import start_parallel_runtime
-                start_parallel_runtime()  # the parfor code linked into the driver needs it
-            for attempt in range(2):
-                try:
-                    if self._driver is None or attempt:
-                        self._load(fresh=bool(attempt))
-                    # compile explicitly before running: a compile failure leaves params untouched
-                    self._driver.compile(tuple(_numba_typeof(a) for a in args))
-                    break
-                except CompileError:
-                    raise
-                except Exception as e:  # numba typing/lowering errors, or a corrupted cache entry
-                    if attempt == 0 and sum(clear_numba_cache(p) for p in paths):
-                        if not problems:
-                            warnings.warn(f"graphc: Numba cache for {self.path} was unusable "
-                                          f"({type(e).__name__}); recompiling", RuntimeWarning, stacklevel=4)
-                        continue
-                    raise CompileError(f"Numba failed to compile the generated step {self.path}: "
-                                       f"{type(e).__name__}: {e}") from e
-            self.stats.numba_s = time.perf_counter() - t0
-            self._compiled = True
-            status = self._driver(*args)
-            record_numba_cache(paths)  # it ran: these files are known good from now on
-        return status
-
-    # ---- inspection --------------------------------------------------------------------------
-    def describe(self) -> str:
-        """The generated module, headed by its path; ``%k`` in its comments is line k of
-        ``self.graph.dump()`` (the specialized, optimized graph, appended at the end)."""
-        dump = "\n".join("# " + line for line in self.graph.dump().splitlines())
-        kernels = "".join(f"# ---- {p} ----\n{src}\n" for p, src in zip(
-            self.kernel_paths, self.module.kernel_modules.values()))
-        return (kernels + f"# ---- {self.path} (the driver) ----\n" + self.module.source
-                + "\n# ---- the compiled graph (%k in the comments above) ----\n" + dump + "\n")
-
-    def kernel_listing(self) -> str:
-        lines = [f"{len(self.module.kernels)} kernels ({self.module.functions} distinct functions) "
-                 f"from {self.stats.nodes_after} nodes; scratch peak {self.plan.peak_bytes} B "
-                 f"(without reuse {self.plan.no_reuse_bytes} B); target {self.target}, batch {self.batch}"]
-        for k in self.module.kernels:
-            par = " parallel" if k.parallel else ""
-            lines.append(f"  {k.name:<4} {k.kind:<7}{par} {fmt_shape(k.shape):<14} {k.function}  "
-                         f"[{', '.join(k.ops)}] -> {k.out_bytes} B")
-        return "\n".join(lines)
-
-    def cache_info(self) -> dict:
-        """Numba cache hits/misses of the driver and kernels (timing-free evidence of reuse)."""
-        hits = misses = 0
-        if self._driver is None:
-            return {"hits": 0, "misses": 0}
-        for mod in [*self._kernel_modules, self._module]:
-            for name in dir(mod):
-                f = getattr(mod, name)
-                st = getattr(f, "stats", None)
-                if st is not None and hasattr(st, "cache_hits") and getattr(f, "__module__", None) == mod.__name__:
-                    hits += sum(st.cache_hits.values())
-                    misses += sum(st.cache_misses.values())
-        return {"hits": hits, "misses": misses}
+def lowered(program: Program, batch: int | None, options: Mapping) -> Lowered:
+    """``lower`` with its timing and node counts, as backends receive it."""
+    t0 = time.perf_counter()
+    graph, kernels, plan = lower(program, batch, options.get("passes"),
+                                 in_place=not options.get("check_numerics"))
+    stats = CompileStats(passes_s=time.perf_counter() - t0, nodes_before=len(program.graph),
+                         nodes_after=len(graph))
+    return Lowered(program, batch, graph, kernels, plan, stats)
 
 
-def _numba_typeof(a: Any):
-    from numba import typeof
-    return typeof(a)
-
-
-def build_native(program: Program, batch: int | None, target: str, store, options: Mapping) -> NativeProgram:
-    if target == "cuda":
-        from .codegen.cuda import CudaProgram
-        return CudaProgram(program, batch, store, options)
-    if target not in ("cpu", "parallel"):
-        raise CompileError(f"unknown native target {target!r}")
-    if target == "parallel":
-        from .threads import prepare_parallel
-        prepare_parallel()
-    return NativeProgram(program, batch, target, store, options)
+def build(program: Program, batch: int | None, target: str, store, options: Mapping) -> Any:
+    """The runnable program of ``target`` for one batch size."""
+    backend = backends.get(target)
+    if not backend.lowered:
+        return backend.build(program, batch, store, options)
+    return backend.build(lowered(program, batch, options), store, options)

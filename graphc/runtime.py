@@ -1,8 +1,7 @@
-"""The runtime: the parameter/state store and the compiled callables users hold.
+"""The compiled callables users hold (CompiledStep, Function) and checkpoint files.
 
-Parameters and optimizer state live in one flat arena per dtype (a ``Store``), so a native
-step takes a handful of arguments, and every batch-size specialization of a step, and any
-inference function compiled to share its weights, reads the same memory.
+A callable owns a Program, a Store (graphc/store.py) and one runnable program per batch
+size, built by the target's backend (graphc/backends) on first use.
 """
 from __future__ import annotations
 
@@ -16,118 +15,10 @@ import numpy as np
 from .atomic import write_atomic
 from .errors import FeedError, GraphcError, StateError
 from .feeds import check_feeds
-from .initializers import init_value
-from .ir import Node, fmt_shape
+from .ir import Node
 from .optim.base import HYPER_PREFIX, Optimizer
+from .store import Store, checked_array
 from .training import Program
-
-_ALIGN = 64  # bytes: each tensor starts on a cache line
-
-
-class Store:
-    """Named persistent tensors (params and state) packed into one arena per dtype."""
-
-    def __init__(self, nodes: list[Node], seed: int = 0, initial: Mapping[str, np.ndarray] | None = None):
-        self.seed = seed
-        # every program reading or writing these arenas holds this lock while it runs, and so
-        # do host reads and loads: a step never loses another thread's update, a reader never
-        # sees half a step (re-entrant: a load may read the store while it holds the lock)
-        self.lock = threading.RLock()
-        self.layout: dict[str, tuple[np.dtype, int, tuple]] = {}  # name -> (dtype, offset, shape)
-        self.kinds: dict[str, str] = {}
-        self._arenas: dict[np.dtype, np.ndarray] = {}
-        self._version = 0  # bumped when an arena is reallocated (programs re-bind their arguments)
-        # device mirrors (target="cuda"): {key: mirror}; ``_owner`` is the mirror holding newer
-        # values than the host arenas (None: the host is current)
-        self._mirrors: dict[str, object] = {}
-        self._owner = None
-        self._add(nodes, checked_initial(nodes, initial))
-
-    # ---- host/device coherence ------------------------------------------------------------------
-    # The host arenas are the store's truth unless a device program ran last. Every host access
-    # (``arenas``, ``version``, ``view``) first pulls the device values back; a device program
-    # calls ``acquire`` before it runs, which pushes the host values to the device when the
-    # host may have been written since (any host access counts as a possible write).
-
-    @property
-    def arenas(self) -> dict[np.dtype, np.ndarray]:
-        self.sync_host()
-        return self._arenas
-
-    @property
-    def version(self) -> int:
-        self.sync_host()
-        return self._version
-
-    def mirror(self, key: str, factory):
-        """The device mirror ``key`` of this store, created by ``factory(store)`` on first use."""
-        m = self._mirrors.get(key)
-        if m is None:
-            m = self._mirrors[key] = factory(self)
-        return m
-
-    def sync_host(self) -> None:
-        """Make the host arenas current (pull from the device mirror that ran last)."""
-        owner = self._owner
-        if owner is not None:
-            owner.pull(self)
-            self._owner = None
-
-    def acquire(self, mirror) -> None:
-        """Make ``mirror`` current before a device step runs (push the host values if needed);
-        until the host next touches the store, the device holds its newest values."""
-        if self._owner is mirror:
-            return
-        self.sync_host()
-        mirror.push(self)
-        self._owner = mirror
-
-    def _add(self, nodes, initial):
-        self.sync_host()
-        sizes: dict[np.dtype, int] = {dt: a.size for dt, a in self._arenas.items()}
-        new = []
-        for n in nodes:
-            if n.name in self.layout:
-                dt, _, shape = self.layout[n.name]
-                if dt != n.dtype or shape != n.shape:
-                    raise GraphcError(f"{n.op} {n.name!r}: declared as {fmt_shape(n.shape)} {n.dtype} "
-                                      f"but the shared store holds {fmt_shape(shape)} {dt}")
-                continue
-            dt = n.dtype
-            align = max(1, _ALIGN // dt.itemsize)
-            off = -(-sizes.get(dt, 0) // align) * align
-            size = int(np.prod(n.shape, dtype=np.int64))
-            self.layout[n.name] = (dt, off, n.shape)
-            self.kinds[n.name] = n.op
-            sizes[dt] = off + max(size, 1)
-            new.append(n)
-        for dt, total in sizes.items():
-            old = self._arenas.get(dt)
-            if old is None or old.size < total:
-                arena = np.zeros(-(-total // 16) * 16, dtype=dt)
-                if old is not None:
-                    arena[:old.size] = old
-                self._arenas[dt] = arena
-                self._version += 1
-        for n in new:
-            v = initial.get(n.name)  # validated and cast by checked_initial
-            self.view(n.name)[...] = init_value(n, self.seed) if v is None else v
-
-    def ensure(self, nodes: list[Node]) -> None:
-        """Add (and initialize) any of ``nodes`` not yet in the store.
-
-        Growing an arena reallocates it; compiled programs look arenas up at each call.
-        """
-        self._add(nodes, {})
-
-    def view(self, name: str) -> np.ndarray:
-        dt, off, shape = self.layout[name]
-        size = int(np.prod(shape, dtype=np.int64))
-        return self.arenas[dt][off:off + size].reshape(shape)
-
-    def names(self, kind: str | None = None) -> list[str]:
-        return [k for k in self.layout if kind is None or self.kinds[k] == kind]
-
 
 def _flatten(outputs) -> tuple[dict[str, Node], Callable[[dict], Any]]:
     """Outputs given as a tensor, a list/tuple or a dict -> named nodes + a function that
@@ -149,52 +40,16 @@ def _flatten(outputs) -> tuple[dict[str, Node], Callable[[dict], Any]]:
     raise TypeError(f"compile: outputs must be a tensor, a list/tuple or a dict of tensors, got {type(outputs).__name__}")
 
 
-class NumpyProgram:
-    """The "numpy" target: the reference interpreter behind the compiled-call interface."""
-
-    target = "numpy"
-
-    def __init__(self, program: Program, batch: int | None, check_numerics: bool = False):
-        self.program = program
-        self.batch = batch
-        self.check_numerics = check_numerics
-        self._checks = []  # check_numerics (H2): (label, output index), in the order they are computed
-        if check_numerics:
-            from .ir import topo_order
-            from .numerics import checked_values
-            g = program.graph
-            pos = {id(n): i for i, n in enumerate(topo_order(g.outputs))}
-            self._checks = sorted(checked_values(program, g), key=lambda t: pos[id(g.outputs[t[1]])])
-
-    def run(self, feeds: Mapping[str, np.ndarray], store: Store) -> list[np.ndarray]:
-        from .interpret import evaluate
-
-        g = self.program.graph
-        with store.lock:
-            values = {n.name: store.view(n.name) for n in self.program.sources}
-            outs = evaluate(g.outputs, feeds, values)
-            k = len(self.program.user_names)
-            for label, i in self._checks:  # check_numerics: the first bad value, before any write
-                if not np.isfinite(outs[i]).all():
-                    from .numerics import numerics_error
-                    raise numerics_error(self.program, label, i, g.outputs[i], outs[i], feeds, store)
-            # copy everything first: a param output (or an update) may be a view of the store
-            user = [np.array(v) for v in outs[:k]]
-            for name, v in zip(self.program.updates, [np.array(v) for v in outs[k:]]):
-                np.copyto(store.view(name), v)
-        return user
-
-    def describe(self) -> str:
-        return self.program.graph.dump()
-
-
 class _Compiled:
     """What CompiledStep (training) and Function (inference) share: feeds, store, programs."""
 
     def __init__(self, program: Program, target: str, store: Store, optimizer: Optimizer | None,
                  options: dict):
+        from . import backends
+        from .backends.base import index_checks
         self._program = program
         self.target = target
+        self._backend = backends.get(target)
         self._store = store
         self.optimizer = optimizer
         self._options = options
@@ -202,8 +57,7 @@ class _Compiled:
         self._build_lock = threading.Lock()  # two threads' first calls build one program
         self._inputs = [n for n in program.graph.inputs if not n.name.startswith(HYPER_PREFIX)]
         self._hypers = [n for n in program.graph.inputs if n.name.startswith(HYPER_PREFIX)]
-        self._label_checks = [(n.inputs[1], n.inputs[0].shape[1]) for n in program.graph.nodes
-                              if n.op in ("softmax_cross_entropy", "sce_grad") and n.inputs[1].op == "input"]
+        self._index_checks = index_checks(program.graph)  # fed indices (class labels) and their bounds
         self._specs = [(n.name, n.dtype, n.shape) for n in self._inputs]
         self._hyper_cache = None
 
@@ -242,11 +96,11 @@ class _Compiled:
 
     def _feeds(self, feeds: Mapping[str, Any]) -> tuple[dict, int | None]:
         arrays, batch = check_feeds(self._inputs, feeds, what=f"{type(self).__name__} call")
-        for lab, classes in self._label_checks:
-            a = arrays.get(lab.name)
-            if a is not None and a.size and (a.min() < 0 or a.max() >= classes):
-                raise FeedError(f"input {lab.name!r}: class labels must lie in [0, {classes}), got values in "
-                                f"[{a.min()}, {a.max()}] (labels feed softmax_cross_entropy)")
+        for name, bound in self._index_checks:
+            a = arrays.get(name)
+            if a is not None and a.size and (a.min() < 0 or a.max() >= bound):
+                raise FeedError(f"input {name!r}: class labels must lie in [0, {bound}), got values in "
+                                f"[{a.min()}, {a.max()}] (they index the classes of softmax_cross_entropy)")
         arrays.update(self._hyper_values())
         if self._options.get("check_finite", True):
             for name, a in arrays.items():
@@ -263,18 +117,15 @@ class _Compiled:
             with self._build_lock:
                 prog = self._programs.get(batch)
                 if prog is None:
-                    if self.target == "numpy":
-                        prog = NumpyProgram(self._program, batch, self._options.get("check_numerics", False))
-                    else:
-                        from .compiler import build_native
-                        prog = build_native(self._program, batch, self.target, self._store, self._options)
+                    from .compiler import build
+                    prog = build(self._program, batch, self.target, self._store, self._options)
                     self._programs[batch] = prog
         return prog
 
     def _run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         # cpu/parallel drivers range-check labels and finiteness themselves; other targets
         # take the full Python checks
-        fast = self._fast_feeds(feeds) if self.target in ("cpu", "parallel") else None
+        fast = self._fast_feeds(feeds) if self._backend.native_checks else None
         if fast is not None:
             arrays, batch = fast
             prog = self._programs.get(batch)
@@ -441,60 +292,6 @@ class Function(_Compiled):
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
-
-def checked_array(what: str, name: str, v: Any, dtype: np.dtype, shape: tuple,
-                  allow_nonfinite: bool = False) -> np.ndarray:
-    """``v`` as a fresh array of the store's ``dtype``, or a StateError naming ``what`` (the
-    method the user called) and ``name``. Values are checked AFTER the cast: float64 1e300
-    is a finite number that becomes infinity in float32."""
-    if v is None or isinstance(v, (str, bytes)):
-        raise StateError(f"{what}: {name!r} must be a numeric array, got {type(v).__name__} {v!r:.40}")
-    try:
-        a = np.asarray(v)
-    except Exception as e:  # ragged lists and the like
-        raise StateError(f"{what}: {name!r} could not be read as an array ({e})") from None
-    if a.dtype.kind not in "biuf":
-        raise StateError(f"{what}: {name!r} must be numeric, got dtype {a.dtype}")
-    if a.shape != tuple(shape):
-        raise StateError(f"{what}: {name!r} has shape {a.shape}, expected {tuple(shape)}")
-    if not np.can_cast(a.dtype, dtype, "same_kind"):
-        raise StateError(f"{what}: {name!r} has dtype {a.dtype}, expected {dtype} (or one that casts to it "
-                         f"without changing kind)")
-    with np.errstate(over="ignore", invalid="ignore"):
-        c = a.astype(dtype)
-    if dtype.kind == "f":
-        bad = ~np.isfinite(c)
-        if bad.any():
-            src = a[bad]
-            if src.dtype.kind != "f" or np.isfinite(src).any():
-                raise StateError(f"{what}: {name!r} holds values too large for {dtype} (largest magnitude "
-                                 f"{np.max(np.abs(src[np.isfinite(src)] if src.dtype.kind == 'f' else src)):.3g}); "
-                                 f"they would become infinity")
-            if not allow_nonfinite:
-                raise StateError(f"{what}: {name!r} holds NaN or infinity (pass allow_nonfinite=True to accept it)")
-    elif not np.array_equal(c, a):
-        raise StateError(f"{what}: {name!r} holds values out of the range of {dtype}")
-    return c
-
-
-def checked_initial(nodes: list[Node], initial: Mapping | None, what: str = "compile(params=...)") -> dict:
-    """Initial values given by name for ``nodes`` (params and state of a program), checked
-    and cast; an unknown name or a wrong shape is a StateError, never silently ignored."""
-    if not initial:
-        return {}
-    if not isinstance(initial, Mapping):
-        raise TypeError(f"{what}: expected a dict of arrays by name, got {type(initial).__name__}")
-    known = {n.name: n for n in nodes}
-    keys = set(initial)
-    if keys <= {"params", "state", "hyper"} and not keys & set(known) \
-            and all(isinstance(v, Mapping) for v in initial.values()):
-        raise StateError(f"{what}: got a state_dict; pass its ['params'] (or the compiled step itself, to share "
-                         f"its store), then restore the rest with load_state_dict")
-    unknown = sorted((k for k in initial if k not in known), key=str)
-    if unknown:
-        raise StateError(f"{what}: unknown names {unknown}; this program's params and state are {sorted(known)}")
-    return {k: checked_array(what, k, v, known[k].dtype, known[k].shape) for k, v in initial.items()}
-
 
 def nonfinite_entries(d: Mapping) -> list[str]:
     """Names of the float params/state in a state dict holding NaN or infinity."""

@@ -1,7 +1,7 @@
 """Fusion and the buffer plan: kernel counts, what fuses with what, in-place updates, and
 invariants of the schedule (topological order, no overlapping live buffers).
 
-Building a NativeProgram generates code but does not run Numba until the first call, so
+Building a CpuProgram generates code but does not run Numba until the first call, so
 these tests are cheap: none of them compiles native code.
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen import cache as gcache
+from graphc.backends import cache as gcache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ PARALLEL = textwrap.dedent('''
     import json, sys, warnings
     import numpy as np
     import graphc as gc
-    import graphc.codegen.cache as gcache
+    import graphc.backends.cache as gcache
 
     if "legacy" in sys.argv:  # graphc before the fix: Numba's reload hooks are not restored
         gcache._fix_numba_reload_init = lambda: None

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import dsl as F
 from .. import optim
-from ..api import TARGETS
+from .. import backends
 from ..api import compile as gc_compile
 from ..errors import GraphcError, StateError
 from ..runtime import (check_savable, checkpoint_path, flatten_state, nonfinite_entries, read_checkpoint,
@@ -203,8 +203,8 @@ class Sequential:
         """Choose optimizer (name or graphc.optim.Optimizer), loss (name, Loss or function),
         metrics, the graphc ``target`` and the ``seed`` of weight initialization, shuffling
         and dropout masks. Recompiling keeps the current weights and resets optimizer state."""
-        if target not in TARGETS:
-            raise ValueError(f"compile(target=...): unknown target {target!r}; choose from {TARGETS}")
+        if target not in backends.targets():
+            raise ValueError(f"compile(target=...): unknown target {target!r}; choose from {backends.targets()}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"compile(seed=...): expected a non-negative int, got {seed!r}")
         if isinstance(optimizer, type) and issubclass(optimizer, optim.Optimizer):

@@ -2,8 +2,9 @@
 
 Kinds drive the backends: ``elementwise`` ops carry a scalar ``template`` (a Python
 expression over ``{0}``, ``{1}``... and attrs) from which every backend generates code;
-``reduction``, ``matmul``, ``movement``, ``source`` and ``other`` ops are handled by
-structured emitters.
+``reduction``, ``matmul``, ``movement`` and ``source`` ops are handled by every backend's
+fusion and emitters; a ``structured`` op carries a :class:`Structured` rule naming the kernel
+kind the backends lower it with; ``other`` ops never reach a backend (resolved by passes).
 """
 from __future__ import annotations
 
@@ -14,7 +15,24 @@ import numpy as np
 
 from ..errors import ShapeError
 
-KINDS = ("source", "elementwise", "reduction", "matmul", "movement", "other")
+KINDS = ("source", "elementwise", "reduction", "matmul", "movement", "structured", "other")
+
+
+@dataclass(frozen=True)
+class Structured:
+    """How a structured op is lowered: the fusion rule puts it in a kernel of kind ``kernel``
+    (ops of one ``kernel`` kind on the same operands share that kernel, e.g. softmax-CE and
+    its gradient in one pass), and each backend emits that kind from its own table of
+    lowerings (``KERNELS`` in backends/cpu/emitter.py and backends/cuda/emitter.py).
+
+    - ``index_operands(node) -> [(indices node, bound)]``: operands holding indices that
+      must lie in [0, bound); when fed, every backend checks them before any kernel runs.
+    - ``array_operands``: the operands are read as arrays (never inlined as literals).
+    """
+
+    kernel: str
+    index_operands: Optional[Callable] = None
+    array_operands: bool = True
 
 
 @dataclass(frozen=True)
@@ -26,6 +44,7 @@ class OpDef:
     vjp: Optional[Callable] = None  # (node, g) -> list[Node | None], one per input
     template: Optional[str] = None  # elementwise scalar expression
     doc: str = ""
+    structured: Optional[Structured] = None  # kind "structured": its lowering rule
 
 
 _REGISTRY: dict[str, OpDef] = {}
@@ -33,6 +52,7 @@ _REGISTRY: dict[str, OpDef] = {}
 
 def register(opdef: OpDef) -> OpDef:
     assert opdef.kind in KINDS, opdef.kind
+    assert (opdef.kind == "structured") == (opdef.structured is not None), opdef.name
     if opdef.name in _REGISTRY:
         raise ValueError(f"op {opdef.name!r} registered twice")
     _REGISTRY[opdef.name] = opdef

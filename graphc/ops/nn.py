@@ -1,12 +1,12 @@
-"""Structured neural-network ops with emitters of their own: softmax cross-entropy (forward
-and its gradient as separate ops so the backend can fuse both into one pass) and dim_size."""
+"""Structured neural-network ops: softmax cross-entropy (forward and its gradient as separate
+ops so the backends fuse both into one pass, through the "sce" lowering rule) and dim_size."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import dsl as F
 from ..errors import DTypeError, ShapeError
-from .base import OpDef, register
+from .base import OpDef, Structured, register
 
 
 def _sce_check(inputs):
@@ -65,10 +65,14 @@ def _sce_grad_vjp(y, v):
     return [(pv - p * F.sum(pv, -1, keepdims=True)) / F.dim_size(z, 0, dtype=z.dtype), None]
 
 
-register(OpDef("softmax_cross_entropy", "other", _sce_infer, _sce_eval,
-               lambda y, g: [g * F.make_sce_grad(y.inputs[0], y.inputs[1]), None]))
-register(OpDef("sce_grad", "other", _sce_grad_infer, _sce_grad_eval, _sce_grad_vjp,
-               doc="(softmax(logits) - one_hot(labels)) / batch: the gradient of softmax_cross_entropy"))
+# one pass over the logits computes the loss and/or its gradient (kernel kind "sce"); the
+# labels index the classes, so they are range-checked before any kernel runs
+_SCE = Structured("sce", index_operands=lambda n: [(n.inputs[1], n.inputs[0].shape[1])])
+register(OpDef("softmax_cross_entropy", "structured", _sce_infer, _sce_eval,
+               lambda y, g: [g * F.make_sce_grad(y.inputs[0], y.inputs[1]), None], structured=_SCE))
+register(OpDef("sce_grad", "structured", _sce_grad_infer, _sce_grad_eval, _sce_grad_vjp,
+               doc="(softmax(logits) - one_hot(labels)) / batch: the gradient of softmax_cross_entropy",
+               structured=_SCE))
 
 
 def _dim_size_infer(inputs, attrs):

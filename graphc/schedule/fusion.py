@@ -1,7 +1,7 @@
 """Fusion: group the nodes of a specialized graph into kernels.
 
-Rules (each kernel is described target-independently; codegen/cpu.py and codegen/cuda.py
-emit from the same descriptions):
+Rules (each kernel is described target-independently; every backend emits from the same
+descriptions):
 
 - Elementwise nodes of one shape form one loop nest. A node joins its consumers' kernel
   when all of its consumers are in that kernel; otherwise it is materialized.
@@ -10,7 +10,8 @@ emit from the same descriptions):
 - A reduction joins the kernel that computes its operand (accumulated in the same loop).
 - A matmul whose only consumer is one elementwise kernel of its shape becomes that
   kernel's prologue (bias-add and activation are its epilogue, run in place).
-- softmax_cross_entropy and its gradient on the same operands share one kernel.
+- A structured op (``OpDef.structured``) gets a kernel of its rule's kind; structured ops
+  of one kind on the same operands share it (softmax-CE and its gradient: one pass).
 - Movement ops are views (reshape of contiguous data, transpose, broadcast) read by index;
   a view that cannot be expressed that way gets a copy kernel.
 """
@@ -47,7 +48,7 @@ class View:
 
 @dataclass(eq=False)
 class Kernel:
-    kind: str  # "loop" (elementwise/reduction), "matmul", "sce", "copy"
+    kind: str  # "loop" (elementwise/reduction), "matmul", "copy", or a structured rule's kind ("sce")
     shape: tuple = ()  # loop iteration shape
     nodes: list = field(default_factory=list)  # computed per element of the loop, topo order
     prelude: list = field(default_factory=list)  # scalar nodes computed once before the loop
@@ -141,8 +142,8 @@ class Fuser:
                 k = self._new(Kernel("loop", n.inputs[0].shape, reductions=[n], outputs=[n]), n)
             elif kind == "matmul":
                 self._place_matmul(n)
-            elif n.op in ("softmax_cross_entropy", "sce_grad"):
-                self._place_sce(n)
+            elif kind == "structured":
+                self._place_structured(n)
             else:
                 raise CompileError(f"no native emitter for op {n.op!r} (node created at {n.src})")
         # scalar prelude nodes (recomputed per kernel) are placed after groups are known
@@ -212,14 +213,15 @@ class Fuser:
                 return
         self._new(Kernel("matmul", n.shape, matmul=n, outputs=[n]), n)
 
-    def _place_sce(self, n: Node) -> None:
+    def _place_structured(self, n: Node) -> None:
+        kind = n.opdef.structured.kernel
         for k in self.kernels:
-            if k.kind == "sce" and k.nodes[0].inputs == n.inputs:
+            if k.kind == kind and k.nodes[0].inputs == n.inputs:
                 k.nodes.append(n)
                 k.outputs.append(n)
                 self.group[id(n)] = k
                 return
-        self._new(Kernel("sce", n.inputs[0].shape, nodes=[n], outputs=[n]), n)
+        self._new(Kernel(kind, n.inputs[0].shape, nodes=[n], outputs=[n]), n)
 
     def _collect_prelude(self, k: Kernel, order) -> None:
         """Pull the inlined scalar elementwise ancestors of k's nodes into its prelude."""

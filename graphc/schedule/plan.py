@@ -19,7 +19,7 @@ from ..errors import CompileError
 from ..ir import Graph, Node
 from .fusion import Kernel
 
-_ALIGN_BYTES = 64
+from ..store import ALIGN_BYTES as _ALIGN_BYTES
 
 
 @dataclass(eq=False)
@@ -112,13 +112,15 @@ def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, st
 
     # ---- storage of sources and kernel outputs ----------------------------------------
     buffers: dict[int, Buffer] = {}
-    # a one-element constant is inlined as a literal where loops read it; a GEMM or
-    # softmax-CE operand must be an array, so those constants keep arena storage
+    # a one-element constant is inlined as a literal where loops read it; a GEMM operand or
+    # a structured op's array operand (softmax-CE's) must be an array, so those keep storage
     as_array: set[int] = set()
     for k in kernels:
         operands = list(k.matmul.inputs) if k.matmul is not None else []
-        if k.kind == "sce":
-            operands += list(k.nodes[0].inputs)
+        for n in k.nodes:
+            rule = n.opdef.structured
+            if rule is not None and rule.array_operands:
+                operands += list(n.inputs)
         as_array.update(id(k.leaves[id(x)].base) for x in operands if id(x) in k.leaves)
     for n in graph.nodes:
         if n.op == "input":

@@ -17,7 +17,7 @@ import pytest
 def pytest_configure(config):
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         return
-    from graphc.codegen.cuda_compat import numba_cuda
+    from graphc.backends.cuda.compat import numba_cuda
     try:
         ok = numba_cuda().is_available()
     except Exception:  # noqa: BLE001

@@ -35,7 +35,7 @@ loss = gc.softmax_cross_entropy(logits, y)
 
 
 def test_no_device_gives_a_clear_error():
-    probe = _run("from graphc.codegen.cuda_compat import numba_cuda; print(numba_cuda().is_available())")
+    probe = _run("from graphc.backends.cuda.compat import numba_cuda; print(numba_cuda().is_available())")
     if probe.stdout.strip() == "True":
         pytest.skip("a CUDA device is present: the no-device error cannot be provoked here")
     r = _run(MLP + """
@@ -53,8 +53,9 @@ except gc.GraphcError as e:
 
 PTX = MLP + """
 import sys
-from graphc.codegen.cuda import REAL, lower_for_cuda, compile_ptx
-from graphc.codegen.cuda_compat import numba_cuda
+from graphc.backends.cuda.emitter import REAL, emit_for, compile_ptx
+from graphc.compiler import lowered
+from graphc.backends.cuda.compat import numba_cuda
 cuda = numba_cuda()
 try:
     cuda.compile_ptx(lambda a: None, (__import__("numba").float32[:],), cc=(9, 0))
@@ -72,7 +73,7 @@ f = gc.compile(outs, target="cpu")
 progs.append((f._program, None, f._store.layout))
 for fp64 in (False, True):
     for prog, batch, layout in progs:
-        _, _, mod = lower_for_cuda(prog, batch, layout, lp=REAL, use_cublas=fp64)
+        mod = emit_for(lowered(prog, batch, {}), layout, lp=REAL, use_cublas=fp64)
         ptx = compile_ptx(mod, cc=(9, 0))
         assert ptx and all(".entry" in p or ".visible" in p for p in ptx.values())
         print("PTX", len(ptx), sorted(k.split("_")[0] for k in ptx))

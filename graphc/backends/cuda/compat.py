@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import CompileError
+from ...errors import CompileError
 
 SIMULATOR_HINT = ("To run target='cuda' without a GPU (slowly, for tests), set NUMBA_ENABLE_CUDASIM=1 in "
                   "the environment before Python starts, e.g. `NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda`.")

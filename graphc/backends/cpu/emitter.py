@@ -8,30 +8,18 @@ Every kernel line names the op it computes; every driver call names the graph no
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import Graph, Node, fmt_shape
-from ..schedule.fusion import Kernel, View
-from ..schedule.plan import Buffer, Plan
-from .expr import leaf_index, literal, node_expr, reduce_init, reduce_step
+from ...errors import CompileError
+from ...ir import Graph, Node, fmt_shape
+from ...schedule.fusion import Kernel, View
+from ...schedule.plan import Buffer, Plan
+from ..base import FunctionTable, KernelInfo, index_checks, local_names, out_bytes, site
+from ..expr import leaf_index, literal, node_expr, reduce_init, reduce_step
 
 PRANGE_MIN = 16384  # elements: below this waking the thread pool costs more than it saves
-
-
-@dataclass
-class KernelInfo:
-    name: str  # k0, k1 ... in schedule order
-    function: str  # generated function (shared between identical kernels)
-    kind: str
-    shape: tuple
-    ops: list[str]
-    nodes: list[Node]
-    outputs: list[Node]
-    out_bytes: int
-    parallel: bool = False
 
 
 @dataclass
@@ -59,26 +47,23 @@ def _dtname(dt) -> str:
 
 
 class _Emitter:
-    def __init__(self, plan: Plan, graph: Graph, target: str, store_layout: dict):
+    def __init__(self, plan: Plan, graph: Graph, parallel: bool, store_layout: dict):
         self.plan = plan
         self.graph = graph
-        self.parallel = target == "parallel"
+        self.parallel = parallel
         self.layout = store_layout
-        self.functions: dict[str, str] = {}  # body hash -> function source
-        self.fn_names: dict[str, str] = {}
+        self.functions = FunctionTable()
         self.lines: list[str] = []
         self.flat: dict[int, str] = {}  # id(node) -> driver expression of its flat 1-D buffer
         self.args: list[tuple[str, object]] = []
         self.infos: list[KernelInfo] = []
-        # nodes are named by their position in the compiled graph's dump, not their
-        # process-global ids, so a program generates the same text (same cache entry) anywhere
-        self.local = {id(n): i for i, n in enumerate(graph.nodes)}
+        self.local = local_names(graph)
         self._checked: set[int] = set()  # check_numerics: nodes to check (kept in scratch)
         self._counted: set[int] = set()  # those a loop kernel counted (it returns the count)
 
     def _site(self, n: Node) -> str:
         """``%k op @ file:line`` for generated-code comments (k: position in ``graph.dump()``)."""
-        return f"%{self.local[id(n)]} {n.op} @ {n.src.rsplit('/', 1)[-1]}"
+        return site(n, self.local)
 
     # ---- driver-side expressions -------------------------------------------------------------
     def buf(self, n: Node) -> Buffer:
@@ -142,13 +127,7 @@ class _Emitter:
         # cfunc wrapper (~15% less compile time)
         opts = ("cache=True, nogil=True, error_model='numpy', no_cpython_wrapper=True, no_cfunc_wrapper=True"
                 + (", parallel=True" if parallel else ""))
-        deco = f"@njit({opts})"
-        text = "\n".join(body)
-        key = hashlib.sha1((deco + ",".join(params) + text).encode()).hexdigest()[:12]
-        name = f"kernel_{key}"
-        if key not in self.functions:
-            self.functions[key] = f"{deco}\ndef {name}({', '.join(params)}):\n{text}\n"
-        return name
+        return self.functions.add(f"@njit({opts})", params, body, "kernel")
 
     def loop_kernel(self, k: Kernel) -> tuple[str, list[str], str, bool]:
         """Emit a fused loop kernel; return (function, driver args, value map comment, parallel)."""
@@ -416,7 +395,7 @@ class _Emitter:
         finite, in schedule order. Loop kernels counted their elementwise outputs as they
         computed them (``counters``: kernel name -> driver variable); other values (a loss
         from a reduction or the softmax-CE kernel, a GEMM result) get a bit-pattern pass."""
-        from ..numerics import NUMERICS_STATUS
+        from ...numerics import NUMERICS_STATUS
         producer = {}
         for pos, info in enumerate(self.infos):
             for o in info.outputs:
@@ -460,13 +439,9 @@ class _Emitter:
             self.args.append(("scratch", np.dtype(dt)))
         for n in feeds:
             self.args.append(("scalar" if n.shape == () else "feed", n.name))
-        # class labels are range-checked before any kernel runs (an index out of range would
-        # read outside the logits); the driver returns 1 + the check's number
-        checks = {}
-        for n in self.graph.nodes:
-            if n.op in ("softmax_cross_entropy", "sce_grad") and n.inputs[1].op == "input":
-                checks[n.inputs[1].name] = n.inputs[0].shape[1]
-        for i, (name, classes) in enumerate(sorted(checks.items())):
+        # fed indices (class labels) are range-checked before any kernel runs (an index out of
+        # range would read outside the logits); the driver returns 1 + the check's number
+        for i, (name, classes) in enumerate(index_checks(self.graph)):
             f = f"f_{self._feed_index[name]}"
             self.lines += [f"    for i in range({f}.shape[0]):  # labels {name!r} must lie in [0, {classes})",
                            f"        if {f}[i] < 0 or {f}[i] >= {classes}:",
@@ -480,16 +455,11 @@ class _Emitter:
                 self._checked.add(id(self.graph.outputs[i]))
         for k in self.plan.kernels:
             before = len(self._counted)
-            if k.kind == "loop":
-                fn, args, vmap, par = self.loop_kernel(k)
-            elif k.kind == "matmul":
-                fn, args, vmap, par = self.matmul_kernel(k)
-            elif k.kind == "sce":
-                fn, args, vmap, par = self.sce_kernel(k)
-            elif k.kind == "copy":
-                fn, args, vmap, par = self.copy_kernel(k)
-            else:  # pragma: no cover
-                raise AssertionError(k.kind)
+            lowering = KERNELS.get(k.kind)
+            if lowering is None:
+                raise CompileError(f"the cpu backend has no lowering for kernel kind {k.kind!r} "
+                                   f"({', '.join(self._site(n) for n in k.nodes)})")
+            fn, args, vmap, par = lowering(self, k)
             fused = [n.op for n in k.all_nodes]
             self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
                               f" -> {', '.join('%' + str(self.local[id(o)]) for o in k.outputs)}")
@@ -498,9 +468,8 @@ class _Emitter:
                 self.lines.append(f"    bad_{k.name} = {fn}({', '.join(args)})  # {vmap}")
             else:
                 self.lines.append(f"    {fn}({', '.join(args)})  # {vmap}")
-            out_bytes = sum(int(np.prod(o.shape) if o.shape else 1) * o.dtype.itemsize for o in k.outputs)
             self.infos.append(KernelInfo(k.name, fn, k.kind, tuple(k.shape), fused, k.all_nodes, k.outputs,
-                                         out_bytes, par))
+                                         out_bytes(k.outputs), par))
         checks = self.numerics_checks(numerics, counters) if numerics else []
         for node, slot in copies:
             dt, off, shape = self.layout[slot]
@@ -516,7 +485,7 @@ class _Emitter:
                 params.append(f"T_{_dtname(key)}")
             else:
                 params.append(f"f_{self._feed_index[key]}")
-        from .. import __version__
+        from ... import __version__
         header = [
             "# Generated by graphc. Do not edit: the file name is a hash of this text.",
             f"# graphc {__version__}, numba {_numba_version()}, target {'parallel' if self.parallel else 'cpu'}",
@@ -528,22 +497,32 @@ class _Emitter:
         # each kernel is a module of its own, named by the hash of its text: programs that
         # differ only in shapes (another batch size) or share a kernel (training step and
         # inference function) import the same file and reuse its Numba cache
-        from .cache import module_name
+        from ..cache import module_name
         kernel_modules, imports = {}, []
-        for key, fsrc in self.functions.items():
+        for fname, fsrc in self.functions.sources.items():
             ksrc = "\n".join(header) + "\n" + fsrc
             mname = module_name(ksrc)
             kernel_modules[mname] = ksrc
-            imports.append(f"from {mname} import kernel_{key}")
+            imports.append(f"from {mname} import {fname}")
         driver = (["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"]
                   + self.lines + ["    return 0"])
         source = "\n".join(header + imports) + "\n\n\n" + "\n".join(driver) + "\n"
         return Module(source, self.args, self.infos, len(self.functions), kernel_modules, checks)
 
 
-def emit_module(plan: Plan, graph: Graph, target: str, store_layout: dict, feeds: list[Node],
+# The cpu lowering of each kernel kind: ``(emitter, kernel) -> (function, driver args, value
+# map comment, parallel)``. A structured op's rule (ops/base.py ``Structured``) names its kind.
+KERNELS = {
+    "loop": _Emitter.loop_kernel,
+    "matmul": _Emitter.matmul_kernel,
+    "copy": _Emitter.copy_kernel,
+    "sce": _Emitter.sce_kernel,  # softmax_cross_entropy / sce_grad
+}
+
+
+def emit_module(plan: Plan, graph: Graph, parallel: bool, store_layout: dict, feeds: list[Node],
                 store_dtypes: list, check_finite: bool = True, numerics: list | None = None) -> Module:
     """``numerics``: (label, output index) pairs to check before the store is written
     (check_numerics; the plan must have been built with ``in_place=False``)."""
-    return _Emitter(plan, graph, target, store_layout).emit(feeds, store_dtypes, plan.copies, check_finite,
-                                                           numerics)
+    return _Emitter(plan, graph, parallel, store_layout).emit(feeds, store_dtypes, plan.copies, check_finite,
+                                                             numerics)

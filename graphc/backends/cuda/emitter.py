@@ -34,24 +34,18 @@ the launches per step.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import CompileError
-from ..ir import Graph, Node, fmt_shape
-from ..schedule.fusion import Kernel, View, contiguous_strides
-from ..schedule.plan import Plan
-from .cuda_compat import check_cuda_available, cupy_or_none, numba_cuda, simulator_active  # noqa: F401
-from .expr import literal, node_expr, reduce_init, reduce_step
-
-_ALIGN = 64  # bytes
+from ...errors import CompileError
+from ...ir import Graph, Node
+from ...schedule.fusion import Kernel, View, contiguous_strides
+from ...schedule.plan import Plan
+from ..base import ALIGN_BYTES, FunctionTable, KernelInfo, local_names, out_bytes, site
+from ..expr import literal, node_expr, reduce_init, reduce_step
+from .compat import numba_cuda, simulator_active
 
 
 @dataclass(frozen=True)
@@ -74,10 +68,6 @@ def _dt(dt) -> str:
     return np.dtype(dt).name
 
 
-def _site(n: Node) -> str:
-    return f"%{n.id} {n.op} @ {n.src.rsplit('/', 1)[-1]}"
-
-
 def _size(shape) -> int:
     return int(np.prod(shape)) if shape else 1
 
@@ -94,17 +84,6 @@ class Launch:
     args: list  # ("arena", "S_float32") | ("int", v) | ("scalar", feed name, dtype)
     gemm: tuple | None = None  # cublas: ((arena, off, shape, perm) for A, B, C)
     comment: str = ""
-
-
-@dataclass
-class KernelInfo:
-    name: str
-    kind: str
-    shape: tuple
-    ops: list
-    launches: list  # of Launch
-    outputs: list
-    out_bytes: int
 
 
 @dataclass
@@ -160,8 +139,8 @@ class _Emitter:
                  use_cublas: bool):
         self.plan, self.graph, self.layout, self.lp = plan, graph, layout, lp
         self.use_cublas = use_cublas
-        self.functions: dict[str, str] = {}  # name -> source
-        self.nparams: dict[str, int] = {}
+        self.functions = FunctionTable()
+        self.local = local_names(graph)  # nodes named by graph position: one text in every process
         self.launches: list[Launch] = []
         self.infos: list[KernelInfo] = []
         self.deco = "@cuda.jit" if simulator_active() else "@cuda.jit(cache=True)"
@@ -172,7 +151,7 @@ class _Emitter:
             if n.shape == ():
                 continue
             dt = np.dtype(n.dtype)
-            align = max(1, _ALIGN // dt.itemsize)
+            align = max(1, ALIGN_BYTES // dt.itemsize)
             off = -(-self.scratch_sizes.get(dt, 0) // align) * align
             self.feed_offsets[n.name] = (dt, off, _size(n.shape))
             self.scratch_sizes[dt] = off + _size(n.shape)
@@ -196,14 +175,10 @@ class _Emitter:
         raise AssertionError(b.kind)
 
     def function(self, fn: _Fn, body: list[str], tag: str) -> str:
-        params = fn.params()
-        text = "\n".join(body)
-        key = hashlib.sha1((self.deco + ",".join(params) + text).encode()).hexdigest()[:12]
-        name = f"{tag}_{key}"
-        if name not in self.functions:
-            self.functions[name] = f"{self.deco}\ndef {name}({', '.join(params)}):\n{text}\n"
-            self.nparams[name] = len(params)
-        return name
+        return self.functions.add(self.deco, fn.params(), body, tag)
+
+    def _site(self, n: Node) -> str:
+        return site(n, self.local)
 
     # ---- loops ----------------------------------------------------------------------------------
     @staticmethod
@@ -278,7 +253,7 @@ class _Emitter:
         def fresh(n: Node) -> str:
             nm = f"v{len(vmap)}"
             names[id(n)] = nm
-            vmap.append(f"{nm}={_site(n)}")
+            vmap.append(f"{nm}={self._site(n)}")
             return nm
 
         outs = []
@@ -401,7 +376,7 @@ class _Emitter:
         body.append(f"        {oarr}[{ooff} + i] = {src}  # {n.op} (copy)")
         name = self.function(fn, body, "copy")
         grid = max(1, min(-(-total // self.lp.block), self.lp.max_grid))
-        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=_site(n))
+        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=self._site(n))
 
     # ---- softmax cross-entropy ---------------------------------------------------------------------
     def _strides(self, v: View, L: tuple) -> list[int]:
@@ -424,7 +399,7 @@ class _Emitter:
         vz, vy = k.leaves[id(z)], k.leaves[id(y)]
         wz, wy = self.where(vz.base), self.where(vy.base)
         if wz[0] != "arena" or wy[0] != "arena":
-            raise CompileError(f"cuda: softmax_cross_entropy operands must be arrays ({_site(k.nodes[0])})")
+            raise CompileError(f"cuda: softmax_cross_entropy operands must be arrays ({self._site(k.nodes[0])})")
         Z, oz = fn.arr(wz[1]), fn.int(wz[2])
         zs0, zs1 = (fn.int(s) for s in self._strides(vz, tuple(z.shape)))
         Y, oy = fn.arr(wy[1]), fn.int(wy[2])
@@ -468,7 +443,7 @@ class _Emitter:
                      "    if t == 0:", f"        {LA}[{ol}] = sh[0] / {n}  # mean loss (tree)"]
         name = self.function(fn, body, "sce")
         return name, Launch(k.name, "kernel", name, 1, B, fn.args(),
-                            comment=" ".join(_site(x) for x in k.nodes))
+                            comment=" ".join(self._site(x) for x in k.nodes))
 
     # ---- GEMM -------------------------------------------------------------------------------------------
     def _gemm_function(self, dt: np.dtype) -> str:
@@ -521,10 +496,10 @@ class _Emitter:
                 if gc < N:
                     C[oc + gr * N + gc] = acc[m, n]"""
         name = f"gemm_{_dt(dt)}"
-        if name not in self.functions:
+        if name not in self.functions.sources:
             params = ["A", "B", "C", "oa", "sa0", "sa1", "ob", "sb0", "sb1", "oc", "M", "N", "K"]
-            self.functions[name] = f"{self.deco}\ndef {name}({', '.join(params)}):\n{body}\n"
-            self.nparams[name] = len(params)
+            self.functions.sources[name] = f"{self.deco}\ndef {name}({', '.join(params)}):\n{body}\n"
+            self.functions.nparams[name] = len(params)
         return name
 
     def gemm(self, k: Kernel, mm: Node) -> Launch:
@@ -536,9 +511,9 @@ class _Emitter:
         for v in (va, vb, View(mm, mm.shape)):
             w = self.where(v.base)
             if w[0] != "arena":
-                raise CompileError(f"cuda: matmul operand {_site(v.base)} is not an array in device memory")
+                raise CompileError(f"cuda: matmul operand {self._site(v.base)} is not an array in device memory")
             parts.append((w[1], w[2], tuple(v.shape), v.perm))
-        site = f"{_site(mm)} ({M}x{K} @ {K}x{N})"
+        site = f"{self._site(mm)} ({M}x{K} @ {K}x{N})"
         if self.use_cublas:
             return Launch(f"{k.name}.gemm" if k.kind == "loop" else k.name, "cublas", "cupy.matmul", None, None,
                           [], gemm=tuple(parts), comment=site)
@@ -557,28 +532,27 @@ class _Emitter:
             launches = []
             if k.matmul is not None:
                 launches.append(self.gemm(k, k.matmul))
-            if k.kind == "loop":
-                launches.append(self.loop_kernel(k)[1])
-            elif k.kind == "sce":
-                launches.append(self.sce_kernel(k)[1])
-            elif k.kind == "copy":
-                launches.append(self.copy_kernel(k)[1])
-            elif k.kind != "matmul":  # pragma: no cover
-                raise AssertionError(k.kind)
+            if k.kind != "matmul":
+                lowering = KERNELS.get(k.kind)
+                if lowering is None:
+                    raise CompileError(f"the cuda backend has no lowering for kernel kind {k.kind!r} "
+                                       f"({', '.join(self._site(n) for n in k.nodes)})")
+                launches.append(lowering(self, k)[1])
             self.launches += launches
-            out_bytes = sum(_size(o.shape) * o.dtype.itemsize for o in k.outputs)
-            self.infos.append(KernelInfo(k.name, k.kind, tuple(k.shape), [n.op for n in k.all_nodes],
-                                         launches, k.outputs, out_bytes))
+            self.infos.append(KernelInfo(k.name, launches[-1].function, k.kind, tuple(k.shape),
+                                         [n.op for n in k.all_nodes], k.all_nodes, k.outputs, out_bytes(k.outputs),
+                                         launches=launches))
         header = ["# Generated by graphc (target='cuda'). Do not edit: the file name is a hash of this text.",
                   "import math", "import numpy as np", "import numba",
-                  "from graphc.codegen.cuda_compat import numba_cuda", "",
+                  "from graphc.backends.cuda.compat import numba_cuda", "",
                   "cuda = numba_cuda()  # numba.cuda, after the numpy compatibility shim", ""]
         plan_lines = ["# launches in step order:"]
         for ln in self.launches:
             cfg = "cuBLAS" if ln.kind == "cublas" else f"[{ln.grid}, {ln.block}]"
             plan_lines.append(f"#   {ln.name:<8} {ln.function} {cfg}  # {ln.comment[:200]}")
-        source = "\n".join(header) + "\n\n".join(self.functions.values()) + "\n\n" + "\n".join(plan_lines) + "\n"
-        return CudaModule(source, self.launches, self.infos, dict(self.nparams), self.feed_offsets,
+        source = ("\n".join(header) + "\n\n".join(self.functions.sources.values()) + "\n\n"
+                  + "\n".join(plan_lines) + "\n")
+        return CudaModule(source, self.launches, self.infos, dict(self.functions.nparams), self.feed_offsets,
                           self.scratch_sizes, self.lp, "cublas" if self.use_cublas else "numba-fallback",
                           self._copies())
 
@@ -608,19 +582,16 @@ def _numba_type(spec, dtypes: dict):
     return numpy_support.from_dtype(np.dtype(spec[2]))
 
 
-def lower_for_cuda(program, batch, store_layout: Mapping, passes=None, use_cublas: bool = False,
-                   lp: LaunchParams | None = None):
-    """(graph, plan, CudaModule) for a Program, without touching a device."""
-    from ..compiler import lower
-    graph, _, plan = lower(program, batch, passes)
-    feeds = sorted(graph.inputs, key=lambda n: n.name)
-    return graph, plan, emit_module(plan, graph, dict(store_layout), feeds, use_cublas, lp)
+def emit_for(lowered, store_layout: Mapping, use_cublas: bool = False, lp: LaunchParams | None = None) -> CudaModule:
+    """The CudaModule of a lowered program (graphc.compiler.lowered), without touching a device."""
+    feeds = sorted(lowered.graph.inputs, key=lambda n: n.name)
+    return emit_module(lowered.plan, lowered.graph, dict(store_layout), feeds, use_cublas, lp)
 
 
 def compile_ptx(module: CudaModule, cc=(9, 0)) -> dict[str, str]:
     """PTX of every generated kernel for the argument types the launches use (needs NVVM,
     not a GPU; run without the simulator). Catches typing and lowering errors."""
-    from .cache import load_module, write_module
+    from ..cache import load_module, write_module
     cuda = numba_cuda()
     mod = load_module(write_module(module.source))
     dtypes = {}
@@ -639,245 +610,11 @@ def compile_ptx(module: CudaModule, cc=(9, 0)) -> dict[str, str]:
     return out
 
 
-# ---- device memory ------------------------------------------------------------------------------
-
-class DeviceStore:
-    """The device mirror of a Store's arenas (one per store, shared by its cuda programs).
-
-    The Store calls ``push`` (host -> device) before a device step when the host may have
-    written its arenas, and ``pull`` (device -> host) before the host reads them after a
-    device step (see ``Store.acquire`` / ``Store.sync_host``)."""
-
-    def __init__(self, store):
-        self.cuda = numba_cuda()
-        self.arenas: dict[np.dtype, Any] = {}
-        self.generation = 0  # bumped when a device arena is (re)allocated: programs re-bind
-        self.pushes = self.pulls = 0
-
-    def push(self, store) -> None:
-        for dt, host in store._arenas.items():
-            d = self.arenas.get(dt)
-            if d is None or d.size != host.size:
-                self.arenas[dt] = self.cuda.to_device(host)
-                self.generation += 1
-            else:
-                d.copy_to_device(host)
-        self.pushes += 1
-
-    def pull(self, store) -> None:
-        for dt, d in self.arenas.items():
-            host = store._arenas[dt]
-            if host.size == d.size:
-                d.copy_to_host(host)
-        self.pulls += 1
-
-
-@dataclass
-class _Stats:
-    passes_s: float = 0.0
-    codegen_s: float = 0.0
-    numba_s: float = 0.0
-    nodes_before: int = 0
-    nodes_after: int = 0
-
-
-class CudaProgram:
-    """One (program, batch size) on the device: see the module docstring."""
-
-    target = "cuda"
-
-    def __init__(self, program, batch, store, options: Mapping):
-        from .cache import load_module, write_module
-        check_cuda_available()
-        self.cuda = numba_cuda()
-        self.program, self.batch = program, batch
-        self.stats = _Stats(nodes_before=len(program.graph))
-        t0 = time.perf_counter()
-        # "auto": cuBLAS through CuPy when importable, else the fallback; GRAPHC_CUDA_GEMM=numba
-        # forces the fallback (to test it on a real device), =cublas insists on CuPy
-        gemm = options.get("cuda_gemm") or os.environ.get("GRAPHC_CUDA_GEMM", "auto")
-        if gemm not in ("auto", "cublas", "numba"):
-            raise CompileError(f"GRAPHC_CUDA_GEMM must be auto, cublas or numba, got {gemm!r}")
-        self.cp = cupy_or_none() if gemm in ("auto", "cublas") else None
-        if gemm == "cublas" and self.cp is None:
-            raise CompileError("cuda_gemm='cublas' needs CuPy on a real device (pip install graphc[cuda])")
-        self.graph, self.plan, self.module = lower_for_cuda(program, batch, store.layout, options.get("passes"),
-                                                            use_cublas=self.cp is not None)
-        self.stats.nodes_after = len(self.graph)
-        self.stats.codegen_s = time.perf_counter() - t0
-        self.path = write_module(self.module.source)
-        self._mod = load_module(self.path)
-        self.mirror = store.mirror("cuda", DeviceStore)
-        # device scratch arena per dtype: plan buffers, constants, batch feeds
-        cuda = self.cuda
-        host_scratch = {dt: np.zeros(max(n, 1), dtype=dt) for dt, n in self.module.scratch_sizes.items()}
-        for n in self.graph.nodes:
-            b = self.plan.buffers.get(id(n))
-            if b is not None and b.kind == "const":
-                host_scratch[b.dtype][b.offset:b.offset + b.size] = b.value.reshape(-1)
-        self.scratch = {dt: cuda.to_device(a) for dt, a in host_scratch.items()}
-        self._feed_views = [(name, self.scratch[dt][off:off + size], size)
-                            for name, (dt, off, size) in self.module.feed_offsets.items()]
-        self._label_checks = sorted({n.inputs[1].name: n.inputs[0].shape[1] for n in self.graph.nodes
-                                     if n.op in ("softmax_cross_entropy", "sce_grad")
-                                     and n.inputs[1].op == "input"}.items())
-        k = len(program.user_names)
-        self._outs = list(self.graph.outputs[:k])
-        self._source_outputs = [n for n in self._outs if n.op in ("param", "state")]
-        scalar_types = {a[1]: np.dtype(a[2]).type for ln in self.module.launches for a in ln.args if a[0] == "scalar"}
-        scalar_types.update({c[4][1]: c[3].type for c in self.module.copies if c[4][0] == "scalar"})
-        self._scalar_keys = sorted(scalar_types)
-        self._scalar_types = [scalar_types[k] for k in self._scalar_keys]  # typed as the kernels were emitted
-        self._scalar_vals = None
-        self._bound = None
-        self._compiled = False
-
-    # ---- binding -------------------------------------------------------------------------------
-    def _arena(self, key: str):
-        where, dt = key.split("_", 1)
-        return (self.mirror.arenas if where == "S" else self.scratch)[np.dtype(dt)]
-
-    def _view(self, key: str, off: int, size: int):
-        return self._arena(key)[off:off + size]
-
-    def _bind(self, scalars: dict) -> None:
-        """Launchers and argument tuples, built once (again only when the device store is
-        reallocated or a scalar feed changes value)."""
-        cp = self.cp
-        calls = []
-        wrapped = {}
-        for ln in self.module.launches:
-            if ln.kind == "cublas":
-                ops = []
-                for key, off, shape, perm in ln.gemm:
-                    if key not in wrapped:  # wrap each arena once: zero-copy via __cuda_array_interface__
-                        wrapped[key] = cp.asarray(self._arena(key))
-                    a = wrapped[key][off:off + _size(shape)].reshape(shape)
-                    ops.append(a.T if perm == (1, 0) else a)
-                calls.append((functools.partial(cp.matmul, ops[0], ops[1], out=ops[2]), ()))
-                continue
-            disp = getattr(self._mod, ln.function)
-            args = []
-            for a in ln.args:
-                if a[0] == "arena":
-                    args.append(self._arena(a[1]))
-                elif a[0] == "int":
-                    args.append(a[1])
-                else:
-                    args.append(scalars[a[1]])
-            calls.append((disp[ln.grid, ln.block], tuple(args)))
-        self._calls = calls
-        self._copies = []
-        for key, off, size, dt, src in self.module.copies:  # deferred store writes
-            dst = self._view(key, off, size)
-            if src[0] == "literal":
-                self._copies.append((dst, np.full(size, src[1], dtype=dt)))
-            elif src[0] == "scalar":
-                self._copies.append((dst, np.full(size, scalars[src[1]], dtype=dt)))
-            else:
-                self._copies.append((dst, self._view(src[1], src[2], size)))
-        self._readers = [self._reader(n) for n in self._outs]
-        self._bound = self.mirror.generation
-
-    def _reader(self, n: Node):
-        b = self.plan.buffers[id(n)]
-        shape = n.shape
-        if b.kind == "scratch":
-            view = self._view(f"T_{_dt(b.dtype)}", b.offset, b.size)
-            if shape == ():
-                return lambda feeds, before: np.array(view.copy_to_host()[0])
-            return lambda feeds, before: view.copy_to_host().reshape(shape)
-        if b.kind in ("literal", "const"):
-            v = np.array(b.value, dtype=n.dtype).reshape(shape)
-            return lambda feeds, before: v.copy()
-        if b.kind == "feed":
-            return lambda feeds, before: np.array(feeds[n.name])
-        if b.kind == "store":  # a param/state read as an output: its value before the update
-            return lambda feeds, before: before[n.name]
-        raise AssertionError(b.kind)
-
-    # ---- calling ----------------------------------------------------------------------------------
-    def run(self, feeds: Mapping[str, np.ndarray], store) -> list[np.ndarray] | None:
-        for name, classes in self._label_checks:  # before anything runs (as the cpu driver does)
-            a = feeds[name]
-            if a.size and (a.min() < 0 or a.max() >= classes):
-                return None
-        with store.lock:  # the store (and this program's device scratch) is shared: one call at a time
-            return self._run_locked(feeds, store)
-
-    def _run_locked(self, feeds, store) -> list[np.ndarray]:
-        store.acquire(self.mirror)
-        if self._scalar_keys:
-            vals = tuple(feeds[k] for k in self._scalar_keys)
-            if vals != self._scalar_vals:
-                self._scalar_vals = vals
-                self._bound = None
-        if self._bound != self.mirror.generation:
-            self._bind({k: t(v[()] if isinstance(v, np.ndarray) else v)
-                        for k, t, v in zip(self._scalar_keys, self._scalar_types, self._scalar_vals or ())})
-        for name, view, size in self._feed_views:  # copy in only the batch
-            view.copy_to_device(np.ascontiguousarray(feeds[name]).reshape(size))
-        before = None
-        if self._source_outputs:
-            before = {}
-            for n in self._source_outputs:
-                dt, off, shape = store.layout[n.name]
-                before[n.name] = self.mirror.arenas[np.dtype(dt)][off:off + _size(shape)].copy_to_host().reshape(shape)
-        if not self._compiled:
-            self._compile()
-        for f, args in self._calls:
-            f(*args)
-        for dst, src in self._copies:
-            dst.copy_to_device(src)
-        return [r(feeds, before) for r in self._readers]
-
-    def _compile(self) -> None:
-        """Compile every distinct kernel for its argument types before the first launch, so
-        a compile failure leaves the parameters untouched and names the generated file."""
-        t0 = time.perf_counter()
-        if not simulator_active():
-            from numba import typeof
-            seen = set()
-            for (f, args), ln in zip(self._calls, self.module.launches):
-                if ln.kind != "kernel" or ln.function in seen:
-                    continue
-                seen.add(ln.function)
-                try:
-                    getattr(self._mod, ln.function).compile(tuple(typeof(a) for a in args))
-                except Exception as e:  # noqa: BLE001
-                    raise CompileError(f"numba.cuda failed to compile {ln.function} of {self.path}: "
-                                       f"{type(e).__name__}: {e}") from e
-        self.stats.numba_s = time.perf_counter() - t0
-        self._compiled = True
-
-    # ---- inspection ---------------------------------------------------------------------------------
-    def launches_per_step(self) -> dict:
-        ls = self.module.launches
-        return {"kernels": sum(1 for x in ls if x.kind == "kernel"),
-                "cublas": sum(1 for x in ls if x.kind == "cublas"),
-                "memcpy_d2d": len(self.module.copies),
-                "h2d": len(self.module.feed_offsets),
-                "d2h": sum(1 for n in self._outs if self.plan.buffers[id(n)].kind == "scratch")}
-
-    def describe(self) -> str:
-        return f"# {self.path}\n" + self.module.source
-
-    def kernel_listing(self) -> str:
-        c = self.launches_per_step()
-        total = c["kernels"] + c["cublas"]
-        gemm = "cuBLAS via CuPy" if self.module.gemm == "cublas" else "numba.cuda fallback GEMM (CuPy absent)"
-        lines = [f"{len(self.module.infos)} kernels ({len(self.module.functions)} distinct functions) from "
-                 f"{self.stats.nodes_after} nodes; scratch peak {self.plan.peak_bytes} B; target cuda, batch "
-                 f"{self.batch}; GEMMs: {gemm}",
-                 f"launches per step: {total} ({c['kernels']} numba.cuda kernels + {c['cublas']} cuBLAS GEMMs)"
-                 f" + {c['memcpy_d2d']} device copies; {c['h2d']} host->device feed copies, {c['d2h']} "
-                 f"device->host output copies"]
-        for info in self.module.infos:
-            for ln in info.launches:
-                cfg = "cuBLAS" if ln.kind == "cublas" else f"grid {ln.grid} block {ln.block}"
-                lines.append(f"  {ln.name:<8} {info.kind:<6} {fmt_shape(info.shape):<14} {ln.function:<22} {cfg:<24} "
-                             f"[{', '.join(info.ops)}] -> {info.out_bytes} B")
-        return "\n".join(lines)
-
-    def cache_info(self) -> dict:
-        return {"hits": 0, "misses": 0}
+# The cuda lowering of each kernel kind: ``(emitter, kernel) -> (function, Launch)``; GEMMs
+# (matmul kernels and loop prologues) are launched by ``gemm``. A structured op's rule
+# (ops/base.py ``Structured``) names its kind.
+KERNELS = {
+    "loop": _Emitter.loop_kernel,
+    "copy": _Emitter.copy_kernel,
+    "sce": _Emitter.sce_kernel,  # softmax_cross_entropy / sce_grad
+}

@@ -1,0 +1,93 @@
+"""The backends behind ``compile(target=...)``, and the one registry that maps a target name
+to its backend. Nothing else in graphc reads a target string.
+
+A backend is a folder (``numpy.py`` for the interpreter, ``cpu/``, ``cuda/``) whose
+``build`` turns a lowered program (graph, kernels, plan: see graphc/compiler.py) into a
+runnable program with ``run(feeds, store)``; what every runnable program needs (stats,
+output readers, constant fill, node naming, kernel de-duplication) is in ``base.py``.
+Structured ops find their per-backend code through ``graphc/backends/lowering.py``.
+
+Adding a backend: write its folder, then ``register(Backend("name", build, ...))`` below.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One compile target.
+
+    - ``build(program, batch, store, options)`` returns the runnable program for one batch
+      size (``lowered=False``), or ``build(lowered, store, options)`` for backends that run
+      the compiler's pipeline first (``lowered=True``).
+    - ``native_checks``: the generated driver range-checks labels and finiteness itself, so a
+      call whose feeds pass the cheap attribute checks skips the Python-side value checks.
+    - ``options``: the optional compile features it implements (e.g. ``"check_numerics"``).
+    - ``available``: raises a GraphcError saying why the target cannot run here.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    lowered: bool = True
+    native_checks: bool = False
+    options: frozenset = field(default_factory=frozenset)
+    available: Callable[[], None] | None = None
+    doc: str = ""
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    if backend.name in _REGISTRY:
+        raise ValueError(f"backend {backend.name!r} registered twice")
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def get(target: str) -> Backend:
+    """The backend of ``target``, or a ValueError listing the known ones."""
+    b = _REGISTRY.get(target)
+    if b is None:
+        raise ValueError(f"unknown target {target!r}; choose from {targets()}")
+    return b
+
+
+def targets() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+# ---- the built-in backends (imported lazily: `import graphc` does not load Numba) ----------
+
+def _numpy(program, batch, store, options):
+    from .numpy import NumpyProgram
+    return NumpyProgram(program, batch, check_numerics=bool(options.get("check_numerics")))
+
+
+def _cpu(parallel: bool):
+    def build(lowered, store, options):
+        from .cpu.program import CpuProgram
+        return CpuProgram(lowered, store, options, parallel=parallel)
+    return build
+
+
+def _cuda(lowered, store, options):
+    from .cuda.program import CudaProgram
+    return CudaProgram(lowered, store, options)
+
+
+def _cuda_available():
+    from .cuda.compat import check_cuda_available
+    check_cuda_available()
+
+
+register(Backend("numpy", _numpy, lowered=False, options=frozenset({"check_numerics"}),
+                 doc="the reference interpreter (graphc/interpret.py): every test's oracle"))
+register(Backend("cpu", _cpu(False), native_checks=True, options=frozenset({"check_numerics"}),
+                 doc="serial Numba: @njit kernels and one driver per program"))
+register(Backend("parallel", _cpu(True), native_checks=True, options=frozenset({"check_numerics"}),
+                 doc="Numba parallel=True: prange over the outer loop of large fused loops"))
+register(Backend("cuda", _cuda, available=_cuda_available,
+                 doc="numba.cuda kernels, cuBLAS GEMMs through CuPy, a device-resident store"))

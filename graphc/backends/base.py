@@ -1,0 +1,141 @@
+"""What every runnable program shares, whatever its backend: the lowered input, compile
+stats, scratch arenas with their constants, output readers, node naming in generated code,
+de-duplication of generated functions, and the index-range checks of structured ops."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..ir import Graph, Node
+from ..schedule.plan import Plan
+from ..store import ALIGN_BYTES  # noqa: F401  (one alignment for store, scratch and device arenas)
+
+
+@dataclass
+class CompileStats:
+    passes_s: float = 0.0
+    codegen_s: float = 0.0
+    numba_s: float = 0.0  # first call: Numba compile or cache load
+    nodes_before: int = 0
+    nodes_after: int = 0
+
+
+@dataclass
+class Lowered:
+    """A program specialized to one batch size, optimized, fused and planned: what the
+    compiler hands a backend (graphc/compiler.py)."""
+
+    program: Any  # training.Program
+    batch: int | None
+    graph: Graph
+    kernels: list
+    plan: Plan
+    stats: CompileStats
+
+
+@dataclass
+class KernelInfo:
+    """One scheduled kernel as ``kernels()`` lists it (every backend fills the same fields;
+    ``launches`` is for backends with more than one launch per kernel)."""
+
+    name: str  # k0, k1 ... in schedule order
+    function: str  # the generated function (shared between identical kernels)
+    kind: str
+    shape: tuple
+    ops: list[str]
+    nodes: list[Node]
+    outputs: list[Node]
+    out_bytes: int
+    parallel: bool = False
+    launches: list = field(default_factory=list)
+
+
+def out_bytes(outputs: list[Node]) -> int:
+    return sum((int(np.prod(o.shape)) if o.shape else 1) * o.dtype.itemsize for o in outputs)
+
+
+# ---- generated code ---------------------------------------------------------------------------
+
+def local_names(graph: Graph) -> dict[int, int]:
+    """id(node) -> its position in ``graph.dump()``. Generated code names nodes by position,
+    never by process-wide ids, so one program generates the same text (the same cache
+    entry) in every process, whatever else was built first."""
+    return {id(n): i for i, n in enumerate(graph.nodes)}
+
+
+def site(n: Node, local: dict[int, int]) -> str:
+    """``%k op @ file:line`` for generated-code comments."""
+    return f"%{local[id(n)]} {n.op} @ {n.src.rsplit('/', 1)[-1]}"
+
+
+class FunctionTable:
+    """Generated functions by the hash of their text: identical kernels (the update of every
+    parameter, say) are emitted and compiled once."""
+
+    def __init__(self):
+        self.sources: dict[str, str] = {}  # name -> source
+        self.nparams: dict[str, int] = {}
+
+    def add(self, deco: str, params: list[str], body: list[str], tag: str = "kernel") -> str:
+        text = "\n".join(body)
+        key = hashlib.sha1((deco + ",".join(params) + text).encode()).hexdigest()[:12]
+        name = f"{tag}_{key}"
+        if name not in self.sources:
+            self.sources[name] = f"{deco}\ndef {name}({', '.join(params)}):\n{text}\n"
+            self.nparams[name] = len(params)
+        return name
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+# ---- memory -----------------------------------------------------------------------------------
+
+def host_scratch(plan: Plan, graph: Graph, sizes: dict | None = None) -> dict[np.dtype, np.ndarray]:
+    """One zeroed host arena per dtype (``sizes``: elements, default the plan's), with the
+    plan's constants filled in."""
+    sizes = plan.arena_sizes if sizes is None else sizes
+    scratch = {np.dtype(dt): np.zeros(max(int(n), 1), dtype=dt) for dt, n in sizes.items()}
+    for n in graph.nodes:
+        b = plan.buffers.get(id(n))
+        if b is not None and b.kind == "const":
+            scratch[b.dtype][b.offset:b.offset + b.size] = b.value.reshape(-1)
+    return scratch
+
+
+def output_reader(n: Node, plan: Plan, read_scratch: Callable) -> Callable:
+    """``reader(feeds, before)`` -> the value of user output ``n`` after a run.
+    ``read_scratch(buffer)`` returns a host copy of a scratch buffer (flat); ``before`` holds
+    the pre-step values of params/state read as outputs."""
+    b = plan.buffers[id(n)]
+    shape = n.shape
+    if b.kind == "scratch":
+        if shape == ():
+            return lambda feeds, before: np.array(read_scratch(b)[0])
+        return lambda feeds, before: read_scratch(b).reshape(shape)
+    if b.kind in ("literal", "const"):
+        v = np.array(b.value, dtype=n.dtype).reshape(shape)
+        return lambda feeds, before: v.copy()
+    if b.kind == "feed":
+        return lambda feeds, before: np.array(feeds[n.name])
+    if b.kind == "store":  # a param/state read as an output: its value before the update
+        return lambda feeds, before: before[n.name]
+    raise AssertionError(b.kind)
+
+
+def index_checks(graph: Graph) -> list[tuple[str, int]]:
+    """(input name, bound) for every fed integer input that a structured op uses as indices
+    (class labels today): values must lie in [0, bound) before any kernel runs. Each op
+    declares its index operands in its lowering rule (ops/base.py ``Structured``)."""
+    out: dict[str, int] = {}
+    for n in graph.nodes:
+        rule = n.opdef.structured
+        if rule is None or rule.index_operands is None:
+            continue
+        for idx, bound in rule.index_operands(n):
+            if idx.op == "input":
+                out[idx.name] = min(bound, out.get(idx.name, bound))
+    return sorted(out.items())

@@ -1,0 +1,1 @@
+"""The cuda target: numba.cuda kernels, cuBLAS GEMMs through CuPy, a device-resident store."""

@@ -1,1 +1,0 @@
-"""Code generation backends (cpu/parallel Numba, CUDA) and the module cache."""
