@@ -16,7 +16,7 @@ from .atomic import write_atomic
 from .errors import FeedError, GraphcError, StateError
 from .feeds import check_feeds
 from .ir import Node
-from .optim.base import HYPER_PREFIX, Optimizer
+from .optim.base import Optimizer
 from .store import Store, checked_array
 from .training import Program
 
@@ -55,8 +55,9 @@ class _Compiled:
         self._options = options
         self._programs: dict[int | None, Any] = {}
         self._build_lock = threading.Lock()  # two threads' first calls build one program
-        self._inputs = [n for n in program.graph.inputs if not n.name.startswith(HYPER_PREFIX)]
-        self._hypers = [n for n in program.graph.inputs if n.name.startswith(HYPER_PREFIX)]
+        self._inputs = [n for n in program.graph.inputs if n.name not in program.hypers]
+        self._hypers = [(n.name, n.dtype.type, program.hypers[n.name]) for n in program.graph.inputs
+                        if n.name in program.hypers]
         self._index_checks = index_checks(program.graph)  # fed indices (class labels) and their bounds
         self._specs = [(n.name, n.dtype, n.shape) for n in self._inputs]
         self._hyper_cache = None
@@ -88,24 +89,31 @@ class _Compiled:
         opt = self.optimizer
         if opt is None:
             return {}
-        if self._hyper_cache is None or self._hyper_cache[0] != opt._version:
+        if self._hyper_cache is None or self._hyper_cache[0] != opt.version:
             hp = opt.hyperparameters
-            vals = {n.name: n.dtype.type(hp[n.name[len(HYPER_PREFIX):]]) for n in self._hypers}
-            self._hyper_cache = (opt._version, vals)
+            for k, nonzero in self._program.structure.items():
+                if (hp[k] != 0.0) != nonzero:
+                    raise GraphcError(
+                        f"{type(opt).__name__}.{k} was {'non-zero' if nonzero else '0'} when this step was compiled, "
+                        f"which decided the compiled graph ({'no ' if not nonzero else ''}{k} term or state); "
+                        f"setting it to {hp[k]} would silently do {'nothing' if not nonzero else 'the wrong thing'}: "
+                        f"compile a new step with the new value")
+            vals = {feed: cast(hp[name]) for feed, cast, name in self._hypers}
+            self._hyper_cache = (opt.version, vals)
         return self._hyper_cache[1]
 
     def _feeds(self, feeds: Mapping[str, Any]) -> tuple[dict, int | None]:
         arrays, batch = check_feeds(self._inputs, feeds, what=f"{type(self).__name__} call")
-        for name, bound in self._index_checks:
+        for name, bound, users in self._index_checks:
             a = arrays.get(name)
             if a is not None and a.size and (a.min() < 0 or a.max() >= bound):
-                raise FeedError(f"input {name!r}: class labels must lie in [0, {bound}), got values in "
-                                f"[{a.min()}, {a.max()}] (they index the classes of softmax_cross_entropy)")
+                raise FeedError(f"input {name!r}: indices must lie in [0, {bound}) (they index {users}), "
+                                f"got values in [{a.min()}, {a.max()}]; nothing was run")
         arrays.update(self._hyper_values())
         if self._options.get("check_finite", True):
             for name, a in arrays.items():
                 if a.dtype.kind == "f" and not np.isfinite(a).all():
-                    what = "hyper-parameter" if name.startswith(HYPER_PREFIX) else "input"
+                    what = "hyper-parameter" if name in self._program.hypers else "input"
                     raise FeedError(f"{what} {name!r} contains NaN or infinity; refusing to run the step "
                                     f"(pass check_finite=False to compile to allow it)")
         return arrays, batch
@@ -215,7 +223,7 @@ class _Compiled:
                                  f"it has {sorted(known)}")
             for k, v in given.items():
                 try:
-                    hyper[k] = opt._checked_hyper(k, v)
+                    hyper[k] = opt.check_hyperparameter(k, v)
                 except (TypeError, ValueError) as e:
                     raise StateError(f"{what}: {e}") from None
         with self._store.lock:  # nothing below can fail: every value is checked and cast

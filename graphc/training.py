@@ -5,7 +5,7 @@ every parameter and state tensor; the runtime writes the latter back in place.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import dsl as F
@@ -25,6 +25,8 @@ class Program:
     user_names: list[str]
     updates: list[str]  # store names written, in output order after the user outputs
     declared: tuple = ()  # state the optimizer declared: in the store even if no op reads it
+    hypers: dict = field(default_factory=dict)  # input name -> optimizer hyper-parameter it feeds
+    structure: dict = field(default_factory=dict)  # structural hyper-parameter -> was it non-zero
 
     @property
     def sources(self) -> list[Node]:
@@ -71,9 +73,7 @@ def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node]
     params = sorted((n for n in topo_order([loss]) if n.op == "param"), key=lambda n: n.name)
     if not params:
         raise GraphcError("compile: the loss depends on no param, so there is nothing to train")
-    optimizer._dtype = params[0].dtype
-    for k, v in optimizer.hyperparameters.items():  # finite in the dtype they are fed in
-        optimizer._checked_hyper(k, v)
+    optimizer.dtype = params[0].dtype  # (checks every hyper-parameter is finite in it)
     grads = grad(loss, params)
     if optimizer.global_clipnorm is not None:
         total = None
@@ -123,4 +123,8 @@ def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node]
     names = list(outs) + [f"update:{k}" for k, _ in updates]
     g = Graph(list(outs.values()) + [v for _, v in updates], names)
     check_unique_names(g.nodes)
-    return Program(g, list(outs), [k for k, _ in updates], tuple(declared))
+    hp = optimizer.hyperparameters
+    hypers = {feed: name for feed, name in optimizer.hyper_feeds().items()
+              if any(n.op == "input" and n.name == feed for n in g.nodes)}
+    structure = {k: hp[k] != 0.0 for k in optimizer.structural_hyperparameters if k in hp}
+    return Program(g, list(outs), [k for k, _ in updates], tuple(declared), hypers, structure)

@@ -278,3 +278,39 @@ def test_state_that_is_written_but_never_read_is_in_the_store():
         sd = step.state_dict()
         np.testing.assert_allclose(sd["state"]["W/prev"], np.full((2, 1), 0.5, np.float32))
         np.testing.assert_allclose(sd["params"]["W"], np.zeros((2, 1), np.float32))
+
+
+@pytest.mark.parametrize("make, name, value", [
+    (lambda: optim.SGD(0.1), "momentum", 0.9),           # no velocity state was compiled
+    (lambda: optim.SGD(0.1, momentum=0.9), "momentum", 0.0),
+    (lambda: optim.Adam(0.1), "weight_decay", 0.01),     # no decay term was compiled
+])
+def test_structural_hyperparameter_change_after_compile_is_refused(make, name, value):
+    x = gc.input("x", (None, 2))
+    W = gc.param("W", (2, 1), init=np.ones((2, 1), np.float32))
+    opt = make()
+    step = gc.compile(gc.mean(x @ W), optimizer=opt, target="numpy")
+    xv = np.ones((3, 2), np.float32)
+    step(x=xv)
+    before = step.state_dict()
+    setattr(opt, name, value)
+    with pytest.raises(gc.GraphcError, match=rf"{type(opt).__name__}\.{name} was .* compile a new step"):
+        step(x=xv)
+    np.testing.assert_array_equal(step.params["W"], before["params"]["W"])
+    assert step.iterations == 1
+    opt.learning_rate = 0.5  # an ordinary hyper-parameter still changes freely once restored
+    setattr(opt, name, 0.0 if value else 0.9)
+    step(x=xv)
+    assert step.iterations == 2
+
+
+def test_hyperparameter_exchange_is_public():
+    opt = optim.Adam(1e-3)
+    v = opt.version
+    opt.learning_rate = 2e-3
+    assert opt.version == v + 1
+    assert set(opt.hyper_feeds().values()) == set(opt.hyperparameters)
+    opt.dtype = "float64"
+    assert opt.hyper("learning_rate").dtype == np.float64
+    with pytest.raises(TypeError):
+        opt.dtype = "int32"

@@ -126,16 +126,17 @@ def output_reader(n: Node, plan: Plan, read_scratch: Callable) -> Callable:
     raise AssertionError(b.kind)
 
 
-def index_checks(graph: Graph) -> list[tuple[str, int]]:
-    """(input name, bound) for every fed integer input that a structured op uses as indices
-    (class labels today): values must lie in [0, bound) before any kernel runs. Each op
-    declares its index operands in its lowering rule (ops/base.py ``Structured``)."""
-    out: dict[str, int] = {}
+def index_checks(graph: Graph) -> list[tuple[str, int, str]]:
+    """(input name, bound, the ops it indexes) for every fed integer input that a structured
+    op uses as indices (class labels, embedding ids): values must lie in [0, bound) before
+    any kernel runs. Each op declares its index operands in its rule (ops/base.py)."""
+    out: dict[str, tuple[int, set]] = {}
     for n in graph.nodes:
         rule = n.opdef.structured
         if rule is None or rule.index_operands is None:
             continue
         for idx, bound in rule.index_operands(n):
             if idx.op == "input":
-                out[idx.name] = min(bound, out.get(idx.name, bound))
-    return sorted(out.items())
+                b, users = out.get(idx.name, (bound, set()))
+                out[idx.name] = (min(b, bound), users | {n.op})
+    return [(k, b, " and ".join(sorted(u))) for k, (b, u) in sorted(out.items())]

@@ -539,7 +539,7 @@ class Sequential:
         xa, ya = self._check_xy(x, y, "x", "y", "raise")
         step = self.train_function
         feeds = {"x": xa, "y": ya}
-        rng = np.random.default_rng([self._seed, 3, int(step._store.view("step"))])
+        rng = np.random.default_rng([self._seed, 3, step.iterations])
         for layer in self.layers:
             feeds.update(layer.feeds(len(xa), rng))
         res = step(**feeds)

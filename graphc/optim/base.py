@@ -210,10 +210,47 @@ class Optimizer(metaclass=_OptimizerType):
                 raise self._unknown(name)
         object.__setattr__(self, name, value)
 
+    # ---- what a compiled step reads (the documented exchange with the runtime) -------------
+    # hyper-parameters whose value at compile time decides the graph's structure when it is
+    # zero (no velocity state without momentum, no decay term without weight decay): a
+    # compiled step refuses to run after one of them moves between zero and non-zero
+    structural_hyperparameters: tuple = ()
+
     @property
     def hyperparameters(self) -> dict[str, float]:
         """Current values of the hyper-parameters fed to the compiled step."""
         return dict(self._hyper)
+
+    @property
+    def version(self) -> int:
+        """A counter bumped by every hyper-parameter change: a compiled step re-reads
+        ``hyperparameters`` only when it has moved (a call costs no dict building)."""
+        return self._version
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The float dtype hyper-parameters are fed in: the params' dtype (``compile`` sets it
+        before ``update`` builds the rule)."""
+        return self._dtype
+
+    @dtype.setter
+    def dtype(self, value: Any) -> None:
+        dt = np.dtype(value)
+        if dt.kind != "f":
+            raise TypeError(f"{type(self).__name__}.dtype must be a float dtype, got {dt}")
+        object.__setattr__(self, "_dtype", dt)
+        for k, v in self._hyper.items():  # still finite in the new dtype
+            self.check_hyperparameter(k, v)
+
+    def check_hyperparameter(self, name: str, value: Any) -> float:
+        """``value`` as a float if it is a valid value of hyper-parameter ``name`` (a finite
+        real number, finite in ``dtype``), else a TypeError/ValueError naming both."""
+        return self._checked_hyper(name, value)
+
+    def hyper_feeds(self) -> dict[str, str]:
+        """{name of the scalar input that ``hyper(name)`` creates: hyper-parameter name}; the
+        compiled step feeds each such input from ``hyperparameters`` at every call."""
+        return {HYPER_PREFIX + k: k for k in self._hyper}
 
     def hyper(self, name: str) -> Node:
         """The scalar input that carries hyper-parameter ``name`` into the compiled step."""

@@ -26,6 +26,8 @@ class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and decoupled
     weight decay. With ``momentum=0`` at compile time the step keeps no velocity state."""
 
+    structural_hyperparameters = ("momentum", "weight_decay")
+
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, global_clipnorm: float | None = None):
         super().__init__(global_clipnorm, learning_rate=learning_rate, momentum=momentum,
@@ -48,6 +50,8 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction folded into the step size, as Keras does."""
+
+    structural_hyperparameters = ("weight_decay",)
 
     def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, weight_decay: float = 0.0, global_clipnorm: float | None = None):
@@ -76,6 +80,8 @@ class AdamW(Adam):
 
 class RMSprop(Optimizer):
     """RMSprop with optional momentum and centering (Keras' formulation)."""
+
+    structural_hyperparameters = ("momentum", "weight_decay")
 
     def __init__(self, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
                  epsilon: float = 1e-7, centered: bool = False, weight_decay: float = 0.0,
@@ -109,6 +115,8 @@ class RMSprop(Optimizer):
 class Adagrad(Optimizer):
     """Adagrad: per-coordinate step sizes from the running sum of squared gradients."""
 
+    structural_hyperparameters = ("weight_decay",)
+
     def __init__(self, learning_rate: float = 0.001, initial_accumulator_value: float = 0.1,
                  epsilon: float = 1e-7, weight_decay: float = 0.0, global_clipnorm: float | None = None):
         super().__init__(global_clipnorm, learning_rate=learning_rate, epsilon=epsilon,
@@ -126,6 +134,8 @@ class Adagrad(Optimizer):
 
 class Lion(Optimizer):
     """Lion (Chen et al. 2023): the sign of an interpolated momentum, with decoupled decay."""
+
+    structural_hyperparameters = ("weight_decay",)
 
     def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.99,
                  weight_decay: float = 0.0, global_clipnorm: float | None = None):

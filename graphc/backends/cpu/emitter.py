@@ -441,10 +441,11 @@ class _Emitter:
             self.args.append(("scalar" if n.shape == () else "feed", n.name))
         # fed indices (class labels) are range-checked before any kernel runs (an index out of
         # range would read outside the logits); the driver returns 1 + the check's number
-        for i, (name, classes) in enumerate(index_checks(self.graph)):
+        for i, (name, classes, users) in enumerate(index_checks(self.graph)):
             f = f"f_{self._feed_index[name]}"
-            self.lines += [f"    for i in range({f}.shape[0]):  # labels {name!r} must lie in [0, {classes})",
-                           f"        if {f}[i] < 0 or {f}[i] >= {classes}:",
+            self.lines += [f"    u = {f}.reshape(({f}.size,))  # {name!r} indexes {users}: must lie in [0, {classes})",
+                           "    for i in range(u.size):",
+                           f"        if u[i] < 0 or u[i] >= {classes}:",
                            f"            return {i + 1}"]
         if check_finite:
             self.finite_checks(feeds)

@@ -124,7 +124,7 @@ class CudaProgram:
 
     # ---- calling ----------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray], store) -> list[np.ndarray] | None:
-        for name, classes in self._label_checks:  # before anything runs (as the cpu driver does)
+        for name, classes, _ in self._label_checks:  # before anything runs (as the cpu driver does)
             a = feeds[name]
             if a.size and (a.min() < 0 or a.max() >= classes):
                 return None
