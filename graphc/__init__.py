@@ -15,6 +15,7 @@ from .dsl import (  # noqa: F401
     sum, mean, max, softmax, log_softmax, softmax_cross_entropy, one_hot, mse, mae,
     binary_cross_entropy_with_logits, zeros_like, ones_like,
 )
+from .dsl import *  # noqa: F401,F403  (every public DSL function, see dsl.__all__)
 from .autodiff import grad  # noqa: F401
 from .interpret import evaluate  # noqa: F401
 from .gradcheck import GradientCheckError, check_grads  # noqa: F401

@@ -142,6 +142,8 @@ def square(x) -> Node: return make("square", (_lift(x),))
 def relu(x) -> Node: return make("relu", (_lift(x),))
 def sigmoid(x) -> Node: return make("sigmoid", (_lift(x),))
 def tanh(x) -> Node: return make("tanh", (_lift(x),))
+def log1p(x) -> Node: return make("log1p", (_lift(x),))
+def softsign(x) -> Node: return make("softsign", (_lift(x),))
 def softplus(x) -> Node: return make("softplus", (_lift(x),))
 def leaky_relu(x, alpha: float = 0.01) -> Node: return make("leaky_relu", (_lift(x),), {"alpha": float(alpha)})
 def elu(x, alpha: float = 1.0) -> Node: return make("elu", (_lift(x),), {"alpha": float(alpha)})
@@ -422,3 +424,9 @@ def state(name: str, shape: Sequence, init: Any = "zeros", dtype: Any = "float32
     elif init not in INITIALIZERS:
         raise ValueError(f"state {name!r}: unknown initializer {init!r}")
     return make("state", (), {"name": str(name), "shape": shape, "dtype": dtype, "init": init})
+
+
+# what ``import graphc as gc`` exposes as gc.*: every public function above (a new op's
+# function needs no entry anywhere else)
+__all__ = ["Tensor"] + [k for k, v in list(globals().items()) if callable(v) and not k.startswith("_")
+                        and getattr(v, "__module__", None) == __name__ and k not in ("make_sce_grad",)]

@@ -105,6 +105,10 @@ _unary("elu", lambda x, alpha: np.where(x > 0, x, x.dtype.type(alpha) * np.expm1
 _unary("sigmoid", lambda x: 0.5 * (np.tanh(0.5 * x) + 1), "(1.0 / (1.0 + math.exp(-{0})))",
        lambda y, g: [g * y * (1.0 - y)])
 _unary("tanh", np.tanh, "math.tanh({0})", lambda y, g: [g * (1.0 - y * y)])
+_unary("log1p", np.log1p, "math.log1p({0})", lambda y, g: [g / (1.0 + y.inputs[0])],
+       doc="log(1 + x), accurate for small x")
+_unary("softsign", lambda x: x / (1 + np.abs(x)), "({0} / (1.0 + abs({0})))",
+       lambda y, g: [g / F.square(1.0 + F.abs(y.inputs[0]))], doc="x / (1 + |x|), as Keras' softsign")
 _unary("softplus", lambda x: np.logaddexp(x, 0), "(max({0}, 0.0) + math.log1p(math.exp(-abs({0}))))",
        lambda y, g: [g * F.sigmoid(y.inputs[0])])
 

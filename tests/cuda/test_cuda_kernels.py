@@ -84,3 +84,9 @@ def test_forward_function_is_repeatable():
     a, b = f(rep_x=v), f(rep_x=v)
     np.testing.assert_array_equal(a, b)  # deterministic reductions: no atomics
     np.testing.assert_allclose(a, np.exp(v).sum(0), rtol=1e-5)
+
+
+def test_ops_added_by_the_how_to_add_an_op_recipe():
+    """log1p and softsign (one OpDef + one DSL function each) run on cuda unchanged."""
+    x = gc.input("new_x", (3, 4), dtype="float64")
+    check_cuda([gc.softsign(x) + gc.log1p(gc.square(x))], wrt=[x])
