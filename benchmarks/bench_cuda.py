@@ -12,7 +12,7 @@ every timing includes the device synchronization):
 - graphc cuda (GEMMs through cuBLAS/CuPy when importable) and graphc cuda with the fallback
   numba.cuda GEMM (GRAPHC_CUDA_GEMM=numba), graphc cpu for scale;
 - PyTorch eager on the GPU (fused Adam) when importable.
-Reference (../shared/CUDA-NOTES.md, H100, µs/step tiny/small/medium/large): PyTorch with CUDA
+Reference (measured earlier on an H100, µs/step tiny/small/medium/large): PyTorch with CUDA
 graphs 95/156/207/537, JAX jit 187/84/109/151; the issue's target is within 1.5x of the best
 at medium and large.
 """

@@ -23,7 +23,7 @@ class CudaUnavailableError(CompileError):
 def _shim_numpy() -> None:
     # numba-cuda 0.30.4 calls ``np.row_stack``, which NumPy 2.5 removed: with numpy 2.5 every
     # kernel compile fails ("module 'numpy' has no attribute 'row_stack'"; measured on the
-    # lent H100, see ../shared/CUDA-NOTES.md). Restore the alias (row_stack was always vstack)
+    # lent H100). Restore the alias (row_stack was always vstack)
     # before numba.cuda is imported. Harmless where the attribute still exists.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
