@@ -4,17 +4,18 @@ It is the oracle every backend and pass is tested against, and the ``"numpy"`` t
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .ir import Node, topo_order
 
 
-def evaluate(outputs: Sequence[Node], feeds: Mapping[str, np.ndarray],
-             params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Values of ``outputs`` given input ``feeds`` and ``params`` (params and state, by name)."""
-    values: dict[int, np.ndarray] = {}
+def evaluate_each(outputs: Sequence[Node], feeds: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray],
+                  values: dict | None = None) -> Iterator[tuple[Node, np.ndarray]]:
+    """(node, value) for every ancestor of ``outputs`` in evaluation order; ``values``
+    (id(node) -> value) is filled as it goes."""
+    values = {} if values is None else values
     for n in topo_order(outputs):
         if n.op == "input":
             v = feeds[n.name]
@@ -22,5 +23,14 @@ def evaluate(outputs: Sequence[Node], feeds: Mapping[str, np.ndarray],
             v = params[n.name]
         else:
             v = n.opdef.evaluate([values[id(x)] for x in n.inputs], n.attrs, n)
-        values[id(n)] = np.asarray(v)
+        v = values[id(n)] = np.asarray(v)
+        yield n, v
+
+
+def evaluate(outputs: Sequence[Node], feeds: Mapping[str, np.ndarray],
+             params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Values of ``outputs`` given input ``feeds`` and ``params`` (params and state, by name)."""
+    values: dict[int, np.ndarray] = {}
+    for _ in evaluate_each(outputs, feeds, params, values):
+        pass
     return [values[id(o)] for o in outputs]

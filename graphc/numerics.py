@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import NumericsError
-from .ir import Node, fmt_shape, topo_order
+from .ir import Node, fmt_shape
 
 NUMERICS_STATUS = 1_000_000  # above the label (1 + i) and feed finiteness (1000 + i) statuses
 
@@ -54,16 +54,10 @@ def describe_values(v: np.ndarray) -> str:
 def first_nonfinite(output: Node, feeds: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]) -> Node | None:
     """The first node (in evaluation order) among ``output``'s ancestors whose value is not
     finite although its operands are: where the NaN or infinity came from."""
+    from .interpret import evaluate_each
     vals: dict[int, np.ndarray] = {}
     with np.errstate(all="ignore"):
-        for n in topo_order([output]):
-            if n.op == "input":
-                v = feeds[n.name]
-            elif n.op in ("param", "state"):
-                v = values[n.name]
-            else:
-                v = n.opdef.evaluate([vals[id(x)] for x in n.inputs], n.attrs, n)
-            v = vals[id(n)] = np.asarray(v)
+        for n, v in evaluate_each([output], feeds, values, vals):
             if v.dtype.kind == "f" and not np.isfinite(v).all() and all(
                     vals[id(x)].dtype.kind != "f" or np.isfinite(vals[id(x)]).all() for x in n.inputs):
                 return n
