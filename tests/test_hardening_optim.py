@@ -314,3 +314,9 @@ def test_hyperparameter_exchange_is_public():
     assert opt.hyper("learning_rate").dtype == np.float64
     with pytest.raises(TypeError):
         opt.dtype = "int32"
+
+
+@pytest.mark.parametrize("make", [lambda: optim.SGD(nesterov="no"), lambda: optim.RMSprop(centered=1)])
+def test_boolean_options_must_be_booleans(make):
+    with pytest.raises(TypeError, match="must be True or False"):
+        make()

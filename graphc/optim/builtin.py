@@ -1,8 +1,17 @@
 """Built-in optimizers, each an update rule in the DSL (Keras' formulas and defaults)."""
 from __future__ import annotations
 
+import numpy as np
+
 from .. import dsl as F
 from .base import Optimizer
+
+
+def _flag(opt, name: str, value) -> bool:
+    """A boolean option, refusing what only looks like one (``"no"`` is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{type(opt).__name__}: {name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _pow(base, step):
@@ -32,7 +41,7 @@ class SGD(Optimizer):
                  weight_decay: float = 0.0, global_clipnorm: float | None = None):
         super().__init__(global_clipnorm, learning_rate=learning_rate, momentum=momentum,
                          weight_decay=weight_decay)
-        self.nesterov = bool(nesterov)
+        self.nesterov = _flag(self, "nesterov", nesterov)
 
     def state_spec(self, param):
         return {"velocity": "zeros"} if self._hyper["momentum"] != 0.0 else {}
@@ -88,7 +97,7 @@ class RMSprop(Optimizer):
                  global_clipnorm: float | None = None):
         super().__init__(global_clipnorm, learning_rate=learning_rate, rho=rho, momentum=momentum,
                          epsilon=epsilon, weight_decay=weight_decay)
-        self.centered = bool(centered)
+        self.centered = _flag(self, "centered", centered)
 
     def state_spec(self, param):
         spec = {"velocity": "zeros"}
