@@ -312,6 +312,67 @@ def mean(x, axis=None, keepdims: bool = False) -> Node:
     return s / dim_size(x, _axes(axis), dtype=s.dtype if s.dtype.kind == "f" else None)
 
 
+def logsumexp(x, axis=None, keepdims: bool = False) -> Node:
+    """log(sum(exp(x))) over ``axis``, stable for any x (NumPy/SciPy and Keras semantics)."""
+    x = _lift(x)
+    _checked_axes("logsumexp", x, axis)
+    m = stop_gradient(max(x, axis, keepdims=True))
+    out = log(sum(exp(x - m), axis, keepdims=True)) + m
+    return out if keepdims else sum(out, axis, keepdims=False)  # drop the kept axes (a no-op sum)
+
+
+def var(x, axis=None, keepdims: bool = False) -> Node:
+    """Population variance (``ddof=0``, as NumPy and Keras) over ``axis``."""
+    x = _lift(x)
+    _checked_axes("var", x, axis)
+    d = x - mean(x, axis, keepdims=True)
+    return mean(square(d), axis, keepdims)
+
+
+def std(x, axis=None, keepdims: bool = False) -> Node:
+    """Population standard deviation (``ddof=0``) over ``axis``."""
+    return sqrt(var(x, axis, keepdims))
+
+
+def _arg_extreme(op: str, x, axis: int, keepdims: bool, sign: float) -> Node:
+    x = _lift(x)
+    if isinstance(axis, (tuple, list)) or axis is None:
+        raise _fail(ShapeError, op, "takes one int axis (flatten first for a global index)", x)
+    (ax,) = _checked_axes(op, x, axis)
+    n = x.shape[ax]
+    if n is None:
+        raise _fail(ShapeError, op, "cannot run over the batch dimension", x)
+    if x.dtype.kind == "b":
+        raise _fail(DTypeError, op, "needs a numeric operand; cast booleans first", x)
+    ft = x.dtype if x.dtype.kind == "f" else np.dtype("float64")
+    v = stop_gradient(cast(x, ft) * sign)
+    shape = [1] * x.ndim
+    shape[ax] = n
+    pos = const(np.arange(n, dtype=ft).reshape(shape))
+    first = where(equal(v, max(v, ax, keepdims=True)), pos, float(n))  # the first position of the extreme
+    idx = -max(-first, ax, keepdims=keepdims)
+    return cast(idx, "int64")
+
+
+def argmax(x, axis: int = -1, keepdims: bool = False) -> Node:
+    """Index of the first largest value along ``axis`` (int64, no gradient), as NumPy's."""
+    return _arg_extreme("argmax", x, axis, keepdims, 1.0)
+
+
+def argmin(x, axis: int = -1, keepdims: bool = False) -> Node:
+    """Index of the first smallest value along ``axis`` (int64, no gradient), as NumPy's."""
+    return _arg_extreme("argmin", x, axis, keepdims, -1.0)
+
+
+def swapaxes(x, axis1: int, axis2: int) -> Node:
+    """``x`` with two axes exchanged (NumPy's ``swapaxes``)."""
+    x = _lift(x)
+    a, b = (_checked_axes("swapaxes", x, ax)[0] for ax in (axis1, axis2))
+    perm = list(range(x.ndim))
+    perm[a], perm[b] = perm[b], perm[a]
+    return transpose(x, perm)
+
+
 # ---- neural-network functions -----------------------------------------------------------
 
 def softmax(x, axis: int = -1) -> Node:
@@ -333,6 +394,23 @@ def log_softmax(x, axis: int = -1) -> Node:
 def softmax_cross_entropy(logits, labels) -> Node:
     """Mean over the batch of -log softmax(logits)[label]; integer labels, stable for any logits."""
     return make("softmax_cross_entropy", (_lift(logits), _lift(labels)))
+
+
+def take(params, indices, axis: int = 0) -> Node:
+    """``np.take(params, indices, axis)``: the slices of ``params`` at ``indices`` along
+    ``axis`` (an embedding lookup with ``axis=0``); the result's shape is
+    ``params.shape[:axis] + indices.shape + params.shape[axis + 1:]``. Indices are integers in
+    [0, params.shape[axis]): negative ones are rejected, as PyTorch's embedding and Keras'
+    Embedding do (NumPy would wrap them). Fed indices are checked before a step runs (a
+    FeedError, nothing written). The gradient w.r.t. ``params`` is a scatter-add: rows taken
+    more than once accumulate."""
+    params, indices = _lift(params), _lift(indices)
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+        raise _fail(ShapeError, "take", f"axis must be an int, got {axis!r} (flatten params first for axis=None)",
+                    params, indices)
+    if params.ndim:
+        (axis,) = _checked_axes("take", params, int(axis))
+    return make("take", (params, indices), {"axis": int(axis)})
 
 
 def one_hot(labels, depth: int, dtype: Any = "float32") -> Node:
