@@ -364,6 +364,27 @@ def argmin(x, axis: int = -1, keepdims: bool = False) -> Node:
     return _arg_extreme("argmin", x, axis, keepdims, -1.0)
 
 
+def layer_normalization(x, gamma=None, beta=None, axis=-1, epsilon: float | None = None) -> Node:
+    """Layer normalization (Ba et al. 2016) as ``keras.ops.layer_normalization``:
+    ``(x - mean) / sqrt(var + epsilon) * gamma + beta`` with mean and population variance over
+    ``axis`` (an int or a tuple); ``epsilon`` defaults to 1e-7 (Keras' backend epsilon; the
+    Keras *layer* uses 1e-3). Built from ops that fuse into two loops (the moments, then the
+    normalization with its scale and shift)."""
+    x = _lift(x)
+    _checked_axes("layer_normalization", x, axis)
+    eps = 1e-7 if epsilon is None else float(epsilon)
+    if not eps >= 0.0:
+        raise _fail(ValueError, "layer_normalization", f"epsilon must be >= 0, got {epsilon}", x)
+    mu = mean(x, axis, keepdims=True)
+    d = x - mu
+    y = d / sqrt(mean(square(d), axis, keepdims=True) + eps)
+    if gamma is not None:
+        y = y * gamma
+    if beta is not None:
+        y = y + beta
+    return y
+
+
 def swapaxes(x, axis1: int, axis2: int) -> Node:
     """``x`` with two axes exchanged (NumPy's ``swapaxes``)."""
     x = _lift(x)

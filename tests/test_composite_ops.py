@@ -49,3 +49,24 @@ def test_argmax_errors_name_the_op_and_line():
         gc.argmin(x, None)
     with pytest.raises(gc.ShapeError, match="logsumexp"):
         gc.logsumexp(x, 3)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_layer_normalization_matches_the_keras_formula_and_differentiates(target):
+    x = gc.input("x", (None, 6), dtype="float64")
+    g = gc.param("g", (6,), init="ones", dtype="float64")
+    b = gc.param("b", (6,), dtype="float64")
+    W = gc.param("W", (6, 1), dtype="float64", init=np.linspace(-1, 1, 6).reshape(6, 1))
+    y = gc.layer_normalization(x, g, b)
+    v = np.random.default_rng(3).normal(size=(5, 6)) * 4 + 2
+    f = gc.compile(y, target=target)
+    mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+    np.testing.assert_allclose(f(x=v), (v - mu) / np.sqrt(var + 1e-7), rtol=1e-10)
+    z = gc.layer_normalization(x, axis=(0, 1), epsilon=1e-3)
+    np.testing.assert_allclose(gc.compile(z, target=target)(x=v), (v - v.mean()) / np.sqrt(v.var() + 1e-3),
+                               rtol=1e-10)
+    loss = gc.mean(gc.square(y @ W))
+    rep = gc.check_grads(loss, [g, b, x], feeds={"x": v}, params={"g": np.full(6, 1.5), "b": np.zeros(6),
+                                                                   "W": np.linspace(-1, 1, 6).reshape(6, 1)},
+                         rtol=1e-6)
+    assert max(rep.values()) < 1e-6
