@@ -12,7 +12,7 @@ from .dsl import (  # noqa: F401
     square, maximum, minimum, where, clip, relu, leaky_relu, elu, sigmoid, tanh, gelu, softplus,
     greater, greater_equal, less, less_equal, equal, not_equal, cast, stop_gradient,
     matmul, transpose, reshape, broadcast_to, broadcast_like, sum_to, expand_dims, dim_size,
-    sum, mean, max, softmax, log_softmax, softmax_cross_entropy, one_hot, mse, mae,
+    sum, mean, max, softmax, log_softmax, softmax_cross_entropy, one_hot, take, mse, mae,
     binary_cross_entropy_with_logits, zeros_like, ones_like,
 )
 from .dsl import *  # noqa: F401,F403  (every public DSL function, see dsl.__all__)

@@ -91,6 +91,28 @@ class FunctionTable:
     def __len__(self) -> int:
         return len(self.sources)
 
+    def modules(self, header: str) -> tuple[dict[str, str], dict[str, str]]:
+        """One module per function (``header`` + its text), named by the hash of that text:
+        programs that share a kernel (another batch size, a forward function next to its
+        training step) import one file and reuse its compiled code. Returns {module name:
+        source} and {function name: module name} (what a driver imports from where)."""
+        from .cache import module_name
+        modules, owner = {}, {}
+        for fname, fsrc in self.sources.items():
+            owner[fname] = module_name(header + fsrc)
+            modules[owner[fname]] = header + fsrc
+        return modules, owner
+
+
+def describe_modules(kernels, driver, driver_source: str, graph: Graph) -> str:
+    """A native program's ``describe()``: each kernel module headed by its path (``kernels``:
+    (path, source) pairs), the driver, then the compiled graph (``%k`` in the comments is
+    line k of ``graph.dump()``)."""
+    dump = "\n".join("# " + line for line in graph.dump().splitlines())
+    text = "".join(f"# ---- {path} ----\n{src}\n" for path, src in kernels)
+    return (text + f"# ---- {driver} (the driver) ----\n" + driver_source
+            + "\n# ---- the compiled graph (%k in the comments above) ----\n" + dump + "\n")
+
 
 # ---- memory -----------------------------------------------------------------------------------
 

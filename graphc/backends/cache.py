@@ -121,6 +121,13 @@ def write_module(source: str) -> Path:
     return path
 
 
+def write_program(driver: str, kernels) -> tuple[Path, list[Path]]:
+    """Write a program's kernel modules (sources, in order) and its driver; return the
+    driver's path and the kernels' paths (as ``load_program`` takes them)."""
+    kernel_paths = [write_module(src) for src in kernels]
+    return write_module(driver), kernel_paths
+
+
 def clear_numba_cache(path: Path) -> int:
     """Remove Numba's cache files of one generated module (and graphc's manifest of them);
     returns how many Numba files."""

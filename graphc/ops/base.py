@@ -28,11 +28,14 @@ class Structured:
     - ``index_operands(node) -> [(indices node, bound)]``: operands holding indices that
       must lie in [0, bound); when fed, every backend checks them before any kernel runs.
     - ``array_operands``: the operands are read as arrays (never inlined as literals).
+    - ``contiguous_operands``: the operands are read as row-major arrays of their own shape;
+      fusion copies an operand that is a transposed or broadcast view first.
     """
 
     kernel: str
     index_operands: Optional[Callable] = None
     array_operands: bool = True
+    contiguous_operands: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ descriptions):
 - A matmul whose only consumer is one elementwise kernel of its shape becomes that
   kernel's prologue (bias-add and activation are its epilogue, run in place).
 - A structured op (``OpDef.structured``) gets a kernel of its rule's kind; structured ops
-  of one kind on the same operands share it (softmax-CE and its gradient: one pass).
+  of one kind on the same operands and attrs share it (softmax-CE and its gradient: one
+  pass). A rule with ``contiguous_operands`` gets transposed or broadcast operands copied.
 - Movement ops are views (reshape of contiguous data, transpose, broadcast) read by index;
   a view that cannot be expressed that way gets a copy kernel.
 """
@@ -214,9 +215,15 @@ class Fuser:
         self._new(Kernel("matmul", n.shape, matmul=n, outputs=[n]), n)
 
     def _place_structured(self, n: Node) -> None:
-        kind = n.opdef.structured.kernel
+        rule = n.opdef.structured
+        kind = rule.kernel
+        if rule.contiguous_operands:  # a transposed or broadcast operand is materialized first
+            for x in n.inputs:
+                if not self.view_of(x).is_identity_for(x.shape):
+                    self._force_copy.add(id(x))
+                    self.views[id(x)] = View(x, x.shape)
         for k in self.kernels:
-            if k.kind == kind and k.nodes[0].inputs == n.inputs:
+            if k.kind == kind and k.nodes[0].inputs == n.inputs and k.nodes[0].attrs == n.attrs:
                 k.nodes.append(n)
                 k.outputs.append(n)
                 self.group[id(n)] = k

@@ -18,6 +18,7 @@ from ...schedule.fusion import Kernel, View
 from ...schedule.plan import Buffer, Plan
 from ..base import FunctionTable, KernelInfo, index_checks, local_names, out_bytes, site
 from ..expr import leaf_index, literal, node_expr, reduce_init, reduce_step
+from ...ops.indexing import around
 
 PRANGE_MIN = 16384  # elements: below this waking the thread pool costs more than it saves
 
@@ -350,6 +351,66 @@ class _Emitter:
         fn = self.function(params, body, par)
         return fn, args, " ".join(self._site(n) for n in k.nodes), par
 
+    # ---- take / scatter-add (ops/indexing.py): operands are row-major arrays ------------------------
+    def _dense_arg(self, k: Kernel, x: Node, shape: tuple) -> str:
+        """Operand ``x`` as an array of ``shape`` (a rank-0 feed, passed as a scalar, becomes a
+        one-element array)."""
+        b = self.buf(k.leaves[id(x)].base)
+        if b.kind == "feed" and b.name in self._scalar_feeds:
+            e = f"np.full(1, f_{self._feed_index[b.name]})"
+        else:
+            e = self.flat_expr(k.leaves[id(x)].base)
+        return e if len(shape) == 1 else f"{e}.reshape({tuple(shape)!r})"
+
+    @staticmethod
+    def _computed_index_check(op: str) -> list[str]:
+        """Fed and constant indices were checked before the step; one computed in the step
+        raises here, before this kernel writes anything (outside any prange loop, which
+        must have a single exit)."""
+        return ["    for i in range(m):",
+                "        if y[i] < 0 or y[i] >= n:",
+                f"            raise ValueError('{op}: an index computed in the step is out of range')"]
+
+    def take_kernel(self, k: Kernel):
+        """take: ``o[a, i] = p[a, y[i]]`` with params as (A, n, D) around the axis, the indices
+        flat (m,) and the result (A, m, D); rows in parallel (prange) when large."""
+        (t,) = k.nodes
+        p, y = t.inputs
+        A, n, D = around(p.shape, t.attrs["axis"])
+        m = int(np.prod(y.shape, dtype=np.int64))
+        par = self.parallel and A * m > 1 and A * m * D >= PRANGE_MIN
+        body = ["    A, n, D = p.shape",
+                "    m = y.shape[0]"] + self._computed_index_check("take") + [
+                f"    for q in {'prange' if par else 'range'}(A * m):",
+                "        a = q // m",
+                "        i = q - a * m",
+                "        j = y[i]",
+                "        for c in range(D):",
+                "            o[a, i, c] = p[a, j, c]  # take"]
+        args = [self._dense_arg(k, p, (A, n, D)), self._dense_arg(k, y, (m,)), self.nd(t, (A, m, D))]
+        return self.function(["p", "y", "o"], body, par), args, self._site(t), par
+
+    def scatter_add_kernel(self, k: Kernel):
+        """take_grad: zero-fill, then ``o[a, y[i]] += g[a, i]`` in index order (duplicates
+        accumulate; deterministic). Parallel only across the leading dims (A > 1)."""
+        (t,) = k.nodes
+        g, y = t.inputs
+        A, n, D = around(t.shape, t.attrs["axis"])
+        m = int(np.prod(y.shape, dtype=np.int64))
+        par = self.parallel and A > 1 and A * n * D >= PRANGE_MIN
+        body = ["    A, n, D = o.shape",
+                "    m = y.shape[0]"] + self._computed_index_check("take_grad") + [
+                f"    for a in {'prange' if par else 'range'}(A):",
+                "        for j in range(n):",
+                "            for c in range(D):",
+                f"                o[a, j, c] = {literal(0, t.dtype)}",
+                "        for i in range(m):",
+                "            j = y[i]",
+                "            for c in range(D):",
+                "                o[a, j, c] += g[a, i, c]  # take_grad: scatter-add in index order"]
+        args = [self._dense_arg(k, g, (A, m, D)), self._dense_arg(k, y, (m,)), self.nd(t, (A, n, D))]
+        return self.function(["g", "y", "o"], body, par), args, self._site(t), par
+
     def copy_kernel(self, k: Kernel):
         (n,) = k.nodes
         (v,) = k.leaves.values()
@@ -433,6 +494,7 @@ class _Emitter:
     def emit(self, feeds: list[Node], store_dtypes: list, copies, check_finite: bool = True,
              numerics: list | None = None) -> Module:
         self._feed_index = {n.name: i for i, n in enumerate(feeds)}
+        self._scalar_feeds = {n.name for n in feeds if n.shape == ()}
         for dt in store_dtypes:
             self.args.append(("store", np.dtype(dt)))
         for dt in sorted(self.plan.arena_sizes, key=lambda d: np.dtype(d).name):
@@ -443,6 +505,10 @@ class _Emitter:
         # range would read outside the logits); the driver returns 1 + the check's number
         for i, (name, classes, users) in enumerate(index_checks(self.graph)):
             f = f"f_{self._feed_index[name]}"
+            if name in self._scalar_feeds:  # a rank-0 feed is passed as a scalar
+                self.lines += [f"    if {f} < 0 or {f} >= {classes}:  # {name!r} indexes {users}",
+                               f"        return {i + 1}"]
+                continue
             self.lines += [f"    u = {f}.reshape(({f}.size,))  # {name!r} indexes {users}: must lie in [0, {classes})",
                            "    for i in range(u.size):",
                            f"        if u[i] < 0 or u[i] >= {classes}:",
@@ -498,13 +564,8 @@ class _Emitter:
         # each kernel is a module of its own, named by the hash of its text: programs that
         # differ only in shapes (another batch size) or share a kernel (training step and
         # inference function) import the same file and reuse its Numba cache
-        from ..cache import module_name
-        kernel_modules, imports = {}, []
-        for fname, fsrc in self.functions.sources.items():
-            ksrc = "\n".join(header) + "\n" + fsrc
-            mname = module_name(ksrc)
-            kernel_modules[mname] = ksrc
-            imports.append(f"from {mname} import {fname}")
+        kernel_modules, owner = self.functions.modules("\n".join(header) + "\n")
+        imports = [f"from {m} import {f}" for f, m in owner.items()]
         driver = (["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"]
                   + self.lines + ["    return 0"])
         source = "\n".join(header + imports) + "\n\n\n" + "\n".join(driver) + "\n"
@@ -518,6 +579,8 @@ KERNELS = {
     "matmul": _Emitter.matmul_kernel,
     "copy": _Emitter.copy_kernel,
     "sce": _Emitter.sce_kernel,  # softmax_cross_entropy / sce_grad
+    "take": _Emitter.take_kernel,  # take (ops/indexing.py)
+    "scatter_add": _Emitter.scatter_add_kernel,  # take_grad
 }
 
 

@@ -12,10 +12,9 @@ import numpy as np
 from ...errors import CompileError
 from ...ir import Node, fmt_shape
 from ...numerics import NUMERICS_STATUS, checked_values, numerics_error
-from ..base import host_scratch, output_reader
-from ..cache import write_module
+from ..base import Lowered, describe_modules, host_scratch, output_reader
+from ..cache import write_program
 from .emitter import emit_module
-from ..base import Lowered
 
 
 class CpuProgram:
@@ -37,8 +36,7 @@ class CpuProgram:
         self.module = emit_module(self.plan, self.graph, parallel, store.layout, feeds, store_dtypes,
                                   check_finite=options.get("check_finite", True),
                                   numerics=checked_values(program, self.graph) if numerics else None)
-        self.kernel_paths = [write_module(src) for src in self.module.kernel_modules.values()]
-        self.path = write_module(self.module.source)
+        self.path, self.kernel_paths = write_program(self.module.source, self.module.kernel_modules.values())
         self.stats.codegen_s = time.perf_counter() - t1
         self.scratch = host_scratch(self.plan, self.graph)
         self._driver = None
@@ -149,13 +147,9 @@ class CpuProgram:
 
     # ---- inspection --------------------------------------------------------------------------
     def describe(self) -> str:
-        """The generated module, headed by its path; ``%k`` in its comments is line k of
-        ``self.graph.dump()`` (the specialized, optimized graph, appended at the end)."""
-        dump = "\n".join("# " + line for line in self.graph.dump().splitlines())
-        kernels = "".join(f"# ---- {p} ----\n{src}\n" for p, src in zip(
-            self.kernel_paths, self.module.kernel_modules.values()))
-        return (kernels + f"# ---- {self.path} (the driver) ----\n" + self.module.source
-                + "\n# ---- the compiled graph (%k in the comments above) ----\n" + dump + "\n")
+        """The generated modules, each headed by its path, then the compiled graph."""
+        return describe_modules(zip(self.kernel_paths, self.module.kernel_modules.values()), self.path,
+                                self.module.source, self.graph)
 
     def kernel_listing(self) -> str:
         lines = [f"{len(self.module.kernels)} kernels ({self.module.functions} distinct functions) "

@@ -10,8 +10,11 @@ out exactly as the buffer plan says, with the constants after it and a region pe
 after those. A step copies in only the batch feeds and copies out only the user outputs.
 
 Kernels. Every kernel takes whole arenas (``S_<dtype>`` store, ``T_<dtype>`` scratch) plus
-integer offsets, so identical kernels (e.g. the optimizer update of every parameter) are one
-function, compiled once:
+integer offsets and loop extents, so identical kernels (e.g. the optimizer update of every
+parameter) are one function, compiled once. Each function is a module of its own, named by the
+hash of its text (which names no node; the driver's comments name nodes by graph position), so
+another batch size or a forward function sharing the weights imports the same modules and, on
+a GPU, reuses their compiled code (Numba's cache across processes):
 
 - elementwise loops: a grid-stride loop over the flat iteration space; the loop indices are
   decomposed from the flat index only when a leaf is broadcast or transposed;
@@ -46,6 +49,7 @@ from ...schedule.plan import Plan
 from ..base import ALIGN_BYTES, FunctionTable, KernelInfo, local_names, out_bytes, site
 from ..expr import literal, node_expr, reduce_init, reduce_step
 from .compat import numba_cuda, simulator_active
+from ...ops.indexing import around
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class Launch:
 
 @dataclass
 class CudaModule:
-    source: str
+    source: str  # the driver: imports the kernels, lists the launches (replayed from Python)
     launches: list
     infos: list
     functions: dict  # name -> parameter count
@@ -97,6 +101,8 @@ class CudaModule:
     params: LaunchParams
     gemm: str  # "cublas" | "numba-fallback"
     copies: list  # deferred store writes: (arena key, offset, size, dtype, source)
+    kernel_modules: dict  # module name -> source: one generated kernel each, imported by the driver
+    function_modules: dict  # kernel function name -> its module name
 
 
 class _Fn:
@@ -267,7 +273,6 @@ class _Emitter:
             w = self.where(rd)
             reds.append((rd, fn.arr(w[1]), fn.int(w[2])))
         n_total = _size(L)
-        n_param = fn.int(n_total) if flat_index else None
 
         body: list[str] = []
         for n in k.prelude:  # scalars: recomputed by every thread
@@ -292,8 +297,12 @@ class _Emitter:
             terms = [f"i{d}" if Lst[d] == 1 else f"i{d} * {Lst[d]}" for d in dims if L[d] != 1]
             return " + ".join(terms) or "0"
 
+        # loop extents are arguments (o<k>), never literals: with the batch dimension leading
+        # (the usual case) the text of a kernel does not depend on the batch size, so another
+        # batch size imports the same kernel modules (strides and index moduli stay literals:
+        # they involve only the trailing dims, and a division by a constant is cheaper)
         if mode == "ew":
-            body.append(f"    for i in range(cuda.grid(1), {n_param or n_total}, cuda.gridsize(1)):")
+            body.append(f"    for i in range(cuda.grid(1), {fn.int(n_total)}, cuda.gridsize(1)):")
             if not flat_index:
                 body += self._decompose("i", list(range(r)), L, "        ")
             body += element("        ") + stores("        ")
@@ -305,13 +314,12 @@ class _Emitter:
             for j, (rd, _, _) in enumerate(reds):
                 body.insert(0, f"    sh{j} = cuda.shared.array({lp.block}, numba.{_dt(rd.dtype)})")
             body += ["    t = cuda.threadIdx.x",
-                     f"    for b in range(cuda.blockIdx.x, {nk}, cuda.gridDim.x):"]
+                     f"    for b in range(cuda.blockIdx.x, {fn.int(nk)}, cuda.gridDim.x):"]
             if not flat_index:
                 body += self._decompose("b", kept, L, "        ")
             for j, (rd, _, _) in enumerate(reds):
                 body.append(f"        acc{j} = {reduce_init(rd.op, rd.dtype)}  # {rd.op}")
-            body.append(f"        for i in range(t, {n_param or nr}, {lp.block}):" if flat_index else
-                        f"        for j in range(t, {nr}, {lp.block}):")
+            body.append(f"        for {'i' if flat_index else 'j'} in range(t, {fn.int(nr)}, {lp.block}):")
             if not flat_index:
                 body += self._decompose("j", list(red_axes), L, "            ")
                 body.append(f"            i = {flat_of(range(r))}")
@@ -334,10 +342,10 @@ class _Emitter:
             body.append("    if cuda.grid(1) == 0:")
             ind = "        "
             for rd, arr, off in reds:
-                body += [f"{ind}for q in range({_size(rd.shape)}):",
+                body += [f"{ind}for q in range({fn.int(_size(rd.shape))}):",
                          f"{ind}    {arr}[{off} + q] = {reduce_init(rd.op, rd.dtype)}  # {rd.op} init"]
             for d in range(r):
-                body.append(f"{ind}for i{d} in range({L[d]}):")
+                body.append(f"{ind}for i{d} in range({fn.int(L[d])}):")
                 ind += "    "
             body.append(f"{ind}i = {flat_of(range(r))}")
             body += element(ind)
@@ -369,8 +377,7 @@ class _Emitter:
             iarr, ioff = fn.arr(wi[1]), fn.int(wi[2])
             src = f"{iarr}[{ioff}]" if v.size == 1 else f"{iarr}[{ioff} + {'i' if flat else self._leaf_index(v, L)}]"
         total = _size(L)
-        np_ = fn.int(total) if flat else total
-        body = [f"    for i in range(cuda.grid(1), {np_}, cuda.gridsize(1)):"]
+        body = [f"    for i in range(cuda.grid(1), {fn.int(total)}, cuda.gridsize(1)):"]
         if not flat:
             body += self._decompose("i", list(range(len(L))), L, "        ")
         body.append(f"        {oarr}[{ooff} + i] = {src}  # {n.op} (copy)")
@@ -444,6 +451,84 @@ class _Emitter:
         name = self.function(fn, body, "sce")
         return name, Launch(k.name, "kernel", name, 1, B, fn.args(),
                             comment=" ".join(self._site(x) for x in k.nodes))
+
+    # ---- take / scatter-add (ops/indexing.py): operands are row-major arrays --------------------------
+    def _dense(self, fn: _Fn, k: Kernel, x: Node) -> tuple[str, str]:
+        """(arena, offset) of operand or output ``x``."""
+        w = self.where(k.leaves[id(x)].base if id(x) in k.leaves else x)
+        if w[0] != "arena":
+            raise CompileError(f"cuda: operand {self._site(x)} of {self._site(k.nodes[0])} "
+                               "is not an array in device memory")
+        return fn.arr(w[1]), fn.int(w[2])
+
+    def _index(self, fn: _Fn, k: Kernel, y: Node) -> str:
+        """Index ``i`` of the flattened indices as an int64 (a rank-0 feed is a kernel argument)."""
+        w = self.where(k.leaves[id(y)].base)
+        if w[0] == "scalar":
+            return f"numba.int64({fn.scalar(w[1], y.dtype)})"
+        Y, oy = self._dense(fn, k, y)
+        return f"numba.int64({Y}[{oy} + i])"
+
+    def take_kernel(self, k: Kernel) -> tuple[str, Launch]:
+        """take: a grid-stride loop over the result (A, m, D), params read as (A, n, D)."""
+        (t,) = k.nodes
+        p, y = t.inputs
+        A, n, D = around(p.shape, t.attrs["axis"])
+        m = _size(y.shape)
+        fn = _Fn()
+        P, op = self._dense(fn, k, p)
+        O, oo = self._dense(fn, k, t)
+        j = self._index(fn, k, y)
+        total, Dp, mp, nq = fn.int(A * m * D), fn.int(D), fn.int(m), fn.int(n)
+        body = [f"    for e in range(cuda.grid(1), {total}, cuda.gridsize(1)):",
+                f"        q = e // {Dp}",
+                f"        c = e - q * {Dp}",
+                f"        a = q // {mp}",
+                f"        i = q - a * {mp}",
+                f"        j = {j}",
+                f"        if j >= 0 and j < {nq}:",
+                f"            {O}[{oo} + e] = {P}[{op} + (a * {nq} + j) * {Dp} + c]  # take",
+                "        else:  # a computed index out of range reads 0 (TensorFlow's gather on GPU does too)",
+                f"            {O}[{oo} + e] = {literal(0, t.dtype)}"]
+        name = self.function(fn, body, "take")
+        grid = max(1, min(-(-(A * m * D) // self.lp.block), self.lp.max_grid))
+        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=self._site(t))
+
+    def scatter_add_kernel(self, k: Kernel) -> tuple[str, Launch]:
+        """take_grad without atomics: each thread owns one column ``c`` of a block of output rows,
+        zero-fills it, then adds ``g`` for the indices in that block in index order, so the
+        sums are deterministic (and equal to the cpu's). The rows are split into about n / m
+        blocks (a thread then does about as much zero-filling as scanning), as far as threads allow."""
+        (t,) = k.nodes
+        g, y = t.inputs
+        A, n, D = around(t.shape, t.attrs["axis"])
+        m = _size(y.shape)
+        lanes = A * D
+        nb = max(1, min(-(-n // max(m, 1)), (self.lp.block * self.lp.max_grid) // max(lanes, 1)))
+        rows = -(-n // nb)
+        fn = _Fn()
+        G, og = self._dense(fn, k, g)
+        O, oo = self._dense(fn, k, t)
+        j = self._index(fn, k, y)
+        total, lp, Dp, mp, nq, R = (fn.int(v) for v in (lanes * nb, lanes, D, m, n, rows))
+        body = [f"    for e in range(cuda.grid(1), {total}, cuda.gridsize(1)):",
+                f"        b = e // {lp}  # row block",
+                f"        q = e - b * {lp}",
+                f"        a = q // {Dp}",
+                f"        c = q - a * {Dp}  # neighbouring threads: neighbouring columns",
+                f"        j0 = b * {R}",
+                f"        j1 = j0 + {R} if j0 + {R} < {nq} else {nq}",
+                f"        ob = {oo} + a * {nq} * {Dp} + c",
+                "        for r in range(j0, j1):",
+                f"            {O}[ob + r * {Dp}] = {literal(0, t.dtype)}",
+                f"        gb = {og} + a * {mp} * {Dp} + c",
+                f"        for i in range({mp}):  # in index order",
+                f"            j = {j}",
+                "            if j >= j0 and j < j1:  # (a computed index out of range is skipped)",
+                f"                {O}[ob + j * {Dp}] += {G}[gb + i * {Dp}]  # take_grad: scatter-add"]
+        name = self.function(fn, body, "scatter")
+        grid = max(1, min(-(-(lanes * nb) // self.lp.block), self.lp.max_grid))
+        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=self._site(t))
 
     # ---- GEMM -------------------------------------------------------------------------------------------
     def _gemm_function(self, dt: np.dtype) -> str:
@@ -542,19 +627,23 @@ class _Emitter:
             self.infos.append(KernelInfo(k.name, launches[-1].function, k.kind, tuple(k.shape),
                                          [n.op for n in k.all_nodes], k.all_nodes, k.outputs, out_bytes(k.outputs),
                                          launches=launches))
-        header = ["# Generated by graphc (target='cuda'). Do not edit: the file name is a hash of this text.",
-                  "import math", "import numpy as np", "import numba",
-                  "from graphc.backends.cuda.compat import numba_cuda", "",
-                  "cuda = numba_cuda()  # numba.cuda, after the numpy compatibility shim", ""]
-        plan_lines = ["# launches in step order:"]
+        # each kernel is a module of its own, named by the hash of its text (which names no
+        # node): another batch size or a forward function imports the same files. The driver
+        # only imports them and lists the launches: the program replays those from Python
+        # (binding device arenas and launch configurations), so there is no driver function
+        header = ("# Generated by graphc (target='cuda'). Do not edit: the file name is a hash of this text.\n"
+                  "import math\nimport numpy as np\nimport numba\n"
+                  "from graphc.backends.cuda.compat import numba_cuda\n\n"
+                  "cuda = numba_cuda()  # numba.cuda, after the numpy compatibility shim\n\n")
+        kernel_modules, owner = self.functions.modules(header)
+        lines = ["# Generated by graphc (target='cuda'): the kernels of one program and its launches.",
+                 *(f"from {m} import {f}" for f, m in owner.items()), "", "# launches in step order:"]
         for ln in self.launches:
             cfg = "cuBLAS" if ln.kind == "cublas" else f"[{ln.grid}, {ln.block}]"
-            plan_lines.append(f"#   {ln.name:<8} {ln.function} {cfg}  # {ln.comment[:200]}")
-        source = ("\n".join(header) + "\n\n".join(self.functions.sources.values()) + "\n\n"
-                  + "\n".join(plan_lines) + "\n")
-        return CudaModule(source, self.launches, self.infos, dict(self.functions.nparams), self.feed_offsets,
-                          self.scratch_sizes, self.lp, "cublas" if self.use_cublas else "numba-fallback",
-                          self._copies())
+            lines.append(f"#   {ln.name:<8} {ln.function} {cfg}  # {ln.comment[:200]}")
+        return CudaModule("\n".join(lines) + "\n", self.launches, self.infos, dict(self.functions.nparams),
+                          self.feed_offsets, self.scratch_sizes, self.lp,
+                          "cublas" if self.use_cublas else "numba-fallback", self._copies(), kernel_modules, owner)
 
     def _copies(self) -> list:
         """Deferred store writes as (slot arena, offset, size, dtype, source)."""
@@ -591,9 +680,9 @@ def emit_for(lowered, store_layout: Mapping, use_cublas: bool = False, lp: Launc
 def compile_ptx(module: CudaModule, cc=(9, 0)) -> dict[str, str]:
     """PTX of every generated kernel for the argument types the launches use (needs NVVM,
     not a GPU; run without the simulator). Catches typing and lowering errors."""
-    from ..cache import load_module, write_module
+    from ..cache import load_program, write_program
     cuda = numba_cuda()
-    mod = load_module(write_module(module.source))
+    mod, _ = load_program(*write_program(module.source, module.kernel_modules.values()), retain=False)
     dtypes = {}
     for ln in module.launches:
         for a in ln.args:
@@ -617,4 +706,6 @@ KERNELS = {
     "loop": _Emitter.loop_kernel,
     "copy": _Emitter.copy_kernel,
     "sce": _Emitter.sce_kernel,  # softmax_cross_entropy / sce_grad
+    "take": _Emitter.take_kernel,  # take (ops/indexing.py)
+    "scatter_add": _Emitter.scatter_add_kernel,  # take_grad
 }

@@ -1,21 +1,23 @@
 """The cuda target's runnable program: one (lowered program, batch size) on the device.
 
-Memory, kernels and launches are described in emitter.py; this binds the launches to the
-device arenas once and replays them per step.
+Memory, kernels and launches are described in emitter.py; this writes the kernel modules and
+the driver to the cache, binds the launches to the device arenas once and replays them per
+step.
 """
 from __future__ import annotations
 
 import functools
 import os
 import time
+import weakref
 from typing import Mapping
 
 import numpy as np
 
 from ...errors import CompileError
 from ...ir import Node, fmt_shape
-from ..base import Lowered, host_scratch, index_checks, output_reader
-from ..cache import load_module, write_module
+from ..base import Lowered, describe_modules, host_scratch, index_checks, output_reader
+from ..cache import load_program, release_program, write_program
 from .compat import check_cuda_available, cupy_or_none, numba_cuda, simulator_active
 from .device import DeviceStore
 from .emitter import emit_for
@@ -51,8 +53,11 @@ class CudaProgram:
             raise CompileError("cuda_gemm='cublas' needs CuPy on a real device (pip install graphc[cuda])")
         self.module = emit_for(lowered, store.layout, use_cublas=self.cp is not None)
         self.stats.codegen_s = time.perf_counter() - t0
-        self.path = write_module(self.module.source)
-        self._mod = load_module(self.path)
+        # one module per kernel (shared with other batch sizes and functions) plus the driver
+        self.path, self.kernel_paths = write_program(self.module.source, self.module.kernel_modules.values())
+        self._mod, _ = load_program(self.path, self.kernel_paths)
+        self._release = weakref.finalize(self, release_program, self.path.stem)  # modules may unload once dropped
+        self._release.atexit = False
         self.mirror = store.mirror("cuda", DeviceStore)
         # device scratch arena per dtype: plan buffers, constants, batch feeds
         cuda = self.cuda
@@ -73,6 +78,10 @@ class CudaProgram:
         self._compiled = False
 
     # ---- binding -------------------------------------------------------------------------------
+    def kernel(self, function: str):
+        """The numba.cuda dispatcher of a generated kernel function (from its own module)."""
+        return getattr(self._mod, function)
+
     def _arena(self, key: str):
         where, dt = key.split("_", 1)
         return (self.mirror.arenas if where == "S" else self.scratch)[np.dtype(dt)]
@@ -96,7 +105,7 @@ class CudaProgram:
                     ops.append(a.T if perm == (1, 0) else a)
                 calls.append((functools.partial(cp.matmul, ops[0], ops[1], out=ops[2]), ()))
                 continue
-            disp = getattr(self._mod, ln.function)
+            disp = self.kernel(ln.function)
             args = []
             for a in ln.args:
                 if a[0] == "arena":
@@ -169,9 +178,10 @@ class CudaProgram:
                     continue
                 seen.add(ln.function)
                 try:
-                    getattr(self._mod, ln.function).compile(tuple(typeof(a) for a in args))
+                    self.kernel(ln.function).compile(tuple(typeof(a) for a in args))
                 except Exception as e:  # noqa: BLE001
-                    raise CompileError(f"numba.cuda failed to compile {ln.function} of {self.path}: "
+                    path = self.path.with_name(self.module.function_modules[ln.function] + ".py")
+                    raise CompileError(f"numba.cuda failed to compile {ln.function} of {path}: "
                                        f"{type(e).__name__}: {e}") from e
         self.stats.numba_s = time.perf_counter() - t0
         self._compiled = True
@@ -186,7 +196,9 @@ class CudaProgram:
                 "d2h": sum(1 for n in self._outs if self.plan.buffers[id(n)].kind == "scratch")}
 
     def describe(self) -> str:
-        return f"# {self.path}\n" + self.module.source
+        """The kernel modules and the driver, each headed by its path, then the compiled graph."""
+        return describe_modules(zip(self.kernel_paths, self.module.kernel_modules.values()), self.path,
+                                self.module.source, self.graph)
 
     def kernel_listing(self) -> str:
         c = self.launches_per_step()
