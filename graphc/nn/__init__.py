@@ -17,9 +17,10 @@ from . import activations, callbacks, losses, metrics, optimizers  # noqa: F401
 from .callbacks import (  # noqa: F401
     Callback, EarlyStopping, History, LambdaCallback, LearningRateScheduler, ReduceLROnPlateau, TerminateOnNaN,
 )
-from .layers import Activation, Dense, Dropout, Flatten, Input, InputLayer, Layer  # noqa: F401
+from .layers import Activation, Dense, Dropout, Flatten, Input, InputLayer, Layer, LayerNormalization  # noqa: F401
 from .model import Sequential  # noqa: F401
 
 __all__ = ["Sequential", "Dense", "Activation", "Dropout", "Flatten", "Input", "InputLayer", "Layer",
+           "LayerNormalization",
            "Callback", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "History",
            "TerminateOnNaN", "LambdaCallback", "activations", "callbacks", "losses", "metrics", "optimizers"]

@@ -239,6 +239,50 @@ class Dropout(Layer):
         return {self._mask.name: keep.astype(np.float32) / np.float32(1.0 - self.rate)}
 
 
+class LayerNormalization(Layer):
+    """``keras.layers.LayerNormalization``: normalize each sample over ``axis`` (mean and
+    population variance), then scale by ``gamma`` and shift by ``beta``. Keras' defaults:
+    ``epsilon=1e-3``, ``gamma`` ones, ``beta`` zeros, weights in the order [gamma, beta]."""
+
+    def __init__(self, axis=-1, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
+                 beta_initializer="zeros", gamma_initializer="ones", name: str | None = None, **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+        if not axes or not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes):
+            raise ValueError(f"LayerNormalization: axis must be an int or a tuple of ints, got {axis!r}")
+        if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or not float(epsilon) >= 0.0:
+            raise ValueError(f"LayerNormalization: epsilon must be a non-negative float, got {epsilon!r}")
+        self.axis, self.epsilon = tuple(int(a) for a in axes), float(epsilon)
+        self.center, self.scale = bool(center), bool(scale)
+        self.beta_initializer = _initializer(beta_initializer, "LayerNormalization(beta_initializer=...)")
+        self.gamma_initializer = _initializer(gamma_initializer, "LayerNormalization(gamma_initializer=...)")
+        self.gamma = self.beta = None
+
+    def build(self, input_shape):
+        rank = len(input_shape) + 1  # with the batch dim
+        axes = []
+        for a in self.axis:
+            if not -rank <= a < rank or a % rank == 0:
+                raise ValueError(f"LayerNormalization {self.name!r}: axis {a} is out of range for inputs of shape "
+                                 f"{(None,) + tuple(input_shape)} (the batch axis 0 cannot be normalized over)")
+            axes.append(a % rank)
+        self._axes = tuple(sorted(axes))
+        shape = tuple(input_shape[a - 1] for a in self._axes)  # gamma/beta span the normalized axes
+        self.gamma = self.add_weight("gamma", shape, self.gamma_initializer) if self.scale else None
+        self.beta = self.add_weight("beta", shape, self.beta_initializer) if self.center else None
+
+    def _param(self, p):
+        if p is None:
+            return None
+        full = [1] * (len(self.input_shape) + 1)
+        for a, d in zip(self._axes, p.shape):
+            full[a] = d
+        return F.reshape(p, tuple(full[1:])) if tuple(full[1:]) != p.shape else p
+
+    def call(self, x, training=False):
+        return F.layer_normalization(x, self._param(self.gamma), self._param(self.beta), self._axes, self.epsilon)
+
+
 class InputLayer(Layer):
     """Declares the input shape only (``Sequential([InputLayer((784,)), Dense(...)])``)."""
 
