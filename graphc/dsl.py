@@ -525,6 +525,199 @@ def state(name: str, shape: Sequence, init: Any = "zeros", dtype: Any = "float32
     return make("state", (), {"name": str(name), "shape": shape, "dtype": dtype, "init": init})
 
 
+# ---- static slicing, padding, concatenation (ops/slicing.py) ------------------------------
+
+def _fmt_key(items) -> str:
+    def one(k):
+        if k is None:
+            return "None"
+        if k is Ellipsis:
+            return "..."
+        if isinstance(k, builtins.slice):
+            parts = ["" if v is None else repr(v) for v in (k.start, k.stop, k.step)]
+            return ":".join(parts[:2]) + (f":{parts[2]}" if k.step is not None else "")
+        return repr(k) if not isinstance(k, Node) else "<tensor>"
+    return "x[" + ", ".join(one(k) for k in items) + "]"
+
+
+def _slice_entry(op: str, s: builtins.slice, d, ax: int, x: Node):
+    """A NumPy slice of an axis of size ``d`` as a slice-op entry (None: the whole axis)."""
+    if d is None:
+        full = (s.start is None or (isinstance(s.start, numbers.Integral) and s.start == 0)) and s.stop is None and (
+            s.step is None or (isinstance(s.step, numbers.Integral) and s.step == 1))
+        if full:
+            return None
+        raise _fail(ShapeError, op, f"axis {ax} is the batch dimension (None): it cannot be sliced "
+                    "(slice the batch in NumPy before feeding it)", x)
+    for v in (s.start, s.stop, s.step):
+        if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, bool)):
+            raise _fail(TypeError, op, f"slice bounds must be static ints or None, got {v!r} "
+                        "(for indices computed in the graph use gc.take)", x)
+    if s.step is not None and int(s.step) == 0:
+        raise _fail(ShapeError, op, "slice step cannot be zero", x)
+    r = range(*s.indices(d))
+    n = len(r)
+    if n == 0:
+        return (0, 0, 1)
+    if n == d and r.step == 1:
+        return None
+    if n == 1:
+        return (r.start, r.start + 1, 1)
+    last = r.start + (n - 1) * r.step
+    return (r.start, last + (1 if r.step > 0 else -1), r.step)
+
+
+def _index(x: Node, key, op: str | None = None) -> Node:
+    """NumPy basic indexing: static ints, slices (any non-zero step), None and one Ellipsis.
+    One slice op, then a reshape for the axes that ints drop and None adds."""
+    from .ops.slicing import count, slice_node
+    items = key if isinstance(key, tuple) else (key,)
+    op = op or _fmt_key(items)
+    for k in items:
+        if k is None or k is Ellipsis or isinstance(k, builtins.slice):
+            continue
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+            what = "a tensor" if isinstance(k, Node) else f"a {type(k).__name__}"
+            raise _fail(TypeError, op, f"only static ints, slices, None and ... can index a tensor, got {what}; "
+                        "for integer-array or tensor indices use gc.take(x, indices, axis), "
+                        "for boolean masks gc.where", x)
+    if builtins.sum(k is Ellipsis for k in items) > 1:
+        raise _fail(ShapeError, op, "an index can only have a single ellipsis ('...')", x)
+    real = builtins.sum(k is not None and k is not Ellipsis for k in items)
+    if real > x.ndim:
+        raise _fail(ShapeError, op, f"too many indices: the tensor is {x.ndim}-dimensional, but {real} were indexed", x)
+    fill = (builtins.slice(None),) * (x.ndim - real)
+    e = next((i for i, k in enumerate(items) if k is Ellipsis), None)
+    items = items + fill if e is None else items[:e] + fill + items[e + 1:]
+    entries, shape, ax = [], [], 0
+    for k in items:
+        if k is None:
+            shape.append(1)
+            continue
+        d = x.shape[ax]
+        if isinstance(k, builtins.slice):
+            ent = _slice_entry(op, k, d, ax, x)
+            entries.append(ent)
+            shape.append(count(ent, d))
+        else:
+            if d is None:
+                raise _fail(ShapeError, op, f"axis {ax} is the batch dimension (None): it cannot be indexed", x)
+            i = int(k)
+            if not -d <= i < d:
+                raise _fail(ShapeError, op, f"index {i} is out of bounds for axis {ax} with size {d}", x)
+            i %= d
+            entries.append(None if d == 1 else (i, i + 1, 1))
+        ax += 1
+    y = slice_node(x, entries)
+    return y if y.shape == tuple(shape) else reshape(y, shape)
+
+
+def pad(x, pad_width, mode: str = "constant", constant_values=0) -> Node:
+    """``np.pad`` in mode "constant": ``pad_width`` is an int, a ``(before, after)`` pair or
+    one pair per axis (broadcast as NumPy does); ``constant_values`` a scalar. The batch
+    dimension cannot be padded. The gradient slices the padding off."""
+    from .ops.slicing import pad_node
+    x = _lift(x)
+    if mode != "constant":
+        raise _fail(ValueError, "pad", f"mode {mode!r} is not supported: only mode='constant'", x)
+    if isinstance(constant_values, Node) or np.ndim(constant_values) != 0:
+        raise _fail(ValueError, "pad", "constant_values must be a Python or NumPy scalar "
+                    "(per-axis values are not supported)", x)
+    w = np.asarray(pad_width)
+    if w.dtype.kind not in "iu" or isinstance(pad_width, bool):
+        raise _fail(TypeError, "pad", f"pad_width must be integers, got {pad_width!r}", x)
+    try:
+        w = np.broadcast_to(w, (x.ndim, 2))
+    except ValueError:
+        raise _fail(ShapeError, "pad", f"pad_width of shape {w.shape} does not broadcast to one (before, after) "
+                    f"pair per axis: ({x.ndim}, 2)", x) from None
+    if (w < 0).any():
+        raise _fail(ShapeError, "pad", f"pad widths must be non-negative, got {w.tolist()}", x)
+    for ax, d in enumerate(x.shape):
+        if d is None and w[ax].any():
+            raise _fail(ShapeError, "pad", f"axis {ax} is the batch dimension (None): it cannot be padded", x)
+    kind = x.dtype.kind
+    value = bool(constant_values) if kind == "b" else int(constant_values) if kind in "iu" else float(constant_values)
+    return pad_node(x, w.tolist(), None, value)
+
+
+def _sequence(op: str, xs) -> list:
+    if isinstance(xs, Node) or not isinstance(xs, (list, tuple)):
+        raise _fail(TypeError, op, f"takes a list or tuple of tensors, got {type(xs).__name__}")
+    if not xs:
+        raise _fail(ShapeError, op, "needs at least one tensor")
+    return [_lift(x) for x in xs]
+
+
+def concatenate(xs: Sequence, axis: int | None = 0) -> Node:
+    """``np.concatenate``: tensors of one rank joined along ``axis`` (None: flattened first);
+    dtypes are promoted as NumPy does. Not along the batch dimension."""
+    xs = _sequence("concatenate", xs)
+    if axis is None:
+        xs = [reshape(x, (-1,)) for x in xs]
+        axis = 0
+    if any(x.ndim == 0 for x in xs):
+        raise _fail(ShapeError, "concatenate", "zero-dimensional tensors cannot be concatenated", *xs)
+    if any(x.ndim != xs[0].ndim for x in xs):
+        raise _fail(ShapeError, "concatenate", "all tensors must have the same rank", *xs)
+    (ax,) = _checked_axes("concatenate", xs[0], axis)
+    from .ops.base import promote
+    dt = promote(*[x.dtype for x in xs])
+    xs = [cast(x, dt) for x in xs]
+    if len(xs) == 1:
+        return xs[0]
+    return make("concatenate", xs, {"axis": ax})
+
+
+def stack(xs: Sequence, axis: int = 0) -> Node:
+    """``np.stack``: tensors of one shape joined along a new axis ``axis``."""
+    xs = _sequence("stack", xs)
+    if any(x.shape != xs[0].shape for x in xs):
+        raise _fail(ShapeError, "stack", "all tensors must have the same shape", *xs)
+    nd = xs[0].ndim + 1
+    if not isinstance(axis, numbers.Integral) or not -nd <= axis < nd:
+        raise _fail(ShapeError, "stack", f"axis {axis!r} is out of range for the rank-{nd} result", *xs)
+    axis = int(axis) % nd
+    return concatenate([expand_dims(x, axis) for x in xs], axis)
+
+
+def split(x, indices_or_sections, axis: int = 0) -> list:
+    """``np.split``: an int ``N`` cuts ``axis`` into N equal parts (or raises, as NumPy);
+    a list of ints gives the split points (Python slice semantics: clamped, negative from the
+    end, empty parts allowed). Returns a list of tensors."""
+    x = _lift(x)
+    (ax,) = _checked_axes("split", x, axis)
+    n = x.shape[ax]
+    if n is None:
+        raise _fail(ShapeError, "split", f"axis {ax} is the batch dimension (None): it cannot be split", x)
+    s = indices_or_sections
+    if isinstance(s, numbers.Integral) and not isinstance(s, bool):
+        s = int(s)
+        if s <= 0:
+            raise _fail(ShapeError, "split", f"the number of sections must be positive, got {s}", x)
+        if n % s:
+            raise _fail(ShapeError, "split", f"array split does not result in an equal division: "
+                        f"{n} elements along axis {ax} into {s} sections", x)
+        points = [n // s * i for i in range(1, s)]
+    else:
+        if isinstance(s, Node) or not isinstance(s, (list, tuple, np.ndarray)) or any(
+                not isinstance(p, numbers.Integral) or isinstance(p, bool) for p in s):
+            raise _fail(TypeError, "split", "indices_or_sections must be an int or a list of static ints, "
+                        f"got {s!r}", x)
+        points = [int(p) for p in s]
+    bounds = [0] + points + [n]
+    lead = (builtins.slice(None),) * ax
+    return [_index(x, lead + (builtins.slice(a, b),), "split") for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _not_iterable(x):
+    raise TypeError(f"{x!r} is a symbolic graphc tensor and is not iterable: index it (x[i]) or use gc.split")
+
+
+type.__setattr__(Node, "__getitem__", _index)
+type.__setattr__(Node, "__iter__", _not_iterable)
+
+
 # what ``import graphc as gc`` exposes as gc.*: every public function above (a new op's
 # function needs no entry anywhere else)
 __all__ = ["Tensor"] + [k for k, v in list(globals().items()) if callable(v) and not k.startswith("_")

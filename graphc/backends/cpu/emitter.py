@@ -411,6 +411,106 @@ class _Emitter:
         args = [self._dense_arg(k, g, (A, m, D)), self._dense_arg(k, y, (m,)), self.nd(t, (A, n, D))]
         return self.function(["g", "y", "o"], body, par), args, self._site(t), par
 
+    # ---- slice / pad / concatenate (ops/slicing.py): one pass, operands read through views ---------
+    def _view_operand(self, v: View) -> str:
+        """Operand read through view ``v``: an array of the view's shape (size 1 along broadcast
+        dims; a rank-0 feed, passed to the driver as a scalar, becomes such an array)."""
+        b = self.buf(v.base)
+        if b.kind == "feed" and not v.base.shape:
+            return f"np.full({tuple(v.view_shape)!r}, f_{self._feed_index[b.name]})"
+        return self.view_arg(v)
+
+    def _par_dim(self, shape: tuple, size: int) -> int | None:
+        """The loop dim a structured kernel runs in parallel (prange): the first one longer
+        than 1, when the parallel target is on and the kernel is large enough to pay."""
+        if not self.parallel or size < PRANGE_MIN:
+            return None
+        return next((d for d, e in enumerate(shape) if e > 1), None)
+
+    def slice_kernel(self, k: Kernel):
+        """slice: ``o[i] = a[start + i * step]`` per axis, a loop nest over the output (start
+        and step are arguments, so every slice of one rank shares one compiled kernel)."""
+        (n,) = k.nodes
+        x = n.inputs[0]
+        v = k.leaves[id(x)]
+        r = n.ndim
+        pd = self._par_dim(n.shape, int(np.prod(n.shape)))
+        starts, steps = [], []
+        for e, d, vd in zip(n.attrs["slices"], x.shape, v.view_shape):
+            s, t = (0, 1) if e is None else (e[0], e[2])
+            starts.append(0 if vd == 1 else s)  # a broadcast (size-1) axis always reads index 0
+            steps.append(0 if vd == 1 else t)
+        body = [f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = o.shape"]
+        ind = "    "
+        for d in range(r):
+            body.append(f"{ind}for i{d} in {'prange' if d == pd else 'range'}(d{d}):")
+            ind += "    "
+        src = ", ".join(f"s{d} + i{d} * t{d}" for d in range(r))
+        body.append(f"{ind}o[{', '.join(f'i{d}' for d in range(r))}] = a[{src}]  # slice")
+        par = pd is not None
+        params = ["a", "o"] + [f"{c}{d}" for d in range(r) for c in "st"]
+        args = [self._view_operand(v), self.nd(n, n.shape)] + [str(q) for d in range(r) for q in (starts[d], steps[d])]
+        return self.function(params, body, par), args, self._site(n), par
+
+    def pad_kernel(self, k: Kernel):
+        """pad: a loop nest over the output; output index i reads the operand at
+        ``(i - before) / (interior + 1)`` where that is a whole number inside it, else the fill."""
+        (n,) = k.nodes
+        x = n.inputs[0]
+        v = k.leaves[id(x)]
+        r = n.ndim
+        pd = self._par_dim(n.shape, int(np.prod(n.shape)))
+        par = pd is not None
+        body = [f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = o.shape"]
+        ind = "    "
+        for d in range(r):
+            body += [f"{ind}for i{d} in {'prange' if d == pd else 'range'}(d{d}):",
+                     f"{ind}    j{d} = i{d} - b{d}",
+                     f"{ind}    q{d} = j{d} // s{d}",
+                     f"{ind}    k{d} = {f'k{d - 1} and ' if d else ''}j{d} >= 0 and q{d} * s{d} == j{d} and q{d} < n{d}"]
+            ind += "    "
+        src = ", ".join("0" if vd == 1 else f"q{d}" for d, vd in enumerate(v.view_shape))
+        body += [f"{ind}if k{r - 1}:",
+                 f"{ind}    o[{', '.join(f'i{d}' for d in range(r))}] = a[{src}]  # pad: the operand",
+                 f"{ind}else:",
+                 f"{ind}    o[{', '.join(f'i{d}' for d in range(r))}] = fill  # pad: the constant"]
+        params = ["a", "o", "fill"] + [f"{c}{d}" for d in range(r) for c in "bsn"]
+        args = [self._view_operand(v), self.nd(n, n.shape), literal(n.attrs["value"], n.dtype)]
+        for (b, _), i, d in zip(n.attrs["pad_width"], n.attrs["interior"], x.shape):
+            args += [str(b), str(i + 1), str(d)]
+        return self.function(params, body, par), args, self._site(n), par
+
+    def concat_kernel(self, k: Kernel):
+        """concatenate: one loop nest over the output whose loop along the axis is split into
+        one loop per operand (each output element written once, each operand read once)."""
+        (n,) = k.nodes
+        ax, r, xs = n.attrs["axis"], n.ndim, n.inputs
+        size = int(np.prod(n.shape))
+        pd = self._par_dim(n.shape[:ax], size)  # a shared outer loop, else one per operand
+        par = pd is not None
+        body = [f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = o.shape"]
+        ind = "    "
+        for d in range(ax):
+            body.append(f"{ind}for i{d} in {'prange' if d == pd else 'range'}(d{d}):")
+            ind += "    "
+        for j, x in enumerate(xs):
+            vs = k.leaves[id(x)].view_shape
+            pj = None if pd is not None else self._par_dim(x.shape[ax:], size)
+            par = par or pj is not None
+            inner = ind
+            body.append(f"{inner}for i{ax} in {'prange' if pj == 0 else 'range'}(c{j}, c{j + 1}):")
+            inner += "    "
+            for d in range(ax + 1, r):
+                body.append(f"{inner}for i{d} in {'prange' if pj == d - ax else 'range'}(d{d}):")
+                inner += "    "
+            src = ", ".join("0" if vs[d] == 1 else (f"i{d} - c{j}" if d == ax else f"i{d}") for d in range(r))
+            body.append(f"{inner}o[{', '.join(f'i{d}' for d in range(r))}] = a{j}[{src}]  # concatenate: operand {j}")
+        params = ["o"] + [f"a{j}" for j in range(len(xs))] + [f"c{j}" for j in range(len(xs) + 1)]
+        bounds = np.cumsum([0] + [x.shape[ax] for x in xs]).tolist()
+        args = ([self.nd(n, n.shape)] + [self._view_operand(k.leaves[id(x)]) for x in xs]
+                + [str(c) for c in bounds])
+        return self.function(params, body, par), args, self._site(n), par
+
     def copy_kernel(self, k: Kernel):
         (n,) = k.nodes
         (v,) = k.leaves.values()
@@ -578,6 +678,9 @@ KERNELS = {
     "loop": _Emitter.loop_kernel,
     "matmul": _Emitter.matmul_kernel,
     "copy": _Emitter.copy_kernel,
+    "slice": _Emitter.slice_kernel,  # slice (ops/slicing.py)
+    "pad": _Emitter.pad_kernel,  # pad
+    "concat": _Emitter.concat_kernel,  # concatenate
     "sce": _Emitter.sce_kernel,  # softmax_cross_entropy / sce_grad
     "take": _Emitter.take_kernel,  # take (ops/indexing.py)
     "scatter_add": _Emitter.scatter_add_kernel,  # take_grad
