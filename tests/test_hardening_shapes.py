@@ -148,3 +148,16 @@ def test_inference_at_batch_size_1_shares_weights():
     xb = np.random.default_rng(3).random((1, 64)).astype("float32")
     step(x=xb, y=np.array([2]))
     _close(predict(x=xb), ref(x=xb), 1e-5, "batch-1 inference")
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_zero_size_dims_compile_and_match_numpy(target):
+    """A (B, 0) tensor is an ordinary (empty) case: elementwise loops and reductions over it."""
+    x = gc.input("zx", (None, 0))
+    outs = [gc.exp(x) * 2.0, gc.sum(x, 1), gc.mean(x * 0.0 + 1.0, 0, keepdims=True)]
+    v = np.zeros((3, 0), np.float32)
+    want = gc.compile(outs, target="numpy")(zx=v)
+    got = gc.compile(outs, target=target)(zx=v)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)

@@ -194,14 +194,14 @@ class _Emitter:
             if b.kind == "literal":
                 names[nid] = literal(b.value, b.dtype)
                 continue
-            same = slot_p.get(self.storage(v.base)) if (flat or v.is_identity_for(shape)) and v.size > 1 else None
+            same = slot_p.get(self.storage(v.base)) if (flat or v.is_identity_for(shape)) and v.size != 1 else None
             if same is not None:
                 leaf_p[nid] = (same, v)  # read in place through the output's argument
                 continue
             p = f"a{len(leaf_p)}"
             leaf_p[nid] = (p, v)
             params.append(p)
-            args.append(self.view_arg(v, scalar=True) if not (flat and v.size > 1) else self.flat_expr(v.base))
+            args.append(self.view_arg(v, scalar=True) if not (flat and v.size != 1) else self.flat_expr(v.base))
 
         def load(x: Node) -> str:
             if id(x) in names:
@@ -224,7 +224,7 @@ class _Emitter:
             elif mm is not None:
                 carrier = mm_read
             else:
-                carrier = next((p for p, v in leaf_p.values() if v.size > 1 and (flat or v.is_identity_for(shape))), None)
+                carrier = next((p for p, v in leaf_p.values() if v.size != 1 and (flat or v.is_identity_for(shape))), None)
         if carrier is not None:
             body.append(f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = {carrier}.shape")
         else:
