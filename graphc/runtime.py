@@ -50,6 +50,7 @@ class _Compiled:
         self._program = program
         self.target = target
         self._backend = backends.get(target)
+        self._native_checks = self._backend.native_checks  # read at every call: one attribute
         self._store = store
         self.optimizer = optimizer
         self._options = options
@@ -133,7 +134,7 @@ class _Compiled:
     def _run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         # cpu/parallel drivers range-check labels and finiteness themselves; other targets
         # take the full Python checks
-        fast = self._fast_feeds(feeds) if self._backend.native_checks else None
+        fast = self._fast_feeds(feeds) if self._native_checks else None
         if fast is not None:
             arrays, batch = fast
             prog = self._programs.get(batch)

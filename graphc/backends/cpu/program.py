@@ -49,9 +49,7 @@ class CpuProgram:
 
     # ---- calling ---------------------------------------------------------------------------
     def _reader(self, n: Node) -> Callable:
-        def scratch(b):
-            return self.scratch[b.dtype][b.offset:b.offset + b.size].copy()
-        return output_reader(n, self.plan, scratch)
+        return output_reader(n, self.plan, host_scratch=self.scratch)
 
     def _load(self, fresh: bool = False):
         from ..cache import load_program, release_program
