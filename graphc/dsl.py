@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import DTypeError, ShapeError
+from .errors import DTypeError, IndexOutOfBoundsError, ShapeError
 from .ir import ArrayValue, Node, make
 
 Tensor = Node
@@ -585,7 +585,8 @@ def _index(x: Node, key, op: str | None = None) -> Node:
         raise _fail(ShapeError, op, "an index can only have a single ellipsis ('...')", x)
     real = builtins.sum(k is not None and k is not Ellipsis for k in items)
     if real > x.ndim:
-        raise _fail(ShapeError, op, f"too many indices: the tensor is {x.ndim}-dimensional, but {real} were indexed", x)
+        raise _fail(IndexOutOfBoundsError, op,
+                    f"too many indices: the tensor is {x.ndim}-dimensional, but {real} were indexed", x)
     fill = (builtins.slice(None),) * (x.ndim - real)
     e = next((i for i, k in enumerate(items) if k is Ellipsis), None)
     items = items + fill if e is None else items[:e] + fill + items[e + 1:]
@@ -604,7 +605,7 @@ def _index(x: Node, key, op: str | None = None) -> Node:
                 raise _fail(ShapeError, op, f"axis {ax} is the batch dimension (None): it cannot be indexed", x)
             i = int(k)
             if not -d <= i < d:
-                raise _fail(ShapeError, op, f"index {i} is out of bounds for axis {ax} with size {d}", x)
+                raise _fail(IndexOutOfBoundsError, op, f"index {i} is out of bounds for axis {ax} with size {d}", x)
             i %= d
             entries.append(None if d == 1 else (i, i + 1, 1))
         ax += 1

@@ -15,6 +15,11 @@ class ShapeError(GraphcError, ValueError):
     """Operand shapes do not fit the op (raised when the node is built)."""
 
 
+class IndexOutOfBoundsError(ShapeError, IndexError):
+    """A static index does not fit the tensor (``x[5]`` on an axis of 3, too many indices):
+    an IndexError as NumPy raises, and a ShapeError like graphc's other shape mistakes."""
+
+
 class DTypeError(GraphcError, TypeError):
     """Operand dtypes do not fit the op (raised when the node is built)."""
 

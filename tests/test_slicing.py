@@ -272,3 +272,12 @@ def test_dtypes_are_promoted_and_kept():
     for g, e in zip(got[3:], [sv[:, 1:], np.pad(sv, (1, 0)), np.concatenate([sv, xv], 0)]):
         assert g.dtype == e.dtype
         np.testing.assert_array_equal(g, e)
+
+
+def test_out_of_bounds_indices_are_index_errors_as_in_numpy():
+    x = gc.input("oob_x", (3, 4))
+    for key in (5, (0, 4), (0, 0, 0)):
+        with pytest.raises(IndexError):
+            x[key]
+        with pytest.raises(gc.ShapeError, match="test_slicing"):
+            x[key]
