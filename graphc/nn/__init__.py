@@ -17,10 +17,12 @@ from . import activations, callbacks, losses, metrics, optimizers  # noqa: F401
 from .callbacks import (  # noqa: F401
     Callback, EarlyStopping, History, LambdaCallback, LearningRateScheduler, ReduceLROnPlateau, TerminateOnNaN,
 )
-from .layers import Activation, Dense, Dropout, Flatten, Input, InputLayer, Layer, LayerNormalization  # noqa: F401
+from .layers import (  # noqa: F401
+    Activation, Dense, Dropout, Embedding, Flatten, Input, InputLayer, Layer, LayerNormalization,
+)
 from .model import Sequential  # noqa: F401
 
 __all__ = ["Sequential", "Dense", "Activation", "Dropout", "Flatten", "Input", "InputLayer", "Layer",
-           "LayerNormalization",
+           "LayerNormalization", "Embedding",
            "Callback", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "History",
            "TerminateOnNaN", "LambdaCallback", "activations", "callbacks", "losses", "metrics", "optimizers"]

@@ -239,6 +239,37 @@ class Dropout(Layer):
         return {self._mask.name: keep.astype(np.float32) / np.float32(1.0 - self.rate)}
 
 
+class Embedding(Layer):
+    """``keras.layers.Embedding``: integer ids ``(batch, ...)`` -> vectors ``(batch, ..., output_dim)``
+    through ``gc.take`` (ids must lie in [0, input_dim): checked before each step runs; the
+    gradient is a scatter-add in which repeated ids accumulate). Keras' default initializer
+    is uniform in [-0.05, 0.05]. A model whose first layer is an Embedding is fed int64 ids."""
+
+    input_dtype = "int64"
+
+    def __init__(self, input_dim: int, output_dim: int, embeddings_initializer="uniform", mask_zero: bool = False,
+                 name: str | None = None, **kwargs: Any):
+        kwargs.pop("input_length", None)  # deprecated in Keras 3; the input shape says it
+        super().__init__(name=name, **kwargs)
+        for what, v in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Embedding: {what} must be a positive int, got {v!r}")
+        if mask_zero:
+            raise NotImplementedError("Embedding(mask_zero=True): masking is not supported yet")
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.embeddings_initializer = _initializer(embeddings_initializer, "Embedding(embeddings_initializer=...)")
+        self.embeddings = None
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight("embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def call(self, x, training=False):
+        return F.take(self.embeddings, x, axis=0)
+
+
 class LayerNormalization(Layer):
     """``keras.layers.LayerNormalization``: normalize each sample over ``axis`` (mean and
     population variance), then scale by ``gamma`` and shift by ``beta``. Keras' defaults:

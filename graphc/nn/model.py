@@ -25,7 +25,7 @@ from ..runtime import (check_savable, checkpoint_path, flatten_state, nonfinite_
 from . import losses as L
 from . import metrics as M
 from .callbacks import Callback, CallbackList, History
-from .layers import Layer
+from .layers import InputLayer, Layer
 from .progress import Progbar
 
 _NAN_POLICIES = ("raise", "warn", "ignore")
@@ -275,7 +275,7 @@ class Sequential:
         return init
 
     def _inputs(self):
-        x = F.input("x", (None,) + self._input_shape)
+        x = F.input("x", (None,) + self._input_shape, dtype=self._input_dtype())
         shape, dtype = self.loss.label_spec(self._output_shape)
         y = F.input("y", (None,) + tuple(shape), dtype=dtype)
         return x, y
@@ -320,7 +320,7 @@ class Sequential:
         """Forward-only model output (dropout off), sharing the training step's weights."""
         if self._predict_fn is None:
             self._ensure_built()
-            x = F.input("x", (None,) + self._input_shape)
+            x = F.input("x", (None,) + self._input_shape, dtype=self._input_dtype())
             out, _, _ = self._forward(x, training=False)
             self._predict_fn = gc_compile(out, target=self._target, params=self._params_arg(), seed=self._seed,
                                           check_finite=False)
@@ -350,9 +350,19 @@ class Sequential:
                 raise ValueError(f"{arg}: expected samples of shape {want or '(features,)'}, got a 1-D array of shape "
                                  f"{a.shape}; reshape it to (n, features)")
         self._ensure_built(tuple(a.shape[1:]), arg)
+        dtype = self._input_dtype()
+        if np.dtype(dtype).kind in "iu":  # ids (an Embedding first): whole numbers, as Keras casts them
+            if a.dtype.kind == "f" and not (np.isfinite(a).all() and (a == np.round(a)).all()):
+                raise ValueError(f"{arg}: the model's first layer takes integer ids, got non-integer values")
+            return np.ascontiguousarray(a, dtype=dtype)
         a = np.ascontiguousarray(a, dtype=np.float32)
         _check_finite(a, arg, nan_policy)
         return a
+
+    def _input_dtype(self) -> str:
+        """What the model is fed: float32, or int64 ids when the first layer says so."""
+        first = next((lay for lay in self.layers if not isinstance(lay, InputLayer)), None)
+        return getattr(first, "input_dtype", "float32")
 
     def _check_xy(self, x, y, xarg: str, yarg: str, nan_policy: str):
         xa = self._check_x(x, xarg, nan_policy)
@@ -685,7 +695,6 @@ class Sequential:
         lines = [f'Model: "{self.name}"', "_" * line_length,
                  " Layer (type)".ljust(cols[0]) + "Output Shape".ljust(cols[1]) + "Param #",
                  "=" * line_length]
-        from .layers import InputLayer
         shown = [l for l in self.layers if not isinstance(l, InputLayer)]  # Keras lists no InputLayer
         for i, layer in enumerate(shown):
             desc = f" {layer.name} ({type(layer).__name__})"
