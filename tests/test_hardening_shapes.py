@@ -12,20 +12,13 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from _helpers import random_feeds
 
 NATIVE = ("cpu", "parallel")
 
 
 def _feeds(nodes, batch, seed):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for n in nodes:
-        shape = tuple(batch if d is None else d for d in n.shape)
-        if n.dtype.kind == "f":
-            out[n.name] = rng.standard_normal(shape).astype(n.dtype)
-        else:
-            out[n.name] = rng.integers(0, 10, shape).astype(n.dtype)
-    return out
+    return random_feeds(nodes, batch, seed, high=10)
 
 
 def _close(got, want, rtol, what):

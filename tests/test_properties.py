@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
+from _helpers import random_feeds
 
 NATIVE = ("cpu", "parallel")
 BUDGET_S = float(os.environ.get("GRAPHC_PROPERTY_BUDGET_S", "80"))
@@ -73,15 +74,7 @@ def _close(got, want, rtol, what):
 
 
 def _feeds(nodes, batch, seed):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for n in nodes:
-        shape = tuple(batch if d is None else d for d in n.shape)
-        if n.dtype.kind == "f":
-            out[n.name] = rng.standard_normal(shape).astype(n.dtype)
-        else:
-            out[n.name] = rng.integers(0, 3, shape).astype(n.dtype)
-    return out
+    return random_feeds(nodes, batch, seed, high=3)
 
 
 # ---- random graphs ---------------------------------------------------------------------------
