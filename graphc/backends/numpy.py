@@ -19,7 +19,7 @@ class NumpyProgram:
         self.program = program
         self.batch = batch
         self.check_numerics = check_numerics
-        self._checks = []  # check_numerics (H2): (label, output index), in the order they are computed
+        self._checks = []  # check_numerics: (label, output index), in the order they are computed
         if check_numerics:
             from ..ir import topo_order
             from ..numerics import checked_values
