@@ -155,7 +155,7 @@ class CpuProgram:
                  f"(without reuse {self.plan.no_reuse_bytes} B); target {self.target}, batch {self.batch}"]
         for k in self.module.kernels:
             par = " parallel" if k.parallel else ""
-            lines.append(f"  {k.name:<4} {k.kind:<7}{par} {fmt_shape(k.shape):<14} {k.function}  "
+            lines.append(f"  {k.name:<4} {k.kind:<11}{par} {fmt_shape(k.shape):<14} {k.function}  "
                          f"[{', '.join(k.ops)}] -> {k.out_bytes} B")
         return "\n".join(lines)
 

@@ -213,7 +213,7 @@ class CudaProgram:
         for info in self.module.infos:
             for ln in info.launches:
                 cfg = "cuBLAS" if ln.kind == "cublas" else f"grid {ln.grid} block {ln.block}"
-                lines.append(f"  {ln.name:<8} {info.kind:<6} {fmt_shape(info.shape):<14} {ln.function:<22} {cfg:<24} "
+                lines.append(f"  {ln.name:<8} {info.kind:<11} {fmt_shape(info.shape):<14} {ln.function:<22} {cfg:<24} "
                              f"[{', '.join(info.ops)}] -> {info.out_bytes} B")
         return "\n".join(lines)
 
