@@ -183,8 +183,24 @@ def stop_gradient(x) -> Node:
 # ---- linear algebra and movement --------------------------------------------------------
 
 def matmul(a, b) -> Node:
-    """2-D matrix product ``a @ b``."""
-    return make("matmul", (_lift(a), _lift(b)))
+    """Matrix product ``a @ b`` with NumPy's rules for operands of rank >= 2: 2-D operands are
+    one GEMM (BLAS/cuBLAS); higher ranks are stacks of matrices whose leading dims broadcast,
+    computed as a broadcast product reduced over the shared dim (one fused loop on every
+    target, not yet a batched GEMM)."""
+    a, b = _lift(a), _lift(b)
+    if a.ndim <= 2 and b.ndim <= 2:
+        return make("matmul", (a, b))
+    if a.ndim < 2 or b.ndim < 2:
+        raise _fail(ShapeError, "matmul", "1-D operands are not supported with stacked matrices; "
+                    "use expand_dims to make them matrices", a, b)
+    if a.shape[-1] != b.shape[-2] or a.shape[-1] is None:
+        raise _fail(ShapeError, "matmul", f"inner dims differ: {a.shape[-1]} vs {b.shape[-2]}", a, b)
+    from .ops.base import broadcast_shapes
+    try:
+        broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ShapeError:
+        raise _fail(ShapeError, "matmul", "the leading (batch) dims do not broadcast", a, b) from None
+    return sum(expand_dims(a, -1) * expand_dims(b, -3), axis=-2)  # (..., m, k, 1) * (..., 1, k, n)
 
 
 def transpose(x, axes: Sequence[int] | None = None) -> Node:

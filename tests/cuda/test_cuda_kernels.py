@@ -90,3 +90,10 @@ def test_ops_added_by_the_how_to_add_an_op_recipe():
     """log1p and softsign (one OpDef + one DSL function each) run on cuda unchanged."""
     x = gc.input("new_x", (3, 4), dtype="float64")
     check_cuda([gc.softsign(x) + gc.log1p(gc.square(x))], wrt=[x])
+
+
+def test_stacked_matmul_composite():
+    """a @ b for rank-3 operands (a broadcast product reduced over the shared dim) on cuda."""
+    a = gc.input("bm_a", (2, 3, 4), dtype="float64")
+    b = gc.input("bm_b", (4, 2), dtype="float64")
+    check_cuda([a @ b], wrt=[a, b])
