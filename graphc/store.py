@@ -19,6 +19,12 @@ from .ir import Node, fmt_shape
 ALIGN_BYTES = 64  # each tensor (in the store and in scratch arenas) starts on a cache line
 
 
+def aligned(offset: int, dtype) -> int:
+    """The first element offset >= ``offset`` at which a ``dtype`` tensor starts on a cache line."""
+    align = max(1, ALIGN_BYTES // np.dtype(dtype).itemsize)
+    return -(-offset // align) * align
+
+
 class Store:
     """Named persistent tensors (params and state) packed into one arena per dtype."""
 
@@ -89,8 +95,7 @@ class Store:
                                       f"but the shared store holds {fmt_shape(shape)} {dt}")
                 continue
             dt = n.dtype
-            align = max(1, ALIGN_BYTES // dt.itemsize)
-            off = -(-sizes.get(dt, 0) // align) * align
+            off = aligned(sizes.get(dt, 0), dt)
             size = int(np.prod(n.shape, dtype=np.int64))
             self.layout[n.name] = (dt, off, n.shape)
             self.kinds[n.name] = n.op

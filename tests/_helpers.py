@@ -15,3 +15,12 @@ def random_feeds(nodes, batch, seed, high=10):
         else:
             out[n.name] = rng.integers(0, high, shape).astype(n.dtype)
     return out
+
+
+def broadcastable(*shapes) -> bool:
+    """Whether NumPy broadcasts ``shapes`` together."""
+    try:
+        np.broadcast_shapes(*shapes)
+        return True
+    except ValueError:
+        return False

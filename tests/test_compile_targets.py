@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
+from _helpers import broadcastable
 
 NATIVE = ("cpu", "parallel")
 TOL = {"float64": 1e-9, "float32": 1e-4}
@@ -175,12 +176,6 @@ SHAPES = [(3, 4), (4,), (3, 1), (1,), (4, 3), (2, 6)]
 RESHAPES = {12: [(3, 4), (4, 3), (2, 6), (12,)], 4: [(4,), (2, 2), (1, 4)], 3: [(3,), (3, 1), (1, 3)]}
 
 
-def _broadcastable(*shapes):
-    try:
-        np.broadcast_shapes(*shapes)
-        return True
-    except ValueError:
-        return False
 
 
 @st.composite
@@ -208,7 +203,7 @@ def random_graph(draw, dt):
                    "div1": lambda: 1.0 / (a * a + 1.0)}[f]()
         elif kind == "binary":
             b = pick()
-            if _broadcastable(a.shape, b.shape):
+            if broadcastable(a.shape, b.shape):
                 f = draw(st.sampled_from(["add", "sub", "mul", "div", "maximum", "minimum"]))
                 out = {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b,
                        "div": lambda: a / (b * b + 1.0), "maximum": lambda: gc.maximum(a, b),
@@ -236,7 +231,7 @@ def random_graph(draw, dt):
             out = (gc.softmax if draw(st.booleans()) else gc.log_softmax)(a, axis=axis)
         elif kind == "where":
             b, c = pick(), pick()
-            if _broadcastable(a.shape, b.shape, c.shape):
+            if broadcastable(a.shape, b.shape, c.shape):
                 cmp = draw(st.sampled_from([gc.greater, gc.less_equal, gc.greater_equal, gc.less]))
                 out = gc.where(cmp(a, b), c, b * 0.5)
         if out is not None and out.dtype.kind == "f":

@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
-from _helpers import random_feeds
+from _helpers import broadcastable, random_feeds
 
 NATIVE = ("cpu", "parallel")
 BUDGET_S = float(os.environ.get("GRAPHC_PROPERTY_BUDGET_S", "80"))
@@ -83,12 +83,6 @@ def _feeds(nodes, batch, seed):
 SHAPES = [(3,), (1,), (2, 3), (3, 1), (1, 3), (1, 1), (2, 1), (3, 2), (2, 2), (1, 2, 3), (2, 1, 3)]
 
 
-def _broadcastable(*shapes):
-    try:
-        np.broadcast_shapes(*shapes)
-        return True
-    except ValueError:
-        return False
 
 
 def _reshapes(size):
@@ -131,7 +125,7 @@ def random_graph(draw, dt="float64"):
             out = UNARY[draw(st.sampled_from(sorted(UNARY)))](a)
         elif kind == "binary":
             b = draw(st.sampled_from(pool))
-            if _broadcastable(a.shape, b.shape):
+            if broadcastable(a.shape, b.shape):
                 out = BINARY[draw(st.sampled_from(sorted(BINARY)))](a, b)
         elif kind == "reduce" and a.ndim >= 1:
             axes = draw(st.one_of(st.none(), st.lists(st.integers(0, a.ndim - 1), min_size=1, max_size=a.ndim,

@@ -11,7 +11,6 @@ import numpy as np
 
 from ..ir import Graph, Node
 from ..schedule.plan import Plan
-from ..store import ALIGN_BYTES  # noqa: F401  (one alignment for store, scratch and device arenas)
 
 
 @dataclass
@@ -51,6 +50,11 @@ class KernelInfo:
     out_bytes: int
     parallel: bool = False
     launches: list = field(default_factory=list)
+
+
+def numel(shape) -> int:
+    """Elements of a tensor of ``shape`` (1 for a scalar)."""
+    return int(np.prod(shape)) if shape else 1
 
 
 def out_bytes(outputs: list[Node]) -> int:

@@ -144,11 +144,12 @@ class Optimizer(metaclass=_OptimizerType):
         object.__setattr__(self, "_version", 0)  # bumped on every hyper-parameter change
         object.__setattr__(self, "_hyper", {})
         object.__setattr__(self, "global_clipnorm", self._checked_clipnorm(global_clipnorm))
-        self._hyper.update({k: self._checked_hyper(k, v) for k, v in hyper.items()})
+        self._hyper.update({k: self.check_hyperparameter(k, v) for k, v in hyper.items()})
 
     # ---- hyper-parameters: attributes users may change between steps ---------------------
-    def _checked_hyper(self, name: str, value: Any) -> float:
-        """``value`` as a float, or TypeError/ValueError naming this optimizer and ``name``."""
+    def check_hyperparameter(self, name: str, value: Any) -> float:
+        """``value`` as a float if it is a valid value of hyper-parameter ``name`` (a finite
+        real number, finite in ``dtype``), else a TypeError/ValueError naming both."""
         what = f"{type(self).__name__}: hyper-parameter {name!r}"
         v = value
         if isinstance(v, np.ndarray) and v.size == 1 and v.dtype.kind in "iuf":
@@ -172,7 +173,7 @@ class Optimizer(metaclass=_OptimizerType):
     def _checked_clipnorm(self, value: Any) -> float | None:
         if value is None:
             return None
-        v = self._checked_hyper("global_clipnorm", value)
+        v = self.check_hyperparameter("global_clipnorm", value)
         if v <= 0.0:
             raise ValueError(f"{type(self).__name__}: global_clipnorm must be positive (or None), got {v}")
         return v
@@ -201,7 +202,7 @@ class Optimizer(metaclass=_OptimizerType):
             if name == "lr" and "learning_rate" in hyper:
                 name = "learning_rate"
             if name in hyper:
-                hyper[name] = self._checked_hyper(name, value)
+                hyper[name] = self.check_hyperparameter(name, value)
                 object.__setattr__(self, "_version", self._version + 1)
                 return
             if name == "global_clipnorm":
@@ -241,11 +242,6 @@ class Optimizer(metaclass=_OptimizerType):
         object.__setattr__(self, "_dtype", dt)
         for k, v in self._hyper.items():  # still finite in the new dtype
             self.check_hyperparameter(k, v)
-
-    def check_hyperparameter(self, name: str, value: Any) -> float:
-        """``value`` as a float if it is a valid value of hyper-parameter ``name`` (a finite
-        real number, finite in ``dtype``), else a TypeError/ValueError naming both."""
-        return self._checked_hyper(name, value)
 
     def hyper_feeds(self) -> dict[str, str]:
         """{name of the scalar input that ``hyper(name)`` creates: hyper-parameter name}; the

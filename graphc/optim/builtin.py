@@ -130,7 +130,7 @@ class Adagrad(Optimizer):
                  epsilon: float = 1e-7, weight_decay: float = 0.0, global_clipnorm: float | None = None):
         super().__init__(global_clipnorm, learning_rate=learning_rate, epsilon=epsilon,
                          weight_decay=weight_decay)
-        self.initial_accumulator_value = self._checked_hyper("initial_accumulator_value", initial_accumulator_value)
+        self.initial_accumulator_value = self.check_hyperparameter("initial_accumulator_value", initial_accumulator_value)
 
     def state_spec(self, param):
         return {"accumulator": self.initial_accumulator_value}

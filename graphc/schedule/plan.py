@@ -19,7 +19,7 @@ from ..errors import CompileError
 from ..ir import Graph, Node
 from .fusion import Kernel
 
-from ..store import ALIGN_BYTES as _ALIGN_BYTES
+from ..store import aligned
 
 
 @dataclass(eq=False)
@@ -258,13 +258,12 @@ def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, st
         no_reuse += sum(buffers[m].nbytes for m in members)
     items.sort(key=lambda t: (-t[0], t[2]))
     for size, r, start, stop, dt in items:
-        align = max(1, _ALIGN_BYTES // dt.itemsize)
         lst = placed.setdefault(dt, [])
         off = 0
         for o2, s2, a2, e2 in sorted(lst):
             if a2 <= stop and start <= e2:  # lifetimes overlap
                 if off + size > o2 and o2 + s2 > off:
-                    off = -(-(o2 + s2) // align) * align
+                    off = aligned(o2 + s2, dt)
         lst.append((off, size, start, stop))
         for m in groups[r]:
             buffers[m].offset = off
@@ -272,8 +271,7 @@ def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, st
     # constants live at the end of their dtype's arena for the whole program
     for nid, b in buffers.items():
         if b.kind == "const":
-            align = max(1, _ALIGN_BYTES // b.dtype.itemsize)
-            off = -(-arena_sizes.get(b.dtype, 0) // align) * align
+            off = aligned(arena_sizes.get(b.dtype, 0), b.dtype)
             b.offset = off
             arena_sizes[b.dtype] = off + b.size
     peak = sum(n * np.dtype(dt).itemsize for dt, n in arena_sizes.items())

@@ -46,7 +46,8 @@ from ...errors import CompileError
 from ...ir import Graph, Node
 from ...schedule.fusion import Kernel, View, contiguous_strides
 from ...schedule.plan import Plan
-from ..base import ALIGN_BYTES, FunctionTable, KernelInfo, local_names, out_bytes, site
+from ...store import aligned
+from ..base import FunctionTable, KernelInfo, local_names, numel as _size, out_bytes, site
 from ..expr import literal, node_expr, reduce_init, reduce_step
 from .compat import numba_cuda, simulator_active
 from ...ops.indexing import around
@@ -70,10 +71,6 @@ def launch_params() -> LaunchParams:
 
 def _dt(dt) -> str:
     return np.dtype(dt).name
-
-
-def _size(shape) -> int:
-    return int(np.prod(shape)) if shape else 1
 
 
 # ---- launch descriptions (device-free: also what the PTX check compiles) -------------------
@@ -157,8 +154,7 @@ class _Emitter:
             if n.shape == ():
                 continue
             dt = np.dtype(n.dtype)
-            align = max(1, ALIGN_BYTES // dt.itemsize)
-            off = -(-self.scratch_sizes.get(dt, 0) // align) * align
+            off = aligned(self.scratch_sizes.get(dt, 0), dt)
             self.feed_offsets[n.name] = (dt, off, _size(n.shape))
             self.scratch_sizes[dt] = off + _size(n.shape)
 
