@@ -183,10 +183,12 @@ def stop_gradient(x) -> Node:
 # ---- linear algebra and movement --------------------------------------------------------
 
 def matmul(a, b) -> Node:
-    """Matrix product ``a @ b`` with NumPy's rules for operands of rank >= 2: 2-D operands are
-    one GEMM (BLAS/cuBLAS); higher ranks are stacks of matrices whose leading dims broadcast,
-    computed as a broadcast product reduced over the shared dim (one fused loop on every
-    target, not yet a batched GEMM)."""
+    """Matrix product ``a @ b`` with NumPy's rules for operands of rank >= 2, always on BLAS /
+    cuBLAS GEMMs: 2-D operands are one GEMM; ``(..., k) @ (k, n)`` (a dense layer over a
+    sequence) is ONE GEMM over the rows of ``a`` (a reshape, no copy); stacks of matrices on
+    both sides are a batched GEMM over their leading dims, which broadcast (a broadcast
+    operand is materialized first). A transposed operand (``swapaxes(k, -1, -2)``, ``k.T``
+    of a matrix) is read in place."""
     a, b = _lift(a), _lift(b)
     if a.ndim <= 2 and b.ndim <= 2:
         return make("matmul", (a, b))
@@ -195,12 +197,37 @@ def matmul(a, b) -> Node:
                     "use expand_dims to make them matrices", a, b)
     if a.shape[-1] != b.shape[-2] or a.shape[-1] is None:
         raise _fail(ShapeError, "matmul", f"inner dims differ: {a.shape[-1]} vs {b.shape[-2]}", a, b)
+    if a.dtype != b.dtype or a.dtype.kind != "f":
+        raise _fail(DTypeError, "matmul", f"needs floating-point operands of one dtype, got {a.dtype} and {b.dtype}",
+                    a, b)
     from .ops.base import broadcast_shapes
     try:
-        broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        lead = broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except ShapeError:
         raise _fail(ShapeError, "matmul", "the leading (batch) dims do not broadcast", a, b) from None
-    return sum(expand_dims(a, -1) * expand_dims(b, -3), axis=-2)  # (..., m, k, 1) * (..., 1, k, n)
+    out_lead = tuple(-1 if d is None else d for d in lead)
+    if b.ndim == 2:  # rows of a through one GEMM
+        y = make("matmul", (reshape(a, (-1, a.shape[-1])), b))
+        return reshape(y, tuple(-1 if d is None else d for d in a.shape[:-1]) + (b.shape[-1],))
+    from .ops.linalg import batch_matmul
+
+    def stack(x, transposed, other):  # (..., r, c) -> (B, r, c), reading a swapaxes(-1, -2) in place
+        base = x.inputs[0] if transposed else x
+        if base.shape[:-2] != lead:
+            if None in lead:  # the batch comes from the other operand: broadcast against its leading dims
+                corner = _index(other, (Ellipsis, builtins.slice(0, 1), builtins.slice(0, 1)))
+                base = base + zeros_like(corner)
+            else:
+                base = broadcast_to(base, lead + base.shape[-2:])
+        return reshape(base, (-1,) + base.shape[-2:])
+
+    def swapped(x):
+        return x.op == "transpose" and x.ndim >= 2 and tuple(x.attrs["axes"]) == (
+            tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2))
+
+    ta, tb = swapped(a), swapped(b)
+    y = batch_matmul(stack(a, ta, b), stack(b, tb, a), ta, tb)
+    return reshape(y, out_lead + (a.shape[-2], b.shape[-1]))
 
 
 def transpose(x, axes: Sequence[int] | None = None) -> Node:
@@ -399,6 +426,164 @@ def layer_normalization(x, gamma=None, beta=None, axis=-1, epsilon: float | None
     if beta is not None:
         y = y + beta
     return y
+
+
+def _pair_arg(op: str, name: str, v, x: Node) -> tuple[int, int]:
+    """An int or a pair of positive ints (Keras' ``strides``, ``pool_size``, ``dilation_rate``)."""
+    t = (v, v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else tuple(v) if isinstance(
+        v, (tuple, list)) else None
+    if t is None or len(t) != 2 or not all(isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= 1
+                                           for e in t):
+        raise _fail(ValueError, op, f"{name} must be a positive int or a pair of them, got {v!r}", x)
+    return int(t[0]), int(t[1])
+
+
+def _window_attrs(op: str, x: Node, kernel: tuple, strides, padding, dilation) -> dict:
+    from .ops.conv import same_pads
+    if x.ndim != 4:
+        raise _fail(ShapeError, op, f"expects a 4-D input (batch, height, width, channels) in NHWC, "
+                    f"got rank {x.ndim}", x)
+    if x.dtype.kind != "f":
+        raise _fail(DTypeError, op, f"expects a floating-point input, got {x.dtype}", x)
+    pad = padding.lower() if isinstance(padding, str) else padding
+    if pad not in ("valid", "same"):
+        raise _fail(ValueError, op, f"padding must be 'valid' or 'same', got {padding!r}", x)
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    h, w = x.shape[1:3]
+    if h is None or w is None:
+        raise _fail(ShapeError, op, "the height and width must be fixed (only the batch dim may be None)", x)
+    pads = (same_pads(h, kh, sh, dh), same_pads(w, kw, sw, dw)) if pad == "same" else ((0, 0), (0, 0))
+    return {"kernel": (kh, kw), "strides": (sh, sw), "dilation": (dh, dw), "pads": pads}
+
+
+def conv2d(x, kernel, strides=1, padding: str = "valid", dilation_rate=1) -> Node:
+    """2-D convolution as ``keras.ops.conv`` (cross-correlation, as every framework computes
+    it): ``x`` NHWC ``(batch, height, width, in_channels)``, ``kernel`` HWIO ``(kh, kw,
+    in_channels, filters)``, ``padding`` ``"valid"`` or ``"same"`` (TensorFlow's: ``ceil(n /
+    stride)`` outputs, the odd padding pixel at the end). Computed as im2col followed by ONE
+    GEMM (``graphc/ops/conv.py``), so bias and activation fuse into that GEMM's epilogue and
+    both gradients are GEMMs too."""
+    from .ops.conv import im2col
+    x, kernel = _lift(x), _lift(kernel)
+    if kernel.ndim != 4:
+        raise _fail(ShapeError, "conv2d", f"kernel must be 4-D (kh, kw, in_channels, filters), got rank {kernel.ndim}",
+                    x, kernel)
+    if x.ndim == 4 and kernel.shape[2] != x.shape[3]:
+        raise _fail(ShapeError, "conv2d", f"the kernel's in_channels {kernel.shape[2]} differ from the input's "
+                    f"channels {x.shape[3]}", x, kernel)
+    if x.dtype != kernel.dtype:
+        raise _fail(DTypeError, "conv2d", f"operand dtypes differ ({x.dtype} vs {kernel.dtype}); cast one", x, kernel)
+    kh, kw, c, o = kernel.shape
+    attrs = _window_attrs("conv2d", x, (kh, kw), _pair_arg("conv2d", "strides", strides, x), padding,
+                          _pair_arg("conv2d", "dilation_rate", dilation_rate, x))
+    try:
+        cols = x if (kh, kw) == (1, 1) and attrs["strides"] == (1, 1) else im2col(x, attrs)
+    except ShapeError as e:
+        raise _located("conv2d", e, x, kernel) from None
+    y = make("matmul", (reshape(cols, (-1, kh * kw * c)), reshape(kernel, (kh * kw * c, o))))
+    return reshape(y, (-1,) + cols.shape[1:3] + (o,))
+
+
+def _pool(op: str, mode: str, x, pool_size, strides, padding) -> Node:
+    from .ops.conv import pool2d
+    x = _lift(x)
+    size = _pair_arg(op, "pool_size", pool_size, x)
+    stride = size if strides is None else _pair_arg(op, "strides", strides, x)
+    attrs = _window_attrs(op, x, size, stride, padding, (1, 1))
+    try:
+        return pool2d(x, {**attrs, "mode": mode})
+    except ShapeError as e:
+        raise _located(op, e, x) from None
+
+
+def max_pool2d(x, pool_size=2, strides=None, padding: str = "valid") -> Node:
+    """Max pooling over NHWC windows as ``keras.ops.max_pool`` (``strides`` defaults to
+    ``pool_size``; ``"same"`` padding never wins a maximum). The gradient goes to the first
+    maximum of each window, as TensorFlow's and PyTorch's do."""
+    return _pool("max_pool2d", "max", x, pool_size, strides, padding)
+
+
+def avg_pool2d(x, pool_size=2, strides=None, padding: str = "valid") -> Node:
+    """Average pooling as ``keras.ops.average_pool``: with ``"same"`` padding each window is
+    averaged over its positions inside the image (padding is not counted, as in Keras/TF)."""
+    return _pool("avg_pool2d", "avg", x, pool_size, strides, padding)
+
+
+def global_average_pool2d(x, keepdims: bool = False) -> Node:
+    """Mean over height and width of an NHWC tensor (Keras' GlobalAveragePooling2D)."""
+    x = _lift(x)
+    if x.ndim != 4:
+        raise _fail(ShapeError, "global_average_pool2d", f"expects a 4-D NHWC input, got rank {x.ndim}", x)
+    return mean(x, (1, 2), keepdims=keepdims)
+
+
+def global_max_pool2d(x, keepdims: bool = False) -> Node:
+    """Max over height and width of an NHWC tensor (Keras' GlobalMaxPooling2D)."""
+    x = _lift(x)
+    if x.ndim != 4:
+        raise _fail(ShapeError, "global_max_pool2d", f"expects a 4-D NHWC input, got rank {x.ndim}", x)
+    return max(x, (1, 2), keepdims=keepdims)
+
+
+def moments(x, axes, keepdims: bool = False) -> tuple[Node, Node]:
+    """``(mean, variance)`` over ``axes`` as ``keras.ops.moments`` (the population variance,
+    which batch normalization normalizes with)."""
+    x = _lift(x)
+    axes = _checked_axes("moments", x, axes)
+    mu = mean(x, axes, keepdims=True)
+    v = mean(square(x - mu), axes, keepdims=True)
+    if keepdims:
+        return mu, v
+    keep = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    return reshape(mu, keep), reshape(v, keep)
+
+
+def batch_normalization(x, mean, variance, axis: int = -1, offset=None, scale=None,
+                        epsilon: float = 1e-3) -> Node:
+    """``(x - mean) / sqrt(variance + epsilon) * scale + offset`` as
+    ``keras.ops.batch_normalization``: ``mean``, ``variance``, ``offset`` and ``scale`` are
+    1-D over ``axis`` (the channels). Training uses the batch's ``gc.moments`` and updates
+    the moving statistics through ``compile(..., updates=...)``; inference passes the moving
+    statistics (see graphc.nn.BatchNormalization)."""
+    x = _lift(x)
+    (ax,) = _checked_axes("batch_normalization", x, axis)
+    c = x.shape[ax]
+    shape = tuple(c if i == ax else 1 for i in range(x.ndim))
+    vals = {"mean": mean, "variance": variance, "offset": offset, "scale": scale}
+    for k, v in list(vals.items()):
+        if v is None:
+            continue
+        v = _lift(v, x)
+        if v.shape not in ((c,), shape):
+            raise _fail(ShapeError, "batch_normalization", f"{k} must have shape ({c},) (the size of axis {axis}), "
+                        f"got {v.shape}", x, v)
+        vals[k] = reshape(v, shape)
+    if not float(epsilon) >= 0.0:
+        raise _fail(ValueError, "batch_normalization", f"epsilon must be >= 0, got {epsilon}", x)
+    y = (x - vals["mean"]) / sqrt(vals["variance"] + float(epsilon))
+    if vals["scale"] is not None:
+        y = y * vals["scale"]
+    if vals["offset"] is not None:
+        y = y + vals["offset"]
+    return y
+
+
+def in_top_k(targets, predictions, k: int) -> Node:
+    """Whether each target's score is among the ``k`` largest of its row, as
+    ``keras.ops.in_top_k``: ties straddling the k-th place all count as in (the target is
+    in when fewer than ``k`` scores are strictly larger). Boolean, one per row."""
+    targets, predictions = _lift(targets), _lift(predictions)
+    if predictions.ndim != 2 or targets.ndim != 1:
+        raise _fail(ShapeError, "in_top_k", "expects predictions (batch, classes) and targets (batch,)",
+                    targets, predictions)
+    if targets.dtype.kind not in "iu":
+        raise _fail(DTypeError, "in_top_k", f"targets must be integer class indices, got {targets.dtype}",
+                    targets, predictions)
+    if not isinstance(k, numbers.Integral) or k < 1:
+        raise _fail(ValueError, "in_top_k", f"k must be a positive int, got {k!r}", targets, predictions)
+    own = sum(one_hot(targets, predictions.shape[1], predictions.dtype) * predictions, axis=-1, keepdims=True)
+    above = sum(cast(greater(predictions, own), "int32"), axis=-1)
+    return less(above, int(k))
 
 
 def swapaxes(x, axis1: int, axis2: int) -> Node:

@@ -30,11 +30,16 @@ def _reshape_infer(inputs, attrs):
         raise ShapeError(f"the target shape {shape} has a None (batch) dim but the operand has none")
     known_in = int(np.prod([d for d in x.shape if d is not None]))
     known_out = int(np.prod([d for d in shape if d is not None and d != -1]))
+    if None in x.shape and None in shape and -1 not in shape:
+        shape = tuple(-1 if d is None else d for d in shape)  # None: whatever the run-time size leaves
     if None in x.shape and None not in shape:
         if -1 not in shape:
             raise ShapeError(f"cannot reshape a tensor with a batch dim to the fixed shape {shape}")
-        if known_out == 0 or known_in % known_out or known_in // known_out != 1:
-            raise ShapeError(f"reshape to {shape} would fold the batch dim into another dim")
+        # the -1 dim takes the run-time size: the batch itself, or the batch folded with other
+        # dims ((None, 4, 4, 8) -> (-1, 8): rows of an im2col GEMM). Its size is known once the
+        # batch is (specialize re-infers every shape, and checks divisibility then).
+        if known_out == 0 or (known_in % known_out and known_out % known_in):
+            raise ShapeError(f"cannot reshape {x.shape} into {shape}: the fixed dims do not divide each other")
         return tuple(None if d == -1 else d for d in shape), x.dtype
     if -1 in shape:
         if known_out == 0 or known_in % known_out:

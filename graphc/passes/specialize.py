@@ -22,7 +22,10 @@ def specialize(graph: Graph, batch: int | None) -> Graph:
         if n.op == "input":
             attrs["shape"] = fix(attrs["shape"])
         elif n.op == "reshape":
-            attrs["shape"] = fix(attrs["shape"])
+            # a None in the target is the batch only beside a -1; alone it is "what the run-time
+            # size leaves" (a dim folded with the batch, (None, 8) -> (None, 4, 4, 8)), as in infer
+            shape = attrs["shape"]
+            attrs["shape"] = fix(shape) if -1 in shape else tuple(-1 if d is None else d for d in shape)
         elif n.op == "dim_size":
             size = int(np.prod([ins[0].shape[a] for a in attrs["axes"]]))
             new[id(n)] = make("const", (), {"value": np.asarray(size, dtype=attrs["dtype"])}, src=n.src)

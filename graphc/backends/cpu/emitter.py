@@ -511,6 +511,163 @@ class _Emitter:
                 + [str(c) for c in bounds])
         return self.function(params, body, par), args, self._site(n), par
 
+    # ---- batched GEMM, im2col / col2im, pooling (ops/linalg.py, ops/conv.py) ------------------------
+    def bmm_kernel(self, k: Kernel):
+        """batch_matmul: one BLAS GEMM per leading index, transposed operands read in place."""
+        (n,) = k.nodes
+        a, b = n.inputs
+        ta, tb = (".T" if n.attrs[t] else "" for t in ("ta", "tb"))
+        body = ["    for i in range(o.shape[0]):",
+                f"        np.dot(a[i]{ta}, b[i]{tb}, o[i])  # batch_matmul (BLAS)"]
+        args = [self._dense_arg(k, a, a.shape), self._dense_arg(k, b, b.shape), self.nd(n, n.shape)]
+        return self.function(["a", "b", "o"], body, False), args, self._site(n), False
+
+    def _window_loops(self, n: Node, what: str, size: int) -> tuple[list[str], bool]:
+        """The loop nest shared by the window kernels: images in parallel (prange) when large,
+        then output rows, columns and the window's rows and columns; ``y``/``x`` is the input
+        pixel, ``inside`` whether it lies in the image (not in the padding)."""
+        par = self.parallel and n.shape[0] > 1 and size >= PRANGE_MIN
+        body = [f"    N, H, W, C = {what}.shape",
+                "    OH, OW = o.shape[1], o.shape[2]" if what != "o" else "    OH, OW = g.shape[1], g.shape[2]",
+                f"    for b in {'prange' if par else 'range'}(N):"]
+        return body, par
+
+    @staticmethod
+    def _geometry_args(n: Node) -> list[str]:
+        from ...ops.conv import geometry
+        kh, kw, sh, sw, dh, dw, pt, _, pl, _ = geometry(n.attrs)
+        return [str(v) for v in (kh, kw, sh, sw, dh, dw, pt, pl)]
+
+    GEOMETRY = ["kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl"]
+
+    def im2col_kernel(self, k: Kernel):
+        """im2col: row (b, i, j) of the output is the (kh, kw, C) patch under output pixel (i, j),
+        zeros where the patch hangs over the padding."""
+        (n,) = k.nodes
+        x = n.inputs[0]
+        body, par = self._window_loops(n, "x", int(np.prod(n.shape)))
+        zero = literal(0, n.dtype)
+        body += ["        for i in range(OH):",
+                 "            for j in range(OW):",
+                 "                q = 0",
+                 "                for u in range(kh):",
+                 "                    y = i * sh - pt + u * dh",
+                 "                    for v in range(kw):",
+                 "                        z = j * sw - pl + v * dw",
+                 "                        if y >= 0 and y < H and z >= 0 and z < W:",
+                 "                            for c in range(C):",
+                 "                                o[b, i, j, q + c] = x[b, y, z, c]  # im2col",
+                 "                        else:",
+                 "                            for c in range(C):",
+                 f"                                o[b, i, j, q + c] = {zero}  # im2col: padding",
+                 "                        q += C"]
+        args = [self._dense_arg(k, x, x.shape), self.nd(n, n.shape)] + self._geometry_args(n)
+        return self.function(["x", "o"] + self.GEOMETRY, body, par), args, self._site(n), par
+
+    def col2im_kernel(self, k: Kernel):
+        """col2im: zero each image, then add every patch value back at its pixel, patches in
+        order (deterministic; images in parallel)."""
+        (n,) = k.nodes
+        g = n.inputs[0]
+        body, par = self._window_loops(n, "o", int(np.prod(g.shape)))
+        body += ["        for y in range(H):",
+                 "            for z in range(W):",
+                 "                for c in range(C):",
+                 f"                    o[b, y, z, c] = {literal(0, n.dtype)}",
+                 "        for i in range(OH):",
+                 "            for j in range(OW):",
+                 "                q = 0",
+                 "                for u in range(kh):",
+                 "                    y = i * sh - pt + u * dh",
+                 "                    for v in range(kw):",
+                 "                        z = j * sw - pl + v * dw",
+                 "                        if y >= 0 and y < H and z >= 0 and z < W:",
+                 "                            for c in range(C):",
+                 "                                o[b, y, z, c] += g[b, i, j, q + c]  # col2im",
+                 "                        q += C"]
+        args = [self._dense_arg(k, g, g.shape), self.nd(n, n.shape)] + self._geometry_args(n)
+        return self.function(["g", "o"] + self.GEOMETRY, body, par), args, self._site(n), par
+
+    def pool2d_kernel(self, k: Kernel):
+        """pool2d: the max (padding never wins) or the mean over the window's pixels inside the image."""
+        (n,) = k.nodes
+        x = n.inputs[0]
+        mx = n.attrs["mode"] == "max"
+        body, par = self._window_loops(n, "x", int(np.prod(x.shape)))
+        init = "-np.inf" if mx else literal(0, n.dtype)
+        body += ["        for i in range(OH):",
+                 "            for j in range(OW):",
+                 "                for c in range(C):",
+                 f"                    o[b, i, j, c] = {init}",
+                 "                cnt = 0",
+                 "                for u in range(kh):",
+                 "                    y = i * sh - pt + u * dh",
+                 "                    for v in range(kw):",
+                 "                        z = j * sw - pl + v * dw",
+                 "                        if y >= 0 and y < H and z >= 0 and z < W:",
+                 "                            cnt += 1",
+                 "                            for c in range(C):"]
+        if mx:
+            body += ["                                e = x[b, y, z, c]",
+                     "                                if e > o[b, i, j, c] or e != e:  # max_pool2d (NaN wins)",
+                     "                                    o[b, i, j, c] = e"]
+        else:
+            body += ["                                o[b, i, j, c] += x[b, y, z, c]  # avg_pool2d",
+                     f"                inv = {literal(1, n.dtype)} / cnt",
+                     "                for c in range(C):",
+                     "                    o[b, i, j, c] *= inv"]
+        args = [self._dense_arg(k, x, x.shape), self.nd(n, n.shape)] + self._geometry_args(n)
+        return self.function(["x", "o"] + self.GEOMETRY, body, par), args, self._site(n), par
+
+    def pool2d_grad_kernel(self, k: Kernel):
+        """pool2d_grad: zero each image; each output's gradient goes to its window's first
+        maximum (max) or is spread over the window's pixels inside the image (avg)."""
+        (n,) = k.nodes
+        x, g = n.inputs
+        mx = n.attrs["mode"] == "max"
+        body, par = self._window_loops(n, "o", int(np.prod(x.shape)))
+        body += ["        for y in range(H):",
+                 "            for z in range(W):",
+                 "                for c in range(C):",
+                 f"                    o[b, y, z, c] = {literal(0, n.dtype)}",
+                 "        for i in range(OH):",
+                 "            for j in range(OW):"]
+        if mx:
+            body += ["                for c in range(C):",
+                     "                    best = -np.inf",
+                     "                    by = -1",
+                     "                    bz = -1",
+                     "                    for u in range(kh):",
+                     "                        y = i * sh - pt + u * dh",
+                     "                        for v in range(kw):",
+                     "                            z = j * sw - pl + v * dw",
+                     "                            if y >= 0 and y < H and z >= 0 and z < W:",
+                     "                                e = x[b, y, z, c]",
+                     "                                if by < 0 or e > best or (e != e and best == best):",
+                     "                                    best = e",
+                     "                                    by = y",
+                     "                                    bz = z",
+                     "                    o[b, by, bz, c] += g[b, i, j, c]  # max_pool2d grad: the first maximum"]
+        else:
+            body += ["                cnt = 0",
+                     "                for u in range(kh):",
+                     "                    y = i * sh - pt + u * dh",
+                     "                    for v in range(kw):",
+                     "                        z = j * sw - pl + v * dw",
+                     "                        if y >= 0 and y < H and z >= 0 and z < W:",
+                     "                            cnt += 1",
+                     f"                inv = {literal(1, n.dtype)} / cnt",
+                     "                for u in range(kh):",
+                     "                    y = i * sh - pt + u * dh",
+                     "                    for v in range(kw):",
+                     "                        z = j * sw - pl + v * dw",
+                     "                        if y >= 0 and y < H and z >= 0 and z < W:",
+                     "                            for c in range(C):",
+                     "                                o[b, y, z, c] += g[b, i, j, c] * inv  # avg_pool2d grad"]
+        args = [self._dense_arg(k, x, x.shape), self._dense_arg(k, g, g.shape), self.nd(n, n.shape)]
+        args += self._geometry_args(n)
+        return self.function(["x", "g", "o"] + self.GEOMETRY, body, par), args, self._site(n), par
+
     def copy_kernel(self, k: Kernel):
         (n,) = k.nodes
         (v,) = k.leaves.values()
@@ -684,6 +841,11 @@ KERNELS = {
     "sce": _Emitter.sce_kernel,  # softmax_cross_entropy / sce_grad
     "take": _Emitter.take_kernel,  # take (ops/indexing.py)
     "scatter_add": _Emitter.scatter_add_kernel,  # take_grad
+    "bmm": _Emitter.bmm_kernel,  # batch_matmul (ops/linalg.py)
+    "im2col": _Emitter.im2col_kernel,  # im2col (ops/conv.py): conv2d's patches
+    "col2im": _Emitter.col2im_kernel,  # col2im: their adjoint
+    "pool2d": _Emitter.pool2d_kernel,  # pool2d (max / avg)
+    "pool2d_grad": _Emitter.pool2d_grad_kernel,  # pool2d_grad
 }
 
 
