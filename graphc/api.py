@@ -16,7 +16,8 @@ TARGETS = backends.targets()  # the registered backends (graphc/backends/__init_
 def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, target: str = "cpu",
             outputs: Mapping[str, Node] | None = None, params: Any = None, seed: int = 0,
             passes: Any = None, check_finite: bool = True,
-            check_numerics: bool = False) -> CompiledStep | Function:  # noqa: A001
+            check_numerics: bool = False, data_parallel: bool = False,
+            updates: Mapping[Node, Any] | None = None) -> CompiledStep | Function:  # noqa: A001
     """Compile a training step (with ``optimizer``) or a forward-only function (without).
 
     - With an optimizer, ``loss_or_outputs`` is the scalar loss; a call runs forward,
@@ -40,6 +41,13 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
       ``gc.NumericsError`` naming the value, the kernel and the line where the first
       non-finite value appeared (updates go through scratch and a check: see
       graphc/numerics.py). Not on target "cuda".
+    - ``updates``: ``{gc.state tensor: new value}``, model state written by the same call
+      after every kernel has read the old values (batch normalization's moving statistics:
+      ``{moving_mean: momentum * moving_mean + (1 - momentum) * batch_mean, ...}``).
+    - ``data_parallel``: run under ``mpirun -n N``, each rank feeding its shard of the batch:
+      gradients and loss are averaged over the ranks (one MPI all-reduce inside the call)
+      before the update; params start as rank 0's. Needs the ``distributed`` extra; targets
+      cpu, parallel, numpy (see graphc/distributed.py).
     """
     try:
         backend = backends.get(target)
@@ -52,15 +60,21 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
     if isinstance(optimizer, str):
         from . import optim
         optimizer = optim.get(optimizer)
+    if data_parallel:
+        if optimizer is None:
+            raise GraphcError("compile: data_parallel=True averages gradients, so it needs an optimizer")
+        from .distributed import check_target
+        check_target(target)
     if optimizer is not None:
-        program = training_program(loss_or_outputs, optimizer, outputs)
+        program = training_program(loss_or_outputs, optimizer, outputs, data_parallel=data_parallel,
+                                   model_updates=updates)
         rebuild = None
     else:
         if outputs is not None:
             raise GraphcError("compile: outputs= names extra outputs of a training step; "
                               "without an optimizer pass the outputs as the first argument")
         named, rebuild = _flatten(loss_or_outputs)
-        program = forward_program(named)
+        program = forward_program(named, updates)
     if backend.available is not None:
         backend.available()
     sources = program.sources
@@ -72,6 +86,9 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
             raise TypeError("compile: params must be a compiled step/function to share with, or a dict of arrays")
         store = Store(sources, seed=seed, initial=params)
     options = {"passes": passes, "check_finite": bool(check_finite), "check_numerics": bool(check_numerics)}
+    if data_parallel:
+        from .distributed import DataParallelStep
+        return DataParallelStep(program, target, store, optimizer, options)
     if optimizer is not None:
         return CompiledStep(program, target, store, optimizer, options)
     return Function(program, target, store, options, rebuild)

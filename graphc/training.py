@@ -49,14 +49,48 @@ def check_unique_names(nodes) -> None:
         seen[n.name] = n
 
 
-def forward_program(outputs: Mapping[str, Node]) -> Program:
-    g = Graph(dict(outputs))
+def state_updates(updates, reserved=()) -> list[tuple[str, Node]]:
+    """``compile(..., updates={state: new value})`` checked: keys are ``gc.state`` tensors (or
+    their names) that the optimizer does not own, values tensors of their shape (cast to
+    their dtype). Model state such as batch normalization's moving statistics is updated
+    this way, inside the same compiled call, written after every kernel has read it."""
+    if updates is None:
+        return []
+    if not isinstance(updates, Mapping):
+        raise TypeError(f"compile: updates must be a dict {{state tensor: new value}}, got {type(updates).__name__}")
+    out: list[tuple[str, Node]] = []
+    for key, v in updates.items():
+        if not (isinstance(key, Node) and key.op == "state"):
+            what = f"the {key.op} {key.name!r}" if isinstance(key, Node) and key.op in ("param", "input") else repr(key)
+            raise GraphcError(f"compile: updates keys must be gc.state tensors, got {what}"
+                              + (" (params are updated by the optimizer)" if isinstance(key, Node)
+                                 and key.op == "param" else ""))
+        if key.name == STEP or key.name in reserved or any("/" in key.name and key.name.startswith(p + "/")
+                                                            for p in reserved):
+            raise GraphcError(f"compile: state {key.name!r} belongs to the optimizer; updates may only name model state")
+        if not isinstance(v, Node):
+            v = F.const(v, key.dtype)
+        if v.shape != key.shape:
+            raise ShapeError(f"compile: the update of state {key.name!r} has shape {v.shape}, expected {key.shape} "
+                             f"(created at {v.src})")
+        out.append((key.name, F.cast(v, key.dtype)))
+    names = [k for k, _ in out]
+    if len(set(names)) != len(names):
+        raise GraphcError(f"compile: updates name a state twice: {names}")
+    return out
+
+
+def forward_program(outputs: Mapping[str, Node], updates=None) -> Program:
+    ups = state_updates(updates)
+    g = Graph(list(outputs.values()) + [v for _, v in ups], list(outputs) + [f"update:{k}" for k, _ in ups])
     check_unique_names(g.nodes)
-    return Program(g, list(outputs), [])
+    return Program(g, list(outputs), [k for k, _ in ups], tuple(n for n in updates or ()))
 
 
-def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node] | None = None) -> Program:
-    """Build loss + gradients + the optimizer's updates as one Program."""
+def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node] | None = None,
+                     data_parallel: bool = False, model_updates: Mapping | None = None) -> Program:
+    """Build loss + gradients + the optimizer's updates as one Program (``data_parallel``:
+    gradients and loss averaged over the MPI ranks before the update, graphc/distributed.py)."""
     if not isinstance(loss, Node):
         raise TypeError("compile: with an optimizer, the first argument must be the scalar loss tensor")
     if loss.shape != ():
@@ -74,15 +108,27 @@ def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node]
     if not params:
         raise GraphcError("compile: the loss depends on no param, so there is nothing to train")
     optimizer.dtype = params[0].dtype  # (checks every hyper-parameter is finite in it)
-    grads = grad(loss, params)
-    if optimizer.global_clipnorm is not None:
-        total = None
-        for g in grads:
-            s = F.sum(F.square(g))
-            total = s if total is None else total + F.cast(s, total.dtype)
-        c = optimizer.global_clipnorm
-        scale = c / F.maximum(F.sqrt(total), c)
-        grads = [g * F.cast(scale, g.dtype) for g in grads]
+    # the optimizer's gradient stage (default: grad + global_clipnorm), checked like update's result
+    if data_parallel:  # one all-reduce of the gradients (and loss) before clipping and update
+        from .distributed import data_parallel_gradients
+        grads, loss = data_parallel_gradients(optimizer, loss, list(params))
+    else:
+        grads = optimizer.gradients(loss, list(params))
+    where = f"{type(optimizer).__name__}.gradients"
+    if isinstance(grads, Node) or not isinstance(grads, (list, tuple)) or len(grads) != len(params):
+        got = (f"a list of {len(grads)}" if isinstance(grads, (list, tuple)) else f"a {type(grads).__name__}")
+        raise GraphcError(f"{where} must return a list of one gradient per param ({len(params)}: "
+                          f"{[p.name for p in params]}), got {got}")
+    for p, g in zip(params, grads):
+        if not isinstance(g, Node):
+            raise GraphcError(f"{where}: the gradient of param {p.name!r} is a {type(g).__name__}, "
+                              f"not a graphc tensor of shape {p.shape}")
+        if g.shape != p.shape:
+            raise ShapeError(f"{where}: the gradient of param {p.name!r} has shape {g.shape}, expected "
+                             f"{p.shape} (the param's shape; created at {g.src})")
+        if g.dtype != p.dtype:
+            raise DTypeError(f"{where}: the gradient of param {p.name!r} has dtype {g.dtype}, expected "
+                             f"{p.dtype} (the param's dtype; created at {g.src})")
 
     step = F.state(STEP, (), init="zeros", dtype="int64")
     declared = [step]
@@ -119,6 +165,8 @@ def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node]
                 raise ShapeError(f"{opt_name}.update: the new value of {what} {k!r} has shape {v.shape}, "
                                  f"expected {ref.shape} ({declared})")
             updates.append((k, F.cast(v, ref.dtype)))
+    updates += state_updates(model_updates, [p.name for p in params])
+    declared += [n for n in model_updates or ()]
     updates.append((STEP, t_new))
     names = list(outs) + [f"update:{k}" for k, _ in updates]
     g = Graph(list(outs.values()) + [v for _, v in updates], names)

@@ -14,6 +14,16 @@ A custom optimizer subclasses :class:`Optimizer`::
         def update(self, param, grad, state, step):
             return param - self.hyper("learning_rate") * gc.sign(grad), {}
 
+An optimizer may also compute its own gradients: ``gradients(loss, params)`` (default
+``gc.grad`` plus ``global_clipnorm`` clipping) may build any graph from the loss, e.g.
+sharpness-aware minimization's gradient at perturbed weights::
+
+    def gradients(self, loss, params):
+        g = gc.grad(loss, params)
+        norm = gc.sqrt(sum(gc.sum(gc.square(gi)) for gi in g))
+        eps = [gc.stop_gradient(self.hyper("rho") * gi / (norm + 1e-12)) for gi in g]
+        return self.clip_gradients(gc.grad(gc.substitute(loss, {p: p + e for p, e in zip(params, eps)}), params))
+
 State need not have the parameter's shape: a factored second moment (Adafactor) keeps a
 row and a column accumulator for a matrix::
 
@@ -34,6 +44,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import dsl as F
+from ..autodiff import grad
 from ..errors import ShapeError, StateError
 from ..ir import Node
 
@@ -253,6 +264,37 @@ class Optimizer(metaclass=_OptimizerType):
         if name not in self._hyper:
             raise KeyError(f"{type(self).__name__} has no hyper-parameter {name!r}")
         return F.input(HYPER_PREFIX + name, (), dtype=self._dtype)
+
+    # ---- the gradient stage ----------------------------------------------------------------
+    def gradients(self, loss: Node, params: list[Node]) -> list[Node]:
+        """The gradient each param's ``update`` receives, one node per param (in ``params``'
+        order, each of its param's shape and dtype).
+
+        The default is ``gc.grad(loss, params)`` then :meth:`clip_gradients`. Override it to
+        compute gradients another way: any graph built from ``loss`` and ``params`` compiles
+        into the same single step, e.g. transformed gradients (centralization, sign), the
+        gradient at another point (``gc.substitute(loss, {p: p + e})``, as SAM does) or
+        second derivatives (``gc.grad`` of ``sum(g * v)``: Hessian-vector products).
+        Hyper-parameters (``self.hyper``) and extra fed inputs (``gc.input``) may be used
+        here as in ``update``. Call ``self.clip_gradients`` on the result to keep honouring
+        ``global_clipnorm``. ``params`` are the loss's params sorted by name.
+        """
+        return self.clip_gradients(grad(loss, params))
+
+    def clip_gradients(self, grads: list[Node]) -> list[Node]:
+        """``grads`` rescaled together so that their global L2 norm is at most
+        ``global_clipnorm`` (Keras' ``global_clipnorm``: g * c / max(||g||, c)); unchanged
+        when it is None."""
+        grads = list(grads)
+        if self.global_clipnorm is None:
+            return grads
+        total = None
+        for g in grads:
+            s = F.sum(F.square(g))
+            total = s if total is None else total + F.cast(s, total.dtype)
+        c = self.global_clipnorm
+        scale = c / F.maximum(F.sqrt(total), c)
+        return [g * F.cast(scale, g.dtype) for g in grads]
 
     # ---- the rule ------------------------------------------------------------------------
     def state_spec(self, param: Node) -> Mapping[str, Any]:
