@@ -1,6 +1,7 @@
 """graphc.nn: a Keras-style layer API on top of the compiler.
 
-Code written for Keras ports with few changes::
+Code written for Keras ports with few changes (``Sequential`` or the functional API,
+``Model(inputs, outputs)`` over ``Input`` tensors)::
 
     from graphc.nn import Sequential, Dense
     from graphc.nn.optimizers import Adam
@@ -13,16 +14,20 @@ Each fit() batch runs ONE compiled graphc training step (forward, backward, upda
 metrics). ``compile(target=...)`` picks the backend ("cpu" by default; "parallel", "numpy",
 "cuda"); ``seed`` makes weight init, shuffling and dropout reproducible.
 """
-from . import activations, callbacks, losses, metrics, optimizers  # noqa: F401
+from . import activations, callbacks, layers, losses, metrics, optimizers, regularizers  # noqa: F401
 from .callbacks import (  # noqa: F401
-    Callback, EarlyStopping, History, LambdaCallback, LearningRateScheduler, ReduceLROnPlateau, TerminateOnNaN,
+    Callback, CSVLogger, EarlyStopping, History, LambdaCallback, LearningRateScheduler, ModelCheckpoint,
+    ReduceLROnPlateau, TerminateOnNaN,
 )
 from .layers import (  # noqa: F401
-    Activation, Dense, Dropout, Embedding, Flatten, Input, InputLayer, Layer, LayerNormalization,
+    Activation, Add, Average, Concatenate, Dense, Dropout, Embedding, Flatten, Input, InputLayer, KerasTensor, Layer,
+    LayerNormalization, Maximum, Minimum, Multiply, Reshape, Subtract,
 )
-from .model import Sequential  # noqa: F401
+from .model import Model, Sequential  # noqa: F401
 
-__all__ = ["Sequential", "Dense", "Activation", "Dropout", "Flatten", "Input", "InputLayer", "Layer",
-           "LayerNormalization", "Embedding",
+__all__ = ["Model", "Sequential", "Dense", "Activation", "Dropout", "Flatten", "Reshape", "Input", "InputLayer",
+           "KerasTensor", "Layer", "LayerNormalization", "Embedding",
+           "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
            "Callback", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "History",
-           "TerminateOnNaN", "LambdaCallback", "activations", "callbacks", "losses", "metrics", "optimizers"]
+           "TerminateOnNaN", "LambdaCallback", "ModelCheckpoint", "CSVLogger",
+           "activations", "callbacks", "layers", "losses", "metrics", "optimizers", "regularizers"]

@@ -5,9 +5,12 @@ Hooks receive ``logs`` dicts of floats. ``self.model`` is the model being traine
 """
 from __future__ import annotations
 
+import csv
 import math
+import numbers
+import os
 import warnings
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -51,21 +54,68 @@ class CallbackList:
 
 
 class History(Callback):
-    """Records ``logs`` of every epoch: ``history.history['loss']`` is the list of epoch losses."""
+    """Records ``logs`` of every epoch: ``history.history['loss']`` is the list of epoch losses;
+    ``plot()`` draws them."""
 
     def __init__(self):
         super().__init__()
         self.epoch: list[int] = []
         self.history: dict[str, list[float]] = {}
+        self._epochs_of: dict[str, list[int]] = {}
 
     def on_train_begin(self, logs=None):
         self.epoch = []
         self.history = {}
+        self._epochs_of = {}
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)
         for k, v in (logs or {}).items():
             self.history.setdefault(k, []).append(v)
+            self._epochs_of.setdefault(k, []).append(epoch)
+
+    def plot(self, path: str | os.PathLike | None = None, metrics: str | Sequence[str] | None = None,
+             title: str | None = None):
+        """Training curves, one panel per metric (``loss`` and every logged metric by default;
+        ``metrics`` picks some), each with its ``val_`` curve when there is one. Returns the
+        matplotlib Figure; with ``path`` it is also saved there as a PNG (written atomically).
+        Needs matplotlib (an optional dependency); only its object API is used, so no window
+        opens and the pyplot backend is left alone."""
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise ImportError("History.plot needs matplotlib, an optional dependency of graphc: "
+                              "pip install matplotlib (or pip install 'graphc[plot]')") from None
+        if not self.history:
+            raise ValueError("History.plot: nothing to plot; the history is empty (train with fit first)")
+        if metrics is None:
+            names = [k for k in self.history if not k.startswith("val_") and k != "learning_rate"]
+            names = names or list(self.history)
+        else:
+            names = [metrics] if isinstance(metrics, str) else list(metrics)
+            unknown = [k for k in names if k not in self.history]
+            if unknown or not names:
+                raise ValueError(f"History.plot(metrics=...): {unknown or 'no metrics'} not logged; the history has "
+                                 f"{sorted(self.history)}")
+        fig = Figure(figsize=(4.5 * len(names), 3.5))
+        axes = fig.subplots(1, len(names), squeeze=False)[0]
+        for ax, name in zip(axes, names):
+            for key in (name, "val_" + name) if not name.startswith("val_") else (name,):
+                if key in self.history:
+                    vals = self.history[key]
+                    epochs = self._epochs_of.get(key) or list(range(len(vals)))  # a History filled by hand
+                    ax.plot([e + 1 for e in epochs], vals, marker="o", ms=3, label=key)
+            ax.set_xlabel("epoch")
+            ax.set_title(name)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        if path is not None:
+            from ..atomic import write_atomic
+            write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        return fig
 
 
 def _mode_op(mode: str, monitor: str):
@@ -226,3 +276,131 @@ class LambdaCallback(Callback):
                          on_train_batch_end=on_train_batch_end).items():
             if v is not None:
                 setattr(self, k, v)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model's weights after every epoch, or only when ``monitor`` improves
+    (``save_best_only``), atomically: a crash mid-save leaves the previous file intact.
+
+    ``filepath`` may hold ``{epoch}`` (1-based) and any logged value, as Keras formats it:
+    ``"ckpt-{epoch:02d}-{val_loss:.3f}"``; ``.npz`` is appended if missing. With
+    ``save_weights_only=False`` the optimizer state and epoch counter are saved too (what
+    ``load_weights`` needs to resume training exactly). ``mode='auto'`` maximizes monitors
+    holding "acc", minimizes the others. ``save_freq``: ``'epoch'`` or a number of batches.
+    Weights holding NaN/infinity are not written (a warning; the last good file stays).
+    """
+
+    def __init__(self, filepath, monitor: str = "val_loss", verbose: int = 0, save_best_only: bool = False,
+                 save_weights_only: bool = True, mode: str = "auto", save_freq="epoch",
+                 initial_value_threshold: float | None = None):
+        super().__init__()
+        if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
+            raise ValueError(f"ModelCheckpoint(filepath=...): expected a path, got {filepath!r}")
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or not isinstance(save_freq, numbers.Integral)
+                                     or save_freq <= 0):
+            raise ValueError(f"ModelCheckpoint(save_freq=...): expected 'epoch' or a positive int, got {save_freq!r}")
+        self.filepath = os.fspath(filepath)
+        self.monitor, self.verbose = monitor, verbose
+        self.save_best_only, self.save_weights_only = bool(save_best_only), bool(save_weights_only)
+        self.save_freq = save_freq
+        self.monitor_op, self._init_best = _mode_op(mode, monitor)
+        self.initial_value_threshold = initial_value_threshold
+        self.best = self._init_best if initial_value_threshold is None else float(initial_value_threshold)
+        self.saved: list[str] = []
+        self._batches = 0
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self._batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq != "epoch":
+            self._batches += 1
+            if self._batches % self.save_freq == 0:
+                self._save(self._epoch, dict(logs or {}), batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, dict(logs or {}))
+
+    def _path(self, epoch: int, logs: dict, batch: int | None) -> str:
+        try:
+            fields = {k: v for k, v in logs.items()}
+            if batch is not None:
+                fields["batch"] = batch + 1
+            return self.filepath.format(epoch=epoch + 1, **fields)
+        except (KeyError, IndexError, ValueError) as e:
+            raise KeyError(f'ModelCheckpoint: failed to format this callback filepath: "{self.filepath}". '
+                           f"Reason: {e!r} (the logs have {sorted(logs)})") from None
+
+    def _save(self, epoch: int, logs: dict, batch: int | None = None) -> None:
+        path = self._path(epoch, logs, batch)
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                warnings.warn(f"ModelCheckpoint: can save best model only with {self.monitor} available, skipping "
+                              f"(the logs have {sorted(logs)})", stacklevel=2)
+                return
+            if not self.monitor_op(current, self.best):
+                if self.verbose > 0:
+                    print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            if self.verbose > 0:
+                print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
+                      f"saving model to {path}")
+            self.best = current
+        elif self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: saving model to {path}")
+        from ..errors import StateError
+        try:
+            written = self.model.save_weights(path, include_optimizer=not self.save_weights_only)
+        except StateError as e:
+            warnings.warn(f"ModelCheckpoint: not saved: {e}", stacklevel=2)
+            return
+        self.saved.append(written)
+
+
+class CSVLogger(Callback):
+    """Stream each epoch's logs to a CSV file: an ``epoch`` column (0-based, as Keras) and
+    the logged values in sorted order; values missing in an epoch are written as ``NA``.
+    ``append=True`` continues an existing file (without a second header)."""
+
+    def __init__(self, filename, separator: str = ",", append: bool = False):
+        super().__init__()
+        if not isinstance(filename, (str, os.PathLike)) or not os.fspath(filename):
+            raise ValueError(f"CSVLogger(filename=...): expected a path, got {filename!r}")
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(f"CSVLogger(separator=...): expected one character, got {separator!r}")
+        self.filename, self.sep, self.append = os.fspath(filename), separator, bool(append)
+        self.keys: list[str] | None = None
+        self._file = self._writer = None
+        self._header = True
+
+    def on_train_begin(self, logs=None):
+        self._header = not (self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0)
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self._writer, self.keys = None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if self._writer is None:
+            self._writer = csv.DictWriter(self._file, fieldnames=["epoch"] + self.keys, delimiter=self.sep,
+                                          extrasaction="ignore")
+            if self._header:
+                self._writer.writeheader()
+        row = {"epoch": epoch}
+        for k in self.keys:
+            v = logs.get(k, "NA")
+            row[k] = v if isinstance(v, str) else repr(float(v))
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file, self._writer = None, None

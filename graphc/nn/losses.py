@@ -62,6 +62,12 @@ class Loss:
     def build(self, y, out, pre, act):
         raise NotImplementedError
 
+    def per_sample(self, y, out, pre, act):
+        """The loss of each sample, shape ``(batch,)`` (a mean over the other axes, as Keras
+        reduces each sample's values): ``sample_weight`` multiplies it before the batch mean."""
+        raise NotImplementedError(f"{self.name}: per-sample values (needed by sample_weight/class_weight) "
+                                  "are not defined for this loss")
+
     def __call__(self, y_true, y_pred):
         """The loss of ``y_pred`` taken as the model's output (no activation to see through)."""
         return self.build(y_true, y_pred, y_pred, "linear")
@@ -70,11 +76,19 @@ class Loss:
         return f"{type(self).__name__}(from_logits={self.from_logits})"
 
 
+def _per_sample_mean(v):
+    """Mean over every axis but the batch axis: ``(batch, ...) -> (batch,)``."""
+    return F.mean(v, tuple(range(1, v.ndim))) if v.ndim > 1 else v
+
+
 class MeanSquaredError(Loss):
     name = "mean_squared_error"
 
     def build(self, y, out, pre, act):
         return F.mse(out, y)
+
+    def per_sample(self, y, out, pre, act):
+        return _per_sample_mean(F.square(out - y))
 
 
 class MeanAbsoluteError(Loss):
@@ -82,6 +96,9 @@ class MeanAbsoluteError(Loss):
 
     def build(self, y, out, pre, act):
         return F.mae(out, y)
+
+    def per_sample(self, y, out, pre, act):
+        return _per_sample_mean(F.abs(out - y))
 
 
 def _logits(loss: Loss, out, pre, act, want: str):
@@ -111,11 +128,24 @@ class BinaryCrossentropy(Loss):
         p = F.clip(out, EPSILON, 1.0 - EPSILON)
         return -F.mean(y * F.log(p) + (1.0 - y) * F.log(1.0 - p))
 
+    def per_sample(self, y, out, pre, act):
+        z = _logits(self, out, pre, act, "sigmoid")
+        if z is not None:  # max(z, 0) - z*y + log(1 + exp(-|z|)), the stable form
+            return _per_sample_mean(F.relu(z) - z * y + F.softplus(-F.abs(z)))
+        p = F.clip(out, EPSILON, 1.0 - EPSILON)
+        return _per_sample_mean(-(y * F.log(p) + (1.0 - y) * F.log(1.0 - p)))
+
 
 def _categorical_from_probs(y_onehot, out):
     p = out / F.sum(out, -1, keepdims=True)
     p = F.clip(p, EPSILON, 1.0 - EPSILON)
     return -F.mean(F.sum(y_onehot * F.log(p), -1))
+
+
+def _categorical_from_probs_each(y_onehot, out):
+    p = out / F.sum(out, -1, keepdims=True)
+    p = F.clip(p, EPSILON, 1.0 - EPSILON)
+    return -F.sum(y_onehot * F.log(p), -1)
 
 
 class CategoricalCrossentropy(Loss):
@@ -139,6 +169,12 @@ class CategoricalCrossentropy(Loss):
         if z is not None:
             return -F.mean(F.sum(y * F.log_softmax(z, -1), -1))
         return _categorical_from_probs(y, out)
+
+    def per_sample(self, y, out, pre, act):
+        z = _logits(self, out, pre, act, "softmax")
+        if z is not None:
+            return _per_sample_mean(-F.sum(y * F.log_softmax(z, -1), -1))
+        return _per_sample_mean(_categorical_from_probs_each(y, out))
 
 
 class SparseCategoricalCrossentropy(Loss):
@@ -182,6 +218,13 @@ class SparseCategoricalCrossentropy(Loss):
             return F.softmax_cross_entropy(z, y)
         return _categorical_from_probs(F.one_hot(y, out.shape[-1], dtype=out.dtype), out)
 
+    def per_sample(self, y, out, pre, act):
+        z = _logits(self, out, pre, act, "softmax")
+        onehot = F.one_hot(y, out.shape[-1], dtype=out.dtype)
+        if z is not None:
+            return -F.sum(onehot * F.log_softmax(z, -1), -1)
+        return _categorical_from_probs_each(onehot, out)
+
 
 class LossFunctionWrapper(Loss):
     """A user function ``fn(y_true, y_pred) -> tensor`` (scalar, or per-sample and averaged)."""
@@ -194,6 +237,13 @@ class LossFunctionWrapper(Loss):
     def build(self, y, out, pre, act):
         v = self.fn(y, out)
         return v if v.shape == () else F.mean(v)
+
+    def per_sample(self, y, out, pre, act):
+        v = self.fn(y, out)
+        if v.shape == () or v.shape[0] is not None:
+            raise ValueError(f"sample_weight/class_weight: the loss function {self.name!r} returns a value of shape "
+                             f"{v.shape}, not one value per sample; return per-sample losses (batch, ...) to weight them")
+        return _per_sample_mean(v)
 
 
 _BY_NAME = {

@@ -6,6 +6,7 @@ the output's, or a last dim of 1 against several outputs), categorical accuracy 
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 from .. import dsl as F
@@ -64,12 +65,69 @@ class CategoricalAccuracy(Metric):
         return F.mean(F.cast(F.greater_equal(picked, F.max(s, -1)), out.dtype))
 
 
+def _sparse_labels(y):
+    labels = y if y.dtype.kind in "iu" else F.cast(y, "int64")
+    return F.reshape(labels, (None,)) if labels.ndim == 2 else labels
+
+
+def _in_top_k(s, picked, k: int, dtype):
+    """1 where fewer than ``k`` classes score strictly above the labelled one (TF's
+    ``in_top_k``: classes tied at the boundary all count as in the top k)."""
+    above = F.sum(F.cast(F.greater(s, picked), s.dtype), -1)
+    return F.mean(F.cast(F.less(above, float(k)), dtype))
+
+
+def _k_arg(k, who: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
+        raise ValueError(f"{who}: k must be a positive int, got {k!r}")
+    return int(k)
+
+
+class SparseTopKCategoricalAccuracy(Metric):
+    """How often the integer label is among the ``k`` highest scores (Keras default k=5)."""
+
+    def __init__(self, k: int = 5, name: str = "sparse_top_k_categorical_accuracy"):
+        self.k, self.name = _k_arg(k, "SparseTopKCategoricalAccuracy"), name
+
+    def build(self, y, out, pre, act):
+        s = _scores(out, pre, act)
+        picked = F.sum(s * F.one_hot(_sparse_labels(y), s.shape[-1], dtype=s.dtype), -1, keepdims=True)
+        return _in_top_k(s, picked, self.k, out.dtype)
+
+
+class TopKCategoricalAccuracy(Metric):
+    """How often the one-hot label's class is among the ``k`` highest scores (default k=5)."""
+
+    def __init__(self, k: int = 5, name: str = "top_k_categorical_accuracy"):
+        self.k, self.name = _k_arg(k, "TopKCategoricalAccuracy"), name
+
+    def build(self, y, out, pre, act):
+        s = _scores(out, pre, act)
+        true_cls = F.greater_equal(y, F.max(y, -1, keepdims=True))
+        picked = F.max(F.where(true_cls, s, -3.0e38), -1, keepdims=True)
+        return _in_top_k(s, picked, self.k, out.dtype)
+
+
 class _FromLoss(Metric):
     def __init__(self, name, loss: L.Loss):
         self.name, self.loss = name, loss
 
     def build(self, y, out, pre, act):
         return self.loss.build(y, out, pre, act)
+
+
+class MeanSquaredError(_FromLoss):
+    """``mean((y_pred - y_true)**2)``."""
+
+    def __init__(self, name: str = "mean_squared_error"):
+        super().__init__(name, L.MeanSquaredError())
+
+
+class MeanAbsoluteError(_FromLoss):
+    """``mean(|y_pred - y_true|)``."""
+
+    def __init__(self, name: str = "mean_absolute_error"):
+        super().__init__(name, L.MeanAbsoluteError())
 
 
 class MetricFunctionWrapper(Metric):
@@ -98,6 +156,8 @@ _NAMED = {
     "binary_accuracy": BinaryAccuracy,
     "categorical_accuracy": CategoricalAccuracy,
     "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "sparse_top_k_categorical_accuracy": lambda name: SparseTopKCategoricalAccuracy(name=name),
+    "top_k_categorical_accuracy": lambda name: TopKCategoricalAccuracy(name=name),
 }
 _FROM_LOSS = {"mae": "mae", "mean_absolute_error": "mae", "mse": "mse", "mean_squared_error": "mse",
               "binary_crossentropy": "binary_crossentropy",
