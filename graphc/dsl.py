@@ -726,6 +726,59 @@ def state(name: str, shape: Sequence, init: Any = "zeros", dtype: Any = "float32
     return make("state", (), {"name": str(name), "shape": shape, "dtype": dtype, "init": init})
 
 
+# ---- the in-step random generator (ops/random.py) ----------------------------------------
+
+_NEXT_SEED = [0]
+
+
+def _seed(op: str, seed, x=None) -> int:
+    if seed is None:  # as Keras' seed=None, but reproducible: the n-th unseeded draw built in a process
+        _NEXT_SEED[0] += 1
+        return 0x5EED0000 + _NEXT_SEED[0]
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise _fail(TypeError, op, f"seed must be an int or None, got {seed!r}", *([x] if x is not None else []))
+    return int(seed)
+
+
+def step_counter() -> Node:
+    """The training step's counter (int64 state ``"step"``, 0 before the first step): the
+    default key of the in-step random generator, so each step draws new numbers."""
+    return state("step", (), init="zeros", dtype="int64")
+
+
+def random_uniform(shape, seed: int | None = None, dtype: Any = "float32", key: Node | None = None) -> Node:
+    """Uniform numbers in [0, 1) drawn inside the compiled step (no feeding): element i is a
+    hash of ``(seed, key, i)`` (counter-based, ops/random.py), so a draw is reproducible from
+    its seed and key on every target. ``shape``: a tuple of ints, or a tensor whose
+    (run-time) shape to take. ``key``: an int scalar tensor; by default the step counter, so
+    every training step draws anew (a function without an optimizer draws the same numbers
+    each call unless given a key)."""
+    from .ops.random import random_uniform as _ru
+    like = shape if isinstance(shape, Node) else None
+    seed = _seed("random_uniform", seed, like)
+    key = step_counter() if key is None else _lift(key)
+    if like is not None:
+        return _ru(key, like.shape, seed, dtype, like=like if None in like.shape else None)
+    return _ru(key, _check_shape(shape, False, "random_uniform shape"), seed, dtype)
+
+
+def dropout(x, rate: float, seed: int | None = None, key: Node | None = None) -> Node:
+    """``keras.random.dropout``: each element zeroed with probability ``rate``, the others
+    scaled by ``1 / (1 - rate)`` so the expectation is unchanged. The mask comes from the
+    in-step generator (``random_uniform`` of x's shape), keyed by the step counter: a new mask
+    every training step, the same one for the forward and backward pass."""
+    x = _lift(x)
+    if not isinstance(rate, numbers.Real) or not 0.0 <= float(rate) < 1.0:
+        raise _fail(ValueError, "dropout", f"rate must be in [0, 1), got {rate!r}", x)
+    if x.dtype.kind != "f":
+        raise _fail(DTypeError, "dropout", f"expects a floating-point input, got {x.dtype}", x)
+    if float(rate) == 0.0:
+        return x
+    u = random_uniform(x, _seed("dropout", seed, x), x.dtype, key)
+    keep = greater_equal(u, float(rate))
+    return where(keep, x * (1.0 / (1.0 - float(rate))), 0.0)
+
+
 # ---- static slicing, padding, concatenation (ops/slicing.py) ------------------------------
 
 def _fmt_key(items) -> str:

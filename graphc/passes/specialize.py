@@ -30,6 +30,9 @@ def specialize(graph: Graph, batch: int | None) -> Graph:
             size = int(np.prod([ins[0].shape[a] for a in attrs["axes"]]))
             new[id(n)] = make("const", (), {"value": np.asarray(size, dtype=attrs["dtype"])}, src=n.src)
             continue
+        elif n.op == "random_uniform" and len(ins) == 2:  # the shape is known now: drop the `like` operand
+            new[id(n)] = make(n.op, ins[:1], {**attrs, "shape": ins[1].shape}, src=n.src)
+            continue
         elif n.op == "broadcast_like":
             x, ref = ins
             new[id(n)] = x if x.shape == ref.shape else make("broadcast_to", (x,), {"shape": ref.shape}, src=n.src)

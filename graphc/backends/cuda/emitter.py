@@ -28,7 +28,12 @@ a GPU, reuses their compiled code (Numba's cache across processes):
   arrays wrapped once, zero-copy through ``__cuda_array_interface__``) when CuPy is
   importable. Without CuPy a register-tiled numba.cuda GEMM is used: a FALLBACK, roughly 10x
   slower than cuBLAS on large shapes (a 32x32 tiled numba SGEMM ran at 4.6 TFLOP/s vs
-  cuBLAS 51.6 on an H100); install the ``cuda`` extra for real use.
+  cuBLAS 51.6 on an H100); install the ``cuda`` extra for real use. A batched GEMM (kind
+  ``bmm``) is one ``cupy.matmul`` on 3-D views (a transposed operand is a swapaxes view), or
+  the fallback with the batch on ``blockIdx.z``;
+- im2col and pooling: a thread per output element; their adjoints (col2im, pool2d_grad): a
+  thread per input pixel gathering from the output positions whose window covers it, in the
+  cpu kernel's order (no atomics: deterministic). Window geometry and extents are arguments.
 
 Launches. Launch configurations and argument tuples are bound once per program (re-bound only
 if the device store is reallocated or a scalar feed such as a hyper-parameter changes); a
@@ -623,14 +628,209 @@ class _Emitter:
             body += [f"        {head}", f"            {O}[{oo} + i] = {src}  # concatenate: operand {j}"]
         return self._launch(k, n, fn, body, "concat")
 
+    # ---- im2col / col2im / pooling (ops/conv.py): NHWC images, one thread per element -------------
+    def _geometry(self, fn: _Fn, n: Node, image: tuple, out: tuple) -> dict:
+        """Window geometry and extents as kernel arguments (named by their role), so one
+        generated function serves every image size, batch and window of a kind."""
+        from ...ops.conv import geometry
+        kh, kw, sh, sw, dh, dw, pt, _, pl, _ = geometry(n.attrs)
+        vals = dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, H=image[1], W=image[2],
+                    C=image[3], OH=out[1], OW=out[2])
+        return {k: fn.int(v) for k, v in vals.items()}
+
+    @staticmethod
+    def _pixel(g: dict, what: str) -> list[str]:
+        """(b, y, z, c) of the image pixel ``e`` (what="image") or (b, i, j, c) of the output
+        position ``e`` (what="out"), C innermost."""
+        H, W = (g["H"], g["W"]) if what == "image" else (g["OH"], g["OW"])
+        r, s = ("y", "z") if what == "image" else ("i", "j")
+        return [f"        q = e // {g['C']}", f"        c = e - q * {g['C']}", f"        {s} = q % {W}",
+                f"        q = q // {W}", f"        {r} = q % {H}", f"        b = q // {H}"]
+
+    @staticmethod
+    def _covering(g: dict, ind: str) -> list[str]:
+        """Loops over the output positions (i, j) whose window covers image pixel (y, z), with
+        the window offset (u, v) that lands on it, in row-major (i, j) order: the order in
+        which the cpu kernel accumulates, so the sums are deterministic and equal to its."""
+        return [f"{ind}for uu in range({g['kh']}):",
+                f"{ind}    u = {g['kh']} - 1 - uu  # u descending: i ascending",
+                f"{ind}    ty = y + {g['pt']} - u * {g['dh']}",
+                f"{ind}    if ty >= 0:",
+                f"{ind}        i = ty // {g['sh']}",
+                f"{ind}        if i * {g['sh']} == ty and i < {g['OH']}:",
+                f"{ind}            for vv in range({g['kw']}):",
+                f"{ind}                v = {g['kw']} - 1 - vv",
+                f"{ind}                tz = z + {g['pl']} - v * {g['dw']}",
+                f"{ind}                if tz >= 0:",
+                f"{ind}                    j = tz // {g['sw']}",
+                f"{ind}                    if j * {g['sw']} == tz and j < {g['OW']}:"]
+
+    @staticmethod
+    def _window_pixels(g: dict, ind: str, s: str = "") -> list[str]:
+        """Loops over window (i, j)'s pixels (y<s>, z<s>) inside the image, row-major."""
+        return [f"{ind}for u{s} in range({g['kh']}):",
+                f"{ind}    y{s} = i * {g['sh']} - {g['pt']} + u{s} * {g['dh']}",
+                f"{ind}    if y{s} >= 0 and y{s} < {g['H']}:",
+                f"{ind}        for v{s} in range({g['kw']}):",
+                f"{ind}            z{s} = j * {g['sw']} - {g['pl']} + v{s} * {g['dw']}",
+                f"{ind}            if z{s} >= 0 and z{s} < {g['W']}:"]
+
+    @staticmethod
+    def _img(g: dict, y: str, z: str) -> str:
+        """Element offset of pixel (b, y, z, c) in an NHWC image."""
+        return f"((b * {g['H']} + {y}) * {g['W']} + {z}) * {g['C']} + c"
+
+    @staticmethod
+    def _recip(count: str, dt) -> str:
+        """1 / count in the kernel's float dtype (float32 arithmetic stays float32)."""
+        return f"(1.0 / {count})" if np.dtype(dt) == np.float64 else f"np.{_dt(dt)}(1.0 / {count})"
+
+    def _window_loop(self, fn: _Fn, n: Node, size: int) -> tuple[str, str, list[str]]:
+        w = self.where(n)
+        O, oo = fn.arr(w[1]), fn.int(w[2])
+        return O, oo, [f"    for e in range(cuda.grid(1), {fn.int(size)}, cuda.gridsize(1)):"]
+
+    def _launch_over(self, k: Kernel, n: Node, fn: _Fn, body: list[str], tag: str, size: int):
+        name = self.function(fn, body, tag)
+        grid = max(1, min(-(-size // self.lp.block), self.lp.max_grid))
+        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=self._site(n))
+
+    def im2col_kernel(self, k: Kernel) -> tuple[str, Launch]:
+        """im2col: a thread per output element (b, i, j, (u, v, c)): the image pixel under
+        window offset (u, v) of output position (i, j), or 0 in the padding."""
+        (n,) = k.nodes
+        x = n.inputs[0]
+        fn = _Fn()
+        O, oo, body = self._window_loop(fn, n, _size(n.shape))
+        X, ox = self._dense(fn, k, x)
+        g = self._geometry(fn, n, x.shape, n.shape)
+        kc = fn.int(n.shape[3])
+        body += [f"        q = e // {kc}", f"        r = e - q * {kc}", f"        j = q % {g['OW']}",
+                 f"        q = q // {g['OW']}", f"        i = q % {g['OH']}", f"        b = q // {g['OH']}",
+                 f"        t = r // {g['C']}", f"        c = r - t * {g['C']}", f"        u = t // {g['kw']}",
+                 f"        v = t - u * {g['kw']}",
+                 f"        y = i * {g['sh']} - {g['pt']} + u * {g['dh']}",
+                 f"        z = j * {g['sw']} - {g['pl']} + v * {g['dw']}",
+                 f"        if y >= 0 and y < {g['H']} and z >= 0 and z < {g['W']}:",
+                 f"            {O}[{oo} + e] = {X}[{ox} + {self._img(g, 'y', 'z')}]  # im2col",
+                 "        else:",
+                 f"            {O}[{oo} + e] = {literal(0, n.dtype)}  # im2col: padding"]
+        return self._launch_over(k, n, fn, body, "im2col", _size(n.shape))
+
+    def col2im_kernel(self, k: Kernel) -> tuple[str, Launch]:
+        """col2im without atomics: a thread per image pixel gathers the patch values of the
+        output positions whose window covers it (at most kh * kw of them)."""
+        (n,) = k.nodes
+        cols = n.inputs[0]
+        fn = _Fn()
+        O, oo, body = self._window_loop(fn, n, _size(n.shape))
+        G, og = self._dense(fn, k, cols)
+        g = self._geometry(fn, n, n.shape, cols.shape)
+        kc = fn.int(cols.shape[3])
+        body += self._pixel(g, "image") + [f"        acc = {literal(0, n.dtype)}"]
+        body += self._covering(g, "        ")
+        body += [f"                                acc += {G}[{og} + ((b * {g['OH']} + i) * {g['OW']} + j) * {kc} "
+                 f"+ (u * {g['kw']} + v) * {g['C']} + c]  # col2im: gather",
+                 f"        {O}[{oo} + e] = acc"]
+        return self._launch_over(k, n, fn, body, "col2im", _size(n.shape))
+
+    def rng_kernel(self, k: Kernel) -> tuple[str, Launch]:
+        """random_uniform (ops/random.py): the CPU's counter-based hash, a thread per element,
+        uint64 all through, so the draw is bit-identical to the other targets'."""
+        from ...ops.random import GOLDEN, M1, M2
+        (n,) = k.nodes
+        size = _size(n.shape)
+        fn = _Fn()
+        O, oo = self._dense(fn, k, n)
+        w = self.where(k.leaves[id(n.inputs[0])].base)
+        key = fn.scalar(w[1], n.inputs[0].dtype) if w[0] == "scalar" else "{}[{}]".format(*self._dense(fn, k, n.inputs[0]))
+        seed = fn.int(n.attrs["seed"])
+
+        def mix(ind):
+            return [f"{ind}z = z ^ (z >> np.uint64(30))", f"{ind}z = z * np.uint64({M1})",
+                    f"{ind}z = z ^ (z >> np.uint64(27))", f"{ind}z = z * np.uint64({M2})",
+                    f"{ind}z = z ^ (z >> np.uint64(31))"]
+        f32 = n.dtype == np.float32
+        body = [f"    z = np.uint64({key})"] + mix("    ") + [
+            f"    z = np.uint64({seed}) + np.uint64({GOLDEN}) * (z + np.uint64(1))"] + mix("    ") + [
+            "    base = z",
+            f"    for e in range(cuda.grid(1), {fn.int(size)}, cuda.gridsize(1)):",
+            f"        z = base + np.uint64(e) * np.uint64({GOLDEN})"] + mix("        ") + [
+            (f"        {O}[{oo} + e] = np.float32(z >> np.uint64(40)) * np.float32({2.0 ** -24!r})  # random_uniform"
+             if f32 else f"        {O}[{oo} + e] = np.float64(z >> np.uint64(11)) * {2.0 ** -53!r}  # random_uniform")]
+        return self._launch_over(k, n, fn, body, "rng", size)
+
+    def pool2d_kernel(self, k: Kernel) -> tuple[str, Launch]:
+        """pool2d: a thread per output element: the max (padding never wins; NaN does) or the
+        mean over the window's pixels inside the image."""
+        (n,) = k.nodes
+        x = n.inputs[0]
+        mx = n.attrs["mode"] == "max"
+        fn = _Fn()
+        O, oo, body = self._window_loop(fn, n, _size(n.shape))
+        X, ox = self._dense(fn, k, x)
+        g = self._geometry(fn, n, x.shape, n.shape)
+        body += self._pixel(g, "out") + [f"        acc = {literal(-np.inf if mx else 0, n.dtype)}", "        cnt = 0"]
+        body += self._window_pixels(g, "        ")
+        body += ["                        cnt += 1",
+                 f"                        xv = {X}[{ox} + {self._img(g, 'y', 'z')}]"]
+        if mx:
+            body += ["                        if xv > acc or xv != xv:  # max_pool2d (NaN wins)",
+                     "                            acc = xv",
+                     f"        {O}[{oo} + e] = acc"]
+        else:
+            body += ["                        acc += xv  # avg_pool2d",
+                     f"        {O}[{oo} + e] = acc * {self._recip('cnt', n.dtype)}"]
+        return self._launch_over(k, n, fn, body, "pool", _size(n.shape))
+
+    def pool2d_grad_kernel(self, k: Kernel) -> tuple[str, Launch]:
+        """pool2d_grad without atomics: a thread per image pixel gathers the gradient of every
+        output position whose window covers it: max pooling where the pixel is that window's
+        first maximum (row-major; the window's maximum is searched again), average pooling
+        times one over the window's pixel count inside the image."""
+        (n,) = k.nodes
+        x, gr = n.inputs
+        mx = n.attrs["mode"] == "max"
+        fn = _Fn()
+        O, oo, body = self._window_loop(fn, n, _size(n.shape))
+        G, og = self._dense(fn, k, gr)
+        g = self._geometry(fn, n, x.shape, gr.shape)
+        body += self._pixel(g, "image") + [f"        acc = {literal(0, n.dtype)}"]
+        body += self._covering(g, "        ")
+        ind = " " * 32  # inside _covering's loops
+        body.append(f"{ind}gv = {G}[{og} + ((b * {g['OH']} + i) * {g['OW']} + j) * {g['C']} + c]")
+        if mx:
+            X, ox = self._dense(fn, k, x)
+            body += [f"{ind}best = {literal(-np.inf, n.dtype)}", f"{ind}by = -1", f"{ind}bz = -1"]
+            body += self._window_pixels(g, ind, "2")
+            body += [f"{ind}                xv = {X}[{ox} + {self._img(g, 'y2', 'z2')}]",
+                     f"{ind}                if by < 0 or xv > best or (xv != xv and best == best):",
+                     f"{ind}                    best = xv",
+                     f"{ind}                    by = y2",
+                     f"{ind}                    bz = z2",
+                     f"{ind}if by == y and bz == z:",
+                     f"{ind}    acc += gv  # max_pool2d grad: the first maximum"]
+        else:
+            body += [f"{ind}cy = 0", f"{ind}for u2 in range({g['kh']}):",
+                     f"{ind}    y2 = i * {g['sh']} - {g['pt']} + u2 * {g['dh']}",
+                     f"{ind}    if y2 >= 0 and y2 < {g['H']}:", f"{ind}        cy += 1",
+                     f"{ind}cz = 0", f"{ind}for v2 in range({g['kw']}):",
+                     f"{ind}    z2 = j * {g['sw']} - {g['pl']} + v2 * {g['dw']}",
+                     f"{ind}    if z2 >= 0 and z2 < {g['W']}:", f"{ind}        cz += 1",
+                     f"{ind}acc += gv * {self._recip('(cy * cz)', n.dtype)}  # avg_pool2d grad"]
+        body.append(f"        {O}[{oo} + e] = acc")
+        return self._launch_over(k, n, fn, body, "pool_grad", _size(n.shape))
+
     # ---- GEMM -------------------------------------------------------------------------------------------
-    def _gemm_function(self, dt: np.dtype) -> str:
+    def _gemm_function(self, dt: np.dtype, batched: bool = False) -> str:
+        """The fallback GEMM of dtype ``dt``; ``batched``: a stack of them, ``blockIdx.z``
+        striding over the batch (operand offsets advance by the batch strides)."""
         BM, BN, BK, TM, TN = self.lp.gemm
         TX, TY = BN // TN, BM // TM
         NT = TX * TY
         t = f"numba.{_dt(dt)}"
         zero = literal(0, dt)
-        body = f"""\
+        head = f"""\
     # register-tiled GEMM (FALLBACK when CuPy/cuBLAS is absent): C = A @ B, A and B strided
     As = cuda.shared.array(({BK}, {BM}), {t})
     Bs = cuda.shared.array(({BK}, {BN}), {t})
@@ -642,6 +842,8 @@ class _Emitter:
     tid = ty * {TX} + tx
     row0 = cuda.blockIdx.y * {BM}
     col0 = cuda.blockIdx.x * {BN}
+"""
+        body = f"""\
     for m in range({TM}):
         for n in range({TN}):
             acc[m, n] = {zero}
@@ -673,9 +875,17 @@ class _Emitter:
                 gc = col0 + tx + n * {TX}
                 if gc < N:
                     C[oc + gr * N + gc] = acc[m, n]"""
-        name = f"gemm_{_dt(dt)}"
+        params = ["A", "B", "C", "oa", "sa0", "sa1", "ob", "sb0", "sb1", "oc", "M", "N", "K"]
+        if batched:  # every block walks the batch (syncthreads stay uniform: z is the block's)
+            for x in "abc":
+                body = body.replace(f"[o{x} + ", f"[z{x} + ")
+            body = "\n".join(("    " + ln) if ln else ln for ln in body.split("\n"))
+            body = ("    for z in range(cuda.blockIdx.z, NB, cuda.gridDim.z):\n        za = oa + z * sab\n"
+                    "        zb = ob + z * sbb\n        zc = oc + z * M * N\n" + body)
+            params += ["NB", "sab", "sbb"]
+        name = f"{'bgemm' if batched else 'gemm'}_{_dt(dt)}"
+        body = head + body
         if name not in self.functions.sources:
-            params = ["A", "B", "C", "oa", "sa0", "sa1", "ob", "sb0", "sb1", "oc", "M", "N", "K"]
             self.functions.sources[name] = f"{self.deco}\ndef {name}({', '.join(params)}):\n{body}\n"
             self.functions.nparams[name] = len(params)
         return name
@@ -703,6 +913,36 @@ class _Emitter:
                 ("int", sb1), ("int", parts[2][1]), ("int", M), ("int", N), ("int", K)]
         return Launch(f"{k.name}.gemm" if k.kind == "loop" else k.name, "kernel", name,
                       (-(-N // BN), -(-M // BM)), (BN // TN, BM // TM), args, comment=site)
+
+    def bmm_kernel(self, k: Kernel) -> tuple[str, Launch]:
+        """batch_matmul: ``op(a[z]) @ op(b[z])`` for every z. cuBLAS: ``cupy.matmul`` on 3-D
+        views (a transposed operand is a swapaxes view, read in place). Fallback: the tiled
+        GEMM with the batch over ``blockIdx.z``."""
+        (n,) = k.nodes
+        a, b = n.inputs
+        ta, tb = n.attrs["ta"], n.attrs["tb"]
+        NB, M, N = n.shape
+        K = a.shape[1] if ta else a.shape[2]
+        parts = []
+        for x, t in ((a, ta), (b, tb), (n, False)):
+            w = self.where(k.leaves[id(x)].base if id(x) in k.leaves else x)
+            if w[0] != "arena":
+                raise CompileError(f"cuda: batch_matmul operand {self._site(x)} is not an array in device memory")
+            parts.append((w[1], w[2], tuple(x.shape), (0, 2, 1) if t else None))
+        site = f"{self._site(n)} ({NB} x {M}x{K} @ {K}x{N})"
+        if self.use_cublas:
+            return "cupy.matmul", Launch(k.name, "cublas", "cupy.matmul", None, None, [], gemm=tuple(parts),
+                                         comment=site)
+        name = self._gemm_function(n.dtype, batched=True)
+        BM, BN, BK, TM, TN = self.lp.gemm
+        sa0, sa1 = (1, M) if ta else (K, 1)  # element (m, k) of op(a[z]) at a[z] + m * sa0 + k * sa1
+        sb0, sb1 = (1, K) if tb else (N, 1)
+        args = [("arena", parts[0][0]), ("arena", parts[1][0]), ("arena", parts[2][0]),
+                ("int", parts[0][1]), ("int", sa0), ("int", sa1), ("int", parts[1][1]), ("int", sb0),
+                ("int", sb1), ("int", parts[2][1]), ("int", M), ("int", N), ("int", K),
+                ("int", NB), ("int", M * K), ("int", K * N)]
+        return name, Launch(k.name, "kernel", name, (-(-N // BN), -(-M // BM), max(1, min(NB, 65535))),
+                            (BN // TN, BM // TM), args, comment=site)
 
     # ---- module -------------------------------------------------------------------------------------------
     def emit(self) -> CudaModule:
@@ -804,4 +1044,10 @@ KERNELS = {
     "sce": _Emitter.sce_kernel,  # softmax_cross_entropy / sce_grad
     "take": _Emitter.take_kernel,  # take (ops/indexing.py)
     "scatter_add": _Emitter.scatter_add_kernel,  # take_grad
+    "bmm": _Emitter.bmm_kernel,  # batch_matmul (ops/linalg.py)
+    "im2col": _Emitter.im2col_kernel,  # im2col (ops/conv.py): conv2d's patches
+    "col2im": _Emitter.col2im_kernel,  # col2im: their adjoint (gather, no atomics)
+    "pool2d": _Emitter.pool2d_kernel,  # pool2d (max / avg)
+    "pool2d_grad": _Emitter.pool2d_grad_kernel,  # pool2d_grad (gather, no atomics)
+    "rng": _Emitter.rng_kernel,  # random_uniform (ops/random.py)
 }

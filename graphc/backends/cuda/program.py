@@ -23,6 +23,12 @@ from .device import DeviceStore
 from .emitter import _dt, _size, emit_for
 
 
+def _sim_launch(disp, grid, block, *args) -> None:
+    """A launch under the simulator, whose ``kernel[grid, block]`` sets the configuration on the
+    kernel object itself (the last binding would win for every launch of a shared function)."""
+    disp[grid, block](*args)
+
+
 class CudaProgram:
     """One (program, batch size) on the device: see the module docstring."""
 
@@ -93,7 +99,7 @@ class CudaProgram:
                     if key not in wrapped:  # wrap each arena once: zero-copy via __cuda_array_interface__
                         wrapped[key] = cp.asarray(self._arena(key))
                     a = wrapped[key][off:off + _size(shape)].reshape(shape)
-                    ops.append(a.T if perm == (1, 0) else a)
+                    ops.append(a.transpose(perm) if perm is not None else a)  # (1, 0); bmm: (0, 2, 1)
                 calls.append((functools.partial(cp.matmul, ops[0], ops[1], out=ops[2]), ()))
                 continue
             disp = self.kernel(ln.function)
@@ -105,7 +111,10 @@ class CudaProgram:
                     args.append(a[1])
                 else:
                     args.append(scalars[a[1]])
-            calls.append((disp[ln.grid, ln.block], tuple(args)))
+            if simulator_active():  # its kernel[grid, block] reconfigures one shared object: configure per call
+                calls.append((functools.partial(_sim_launch, disp, ln.grid, ln.block), tuple(args)))
+            else:
+                calls.append((disp[ln.grid, ln.block], tuple(args)))
         self._calls = calls
         self._copies = []
         for key, off, size, dt, src in self.module.copies:  # deferred store writes
