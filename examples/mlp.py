@@ -4,6 +4,10 @@
     python examples/mlp.py --target numpy       # the reference interpreter: the same loss curve
     python examples/mlp.py --check              # run numpy and the compiled target side by side
                                                 # for one epoch and print the largest difference
+    mpirun -n 2 python examples/mlp.py --distributed   # data-parallel over MPI: each rank takes
+                                                # half of every batch; the same accuracy
+                                                # (pip install -e ".[distributed]"; as root add
+                                                # --allow-run-as-root, on few cores --oversubscribe)
 
 Data: scikit-learn's bundled ``load_digits`` (1797 8x8 images, 10 classes, works offline;
 ``pip install -e ".[examples]"``). Features are standardized with the training split's
@@ -86,12 +90,24 @@ def parse_hidden(s: str) -> list[int]:
 
 def train(args, x_tr, y_tr, x_te, y_te) -> float:
     logits, loss = build_model(x_tr.shape[1], args.hidden, 10)
-    step = gc.compile(loss, optimizer=gc.optim.Adam(args.lr), target=args.target, seed=args.seed)
+    # --distributed: every rank shuffles alike (same seed) and takes its shard of each batch;
+    # the step averages gradients and loss over the ranks (one MPI all-reduce per step), so
+    # the training curve is one process's on the whole batch
+    step = gc.compile(loss, optimizer=gc.optim.Adam(args.lr), target=args.target, seed=args.seed,
+                      data_parallel=args.distributed)
     predict = gc.compile(logits, params=step, target=args.target)  # shares the step's weights
+    if args.distributed:
+        from graphc import distributed
+        ranks, shard = distributed.size(), distributed.shard
+    else:
+        ranks, shard = 1, None
+    # under mpirun rank 0 reports; the others train silently
+    say = print if not args.distributed or distributed.rank() == 0 else (lambda *a, **k: None)
     n_params = sum(p.size for p in step.params.values())
-    print(f"graphc {gc.__version__}: MLP {x_tr.shape[1]}-{'-'.join(map(str, args.hidden))}-10 "
-          f"({n_params} params), Adam(lr={args.lr}), batch {args.batch_size}, target {args.target!r}")
-    print(f"data: load_digits, {len(x_tr)} train / {len(x_te)} test (stratified, seed {args.seed})")
+    say(f"graphc {gc.__version__}: MLP {x_tr.shape[1]}-{'-'.join(map(str, args.hidden))}-10 "
+          f"({n_params} params), Adam(lr={args.lr}), batch {args.batch_size}, target {args.target!r}"
+          + (f", data-parallel over {ranks} MPI ranks ({args.batch_size // ranks} per rank)" if args.distributed else ""))
+    say(f"data: load_digits, {len(x_tr)} train / {len(x_te)} test (stratified, seed {args.seed})")
 
     rng = np.random.default_rng(args.seed)
     first_call: dict[int, float] = {}  # batch size -> seconds of its first call (incl. compile)
@@ -103,30 +119,31 @@ def train(args, x_tr, y_tr, x_te, y_te) -> float:
         t0 = time.perf_counter()
         total, seen = 0.0, 0
         for idx in batches(len(x_tr), args.batch_size, rng):
-            xb, yb = x_tr[idx], y_tr[idx]
+            mine = idx[shard(len(idx))] if shard is not None else idx
+            xb, yb = x_tr[mine], y_tr[mine]
             s0 = time.perf_counter()
-            out = step(x=xb, y=yb)
+            out = step(x=xb, y=yb)  # data-parallel: the loss of the whole batch
             dt = time.perf_counter() - s0
-            if len(idx) in first_call or args.target == "numpy":
+            if len(mine) in first_call or args.target == "numpy":
                 step_time += dt
                 steps += 1
             else:
-                first_call[len(idx)] = dt
+                first_call[len(mine)] = dt
             total += float(out["loss"]) * len(idx)
             seen += len(idx)
         train_s = time.perf_counter() - t0
         train_acc = accuracy(predict, x_tr, y_tr)
         test_acc = accuracy(predict, x_te, y_te)
-        print(f"epoch {epoch:3d}/{args.epochs}  loss {total / seen:.4f}  train acc {train_acc:.4f}  "
+        say(f"epoch {epoch:3d}/{args.epochs}  loss {total / seen:.4f}  train acc {train_acc:.4f}  "
               f"test acc {test_acc:.4f}  {train_s:6.3f} s", flush=True)
     elapsed = time.perf_counter() - t_start
-    print(f"final test accuracy: {test_acc:.4f}")
+    say(f"final test accuracy: {test_acc:.4f}")
     if steps:
-        print(f"{steps / step_time:,.0f} steps/second ({1e6 * step_time / steps:.0f} us/step over {steps} steps; "
+        say(f"{steps / step_time:,.0f} steps/second ({1e6 * step_time / steps:.0f} us/step over {steps} steps; "
               f"first call of each batch size {sorted(first_call)} excluded, it compiles: "
               f"{sum(first_call.values()):.2f} s); {elapsed:.2f} s in all")
     if args.target != "numpy":
-        print(f"`--target numpy` (the reference interpreter) gives the same loss curve for the same seed, "
+        say(f"`--target numpy` (the reference interpreter) gives the same loss curve for the same seed, "
               f"within float32 rounding; `--check` verifies it.")
     return test_acc
 
@@ -168,7 +185,12 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="instead of training: run --target numpy and the compiled target side by side "
                          "for up to 2 epochs and print the largest loss/parameter difference")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data-parallel training over MPI: run under mpirun -n N (each rank takes 1/N of "
+                         "every batch; needs the distributed extra)")
     args = ap.parse_args(argv)
+    if args.distributed and args.check:
+        ap.error("--check compares one process's targets; run it without --distributed")
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         ap.error("--epochs and --batch-size must be >= 1 and --lr > 0")
 

