@@ -63,3 +63,17 @@ def test_bench_step_quick_writes_json(tmp_path):
     assert {"cold", "warm"} <= set(res["compile"])
     assert res["compile"]["warm"]["process_wall_s"] > 0, res["compile"]
     assert "graphc cpu" in p.stdout and "BLAS floor" in p.stdout
+
+
+def test_cnn_example_trains_and_checks_against_the_interpreter():
+    """examples/cnn.py on small settings: the loss falls, the accuracy is printed, and --check
+    (numpy interpreter vs cpu, lock step, dropout masks included) agrees within float32 rounding."""
+    pytest.importorskip("sklearn")
+    p = _run(["examples/cnn.py", "--epochs", "2", "--filters", "8,16", "--dense", "32", "--lr", "5e-3"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    losses = [float(v) for v in re.findall(r"epoch\s+\d+/2\s+loss ([\d.]+)", p.stdout)]
+    assert len(losses) == 2 and losses[1] < losses[0], p.stdout
+    m = re.search(r"final test accuracy: ([\d.]+)", p.stdout)
+    assert m and 0.7 < float(m.group(1)) <= 1.0, p.stdout
+    p = _run(["examples/cnn.py", "--check", "--filters", "4,8", "--dense", "16", "--batch-size", "256"])
+    assert p.returncode == 0 and "same loss curve" in p.stdout, p.stdout + p.stderr[-2000:]
