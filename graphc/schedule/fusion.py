@@ -57,6 +57,11 @@ class Kernel:
     outputs: list = field(default_factory=list)  # nodes this kernel materializes
     matmul: Node | None = None  # prologue GEMM whose result the loop reads (in place)
     leaves: dict = field(default_factory=dict)  # id(node) -> View of materialized storage
+    # reshapes of the prologue GEMM's result that the loop reads as that result (a dense
+    # layer over a sequence, a convolution: the GEMM is 2-D, its consumers are not): the loop
+    # then runs over the GEMM's 2-D shape; id(reshape node) -> the reshape node
+    gemm_views: dict = field(default_factory=dict)
+    row_views: dict = field(default_factory=dict)  # id(operand) -> its View over the GEMM's 2-D loop
     name: str = ""
     index: int = -1
 
@@ -147,6 +152,7 @@ class Fuser:
                 self._place_structured(n)
             else:
                 raise CompileError(f"no native emitter for op {n.op!r} (node created at {n.src})")
+        self._flatten_epilogues()
         # scalar prelude nodes (recomputed per kernel) are placed after groups are known
         order = {id(n): i for i, n in enumerate(nodes)}
         for k in self.kernels:
@@ -212,7 +218,61 @@ class Fuser:
                 k.matmul = n
                 self.group[id(n)] = k
                 return
+        # the GEMM's only reader is a reshape of it (rows split into leading dims) whose readers
+        # all sit in one loop of that shape: that loop becomes the GEMM's epilogue and runs over
+        # the GEMM's 2-D shape (checked, and undone if its other operands cannot follow, in run)
+        if len(users) == 1 and users[0].op == "reshape" and id(n) not in self.is_output:
+            r = users[0]
+            rk = {id(self.group.get(id(u))): self.group.get(id(u)) for u in self._users(r)}
+            k = next(iter(rk.values())) if len(rk) == 1 else None
+            if (k is not None and k.kind == "loop" and k.matmul is None and not k.reductions
+                    and id(r) not in self.is_output and tuple(k.shape) == tuple(r.shape)
+                    and r.shape and r.shape[-1] == n.shape[-1] and all(u in k.nodes for u in self._users(r))):
+                k.matmul, k.gemm_views = n, {id(r): r}
+                self.group[id(n)] = k
+                return
         self._new(Kernel("matmul", n.shape, matmul=n, outputs=[n]), n)
+
+    def _rows_view(self, v: View, rows_shape: tuple, gemm_shape: tuple) -> View | None:
+        """View ``v`` of an operand of a loop over ``rows_shape``, re-expressed for the same loop
+        run over ``gemm_shape`` (the rows flattened), or None when it cannot be."""
+        if v.perm is not None:
+            return None
+        if tuple(v.shape) == tuple(rows_shape):
+            return View(v.base, gemm_shape)
+        if v.size == 1:
+            return v
+        inner = tuple(v.shape)
+        while inner and inner[0] == 1:
+            inner = inner[1:]
+        if len(inner) == 1 and inner[0] == gemm_shape[-1] and len(v.shape) <= len(rows_shape):
+            return View(v.base, (1, inner[0]))  # broadcast along the rows: a bias
+        return None
+
+    def _flatten_epilogues(self) -> None:
+        """Loops taken as the epilogue of a GEMM through a reshape run over the GEMM's shape;
+        one whose operands cannot be read that way gives the GEMM back to a kernel of its own."""
+        for k in list(self.kernels):
+            if not k.gemm_views:
+                continue
+            mm = k.matmul
+            inside = {id(n) for n in k.all_nodes} | set(k.gemm_views)
+            srcs = {id(x): x for n in k.prelude + k.nodes for x in n.inputs if id(x) not in inside}
+            views = {}
+            for nid, x in srcs.items():
+                if x.shape == ():
+                    continue
+                v = self._rows_view(self.view_of(x), tuple(k.shape), tuple(mm.shape))
+                if v is None:
+                    views = None
+                    break
+                views[nid] = v
+            if views is None or len(k.nodes) == 0:
+                k.matmul, k.gemm_views = None, {}
+                self._new(Kernel("matmul", mm.shape, matmul=mm, outputs=[mm]), mm)
+                continue
+            k.shape = tuple(mm.shape)
+            k.row_views = views
 
     def _place_structured(self, n: Node) -> None:
         rule = n.opdef.structured
@@ -257,9 +317,12 @@ class Fuser:
             return
         else:
             srcs = [x for n in k.all_nodes for x in n.inputs if id(x) not in inside]
+        rows = k.row_views
         for x in srcs:
-            if id(x) not in k.leaves:
-                k.leaves[id(x)] = self.view_of(x)
+            if id(x) in k.gemm_views:  # the GEMM's result, read in place by the epilogue
+                k.leaves[id(x)] = View(k.matmul, tuple(k.matmul.shape))
+            elif id(x) not in k.leaves:
+                k.leaves[id(x)] = rows.get(id(x)) or self.view_of(x)
 
 
 def fuse(graph: Graph) -> list[Kernel]:
@@ -277,4 +340,6 @@ def fuse(graph: Graph) -> list[Kernel]:
             f.group[nid] = k
             f._collect_leaves(k)
         pending = [nid for nid in f._force_copy if nid not in f.group]
+    from ..logs import log_fusion
+    log_fusion(f.kernels)  # GRAPHC_LOG=fusion: one line per kernel made
     return f.kernels

@@ -134,7 +134,8 @@ class _Emitter:
         """Emit a fused loop kernel; return (function, driver args, value map comment, parallel)."""
         shape = tuple(k.shape)
         used = {id(x) for n in k.prelude + k.nodes + k.reductions for x in n.inputs}
-        leaves = [(nid, v) for nid, v in k.leaves.items() if nid in used]  # not the GEMM-only operands
+        # not the GEMM-only operands, nor reshapes of the GEMM's result (read as the result)
+        leaves = [(nid, v) for nid, v in k.leaves.items() if nid in used and nid not in k.gemm_views]
         identity = all(v.size == 1 or v.is_identity_for(shape) for _, v in leaves)
         reduce_all = all(set(r.attrs["axes"]) == set(range(len(shape))) for r in k.reductions)
         flat = len(shape) != 1 and identity and reduce_all and shape != ()
@@ -206,7 +207,7 @@ class _Emitter:
         def load(x: Node) -> str:
             if id(x) in names:
                 return names[id(x)]
-            if mm is not None and x is mm:
+            if mm is not None and (x is mm or id(x) in k.gemm_views):
                 return f"{mm_read}[{', '.join(idx)}]"
             p, v = leaf_p[id(x)]
             if v.size == 1:
