@@ -254,3 +254,40 @@ def test_errors_name_the_op_shapes_and_line():
     with pytest.raises(ShapeError) as ei:
         line = here(); gc.input("m1", (2, 3, 4)) @ gc.input("m2", (2, 5, 4))  # noqa: E702
     _located(ei, line, "matmul", "inner dims")
+
+
+# ---- hypothesis: any geometry ------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def geometries(draw):
+    k = draw(st.integers(1, 3))
+    d = draw(st.integers(1, 2))
+    s = draw(st.integers(1, 3))
+    span = (k - 1) * d + 1
+    h = draw(st.integers(span, span + 4))
+    w = draw(st.integers(span, span + 4))
+    return h, w, draw(st.integers(1, 2)), draw(st.integers(1, 3)), k, s, draw(st.sampled_from(["valid", "same"])), d
+
+
+@settings(max_examples=25, deadline=None)
+@given(geometries(), st.integers(0, 2 ** 31 - 1))
+def test_any_geometry_matches_the_definitions_and_finite_differences(g, seed):
+    """Values against the loops above and gradients against float64 finite differences, on the
+    interpreter (the oracle the compiled targets are held to), for drawn sizes, strides,
+    dilations and paddings."""
+    h, w, c, o, k, s, p, d = g
+    r = np.random.default_rng(seed)
+    X, Wv = r.standard_normal((2, h, w, c)), r.standard_normal((k, k, c, o))
+    x = gc.param("hx", X.shape, init=X, dtype="float64")
+    W = gc.param("hw", Wv.shape, init=Wv, dtype="float64")
+    y = gc.conv2d(x, W, s, p, d)
+    pk = min(k + 1, h, w)
+    ap = gc.avg_pool2d(x, pk, s, p)
+    got = gc.compile([y, ap], target="numpy", params={"hx": X, "hw": Wv})()
+    np.testing.assert_allclose(got[0], ref_conv(X, Wv, s, p, d), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[1], ref_pool(X, pk, s, p, "avg"), rtol=1e-12, atol=1e-12)
+    gc.check_grads(gc.sum(gc.tanh(y)) + gc.sum(gc.square(ap)), [x, W], max_elements=16)
