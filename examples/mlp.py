@@ -4,6 +4,7 @@
     python examples/mlp.py --target numpy       # the reference interpreter: the same loss curve
     python examples/mlp.py --check              # run numpy and the compiled target side by side
                                                 # for one epoch and print the largest difference
+    python examples/mlp.py --explain            # then where a step's time goes (step.explain())
     mpirun -n 2 python examples/mlp.py --distributed   # data-parallel over MPI: each rank takes
                                                 # half of every batch; the same accuracy
                                                 # (pip install -e ".[distributed]"; as root add
@@ -145,6 +146,11 @@ def train(args, x_tr, y_tr, x_te, y_te) -> float:
     if args.target != "numpy":
         say(f"`--target numpy` (the reference interpreter) gives the same loss curve for the same seed, "
               f"within float32 rounding; `--check` verifies it.")
+    if args.explain:  # where a step's time goes, kernel by kernel, against this machine's roofs
+        say("")
+        rep = step.explain(x=x_tr[:args.batch_size], y=y_tr[:args.batch_size])
+        if args.roofline:
+            say(f"roofline picture: {rep.plot(args.roofline)}")
     return test_acc
 
 
@@ -188,7 +194,12 @@ def main(argv=None) -> int:
     ap.add_argument("--distributed", action="store_true",
                     help="data-parallel training over MPI: run under mpirun -n N (each rank takes 1/N of "
                          "every batch; needs the distributed extra)")
+    ap.add_argument("--explain", action="store_true",
+                    help="after training, print step.explain(): per-kernel time, FLOPs, bytes and roofline bound")
+    ap.add_argument("--roofline", metavar="PNG", help="with --explain: also draw the roofline picture (matplotlib)")
     args = ap.parse_args(argv)
+    if args.explain and args.distributed:
+        ap.error("--explain profiles one process's step; run it without --distributed")
     if args.distributed and args.check:
         ap.error("--check compares one process's targets; run it without --distributed")
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:

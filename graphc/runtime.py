@@ -267,6 +267,21 @@ class _Compiled:
         prog = self._any_program(batch)
         return prog.kernel_listing() if hasattr(prog, "kernel_listing") else prog.describe()
 
+    def explain(self, feeds: Mapping[str, Any] | None = None, *, batch: int | None = None,
+                runs: int | None = None, refresh_peaks: bool = False, verbose: bool = True, **named: Any):
+        """Where the time of a call goes, kernel by kernel, against this machine's roofs:
+        prints the report and returns it (a ``graphc.explain.Explanation``; ``.plot(path)``
+        draws the roofline). Feeds as in a call (``step.explain(x=xb, y=yb)``, or a dict), or
+        none for random feeds of ``batch`` rows. The step runs ``runs`` times (default: about
+        half a second's worth); parameters, optimizer state and the step counter are restored
+        afterwards. ``refresh_peaks``: measure the machine's roofs again (graphc/peaks.py)."""
+        from .explain import explain
+        if named:
+            if feeds is not None:
+                raise TypeError("explain: pass feeds either as a dict or as keywords, not both")
+            feeds = named
+        return explain(self, feeds, batch=batch, runs=runs, refresh_peaks=refresh_peaks, verbose=verbose)
+
     def _any_program(self, batch):
         if batch is None and self._programs:
             return next(iter(self._programs.values()))

@@ -36,6 +36,7 @@ from types import ModuleType
 
 from ..atomic import write_atomic
 from ..errors import CompileError
+from ..logs import log
 
 # Imports of generated modules, first calls (verify, compile, first run, record) and
 # releases: one at a time per process. Re-entrant: a driver's import imports its kernels.
@@ -113,10 +114,12 @@ def write_module(source: str) -> Path:
     except (OSError, UnicodeDecodeError):
         existing = None
     if existing == source:
+        log("cache", f"hit  {path.name}")  # GRAPHC_LOG=cache
         return path
     if existing is not None:
         warnings.warn(f"graphc: cache entry {path} was corrupted; rebuilding it", RuntimeWarning, stacklevel=3)
         clear_numba_cache(path)
+    log("cache", f"miss {path.name}: written ({len(source)} chars)")
     write_atomic(path, lambda f: f.write(source), binary=False)
     return path
 

@@ -24,7 +24,12 @@ def run_pipeline(graph: Graph, names: Sequence[str] | None = None) -> Graph:
     for name in names:
         if name not in PIPELINE:
             raise ValueError(f"unknown pass {name!r}; available: {list(PIPELINE)}")
-    for _ in range(2):
+    from ..logs import enabled, log_pass
+    verbose = enabled("passes")  # GRAPHC_LOG=passes: node counts and rewrites of each pass
+    for rnd in range(2):
         for name in names:
+            before = graph
             graph = PIPELINE[name](graph)
+            if verbose:
+                log_pass(f"{name} (round {rnd + 1})", before, graph)
     return snapshot_sources(graph)

@@ -95,6 +95,17 @@ class CpuProgram:
                 return None
             return [r(feeds, before) for r in self._readers]
 
+    def driver_args(self, feeds: Mapping[str, np.ndarray], store) -> list:
+        """The driver's arguments for ``feeds`` as ``run`` passes them (for graphc/explain.py,
+        which calls the driver and its profiling twin directly; hold ``store.lock``)."""
+        if self._bound_version != (id(store), store.version):
+            self._bind(store)
+        args = list(self._static)
+        for key, scalar in self._feed_keys:
+            v = feeds[key]
+            args.append(v[()] if scalar and isinstance(v, np.ndarray) else v)
+        return args
+
     def _numerics_error(self, i: int, feeds, store):
         """The NumericsError for status NUMERICS_STATUS + i: the first non-finite value of the
         kernel that check i covers (the values are still in scratch)."""
@@ -141,6 +152,9 @@ class CpuProgram:
             self._compiled = True
             status = self._driver(*args)
             record_numba_cache(paths)  # it ran: these files are known good from now on
+        from ...logs import enabled, log
+        if enabled("cache"):  # GRAPHC_LOG=cache
+            log("cache", f"{self.path.name}: first call {self.stats.numba_s:.3f} s, Numba cache {self.cache_info()}")
         return status
 
     # ---- inspection --------------------------------------------------------------------------
