@@ -16,7 +16,8 @@ from ...errors import CompileError
 from ...ir import Graph, Node, fmt_shape
 from ...schedule.fusion import Kernel, View
 from ...schedule.plan import Buffer, Plan
-from ..base import FunctionTable, KernelInfo, index_checks, local_names, out_bytes, site
+from ..base import (FunctionTable, KernelInfo, index_checks, local_names, out_bytes, site, site_comment,
+                    with_provenance, without_provenance)
 from ..expr import leaf_index, literal, node_expr, reduce_init, reduce_step
 from ...ops.indexing import around
 
@@ -25,7 +26,7 @@ PRANGE_MIN = 16384  # elements: below this waking the thread pool costs more tha
 
 @dataclass
 class Module:
-    source: str
+    source: str  # the driver as written and compiled (its name is the hash of this text)
     args: list[tuple[str, object]]  # driver arguments: ("store"|"scratch", dtype) or ("feed"|"scalar", name)
     kernels: list[KernelInfo] = field(default_factory=list)
     functions: int = 0
@@ -34,6 +35,7 @@ class Module:
     # ([(label, output index, node), ...], kernel description) is not finite (the values of
     # one kernel share a check; checks run in the order the kernels computed the values)
     numerics: list = field(default_factory=list)
+    annotated: str = ""  # the driver with the user's file:line in its comments (step.source())
 
 
 def _numba_version() -> str:
@@ -63,8 +65,9 @@ class _Emitter:
         self._counted: set[int] = set()  # those a loop kernel counted (it returns the count)
 
     def _site(self, n: Node) -> str:
-        """``%k op @ file:line`` for generated-code comments (k: position in ``graph.dump()``)."""
-        return site(n, self.local)
+        """``%k op @ file:line`` for generated-code comments (k: position in ``graph.dump()``);
+        the file:line is marked as provenance: kept out of the written (hashed) text."""
+        return site_comment(n, self.local)
 
     # ---- driver-side expressions -------------------------------------------------------------
     def buf(self, n: Node) -> Buffer:
@@ -541,6 +544,17 @@ class _Emitter:
 
     GEOMETRY = ["kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl"]
 
+    # im2col/col2im work on flat views: a window row that lies inside the image (dilation 1) is
+    # ONE contiguous run of kw * C values in both arrays, copied by a single vectorized loop
+    _WINDOW_ROWS = ["        for i in range(OH):",
+                    "            for j in range(OW):",
+                    "                ob = ((b * OH + i) * OW + j) * K",
+                    "                zs = j * sw - pl",
+                    "                inside = dw == 1 and zs >= 0 and zs + kw <= W",
+                    "                for u in range(kh):",
+                    "                    y = i * sh - pt + u * dh",
+                    "                    q = ob + u * kwc"]
+
     def im2col_kernel(self, k: Kernel):
         """im2col: row (b, i, j) of the output is the (kh, kw, C) patch under output pixel (i, j),
         zeros where the patch hangs over the padding."""
@@ -548,20 +562,26 @@ class _Emitter:
         x = n.inputs[0]
         body, par = self._window_loops(n, "x", int(np.prod(n.shape)))
         zero = literal(0, n.dtype)
-        body += ["        for i in range(OH):",
-                 "            for j in range(OW):",
-                 "                q = 0",
-                 "                for u in range(kh):",
-                 "                    y = i * sh - pt + u * dh",
-                 "                    for v in range(kw):",
-                 "                        z = j * sw - pl + v * dw",
-                 "                        if y >= 0 and y < H and z >= 0 and z < W:",
-                 "                            for c in range(C):",
-                 "                                o[b, i, j, q + c] = x[b, y, z, c]  # im2col",
-                 "                        else:",
-                 "                            for c in range(C):",
-                 f"                                o[b, i, j, q + c] = {zero}  # im2col: padding",
-                 "                        q += C"]
+        body[1:1] = ["    K = o.shape[3]", "    kwc = kw * C", "    xf = x.reshape((x.size,))",
+                     "    of = o.reshape((o.size,))"]
+        body += self._WINDOW_ROWS + [
+            "                    if y < 0 or y >= H:",
+            "                        for t in range(kwc):",
+            f"                            of[q + t] = {zero}  # im2col: padding row",
+            "                    elif inside:",
+            "                        xb = ((b * H + y) * W + zs) * C",
+            "                        for t in range(kwc):",
+            "                            of[q + t] = xf[xb + t]  # im2col: a contiguous window row",
+            "                    else:",
+            "                        for v in range(kw):",
+            "                            z = zs + v * dw",
+            "                            if z >= 0 and z < W:",
+            "                                xb = ((b * H + y) * W + z) * C",
+            "                                for c in range(C):",
+            "                                    of[q + v * C + c] = xf[xb + c]  # im2col",
+            "                            else:",
+            "                                for c in range(C):",
+            f"                                    of[q + v * C + c] = {zero}  # im2col: padding"]
         args = [self._dense_arg(k, x, x.shape), self.nd(n, n.shape)] + self._geometry_args(n)
         return self.function(["x", "o"] + self.GEOMETRY, body, par), args, self._site(n), par
 
@@ -571,21 +591,24 @@ class _Emitter:
         (n,) = k.nodes
         g = n.inputs[0]
         body, par = self._window_loops(n, "o", int(np.prod(g.shape)))
-        body += ["        for y in range(H):",
-                 "            for z in range(W):",
-                 "                for c in range(C):",
-                 f"                    o[b, y, z, c] = {literal(0, n.dtype)}",
-                 "        for i in range(OH):",
-                 "            for j in range(OW):",
-                 "                q = 0",
-                 "                for u in range(kh):",
-                 "                    y = i * sh - pt + u * dh",
-                 "                    for v in range(kw):",
-                 "                        z = j * sw - pl + v * dw",
-                 "                        if y >= 0 and y < H and z >= 0 and z < W:",
-                 "                            for c in range(C):",
-                 "                                o[b, y, z, c] += g[b, i, j, q + c]  # col2im",
-                 "                        q += C"]
+        body[1:1] = ["    K = g.shape[3]", "    kwc = kw * C", "    gf = g.reshape((g.size,))",
+                     "    xf = o.reshape((o.size,))"]
+        body += ["        for t in range(b * H * W * C, (b + 1) * H * W * C):",
+                 f"            xf[t] = {literal(0, n.dtype)}"]
+        body += [ln.replace("ob = ", "ob = ") for ln in self._WINDOW_ROWS] + [
+            "                    if y < 0 or y >= H:",
+            "                        continue",
+            "                    if inside:",
+            "                        xb = ((b * H + y) * W + zs) * C",
+            "                        for t in range(kwc):",
+            "                            xf[xb + t] += gf[q + t]  # col2im: a contiguous window row",
+            "                    else:",
+            "                        for v in range(kw):",
+            "                            z = zs + v * dw",
+            "                            if z >= 0 and z < W:",
+            "                                xb = ((b * H + y) * W + z) * C",
+            "                                for c in range(C):",
+            "                                    xf[xb + c] += gf[q + v * C + c]  # col2im"]
         args = [self._dense_arg(k, g, g.shape), self.nd(n, n.shape)] + self._geometry_args(n)
         return self.function(["g", "o"] + self.GEOMETRY, body, par), args, self._site(n), par
 
@@ -633,22 +656,30 @@ class _Emitter:
                  f"                    o[b, y, z, c] = {literal(0, n.dtype)}",
                  "        for i in range(OH):",
                  "            for j in range(OW):"]
-        if mx:
+        if mx:  # channels innermost: the window is scanned once for all channels, contiguously
+            body[3:3] = [f"        best = np.empty(C, dtype=np.{n.dtype.name})",
+                         "        by = np.empty(C, dtype=np.int64)",
+                         "        bz = np.empty(C, dtype=np.int64)"]
             body += ["                for c in range(C):",
-                     "                    best = -np.inf",
-                     "                    by = -1",
-                     "                    bz = -1",
-                     "                    for u in range(kh):",
-                     "                        y = i * sh - pt + u * dh",
-                     "                        for v in range(kw):",
-                     "                            z = j * sw - pl + v * dw",
-                     "                            if y >= 0 and y < H and z >= 0 and z < W:",
-                     "                                e = x[b, y, z, c]",
-                     "                                if by < 0 or e > best or (e != e and best == best):",
-                     "                                    best = e",
-                     "                                    by = y",
-                     "                                    bz = z",
-                     "                    o[b, by, bz, c] += g[b, i, j, c]  # max_pool2d grad: the first maximum"]
+                     "                    best[c] = -np.inf",
+                     "                    by[c] = -1",
+                     "                for u in range(kh):",
+                     "                    y = i * sh - pt + u * dh",
+                     "                    if y < 0 or y >= H:",
+                     "                        continue",
+                     "                    for v in range(kw):",
+                     "                        z = j * sw - pl + v * dw",
+                     "                        if z < 0 or z >= W:",
+                     "                            continue",
+                     "                        for c in range(C):",
+                     "                            e = x[b, y, z, c]",
+                     "                            if by[c] < 0 or e > best[c] or (e != e and best[c] == best[c]):",
+                     "                                best[c] = e",
+                     "                                by[c] = y",
+                     "                                bz[c] = z",
+                     "                for c in range(C):",
+                     "                    if by[c] >= 0:",
+                     "                        o[b, by[c], bz[c], c] += g[b, i, j, c]  # max_pool2d grad: the first maximum"]
         else:
             body += ["                cnt = 0",
                      "                for u in range(kh):",
@@ -807,7 +838,7 @@ class _Emitter:
             lowering = KERNELS.get(k.kind)
             if lowering is None:
                 raise CompileError(f"the cpu backend has no lowering for kernel kind {k.kind!r} "
-                                   f"({', '.join(self._site(n) for n in k.nodes)})")
+                                   f"({', '.join(site(n, self.local) for n in k.nodes)})")
             fn, args, vmap, par = lowering(self, k)
             fused = [n.op for n in k.all_nodes]
             self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
@@ -850,8 +881,11 @@ class _Emitter:
         imports = [f"from {m} import {f}" for f, m in owner.items()]
         driver = (["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"]
                   + self.lines + ["    return 0"])
-        source = "\n".join(header + imports) + "\n\n\n" + "\n".join(driver) + "\n"
-        return Module(source, self.args, self.infos, len(self.functions), kernel_modules, checks)
+        annotated = "\n".join(header + imports) + "\n\n\n" + "\n".join(driver) + "\n"
+        # the user's file:line stays out of the written text: editing their script above the
+        # model changes neither the driver's name nor its Numba cache entry
+        return Module(without_provenance(annotated), self.args, self.infos, len(self.functions), kernel_modules,
+                      checks, with_provenance(annotated))
 
 
 # The cpu lowering of each kernel kind: ``(emitter, kernel) -> (function, driver args, value
