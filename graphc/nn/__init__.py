@@ -20,13 +20,16 @@ from .callbacks import (  # noqa: F401
     ReduceLROnPlateau, TerminateOnNaN,
 )
 from .layers import (  # noqa: F401
-    Activation, Add, Average, Concatenate, Dense, Dropout, Embedding, Flatten, Input, InputLayer, KerasTensor, Layer,
-    LayerNormalization, Maximum, Minimum, Multiply, Reshape, Subtract,
+    Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense, Dropout, Embedding,
+    Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, Input, InputLayer, KerasTensor, Layer, LayerNormalization,
+    MaxPooling2D, Maximum, Minimum, MultiHeadAttention, Multiply, PositionEmbedding, Reshape, Subtract,
 )
 from .model import Model, Sequential  # noqa: F401
 
 __all__ = ["Model", "Sequential", "Dense", "Activation", "Dropout", "Flatten", "Reshape", "Input", "InputLayer",
-           "KerasTensor", "Layer", "LayerNormalization", "Embedding",
+           "KerasTensor", "Layer", "LayerNormalization", "Embedding", "Conv2D", "MaxPooling2D", "AveragePooling2D",
+           "GlobalAveragePooling2D", "GlobalMaxPooling2D", "BatchNormalization", "MultiHeadAttention",
+           "PositionEmbedding",
            "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
            "Callback", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "History",
            "TerminateOnNaN", "LambdaCallback", "ModelCheckpoint", "CSVLogger",

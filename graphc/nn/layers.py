@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import numbers
 import re
+import zlib
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,9 @@ _NODE_IDS = itertools.count()
 
 
 def _camel_to_snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """Keras' default layer names: ``Conv2D`` -> ``conv2d``, ``MaxPooling2D`` -> ``max_pooling2d``."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _shape_arg(shape, what: str) -> tuple | None:
@@ -108,11 +111,15 @@ class KerasTensor:
 
 class CallNode:
     """One call of a layer on symbolic tensors: ``args`` (a KerasTensor or a list of them),
-    the flat ``inputs`` and the ``output`` KerasTensor. Ids order calls topologically."""
+    the flat ``inputs``, the call's keyword options ``kwargs`` (passed on to ``call``, e.g.
+    MultiHeadAttention's ``use_causal_mask``) and the ``output`` KerasTensor. Ids order
+    calls topologically."""
 
-    def __init__(self, layer: "Layer", args, inputs: list, out_shape: tuple, out_dtype: str):
+    def __init__(self, layer: "Layer", args, inputs: list, out_shape: tuple, out_dtype: str,
+                 kwargs: dict | None = None):
         self.id = next(_NODE_IDS)
         self.layer, self.args, self.inputs = layer, args, list(inputs)
+        self.kwargs = dict(kwargs or {})
         self.output = KerasTensor(out_shape, out_dtype, self)
 
     def __repr__(self) -> str:
@@ -139,7 +146,13 @@ class Layer:
     have weights, ``build`` (declaring them with ``self.add_weight``).
 
     ``ndim``/``min_ndim`` (ranks counting the batch dim, as Keras' InputSpec) are checked
-    when the layer is built; ``merge = True`` layers take a list of tensors."""
+    when the layer is built; ``merge = True`` layers take a list of tensors.
+
+    Non-trainable weights (``add_weight(..., trainable=False)``: BatchNormalization's moving
+    statistics) are ``gc.state`` tensors. A layer that changes them in training records the
+    new value with ``add_update(state, value)`` during ``call``; the model collects the
+    updates of one forward pass and compiles them into the training step
+    (``gc.compile(..., updates=...)``), so they are written by the same native call."""
 
     ndim: int | None = None
     min_ndim: int | None = None
@@ -169,6 +182,8 @@ class Layer:
         self.output_shape: tuple | None = None
         self._weights: list[tuple[str, Any]] = []  # (short name, param node) in Keras order
         self._penalties: list[tuple[Any, Any]] = []  # (regularizer, param node)
+        self._state_weights: list[tuple[str, Any]] = []  # (short name, state node): non-trainable
+        self._updates: list[tuple[Any, Any]] = []  # (state node, new value) recorded by this forward pass
         self._built_name: str | None = None
         self._inbound_nodes: list[CallNode] = []
         self._model = None
@@ -182,12 +197,52 @@ class Layer:
     def _label(self) -> str:
         return f"{type(self).__name__} {self.name or self.default_name!r}"
 
-    def add_weight(self, short: str, shape: tuple, initializer, regularizer=None) -> Any:
-        node = F.param(f"{self.name or self.default_name}/{short}", shape, init=initializer)
+    def add_weight(self, short: str, shape: tuple, initializer, regularizer=None, trainable: bool = True) -> Any:
+        """A weight named ``<layer>/<short>``: a ``gc.param`` the optimizer trains, or with
+        ``trainable=False`` a ``gc.state`` (float32) that only ``add_update`` changes."""
+        name = f"{self.name or self.default_name}/{short}"
+        if not trainable:
+            if regularizer is not None:
+                raise ValueError(f"{self._label}: weight {short!r} is not trainable and cannot take a regularizer")
+            init = initializer if isinstance(initializer, str) else np.asarray(initializer, np.float32)
+            node = F.state(name, shape, init=init, dtype="float32")
+            self._state_weights.append((short, node))
+            return node
+        node = F.param(name, shape, init=initializer)
         self._weights.append((short, node))
         if regularizer is not None:
             self._penalties.append((regularizer, node))
         return node
+
+    def add_update(self, state, value) -> None:
+        """Record ``state := value`` for the training step being built (in ``call`` with
+        ``training=True``). A later update of the same state in the same pass (a layer
+        called twice) should be computed from ``current_value(state)``, as Keras' second
+        ``assign`` sees the first."""
+        self._updates.append((state, value))
+
+    def current_value(self, state):
+        """The newest value of ``state`` in the forward pass being built: the last value
+        recorded by ``add_update``, or the state itself."""
+        for s, v in reversed(self._updates):
+            if s is state:
+                return v
+        return state
+
+    def _reset_updates(self) -> None:
+        self._updates = []
+
+    def _collected_updates(self) -> list[tuple[Any, Any]]:
+        """``(state, final value)`` per updated state, in first-update order."""
+        out: list[tuple[Any, Any]] = []
+        for s, v in self._updates:
+            for i, (s2, _) in enumerate(out):
+                if s2 is s:
+                    out[i] = (s, v)
+                    break
+            else:
+                out.append((s, v))
+        return out
 
     def build(self, input_shape: tuple) -> None:
         """Declare the weights for inputs of ``input_shape`` (without the batch dim)."""
@@ -215,7 +270,7 @@ class Layer:
             return self.output_shape
         self._check_rank(input_shape)
         self.input_shape = input_shape
-        self._weights, self._penalties = [], []
+        self._weights, self._penalties, self._state_weights = [], [], []
         self._built_name = self.name or self.default_name
         self.build(self.input_shape)
         self.output_shape = tuple(self.compute_output_shape(self.input_shape))
@@ -236,6 +291,14 @@ class Layer:
     def __call__(self, inputs, training: bool = False):
         """On symbolic tensors (``graphc.nn.Input`` or layer outputs): record the call and
         return the output KerasTensor. On graphc tensors: build if needed and apply."""
+        return self._apply(inputs, training, {})
+
+    def _build_shapes(self, shapes, kwargs: dict):
+        """The shapes the layer is built from, given the call's input shapes (all of them by
+        default; MultiHeadAttention leaves out an attention mask)."""
+        return shapes
+
+    def _apply(self, inputs, training: bool, kwargs: dict):
         sym = _symbolic_args(inputs, self._label)
         if sym is None:
             if isinstance(inputs, (list, tuple)):
@@ -244,13 +307,13 @@ class Layer:
             else:
                 shapes, xs = tuple(inputs.shape[1:]), inputs
             self._check_arity(shapes)
-            self._build(shapes)
-            return self.call(xs, training)
+            self._build(self._build_shapes(shapes, kwargs))
+            return self.call(xs, training, **kwargs)
         args, flat = sym
         shapes = [tuple(t.shape[1:]) for t in flat] if isinstance(args, list) else tuple(args.shape[1:])
         self._check_arity(shapes)
-        out_shape = self._build(shapes)
-        node = CallNode(self, args, flat, out_shape, self.output_dtype)
+        out_shape = self._build(self._build_shapes(shapes, kwargs))
+        node = CallNode(self, args, flat, out_shape, self.output_dtype, kwargs)
         self._inbound_nodes.append(node)
         return node.output
 
@@ -266,10 +329,10 @@ class Layer:
     def call(self, x, training: bool = False):
         raise NotImplementedError
 
-    def call_split(self, x, training: bool = False):
+    def call_split(self, x, training: bool = False, **kwargs: Any):
         """``(pre, activation name)`` such that the output is ``activation(pre)``. Losses use it
         to compute cross-entropies stably from logits; the default is ``(call(x), 'linear')``."""
-        return self.call(x, training), "linear"
+        return self.call(x, training, **kwargs), "linear"
 
     def feeds(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Extra per-step inputs for training (random masks); none by default."""
@@ -297,8 +360,8 @@ class Layer:
 
     @property
     def non_trainable_weights(self) -> list:
-        """Weights the optimizer does not update (moving statistics); none by default."""
-        return []
+        """Weights the optimizer does not update (moving statistics: ``gc.state`` tensors)."""
+        return [n for _, n in self._state_weights]
 
     @property
     def weight_names(self) -> list[str]:
@@ -427,37 +490,42 @@ class Reshape(Layer):
         return F.reshape(x, (None,) + self.output_shape)
 
 
-class Dropout(Layer):
-    """Inverted dropout: in training, each unit is zeroed with probability ``rate`` and the
-    rest scaled by ``1/(1-rate)``; the identity at evaluation and prediction.
+def _layer_seed(layer: "Layer", seed: int | None) -> int:
+    """A random layer's generator seed: from its ``seed`` argument, or else from the model's
+    ``compile(seed=...)``, mixed with the layer's name so two layers draw differently and a
+    rebuilt model (same names, same seed) draws the same numbers."""
+    base = seed if seed is not None else (layer._model._seed if layer._model is not None else 0)
+    return zlib.crc32(f"{base}:{layer.name or layer.default_name}".encode())
 
-    The mask is an input of the compiled step (``<name>/mask``), drawn each batch from the
-    model's seeded NumPy generator, so runs are reproducible and resumable. A Dropout layer
-    called twice uses one mask for both calls.
+
+class Dropout(Layer):
+    """Inverted dropout as ``keras.layers.Dropout``: in training, each unit is zeroed with
+    probability ``rate`` and the rest scaled by ``1/(1-rate)``; the identity at evaluation
+    and prediction.
+
+    The mask is drawn inside the compiled step by ``gc.dropout`` (a counter-based generator
+    keyed by the optimizer's step counter: a new mask every step, nothing fed), seeded from
+    ``seed`` or the model's ``compile(seed=...)`` and the layer's name, so runs repeat
+    exactly and resume exactly from a checkpoint saved with ``include_optimizer=True``. A
+    Dropout layer called twice on tensors of one shape draws the same mask for both calls.
     """
 
-    def __init__(self, rate: float, name: str | None = None, seed: int | None = None, **kwargs: Any):
+    def __init__(self, rate: float, noise_shape=None, seed: int | None = None, name: str | None = None,
+                 **kwargs: Any):
         super().__init__(name=name, **kwargs)
-        if not isinstance(rate, numbers.Real) or not 0.0 <= float(rate) < 1.0:
+        if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"Dropout: rate must be a float in [0, 1), got {rate!r}")
+        if noise_shape is not None:
+            raise NotImplementedError("Dropout(noise_shape=...): masks shared along axes are not supported yet")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(f"Dropout: seed must be an int or None, got {seed!r}")
         self.rate = float(rate)
         self.seed = seed
-        self._mask = None
-
-    def build(self, input_shape):
-        self._mask = (F.input(f"{self.name or self.default_name}/mask", (None,) + tuple(input_shape))
-                      if self.rate > 0 else None)
 
     def call(self, x, training=False):
-        if not training or self._mask is None:
+        if not training or self.rate == 0.0:
             return x
-        return x * self._mask
-
-    def feeds(self, batch, rng):
-        if self._mask is None:
-            return {}
-        keep = rng.random((batch,) + self.input_shape) >= self.rate
-        return {self._mask.name: keep.astype(np.float32) / np.float32(1.0 - self.rate)}
+        return F.dropout(x, self.rate, seed=_layer_seed(self, self.seed))
 
 
 class Embedding(Layer):
@@ -491,6 +559,35 @@ class Embedding(Layer):
 
     def call(self, x, training=False):
         return F.take(self.embeddings, x, axis=0)
+
+
+class PositionEmbedding(Layer):
+    """Learned position embeddings as ``keras_hub.layers.PositionEmbedding(sequence_length)``:
+    for inputs ``(batch, length, dim)`` (length <= ``sequence_length``) it returns the first
+    ``length`` rows of its ``(sequence_length, dim)`` weight, broadcast over the batch; add
+    them to token embeddings with ``Add()([x, PositionEmbedding(n)(x)])``."""
+
+    min_ndim = 3
+
+    def __init__(self, sequence_length: int, initializer="glorot_uniform", name: str | None = None, **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        if isinstance(sequence_length, bool) or not isinstance(sequence_length, numbers.Integral) or \
+                sequence_length <= 0:
+            raise ValueError(f"PositionEmbedding: sequence_length must be a positive int, got {sequence_length!r}")
+        self.sequence_length = int(sequence_length)
+        self.initializer = _initializer(initializer, "PositionEmbedding(initializer=...)")
+        self.embeddings = None
+
+    def build(self, input_shape):
+        if input_shape[-2] > self.sequence_length:
+            raise ValueError(f"{self._label}: inputs of length {input_shape[-2]} are longer than "
+                             f"sequence_length={self.sequence_length}")
+        self.embeddings = self.add_weight("embeddings", (self.sequence_length, input_shape[-1]), self.initializer)
+
+    def call(self, x, training=False):
+        n = x.shape[-2]
+        pos = self.embeddings if n == self.sequence_length else self.embeddings[:n]
+        return F.broadcast_like(pos, x)
 
 
 class LayerNormalization(Layer):
@@ -748,3 +845,11 @@ def Input(shape=None, dtype=None, name: str | None = None, batch_shape=None) -> 
     node = CallNode(layer, None, [], layer.input_shape_arg, layer.output_dtype)
     layer._inbound_nodes.append(node)
     return node.output
+
+
+# ---- layers defined in their own modules, importable from here as keras.layers.* are ---------------------
+from .attention import MultiHeadAttention  # noqa: E402,F401 (these modules import Layer from this one)
+from .convolutional import (  # noqa: E402,F401
+    AveragePooling2D, Conv2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D,
+)
+from .normalization import BatchNormalization  # noqa: E402,F401

@@ -178,26 +178,28 @@ class CategoricalCrossentropy(Loss):
 
 
 class SparseCategoricalCrossentropy(Loss):
-    """Labels are integer class indices, shape ``(n,)`` (or ``(n, 1)``)."""
+    """Labels are integer class indices: shape ``(n,)`` (or ``(n, 1)``) for outputs ``(n,
+    classes)``; for sequence outputs ``(n, ..., classes)`` one index per position, ``(n, ...)``.
+    As Keras (reduction ``sum_over_batch_size``), the loss is the mean over every position."""
 
     name = "sparse_categorical_crossentropy"
 
     def label_spec(self, out_shape):
-        return (), "int64"
+        return tuple(out_shape[:-1]), "int64"
 
     def prepare(self, y, out_shape, arg="y"):
         a = _as_array(y, arg)
-        if len(out_shape) != 1:
-            raise ValueError(f"sparse_categorical_crossentropy needs a model output of shape (None, classes), "
+        if len(out_shape) < 1:
+            raise ValueError(f"sparse_categorical_crossentropy needs a model output of shape (None, ..., classes), "
                              f"got {(None,) + tuple(out_shape)}")
-        classes = out_shape[0]
-        if a.ndim == 2 and a.shape[1] == 1:
-            a = a[:, 0]
-        if a.ndim != 1:
+        classes, want = out_shape[-1], tuple(out_shape[:-1])
+        if a.ndim == len(want) + 2 and a.shape[-1] == 1:
+            a = a[..., 0]
+        if tuple(a.shape[1:]) != want:
             hint = (" (one-hot?); use loss='categorical_crossentropy' for one-hot labels"
-                    if a.ndim == 2 and a.shape[1] == classes else "")
-            raise ValueError(f"{arg}: sparse_categorical_crossentropy needs integer class indices of shape (n,), "
-                             f"got shape {a.shape}{hint}")
+                    if tuple(a.shape[1:]) == tuple(out_shape) else "")
+            raise ValueError(f"{arg}: sparse_categorical_crossentropy needs integer class indices of shape "
+                             f"{('n',) + want}, got shape {a.shape}{hint}")
         if a.dtype.kind == "f":
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"{arg}: class labels contain NaN or infinity")
@@ -212,18 +214,26 @@ class SparseCategoricalCrossentropy(Loss):
                              f"got values in [{a.min()}, {a.max()}]")
         return np.ascontiguousarray(a)
 
+    @staticmethod
+    def _rows(y, z):
+        """Sequence outputs as rows: ``(n, ..., classes) -> (n*..., classes)``, labels likewise."""
+        if z.ndim == 2:
+            return y, z
+        return F.reshape(y, (-1,)), F.reshape(z, (-1, z.shape[-1]))
+
     def build(self, y, out, pre, act):
         z = _logits(self, out, pre, act, "softmax")
         if z is not None:
-            return F.softmax_cross_entropy(z, y)
-        return _categorical_from_probs(F.one_hot(y, out.shape[-1], dtype=out.dtype), out)
+            return F.softmax_cross_entropy(*reversed(self._rows(y, z)))
+        y2, p2 = self._rows(y, out)
+        return _categorical_from_probs(F.one_hot(y2, out.shape[-1], dtype=out.dtype), p2)
 
     def per_sample(self, y, out, pre, act):
         z = _logits(self, out, pre, act, "softmax")
         onehot = F.one_hot(y, out.shape[-1], dtype=out.dtype)
         if z is not None:
-            return -F.sum(onehot * F.log_softmax(z, -1), -1)
-        return _categorical_from_probs_each(onehot, out)
+            return _per_sample_mean(-F.sum(onehot * F.log_softmax(z, -1), -1))
+        return _per_sample_mean(_categorical_from_probs_each(onehot, out))
 
 
 class LossFunctionWrapper(Loss):

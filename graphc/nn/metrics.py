@@ -45,10 +45,7 @@ class SparseCategoricalAccuracy(Metric):
         self.name = name
 
     def build(self, y, out, pre, act):
-        s = _scores(out, pre, act)
-        labels = y if y.dtype.kind in "iu" else F.cast(y, "int64")
-        if labels.ndim == 2:
-            labels = F.reshape(labels, (None,))
+        s, labels = _rows(_scores(out, pre, act), y)  # sequence outputs: the mean over every position
         picked = F.sum(s * F.one_hot(labels, s.shape[-1], dtype=s.dtype), -1)
         # correct when the labelled class reaches the row's max (argmax up to ties)
         return F.mean(F.cast(F.greater_equal(picked, F.max(s, -1)), out.dtype))
@@ -65,9 +62,13 @@ class CategoricalAccuracy(Metric):
         return F.mean(F.cast(F.greater_equal(picked, F.max(s, -1)), out.dtype))
 
 
-def _sparse_labels(y):
+def _rows(s, y):
+    """Scores ``(n, ..., classes)`` and integer labels ``(n, ...)`` (or ``(n, ..., 1)``) as
+    rows ``(m, classes)`` and ``(m,)``."""
     labels = y if y.dtype.kind in "iu" else F.cast(y, "int64")
-    return F.reshape(labels, (None,)) if labels.ndim == 2 else labels
+    if s.ndim == 2:
+        return s, F.reshape(labels, (None,)) if labels.ndim == 2 else labels
+    return F.reshape(s, (-1, s.shape[-1])), F.reshape(labels, (-1,))
 
 
 def _in_top_k(s, picked, k: int, dtype):
@@ -90,8 +91,8 @@ class SparseTopKCategoricalAccuracy(Metric):
         self.k, self.name = _k_arg(k, "SparseTopKCategoricalAccuracy"), name
 
     def build(self, y, out, pre, act):
-        s = _scores(out, pre, act)
-        picked = F.sum(s * F.one_hot(_sparse_labels(y), s.shape[-1], dtype=s.dtype), -1, keepdims=True)
+        s, labels = _rows(_scores(out, pre, act), y)
+        picked = F.sum(s * F.one_hot(labels, s.shape[-1], dtype=s.dtype), -1, keepdims=True)
         return _in_top_k(s, picked, self.k, out.dtype)
 
 

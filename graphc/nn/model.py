@@ -292,14 +292,14 @@ class Model:
             return [v(t) for t in node.args] if isinstance(node.args, list) else v(node.args)
 
         for node in self._nodes:
-            values[id(node.output)] = node.layer.call(arg_of(node), training)
+            values[id(node.output)] = node.layer.call(arg_of(node), training, **node.kwargs)
         outs = []
         for t in self._out_tensors:
             node = t._node
             if id(t) in {id(i) for i in self._in_tensors}:
                 outs.append((values[id(t)], values[id(t)], "linear"))
                 continue
-            pre, act = node.layer.call_split(arg_of(node), training)
+            pre, act = node.layer.call_split(arg_of(node), training, **node.kwargs)
             outs.append((values[id(t)], pre, act))
         return outs
 
@@ -532,10 +532,23 @@ class Model:
     def _feed_nodes(self) -> list:
         return [F.input(n, (None,) + s, dtype=d) for n, s, d in zip(self._in_feeds, self._in_shapes, self._in_dtypes)]
 
+    def _traced_forward(self, training: bool) -> tuple[list, dict]:
+        """``_forward`` on the feed nodes, and the state updates its layers recorded
+        (``{state: new value}``: BatchNormalization's moving statistics in training)."""
+        for layer in self.layers:
+            layer._reset_updates()
+        try:
+            outs = self._forward(self._feed_nodes(), training)
+            updates = {s: v for layer in self.layers for s, v in layer._collected_updates()}
+        finally:
+            for layer in self.layers:
+                layer._reset_updates()
+        return outs, updates
+
     def _objective(self, training: bool, weighted: bool):
-        """(total loss, {name: extra output}) of the model's graph; the total is exactly
-        ``loss.build(...)`` for one unweighted output without regularizers."""
-        outs = self._forward(self._feed_nodes(), training)
+        """(total loss, {name: extra output}, {state: new value}) of the model's graph; the
+        total is exactly ``loss.build(...)`` for one unweighted output without regularizers."""
+        outs, updates = self._traced_forward(training)
         losses, lws = self._losses(), self._loss_weights()
         parts = []
         ys = []
@@ -561,16 +574,16 @@ class Model:
             extras.update({f"{n}_loss": p for n, p in zip(self._out_names, parts)})
         for m, i in zip(self._metrics, self._metric_out):
             extras[m.name] = m.build(ys[i], *outs[i])
-        return total, extras
+        return total, extras, updates
 
     def _train_function(self, weighted: bool = False):
         fn = self._train_fn_w if weighted else self._train_fn
         if fn is None:
             self._require_compiled()
             self._ensure_built()
-            loss, extras = self._objective(True, weighted)
+            loss, extras, updates = self._objective(True, weighted)
             fn = gc_compile(loss, optimizer=self.optimizer, target=self._target, outputs=extras or None,
-                            params=self._params_arg(), seed=self._seed,
+                            params=self._params_arg(), seed=self._seed, updates=updates or None,
                             check_finite=False)  # fit() applies nan_policy to the data once
             if weighted:
                 self._train_fn_w = fn
@@ -592,7 +605,7 @@ class Model:
         if fn is None:
             self._require_compiled("evaluat")
             self._ensure_built()
-            loss, extras = self._objective(False, weighted)
+            loss, extras, _ = self._objective(False, weighted)  # inference: no state updates
             fn = gc_compile({"loss": loss, **extras}, target=self._target, params=self._params_arg(),
                             seed=self._seed, check_finite=False)
             if weighted:
@@ -612,7 +625,7 @@ class Model:
         """Forward-only model outputs (dropout off), sharing the training step's weights."""
         if self._predict_fn is None:
             self._ensure_built()
-            outs = [o for o, _, _ in self._forward(self._feed_nodes(), False)]
+            outs = [o for o, _, _ in self._traced_forward(False)[0]]
             self._predict_fn = gc_compile(outs[0] if len(outs) == 1 else outs, target=self._target,
                                           params=self._params_arg(), seed=self._seed, check_finite=False)
             self._initial_weights = None
@@ -759,10 +772,12 @@ class Model:
         next epoch continues where it stopped, a new (reshuffled) pass begins when the data
         runs out, and an epoch that reaches the end of the data ends there with Keras'
         "ran out of data" warning. ``nan_policy``: what NaN/inf in the data does ('raise',
-        'warn', 'ignore'). Shuffling and dropout masks come from generators seeded by
-        (compile seed, number of epochs this model has trained), so runs repeat exactly, and
-        resume exactly after ``load_weights`` of a checkpoint saved with
-        ``include_optimizer=True``.
+        'warn', 'ignore'). Shuffling comes from a generator seeded by (compile seed, number of
+        epochs this model has trained), dropout masks from the in-step generator (seeded by
+        the compile seed and the layer's name, keyed by the step counter), so runs repeat
+        exactly, and resume exactly after ``load_weights`` of a checkpoint saved with
+        ``include_optimizer=True``. Layers with a ``feeds`` hook get their extra inputs from
+        a generator seeded the same way as the shuffling.
         """
         self._require_compiled()
         if nan_policy not in _NAN_POLICIES:
@@ -814,7 +829,7 @@ class Model:
                            {"epochs": epochs, "steps": steps, "verbose": verbose, "batch_size": batch_size})
         self.history = history
         self.stop_training = self._stop_now = False
-        dropout_layers = [l for l in self.layers if type(l).feeds is not Layer.feeds]
+        fed_layers = [l for l in self.layers if type(l).feeds is not Layer.feeds]  # custom layers' extra inputs
         names = ["loss"] + ([f"{k}_loss" for k in self._out_names] if len(self._out_names) > 1 else []) \
             + [m.name for m in self._metrics]
         out = sys.stdout
@@ -841,7 +856,7 @@ class Model:
                 pos += 1
                 idx = slice(lo, hi) if order is None else order[lo:hi]
                 feeds = {k: v[idx] for k, v in data.items()}
-                for layer in dropout_layers:
+                for layer in fed_layers:
                     feeds.update(layer.feeds(hi - lo, drop_rng))
                 cbs.on_train_batch_begin(b, {})
                 res = step(**feeds)
@@ -946,7 +961,7 @@ class Model:
         return self._structure_outputs([np.asarray(r) for r in res])
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict: bool = False):
-        """One training step on one batch (dropout masks from the model's generator)."""
+        """One training step on one batch (dropout masks drawn inside the step)."""
         self._require_compiled()
         data = self._data(x, y, sample_weight, class_weight, "x", "y", "sample_weight", "raise")
         step = self._train_function(self._weighted(data))
@@ -979,15 +994,28 @@ class Model:
         self._ensure_built()
         return [n for layer in self.layers for n in layer.weight_names]
 
+    def _state_names(self) -> list[str]:
+        """The model's non-trainable weights (``gc.state`` tensors such as moving statistics)."""
+        return [n.name for layer in self.layers for n in layer.non_trainable_weights]
+
     def _current_weights(self) -> dict[str, np.ndarray]:
-        return self._store_owner().params
+        """Copies of every weight by name: the params and the model's state (moving
+        statistics), read in one consistent snapshot. Optimizer state is not included."""
+        owner = self._store_owner()
+        names = self._state_names()
+        if not names:
+            return owner.params
+        sd = owner.state_dict()
+        vals = sd["params"]
+        vals.update({k: sd["state"][k] for k in names if k in sd["state"]})
+        return vals
 
     def _weights_by_name(self) -> dict[str, np.ndarray]:
         return self._current_weights()
 
     def _set_weights_by_name(self, values: dict, allow_nonfinite: bool = False) -> None:
         owner = self._store_owner()
-        current = owner.params
+        current = self._current_weights()
         checked = {}
         for k, v in values.items():
             if k not in current:
@@ -998,7 +1026,14 @@ class Model:
             if a.dtype.kind not in "biuf":
                 raise ValueError(f"set_weights: weight {k!r} must be numeric, got dtype {a.dtype}")
             checked[k] = a if a.dtype.kind == current[k].dtype.kind else a.astype(current[k].dtype)
-        owner.set_params(checked, allow_nonfinite=allow_nonfinite)  # casts, then checks the values
+        states = set(self._state_names())
+        if not states & set(checked):
+            owner.set_params(checked, allow_nonfinite=allow_nonfinite)  # casts, then checks the values
+            return
+        # params and model state in one all-or-nothing write (every value checked first)
+        owner._load({"params": {k: v for k, v in checked.items() if k not in states},
+                     "state": {k: v for k, v in checked.items() if k in states}},
+                    partial=True, what="set_weights", allow_nonfinite=allow_nonfinite)
 
     @property
     def weights(self) -> list:
@@ -1077,7 +1112,9 @@ class Model:
         meta = {k[len(_META):]: v for k, v in flat.items() if k.startswith(_META)}
         d = unflatten_state({k: v for k, v in flat.items() if not k.startswith(_META)}, where)
         names = self._weight_names()
-        given = d["params"]
+        given = dict(d["params"])
+        if "state" in d:  # saved with the optimizer: the model's moving statistics are in the state section
+            given.update({k: v for k, v in d["state"].items() if k in set(self._state_names())})
         missing, unknown = sorted(set(names) - set(given)), sorted(set(given) - set(names))
         if missing or unknown:
             raise ValueError(f"{where} does not match this model: missing {missing}, unexpected {unknown}")
@@ -1137,15 +1174,23 @@ class Model:
             cols = [int(line_length * 0.33), int(line_length * 0.25), int(line_length * 0.12)]
         else:
             cols = [int(line_length * 0.45), int(line_length * 0.30)]
-        head = " Layer (type)".ljust(cols[0]) + "Output Shape".ljust(cols[1])
-        head += ("Param #".ljust(cols[2]) + "Connected to") if functional else "Param #"
-        lines = [f'Model: "{self.name}"', "_" * line_length, head, "=" * line_length]
         shown = self.layers if functional else [l for l in self.layers if not isinstance(l, InputLayer)]
-        for i, layer in enumerate(shown):
+        table = []
+        for layer in shown:
             desc = f" {layer.name} ({type(layer).__name__})"
             shapes = ([n.output.shape for n in layer._inbound_nodes if n.id in {m.id for m in self._nodes}]
                       or [(None,) + tuple(layer.output_shape)]) if functional else [(None,) + layer.output_shape]
-            shape = str(shapes[0]) if len({str(s) for s in shapes}) == 1 else "multiple"
+            table.append((layer, desc, str(shapes[0]) if len({str(s) for s in shapes}) == 1 else "multiple"))
+        # long names (global_average_pooling2d (GlobalAveragePooling2D)) widen their column
+        for c, width in ((0, max((len(d) + 2 for _, d, _ in table), default=0)),
+                         (1, max((len(sh) + 2 for _, _, sh in table), default=0))):
+            if width > cols[c]:
+                line_length += width - cols[c]
+                cols[c] = width
+        head = " Layer (type)".ljust(cols[0]) + "Output Shape".ljust(cols[1])
+        head += ("Param #".ljust(cols[2]) + "Connected to") if functional else "Param #"
+        lines = [f'Model: "{self.name}"', "_" * line_length, head, "=" * line_length]
+        for i, (layer, desc, shape) in enumerate(table):
             row = desc.ljust(cols[0]) + shape.ljust(cols[1])
             if functional:
                 conn = self._connections(layer) or ["-"]
