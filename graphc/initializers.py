@@ -18,6 +18,22 @@ def _fans(shape: tuple) -> tuple[int, int]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
+# Keras' VarianceScaling(distribution="truncated_normal") (he_normal, glorot_normal): a normal
+# truncated at two standard deviations, its scale raised so the result has variance scale / n
+TRUNCATED_STDDEV_CORRECTION = 0.87962566103423978
+
+
+def truncated_normal(rng: np.random.Generator, stddev: float, shape: tuple) -> np.ndarray:
+    """Normal values of ``stddev`` with those beyond two standard deviations drawn again (as
+    keras.random.truncated_normal)."""
+    v = rng.normal(0.0, stddev, shape)
+    bad = np.abs(v) > 2 * stddev
+    while bad.any():
+        v[bad] = rng.normal(0.0, stddev, int(bad.sum()))
+        bad = np.abs(v) > 2 * stddev
+    return v
+
+
 def init_value(node: Node, seed: int = 0) -> np.ndarray:
     """The initial value of a param node (a fresh, writable array)."""
     init, shape, dtype = node.attrs["init"], node.shape, node.dtype
@@ -37,12 +53,12 @@ def init_value(node: Node, seed: int = 0) -> np.ndarray:
         lim = np.sqrt(6.0 / (fan_in + fan_out))
         v = rng.uniform(-lim, lim, shape)
     elif init == "glorot_normal":
-        v = rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), shape)
+        v = truncated_normal(rng, np.sqrt(2.0 / (fan_in + fan_out)) / TRUNCATED_STDDEV_CORRECTION, shape)
     elif init == "he_uniform":
         lim = np.sqrt(6.0 / fan_in)
         v = rng.uniform(-lim, lim, shape)
     elif init == "he_normal":
-        v = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        v = truncated_normal(rng, np.sqrt(2.0 / fan_in) / TRUNCATED_STDDEV_CORRECTION, shape)
     else:  # pragma: no cover - rejected by gc.param
         raise ValueError(f"unknown initializer {init!r}")
     return np.array(v, dtype=dtype, order="C")  # a fresh array; keeps 0-d shapes (ascontiguousarray does not)

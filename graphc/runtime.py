@@ -181,12 +181,13 @@ class _Compiled:
             d["hyper"] = self.optimizer.hyperparameters
         return d
 
-    def load_state_dict(self, d: Mapping, allow_nonfinite: bool = False) -> None:
+    def load_state_dict(self, d: Mapping, allow_nonfinite: bool = False, partial: bool = False) -> None:
         """Restore what ``state_dict`` returned (from any target). Every entry (names, shapes,
         dtypes, values after the cast to the store's dtype, hyper-parameters) is checked before
         anything is written, so a bad dict changes nothing. NaN/infinity is refused unless
-        ``allow_nonfinite``."""
-        self._load(d, partial=False, what="load_state_dict", allow_nonfinite=allow_nonfinite)
+        ``allow_nonfinite``. ``partial=True`` writes only the entries given (some params and
+        some model state, e.g. graphc.nn's ``set_weights``), still all or nothing."""
+        self._load(d, partial=bool(partial), what="load_state_dict", allow_nonfinite=allow_nonfinite)
 
     def _load(self, d: Mapping, partial: bool, what: str, allow_nonfinite: bool = False) -> None:
         """Validate everything in ``d``, then write it all under the store's lock. ``what``

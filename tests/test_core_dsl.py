@@ -193,6 +193,11 @@ def test_initializer_scales():
     hu = v("he_uniform")
     assert np.abs(hu).max() <= hlim and np.abs(hu).max() > 0.95 * hlim
     assert abs(v("he_normal").std() - np.sqrt(2 / fan_in)) < 0.05 * np.sqrt(2 / fan_in)
+    # as Keras draws them: truncated at two (pre-correction) standard deviations,
+    # stddev = sqrt(scale / n) / 0.87962566103423978, so the variance is scale / n
+    for init, n in (("he_normal", fan_in / 2), ("glorot_normal", (fan_in + fan_out) / 2)):
+        cut = 2 * np.sqrt(1 / n) / 0.87962566103423978
+        assert np.abs(v(init)).max() <= cut and np.abs(v(init)).max() > 0.95 * cut, init
     for init in ("normal", "uniform", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal"):
         assert abs(v(init).mean()) < 0.01
 

@@ -78,3 +78,21 @@ def test_bad_updates_are_refused_before_anything_runs():
         gc.compile(loss, optimizer="sgd", updates={gc.state("step", (), dtype="int64"): 0})
     with pytest.raises(TypeError, match="must be a dict"):
         gc.compile(loss, optimizer="sgd", updates=[(mm, mm)])
+
+
+def test_load_state_dict_partial_writes_only_what_it_is_given_all_or_nothing():
+    loss, ups, _ = bn_model("part_")
+    step = gc.compile(loss, optimizer=gc.optim.SGD(0.1), updates=ups, target="numpy")
+    before = step.state_dict()
+    step.load_state_dict({"params": {"part_beta": np.full(3, 2.0)}, "state": {"part_moving_mean": np.ones(3)}},
+                         partial=True)
+    after = step.state_dict()
+    np.testing.assert_array_equal(after["params"]["part_beta"], 2.0)
+    np.testing.assert_array_equal(after["state"]["part_moving_mean"], 1.0)
+    np.testing.assert_array_equal(after["params"]["part_W"], before["params"]["part_W"])
+    with pytest.raises(gc.StateError):  # one bad entry: nothing written
+        step.load_state_dict({"params": {"part_beta": np.zeros(3)}, "state": {"part_moving_var": np.zeros(4)}},
+                             partial=True)
+    np.testing.assert_array_equal(step.state_dict()["params"]["part_beta"], 2.0)
+    with pytest.raises(gc.StateError):  # without partial, a missing entry is an error
+        step.load_state_dict({"params": {"part_beta": np.zeros(3)}})
