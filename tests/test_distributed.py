@@ -15,6 +15,8 @@ reason, without them. What the jobs assert:
 - ``raise_in_step`` / ``raise_outside``: rank 1 raises (a FeedError in a step, or an uncaught
   error in user code) while rank 0 waits in the all-reduce -> the job ends within seconds
   with a non-zero status and the error message.
+- ``nn_fit``: graphc.nn ``fit`` under mpirun (distributed automatically) gives one process's
+  per-epoch losses, metrics and weights.
 - ``examples/mlp.py --distributed`` under ``mpirun -n 2`` reaches one process's accuracy.
 """
 from __future__ import annotations
@@ -71,6 +73,13 @@ def test_two_ranks_train_like_one_process_on_the_whole_batch():
     rc, out, _ = mpirun("train")
     assert rc == 0, out[-6000:]
     assert "train ok rank 0" in out and "train ok rank 1" in out, out[-6000:]
+
+
+@needs_mpi
+def test_nn_fit_under_mpirun_matches_one_process():
+    rc, out, _ = mpirun("nn_fit")
+    assert rc == 0, out[-6000:]
+    assert "nn_fit ok rank 0" in out and "nn_fit ok rank 1" in out, out[-6000:]
 
 
 @needs_mpi

@@ -53,6 +53,18 @@ def _positive_int(v, arg: str) -> int:
     return int(v)
 
 
+def _ranks(distributed) -> tuple[int, int]:
+    """(ranks, this rank) for fit(distributed=...): None means "when under mpirun"."""
+    if distributed is False:
+        return 1, 0
+    if distributed is None:
+        import os
+        if not any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")):
+            return 1, 0
+    from .. import distributed as D
+    return D.size(), D.rank()
+
+
 def _verbose(v) -> int:
     if v == "auto":
         return 1
@@ -514,10 +526,13 @@ class Model:
 
     # ---- the compiled programs -----------------------------------------------------------------
     def _owner(self):
-        return self._train_fn or self._train_fn_w or self._test_fn or self._test_fn_w or self._predict_fn
+        dp = getattr(self, "_train_fn_dp", None) or {}
+        return (self._train_fn or self._train_fn_w or next(iter(dp.values()), None) or self._test_fn
+                or self._test_fn_w or self._predict_fn)
 
     def _reset_functions(self) -> None:
         self._train_fn = self._train_fn_w = self._test_fn = self._test_fn_w = self._predict_fn = None
+        self._train_fn_dp = {}
 
     def _params_arg(self):
         owner = self._owner()
@@ -576,16 +591,22 @@ class Model:
             extras[m.name] = m.build(ys[i], *outs[i])
         return total, extras, updates
 
-    def _train_function(self, weighted: bool = False):
-        fn = self._train_fn_w if weighted else self._train_fn
+    def _train_function(self, weighted: bool = False, distributed: bool = False):
+        dp = getattr(self, "_train_fn_dp", None)
+        if dp is None:
+            dp = self._train_fn_dp = {}
+        fn = dp.get(weighted) if distributed else (self._train_fn_w if weighted else self._train_fn)
         if fn is None:
             self._require_compiled()
             self._ensure_built()
             loss, extras, updates = self._objective(True, weighted)
             fn = gc_compile(loss, optimizer=self.optimizer, target=self._target, outputs=extras or None,
                             params=self._params_arg(), seed=self._seed, updates=updates or None,
-                            check_finite=False)  # fit() applies nan_policy to the data once
-            if weighted:
+                            check_finite=False,  # fit() applies nan_policy to the data once
+                            data_parallel=distributed)
+            if distributed:
+                dp[weighted] = fn
+            elif weighted:
                 self._train_fn_w = fn
             else:
                 self._train_fn = fn
@@ -761,8 +782,16 @@ class Model:
     def fit(self, x=None, y=None, batch_size: int | None = None, epochs: int = 1, verbose="auto", callbacks=None,
             validation_split: float = 0.0, validation_data=None, shuffle: bool = True, class_weight=None,
             sample_weight=None, initial_epoch: int = 0, steps_per_epoch: int | None = None,
-            validation_batch_size: int | None = None, validation_freq: int = 1, nan_policy: str = "raise"):
+            validation_batch_size: int | None = None, validation_freq: int = 1, nan_policy: str = "raise",
+            distributed: bool | None = None):
         """Train for ``epochs`` (from ``initial_epoch``); returns a History.
+
+        ``distributed``: data-parallel over MPI (run under ``mpirun -n N``; default: True when
+        the job has more than one rank and graphc.distributed is usable). Every rank passes the
+        same data; each global batch of ``batch_size`` is split between the ranks (the same
+        shuffled order on every rank), gradients and loss are averaged inside the compiled
+        step, epoch metrics are averaged over the ranks, only rank 0 prints, and
+        ModelCheckpoint/CSVLogger write from rank 0 only.
 
         Every argument is checked before training starts; bad data raises ValueError naming
         the argument. ``x``/``y``: arrays, or for several inputs/outputs lists or dicts keyed
@@ -820,7 +849,13 @@ class Model:
             if not isinstance(c, Callback):
                 raise ValueError(f"callbacks: expected graphc.nn.callbacks.Callback objects, got {c!r}")
 
-        step = self._train_function(self._weighted(data))
+        ranks, me = _ranks(distributed)
+        if ranks > 1 or distributed:
+            verbose = verbose if me == 0 else 0
+            if me != 0:
+                from .callbacks import CSVLogger, ModelCheckpoint
+                user_cbs = [c for c in user_cbs if not isinstance(c, (ModelCheckpoint, CSVLogger))]
+        step = self._train_function(self._weighted(data), distributed=bool(ranks > 1 or distributed))
         n = len(next(iter(data.values())))
         per_pass = -(-n // batch_size)
         steps = steps_per_epoch or per_pass
@@ -854,21 +889,28 @@ class Model:
                     break
                 lo, hi = pos * batch_size, min(n, (pos + 1) * batch_size)
                 pos += 1
-                idx = slice(lo, hi) if order is None else order[lo:hi]
+                idx = np.arange(lo, hi) if order is None else order[lo:hi]
+                if ranks > 1:  # this rank's share of the global batch
+                    from ..distributed import shard
+                    idx = idx[shard(len(idx))]
                 feeds = {k: v[idx] for k, v in data.items()}
                 for layer in fed_layers:
-                    feeds.update(layer.feeds(hi - lo, drop_rng))
+                    feeds.update(layer.feeds(len(idx), drop_rng))
                 cbs.on_train_batch_begin(b, {})
                 res = step(**feeds)
                 batch_logs = {k: float(res[k]) for k in names}
                 for k in names:
-                    sums[k] += batch_logs[k] * (hi - lo)
-                seen += hi - lo
+                    sums[k] += batch_logs[k] * len(idx)
+                seen += len(idx)
                 cbs.on_train_batch_end(b, batch_logs)
                 bar.update(b + 1, {k: sums[k] / seen for k in names})
                 if self._stop_now:
                     break
             self._epochs_seen += 1
+            if ranks > 1:  # the epoch's metrics over every rank's samples
+                from ..distributed import world
+                tot = world().allreduce(np.array([sums[k] for k in names] + [seen], dtype=np.float64))
+                sums, seen = dict(zip(names, tot[:-1])), int(tot[-1])
             logs = {k: sums[k] / max(seen, 1) for k in names}
             if val is not None and (epoch + 1) % validation_freq == 0:
                 for k, v in self._evaluate_arrays(val, val_bs).items():
@@ -964,7 +1006,13 @@ class Model:
         """One training step on one batch (dropout masks drawn inside the step)."""
         self._require_compiled()
         data = self._data(x, y, sample_weight, class_weight, "x", "y", "sample_weight", "raise")
-        step = self._train_function(self._weighted(data))
+        ranks, me = _ranks(distributed)
+        if ranks > 1 or distributed:
+            verbose = verbose if me == 0 else 0
+            if me != 0:
+                from .callbacks import CSVLogger, ModelCheckpoint
+                user_cbs = [c for c in user_cbs if not isinstance(c, (ModelCheckpoint, CSVLogger))]
+        step = self._train_function(self._weighted(data), distributed=bool(ranks > 1 or distributed))
         n = len(next(iter(data.values())))
         feeds = dict(data)
         rng = np.random.default_rng([self._seed, 3, step.iterations])
