@@ -7,20 +7,23 @@ Code generation, loading and calling live in the backends; nothing there imports
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from . import backends
 from .backends.base import CompileStats, Lowered
 from .ir import Graph
-from .passes import run_pipeline, specialize
-from .schedule.fusion import fuse
-from .schedule.plan import Plan, build_plan
 from .training import Program
+
+if TYPE_CHECKING:
+    from .schedule.plan import Plan
 
 
 def lower(program: Program, batch: int | None, passes=None, in_place: bool = True) -> tuple[Graph, list, Plan]:
     """Specialize, optimize, fuse and plan (everything but code generation); ``in_place=False``
     (check_numerics) keeps new param/state values in scratch until the driver has checked them."""
+    from .passes import run_pipeline, specialize  # (not imported for a program started from its manifest)
+    from .schedule.fusion import fuse
+    from .schedule.plan import build_plan
     g = specialize(program.graph, batch)
     g = run_pipeline(g, passes)
     kernels = fuse(g)
@@ -45,4 +48,8 @@ def build(program: Program, batch: int | None, target: str, store, options: Mapp
     backend = backends.get(target)
     if not backend.lowered:
         return backend.build(program, batch, store, options)
+    if backend.warm is not None:  # a stored manifest: no passes, fusion or code generation
+        prog = backend.warm(program, batch, store, options, lambda: lowered(program, batch, options))
+        if prog is not None:
+            return prog
     return backend.build(lowered(program, batch, options), store, options)

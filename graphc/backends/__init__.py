@@ -26,6 +26,8 @@ class Backend:
       call whose feeds pass the cheap attribute checks skips the Python-side value checks.
     - ``options``: the optional compile features it implements (e.g. ``"check_numerics"``).
     - ``available``: raises a GraphcError saying why the target cannot run here.
+    - ``warm(program, batch, store, options, relower)``: the runnable program from a stored
+      manifest without lowering (``relower()`` lowers it, for inspection), or None.
     """
 
     name: str
@@ -35,6 +37,7 @@ class Backend:
     options: frozenset = field(default_factory=frozenset)
     available: Callable[[], None] | None = None
     doc: str = ""
+    warm: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -68,9 +71,16 @@ def _numpy(program, batch, store, options):
 
 def _cpu(parallel: bool):
     def build(lowered, store, options):
-        from .cpu.program import CpuProgram
-        return CpuProgram(lowered, store, options, parallel=parallel)
+        from .cpu.program import build
+        return build(lowered, store, options, parallel)
     return build
+
+
+def _cpu_warm(parallel: bool):
+    def warm(program, batch, store, options, relower):
+        from .cpu.program import warm
+        return warm(program, batch, store, options, parallel, relower)
+    return warm
 
 
 def _cuda(lowered, store, options):
@@ -86,8 +96,9 @@ def _cuda_available():
 register(Backend("numpy", _numpy, lowered=False, options=frozenset({"check_numerics"}),
                  doc="the reference interpreter (graphc/interpret.py): every test's oracle"))
 register(Backend("cpu", _cpu(False), native_checks=True, options=frozenset({"check_numerics"}),
-                 doc="serial Numba: @njit kernels and one driver per program"))
+                 doc="serial Numba: @njit kernels and one driver per program", warm=_cpu_warm(False)))
 register(Backend("parallel", _cpu(True), native_checks=True, options=frozenset({"check_numerics"}),
-                 doc="Numba parallel=True: prange over the outer loop of large fused loops"))
+                 doc="Numba parallel=True: prange over the outer loop of large fused loops",
+                 warm=_cpu_warm(True)))
 register(Backend("cuda", _cuda, available=_cuda_available,
                  doc="numba.cuda kernels, cuBLAS GEMMs through CuPy, a device-resident store"))

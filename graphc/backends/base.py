@@ -4,13 +4,16 @@ de-duplication of generated functions, and the index-range checks of structured 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from ..ir import Graph, Node
-from ..schedule.plan import Plan
+
+if TYPE_CHECKING:  # (networkx, imported by the planner, is not needed to run a cached program)
+    from ..schedule.plan import Plan
 
 
 @dataclass
@@ -20,6 +23,7 @@ class CompileStats:
     numba_s: float = 0.0  # first call: Numba compile or cache load
     nodes_before: int = 0
     nodes_after: int = 0
+    from_manifest: bool = False  # started from a stored manifest: no passes, fusion or codegen ran
 
 
 @dataclass
@@ -73,6 +77,29 @@ def local_names(graph: Graph) -> dict[int, int]:
 def site(n: Node, local: dict[int, int]) -> str:
     """``%k op @ file:line`` for generated-code comments."""
     return f"%{local[id(n)]} {n.op} @ {n.src.rsplit('/', 1)[-1]}"
+
+
+# Provenance (the user's file:line) in generated comments is wrapped in these markers: the
+# text that is hashed, written and compiled has it removed (``without_provenance``), so an
+# edit above the model in the user's script changes no module name and recompiles nothing;
+# ``source()`` shows it (``with_provenance``). The %k node positions stay in both.
+_PROV_OPEN, _PROV_CLOSE = "\x01", "\x02"
+_PROV = re.compile("\x01([^\x02\n]*)\x02")
+
+
+def site_comment(n: Node, local: dict[int, int]) -> str:
+    """``site`` with its ``@ file:line`` marked as provenance (see ``without_provenance``)."""
+    return f"%{local[id(n)]} {n.op}{_PROV_OPEN} @ {n.src.rsplit('/', 1)[-1]}{_PROV_CLOSE}"
+
+
+def without_provenance(text: str) -> str:
+    """Generated text with the marked provenance removed: what is hashed and written."""
+    return _PROV.sub("", text)
+
+
+def with_provenance(text: str) -> str:
+    """Generated text with the marked provenance shown as plain comments: what users read."""
+    return _PROV.sub(r"\1", text)
 
 
 class FunctionTable:

@@ -151,6 +151,90 @@ def clear() -> None:
     shutil.rmtree(cache_dir(), ignore_errors=True)
 
 
+# ---- program manifests: a warm start without passes, fusion or code generation -------------------
+
+MANIFEST_FORMAT = 1
+_stamp: list[str] = []
+
+
+def code_stamp() -> str:
+    """graphc's, Numba's, NumPy's and Python's versions plus the size and mtime of every
+    graphc source file: a program manifest written by other compiler code is never used
+    (one stat per file, once per process)."""
+    if not _stamp:
+        import numba
+        import numpy
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        from .. import __version__
+        h.update(f"{__version__} {numba.__version__} {numpy.__version__} {sys.version_info[:3]}".encode())
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for fn in sorted(filenames):
+                if fn.endswith(".py"):
+                    st = os.stat(os.path.join(dirpath, fn))
+                    h.update(f"{os.path.relpath(os.path.join(dirpath, fn), root)} {st.st_size} {st.st_mtime_ns};".encode())
+        _stamp.append(h.hexdigest())
+    return _stamp[0]
+
+
+def _manifest_file(key: str) -> Path:
+    return cache_dir() / "programs" / f"{key[:48]}.json"
+
+
+def read_program_manifest(key: str) -> dict | None:
+    """The manifest body stored under ``key`` (see ``write_program_manifest``), or None if
+    there is none; a damaged one (unparsable, wrong key, digest mismatch) is None too, with
+    a RuntimeWarning: the program is then compiled in full and the manifest rewritten."""
+    path = _manifest_file(key)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        log("cache", f"miss manifest {path.name}")
+        return None
+    except (OSError, UnicodeDecodeError):
+        text = None
+    try:
+        m = json.loads(text)
+        body = m["body"]
+        ok = (m["format"] == MANIFEST_FORMAT and m["key"] == key
+              and m["digest"] == hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
+    except (TypeError, ValueError, KeyError):
+        ok = False
+    if not ok:
+        warnings.warn(f"graphc: program manifest {path} was damaged; compiling the program again",
+                      RuntimeWarning, stacklevel=4)
+        return None
+    log("cache", f"hit  manifest {path.name}")
+    return body
+
+
+def write_program_manifest(key: str, body: dict) -> None:
+    """Store what running a compiled program needs (module names, argument layout, scratch
+    sizes and constants, output readers) under ``key``: atomically, with a digest of the
+    body; a cache that cannot be written is ignored (the next start compiles in full)."""
+    text = json.dumps({"format": MANIFEST_FORMAT, "key": key, "body": body,
+                       "digest": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()})
+    path = _manifest_file(key)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        write_atomic(path, lambda f: f.write(text), binary=False)
+    except OSError:
+        return
+    log("cache", f"wrote manifest {path.name}")
+
+
+def intact_modules(paths) -> bool:
+    """Whether every generated module at ``paths`` exists with the text its name is the hash of."""
+    for path in paths:
+        try:
+            if module_name(path.read_text()) != path.stem:
+                return False
+        except (OSError, UnicodeDecodeError):
+            return False
+    return True
+
+
 # ---- integrity of Numba's files ----------------------------------------------------------------
 
 _KEEP_DIGESTS = 4  # per file: two processes compiling one module at once write different bytes

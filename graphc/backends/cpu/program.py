@@ -2,6 +2,9 @@
 load, verify and call the Numba driver."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import time
 import warnings
 import weakref
@@ -10,47 +13,123 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ...errors import CompileError
-from ...ir import Node, fmt_shape
+from ...ir import fmt_shape
 from ...numerics import NUMERICS_STATUS, checked_values, numerics_error
-from ..base import Lowered, describe_modules, host_scratch, output_reader
-from ..cache import write_program
-from .emitter import emit_module
+from ..base import CompileStats, Lowered, describe_modules
 
 
 class CpuProgram:
     """A generated module (kernel modules + one driver) for one lowered program, and how
-    to call it: ``run`` is one call of the Numba driver."""
+    to call it: ``run`` is one call of the Numba driver.
 
-    def __init__(self, lowered: Lowered, store, options: Mapping, parallel: bool = False):
+    What a call needs (module names, argument layout, scratch sizes and constants, output
+    readers) is a small JSON-able ``layout``; after a program's first successful call it is
+    stored as a manifest keyed by the program's structure (``program_key``), so a later
+    process starts from it (``from_manifest``) without passes, fusion or code generation.
+    The graph, plan and generated text of such a program are rebuilt only when inspected."""
+
+    def __init__(self, lowered: Lowered, store, options: Mapping, parallel: bool = False,
+                 key: str | None = None):
+        self._setup(lowered.program, lowered.batch, store, options, parallel, lowered.stats, key)
+        t1 = time.perf_counter()
+        self._graph, self._plan = lowered.graph, lowered.plan
+        self._emitted = self._emit(lowered)
+        from ..cache import write_program
+        path, kernel_paths = write_program(self._emitted.source, self._emitted.kernel_modules.values())
+        layout = runtime_layout(self._emitted, lowered, path, kernel_paths)
+        self.stats.codegen_s = time.perf_counter() - t1
+        self._start(layout)
+
+    @classmethod
+    def from_manifest(cls, program, batch, store, options: Mapping, parallel: bool, key: str,
+                      layout: dict, relower: Callable[[], Lowered]) -> "CpuProgram":
+        """The program of a stored manifest (nothing lowered or generated: ``relower`` does
+        that if the graph, plan or source is asked for)."""
+        self = cls.__new__(cls)
+        t0 = time.perf_counter()
+        self._setup(program, batch, store, options, parallel,
+                    CompileStats(nodes_before=len(program.graph), nodes_after=layout["nodes"], from_manifest=True),
+                    None)
+        self._relower = relower
+        self._start(layout)
+        self.stats.codegen_s = time.perf_counter() - t0
+        return self
+
+    def _setup(self, program, batch, store, options, parallel, stats, key) -> None:
         if parallel:
             from ...threads import prepare_parallel
             prepare_parallel()
-        program = lowered.program
-        self.program, self.batch = program, lowered.batch
+        self.program, self.batch = program, batch
         self.target = "parallel" if parallel else "cpu"
-        self.graph, self.plan, self.stats = lowered.graph, lowered.plan, lowered.stats
-        numerics = bool(options.get("check_numerics"))
-        t1 = time.perf_counter()
-        store_dtypes = sorted({np.dtype(dt) for dt, _, _ in store.layout.values()}, key=lambda d: d.name)
-        feeds = sorted(self.graph.inputs, key=lambda n: n.name)
-        self.module = emit_module(self.plan, self.graph, parallel, store.layout, feeds, store_dtypes,
-                                  check_finite=options.get("check_finite", True),
-                                  numerics=checked_values(program, self.graph) if numerics else None)
-        self.path, self.kernel_paths = write_program(self.module.source, self.module.kernel_modules.values())
-        self.stats.codegen_s = time.perf_counter() - t1
-        self.scratch = host_scratch(self.plan, self.graph)
+        self.stats = stats
+        self._parallel, self._options, self._key = parallel, options, key
+        self._layout_of_store = dict(store.layout)  # as emitted (a shared store may grow later)
+        self._graph = self._plan = self._emitted = None
+
+    def _emit(self, lowered: Lowered):
+        from .emitter import emit_module
+        numerics = bool(self._options.get("check_numerics"))
+        layout = self._layout_of_store
+        store_dtypes = sorted({np.dtype(dt) for dt, _, _ in layout.values()}, key=lambda d: d.name)
+        feeds = sorted(lowered.graph.inputs, key=lambda n: n.name)
+        return emit_module(lowered.plan, lowered.graph, self._parallel, layout, feeds, store_dtypes,
+                           check_finite=self._options.get("check_finite", True),
+                           numerics=checked_values(self.program, lowered.graph) if numerics else None)
+
+    def _start(self, layout: dict) -> None:
+        """Everything a call needs, from the layout alone."""
+        from ..cache import cache_dir
+        d = cache_dir()
+        self._layout = layout
+        self.path = d / f"{layout['driver']}.py"
+        self.kernel_paths = [d / f"{k}.py" for k in layout["kernels"]]
+        self._args = [(kind, np.dtype(key) if kind in ("store", "scratch") else key) for kind, key in layout["args"]]
+        self._any_parallel = layout["parallel"]
+        self.scratch = {np.dtype(dt): np.zeros(max(int(n), 1), dtype=dt) for dt, n in layout["scratch"].items()}
+        for dt, off, data in layout["consts"]:
+            v = _decode(dt, data)
+            self.scratch[np.dtype(dt)][off:off + v.size] = v
+        self._readers = [_reader(spec, self.scratch) for spec in layout["outputs"]]
+        self._source_outputs = layout["sources"]
         self._driver = None
         self._release = None  # finalizer: the modules may be unloaded once this is dropped
         self._compiled = False
-        k = len(program.user_names)
-        self._readers = [self._reader(n) for n in self.graph.outputs[:k]]
-        self._source_outputs = [n for n in self.graph.outputs[:k] if n.op in ("param", "state")]
         self._bound_version = None
 
-    # ---- calling ---------------------------------------------------------------------------
-    def _reader(self, n: Node) -> Callable:
-        return output_reader(n, self.plan, host_scratch=self.scratch)
+    # ---- what only inspection needs: rebuilt on demand for a program from a manifest -------------
+    def _materialize(self) -> None:
+        low = self._relower()
+        self.stats.passes_s, self.stats.nodes_after = low.stats.passes_s, low.stats.nodes_after
+        emitted = self._emit(low)
+        from ..cache import module_name
+        if module_name(emitted.source) != self.path.stem:  # pragma: no cover - a stale manifest
+            warnings.warn(f"graphc: the program manifest of {self.path.name} does not match the program as "
+                          f"compiled now (driver {module_name(emitted.source)}); inspection shows the latter",
+                          RuntimeWarning, stacklevel=3)
+        self._graph, self._plan, self._emitted = low.graph, low.plan, emitted
 
+    @property
+    def graph(self):
+        """The compiled graph (specialized and optimized)."""
+        if self._graph is None:
+            self._materialize()
+        return self._graph
+
+    @property
+    def plan(self):
+        """The buffer plan (kernels in order, a Buffer per node)."""
+        if self._plan is None:
+            self._materialize()
+        return self._plan
+
+    @property
+    def module(self):
+        """The generated code (emitter.Module): driver text, kernel modules, kernel infos."""
+        if self._emitted is None:
+            self._materialize()
+        return self._emitted
+
+    # ---- calling ---------------------------------------------------------------------------
     def _load(self, fresh: bool = False):
         from ..cache import load_program, release_program
         mod, self._kernel_modules = load_program(self.path, self.kernel_paths, fresh=fresh,
@@ -65,13 +144,16 @@ class CpuProgram:
     def _bind(self, store) -> None:
         """Precompute the arena arguments (re-bound if the store reallocates)."""
         static = []
-        for kind, key in self.module.args:
+        for kind, key in self._args:
             if kind == "store":
                 static.append(store.arenas[key])
             elif kind == "scratch":
                 static.append(self.scratch[key])
         self._static = static
-        self._feed_keys = [(key, kind == "scalar") for kind, key in self.module.args if kind in ("feed", "scalar")]
+        self._feed_keys = [(key, kind == "scalar") for kind, key in self._args if kind in ("feed", "scalar")]
+        self._feed_names = tuple(key for key, _ in self._feed_keys)
+        # positions of rank-0 feeds in the argument list: a 0-d array is passed as its value
+        self._scalar_pos = tuple(len(static) + i for i, (_, scalar) in enumerate(self._feed_keys) if scalar)
         self._bound_version = (id(store), store.version)
 
     def run(self, feeds: Mapping[str, np.ndarray], store) -> list[np.ndarray] | None:
@@ -82,11 +164,11 @@ class CpuProgram:
         with store.lock:
             if self._bound_version != (id(store), store.version):
                 self._bind(store)
-            args = list(self._static)
-            for key, scalar in self._feed_keys:
-                v = feeds[key]
-                args.append(v[()] if scalar and isinstance(v, np.ndarray) else v)
-            before = ({n.name: store.view(n.name).copy() for n in self._source_outputs}
+            args = [*self._static, *map(feeds.__getitem__, self._feed_names)]
+            for i in self._scalar_pos:
+                if type(args[i]) is np.ndarray:
+                    args[i] = args[i][()]
+            before = ({name: store.view(name).copy() for name in self._source_outputs}
                       if self._source_outputs else None)
             status = self._first_call(args) if not self._compiled else self._driver(*args)
             if status:
@@ -128,7 +210,7 @@ class CpuProgram:
             if problems:
                 warnings.warn(f"graphc: Numba cache for {self.path} was unusable (integrity check failed: "
                               f"{'; '.join(problems)}); recompiling", RuntimeWarning, stacklevel=4)
-            if any(k.parallel for k in self.module.kernels):
+            if self._any_parallel:
                 from ...threads import start_parallel_runtime
                 start_parallel_runtime()  # the parfor code linked into the driver needs it
             for attempt in range(2):
@@ -152,6 +234,10 @@ class CpuProgram:
             self._compiled = True
             status = self._driver(*args)
             record_numba_cache(paths)  # it ran: these files are known good from now on
+            if self._key is not None:  # a later process may start from here (see from_manifest)
+                from ..cache import write_program_manifest
+                write_program_manifest(self._key, self._layout)
+                self._key = None
         from ...logs import enabled, log
         if enabled("cache"):  # GRAPHC_LOG=cache
             log("cache", f"{self.path.name}: first call {self.stats.numba_s:.3f} s, Numba cache {self.cache_info()}")
@@ -161,7 +247,7 @@ class CpuProgram:
     def describe(self) -> str:
         """The generated modules, each headed by its path, then the compiled graph."""
         return describe_modules(zip(self.kernel_paths, self.module.kernel_modules.values()), self.path,
-                                self.module.source, self.graph)
+                                self.module.annotated, self.graph)
 
     def kernel_listing(self) -> str:
         lines = [f"{len(self.module.kernels)} kernels ({self.module.functions} distinct functions) "
@@ -186,6 +272,112 @@ class CpuProgram:
                     hits += sum(st.cache_hits.values())
                     misses += sum(st.cache_misses.values())
         return {"hits": hits, "misses": misses}
+
+
+# ---- the layout a call needs, and the manifest key ------------------------------------------------
+
+def runtime_layout(module, lowered: Lowered, path, kernel_paths) -> dict:
+    """What ``CpuProgram._start`` needs, as JSON-able values (the manifest body)."""
+    plan, graph = lowered.plan, lowered.graph
+    consts = [[np.dtype(b.dtype).str, b.offset, _encode(b.value, b.dtype)]
+              for n in graph.nodes if (b := plan.buffers.get(id(n))) is not None and b.kind == "const"]
+    k = len(lowered.program.user_names)
+    outputs = [_reader_spec(n, plan) for n in graph.outputs[:k]]
+    return {"driver": path.stem, "kernels": [p.stem for p in kernel_paths],
+            "args": [[kind, np.dtype(key).str if kind in ("store", "scratch") else key] for kind, key in module.args],
+            "scratch": {np.dtype(dt).str: int(n) for dt, n in plan.arena_sizes.items()},
+            "consts": consts, "outputs": outputs,
+            "sources": [n.name for n in graph.outputs[:k] if n.op in ("param", "state")],
+            "parallel": any(info.parallel for info in module.kernels), "nodes": len(graph)}
+
+
+def _encode(value, dtype) -> str:
+    return base64.b64encode(np.ascontiguousarray(value, dtype=dtype).tobytes()).decode()
+
+
+def _decode(dtype: str, data: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype))
+
+
+def _reader_spec(n, plan) -> list:
+    """How to read user output ``n`` after a run (see ``_reader``)."""
+    b = plan.buffers[id(n)]
+    shape = list(n.shape)
+    if b.kind == "scratch":
+        return ["scratch", np.dtype(b.dtype).str, b.offset, b.size, shape]
+    if b.kind in ("literal", "const"):
+        return ["value", np.dtype(n.dtype).str, shape, _encode(np.broadcast_to(b.value, n.shape), n.dtype)]
+    if b.kind in ("feed", "store"):
+        return [b.kind, n.name]
+    raise AssertionError(b.kind)
+
+
+def _reader(spec: list, scratch: dict) -> Callable:
+    """``reader(feeds, before)`` -> a user output's value after a run: scratch values read in
+    place and copied, feeds and literals as arrays, params/state read as outputs from
+    ``before`` (their values before the update)."""
+    kind = spec[0]
+    if kind == "scratch":
+        _, dt, off, size, shape = spec
+        arena, shape = scratch[np.dtype(dt)], tuple(shape)
+        if shape == ():
+            return lambda feeds, before: np.array(arena[off])
+        return lambda feeds, before: arena[off:off + size].reshape(shape).copy()
+    if kind == "value":
+        _, dt, shape, data = spec
+        v = _decode(dt, data).reshape(tuple(shape))
+        return lambda feeds, before: v.copy()
+    name = spec[1]
+    if kind == "feed":
+        return lambda feeds, before: np.array(feeds[name])
+    return lambda feeds, before: before[name]
+
+
+def program_key(program, batch, target: str, store, options: Mapping) -> str | None:
+    """The manifest key of a program: its graph's structural fingerprint (no file:line), its
+    outputs and updates, the batch size, target, compile options, the store layout the driver
+    addresses, and the versions (``cache.code_stamp``). None when an option is not plain
+    data (passes given as functions): such programs are always compiled in full."""
+    passes = options.get("passes")
+    if passes is not None and not all(isinstance(x, str) for x in passes):
+        return None
+    from ..cache import code_stamp
+    parts = [code_stamp(), target, batch, program.graph.fingerprint(), list(program.user_names),
+             list(program.updates), sorted(program.hypers.items()),
+             {k: options.get(k) for k in ("check_finite", "check_numerics")}, list(passes) if passes else None,
+             sorted((name, np.dtype(dt).str, off, list(shape)) for name, (dt, off, shape) in store.layout.items())]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def build(lowered: Lowered, store, options: Mapping, parallel: bool) -> CpuProgram:
+    """The backend's build: generate, write, and remember the manifest key."""
+    key = program_key(lowered.program, lowered.batch, "parallel" if parallel else "cpu", store, options)
+    return CpuProgram(lowered, store, options, parallel=parallel, key=key)
+
+
+def warm(program, batch, store, options: Mapping, parallel: bool,
+         relower: Callable[[], Lowered]) -> CpuProgram | None:
+    """The program from its manifest, if one is stored and every module it names is intact;
+    None otherwise (the caller compiles in full, which rewrites what was missing)."""
+    from ..cache import cache_dir, intact_modules, read_program_manifest
+    from ...logs import enabled
+    if enabled("passes") or enabled("fusion"):  # GRAPHC_LOG asks what the passes and fusion decide
+        return None
+    key = program_key(program, batch, "parallel" if parallel else "cpu", store, options)
+    if key is None:
+        return None
+    layout = read_program_manifest(key)
+    if layout is None:
+        return None
+    d = cache_dir()
+    try:
+        if not intact_modules([d / f"{m}.py" for m in [*layout["kernels"], layout["driver"]]]):
+            return None
+        return CpuProgram.from_manifest(program, batch, store, options, parallel, key, layout, relower)
+    except (KeyError, TypeError, ValueError, IndexError) as e:  # a manifest of another shape
+        warnings.warn(f"graphc: program manifest {key[:48]}.json is unusable ({type(e).__name__}: {e}); "
+                      f"compiling the program again", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def _numba_typeof(a: Any):
