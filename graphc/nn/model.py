@@ -1006,13 +1006,7 @@ class Model:
         """One training step on one batch (dropout masks drawn inside the step)."""
         self._require_compiled()
         data = self._data(x, y, sample_weight, class_weight, "x", "y", "sample_weight", "raise")
-        ranks, me = _ranks(distributed)
-        if ranks > 1 or distributed:
-            verbose = verbose if me == 0 else 0
-            if me != 0:
-                from .callbacks import CSVLogger, ModelCheckpoint
-                user_cbs = [c for c in user_cbs if not isinstance(c, (ModelCheckpoint, CSVLogger))]
-        step = self._train_function(self._weighted(data), distributed=bool(ranks > 1 or distributed))
+        step = self._train_function(self._weighted(data))
         n = len(next(iter(data.values())))
         feeds = dict(data)
         rng = np.random.default_rng([self._seed, 3, step.iterations])
