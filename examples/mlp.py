@@ -145,7 +145,7 @@ def train(args, x_tr, y_tr, x_te, y_te) -> float:
               f"{sum(first_call.values()):.2f} s); {elapsed:.2f} s in all")
     if args.target != "numpy":
         say(f"`--target numpy` (the reference interpreter) gives the same loss curve for the same seed, "
-              f"within float32 rounding; `--check` verifies it.")
+            "within float32 rounding; `--check` verifies it.")
     if args.explain:  # where a step's time goes, kernel by kernel, against this machine's roofs
         say("")
         rep = step.explain(x=x_tr[:args.batch_size], y=y_tr[:args.batch_size])

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import dsl as F
-from .autodiff import grad
 from .errors import DTypeError, GraphcError, ShapeError, StateError
 from .ir import Graph, Node, topo_order
 from .optim.base import Optimizer, resolve_state_spec

@@ -13,7 +13,7 @@ from typing import Any
 from .. import dsl as F
 from . import activations
 from . import regularizers as R
-from .layers import Layer, _fmt, _initializer
+from .layers import Dense, Layer, _fmt, _initializer
 
 __all__ = ["Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D"]
 
@@ -118,15 +118,11 @@ class Conv2D(Layer):
                               "kernel_size")
         return (oh, ow, self.filters)
 
-    def call_split(self, x, training=False):
-        z = F.conv2d(x, self.kernel, strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate)
-        if self.bias is not None:
-            z = z + self.bias
-        return z, self.activation_name
+    def linear(self, x):  # kernel (+ bias) then activation: Dense's call_split/call
+        return F.conv2d(x, self.kernel, strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate)
 
-    def call(self, x, training=False):
-        z, _ = self.call_split(x, training)
-        return self.activation(z)
+    call_split = Dense.call_split
+    call = Dense.call
 
 
 class _Pooling2D(Layer):

@@ -422,8 +422,11 @@ class Dense(Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
+    def linear(self, x):
+        return x @ self.kernel
+
     def call_split(self, x, training=False):
-        z = x @ self.kernel
+        z = self.linear(x)
         if self.bias is not None:
             z = z + self.bias
         return z, self.activation_name

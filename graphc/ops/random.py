@@ -39,6 +39,23 @@ def stream_key(seed: int, key: int) -> int:
         return int(mix(np.uint64((seed + GOLDEN * (k + 1)) & MASK)))
 
 
+def kernel_lines(key: str, seed: str, index: str, store: str, loop: str, dtype) -> list[str]:
+    """The draw as generated-code lines shared by the backends (uint64 all through: a mixed
+    int64/uint64 expression would become float64 in Numba): the stream constant from ``key``
+    and ``seed``, then ``loop`` (a for-line over ``index``) whose body stores each element
+    with ``store`` (a format string taking the value expression)."""
+    def mix(ind):
+        return [f"{ind}z = z ^ (z >> np.uint64(30))", f"{ind}z = z * np.uint64({M1})",
+                f"{ind}z = z ^ (z >> np.uint64(27))", f"{ind}z = z * np.uint64({M2})",
+                f"{ind}z = z ^ (z >> np.uint64(31))"]
+    value = ("np.float32(z >> np.uint64(40)) * np.float32(5.960464477539063e-08)"  # 2**-24
+             if np.dtype(dtype) == np.float32 else "np.float64(z >> np.uint64(11)) * 1.1102230246251565e-16")  # 2**-53
+    return ([f"    z = np.uint64({key})"] + mix("    ")
+            + [f"    z = np.uint64({seed}) + np.uint64({GOLDEN}) * (z + np.uint64(1))"] + mix("    ")
+            + ["    base = z", f"    {loop}", f"        z = base + np.uint64({index}) * np.uint64({GOLDEN})"]
+            + mix("        ") + [f"        {store.format(value)}  # random_uniform"])
+
+
 def bits_to_uniform(z: np.ndarray, dtype) -> np.ndarray:
     if np.dtype(dtype) == np.float32:
         return ((z >> np.uint64(40)).astype(np.float64) * 2.0 ** -24).astype(np.float32)

@@ -702,25 +702,12 @@ class _Emitter:
 
     def rng_kernel(self, k: Kernel):
         """random_uniform (ops/random.py): element i is SplitMix64's finalizer of the stream
-        constant plus i times the golden ratio, its top bits scaled to [0, 1); uint64 all
-        through (a mixed int64/uint64 expression would turn into float64 in Numba)."""
-        from ...ops.random import GOLDEN, M1, M2
+        constant plus i times the golden ratio, its top bits scaled to [0, 1)."""
+        from ...ops.random import kernel_lines
         (n,) = k.nodes
-        size = int(np.prod(n.shape, dtype=np.int64))
-        par = self.parallel and size >= PRANGE_MIN
-
-        def mix(ind):
-            return [f"{ind}z = z ^ (z >> np.uint64(30))", f"{ind}z = z * np.uint64({M1})",
-                    f"{ind}z = z ^ (z >> np.uint64(27))", f"{ind}z = z * np.uint64({M2})",
-                    f"{ind}z = z ^ (z >> np.uint64(31))"]
-        f32 = n.dtype == np.float32
-        body = ["    z = np.uint64(key[0])"] + mix("    ") + [
-            f"    z = np.uint64(seed) + np.uint64({GOLDEN}) * (z + np.uint64(1))"] + mix("    ") + [
-            "    base = z",
-            f"    for i in {'prange' if par else 'range'}(o.shape[0]):",
-            f"        z = base + np.uint64(i) * np.uint64({GOLDEN})"] + mix("        ") + [
-            (f"        o[i] = np.float32(z >> np.uint64(40)) * np.float32({2.0 ** -24!r})  # random_uniform"
-             if f32 else f"        o[i] = np.float64(z >> np.uint64(11)) * {2.0 ** -53!r}  # random_uniform")]
+        par = self.parallel and int(np.prod(n.shape, dtype=np.int64)) >= PRANGE_MIN
+        body = kernel_lines("key[0]", "seed", "i", "o[i] = {}", f"for i in {'prange' if par else 'range'}(o.shape[0]):",
+                            n.dtype)
         args = [self._dense_arg(k, n.inputs[0], (1,)), self.flat_expr(n), str(n.attrs["seed"])]
         return self.function(["key", "o", "seed"], body, par), args, self._site(n), par
 

@@ -736,8 +736,8 @@ class _Emitter:
 
     def rng_kernel(self, k: Kernel) -> tuple[str, Launch]:
         """random_uniform (ops/random.py): the CPU's counter-based hash, a thread per element,
-        uint64 all through, so the draw is bit-identical to the other targets'."""
-        from ...ops.random import GOLDEN, M1, M2
+        so the draw is bit-identical to the other targets'."""
+        from ...ops.random import kernel_lines
         (n,) = k.nodes
         size = _size(n.shape)
         fn = _Fn()
@@ -745,19 +745,8 @@ class _Emitter:
         w = self.where(k.leaves[id(n.inputs[0])].base)
         key = fn.scalar(w[1], n.inputs[0].dtype) if w[0] == "scalar" else "{}[{}]".format(*self._dense(fn, k, n.inputs[0]))
         seed = fn.int(n.attrs["seed"])
-
-        def mix(ind):
-            return [f"{ind}z = z ^ (z >> np.uint64(30))", f"{ind}z = z * np.uint64({M1})",
-                    f"{ind}z = z ^ (z >> np.uint64(27))", f"{ind}z = z * np.uint64({M2})",
-                    f"{ind}z = z ^ (z >> np.uint64(31))"]
-        f32 = n.dtype == np.float32
-        body = [f"    z = np.uint64({key})"] + mix("    ") + [
-            f"    z = np.uint64({seed}) + np.uint64({GOLDEN}) * (z + np.uint64(1))"] + mix("    ") + [
-            "    base = z",
-            f"    for e in range(cuda.grid(1), {fn.int(size)}, cuda.gridsize(1)):",
-            f"        z = base + np.uint64(e) * np.uint64({GOLDEN})"] + mix("        ") + [
-            (f"        {O}[{oo} + e] = np.float32(z >> np.uint64(40)) * np.float32({2.0 ** -24!r})  # random_uniform"
-             if f32 else f"        {O}[{oo} + e] = np.float64(z >> np.uint64(11)) * {2.0 ** -53!r}  # random_uniform")]
+        body = kernel_lines(key, seed, "e", f"{O}[{oo} + e] = {{}}",
+                            f"for e in range(cuda.grid(1), {fn.int(size)}, cuda.gridsize(1)):", n.dtype)
         return self._launch_over(k, n, fn, body, "rng", size)
 
     def pool2d_kernel(self, k: Kernel) -> tuple[str, Launch]:
