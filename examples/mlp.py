@@ -144,7 +144,7 @@ def train(args, x_tr, y_tr, x_te, y_te) -> float:
               f"first call of each batch size {sorted(first_call)} excluded, it compiles: "
               f"{sum(first_call.values()):.2f} s); {elapsed:.2f} s in all")
     if args.target != "numpy":
-        say(f"`--target numpy` (the reference interpreter) gives the same loss curve for the same seed, "
+        say("`--target numpy` (the reference interpreter) gives the same loss curve for the same seed, "
             "within float32 rounding; `--check` verifies it.")
     if args.explain:  # where a step's time goes, kernel by kernel, against this machine's roofs
         say("")
