@@ -328,7 +328,9 @@ class _Emitter:
             f"    for i in {rng}(n):",
             "        m = z[i, 0]",
             "        for j in range(1, c):",
-            "            m = z[i, j] if z[i, j] > m else m",
+            "            zj = z[i, j]",  # (a conditional expression here breaks Numba's parfor lowering)
+            "            if zj > m:",
+            "                m = zj",
             f"        s = {zero}",
             "        for j in range(c):",
             "            e = math.exp(z[i, j] - m)",
