@@ -647,22 +647,32 @@ class _Emitter:
 
     def pool2d_grad_kernel(self, k: Kernel):
         """pool2d_grad: zero each image; each output's gradient goes to its window's first
-        maximum (max) or is spread over the window's pixels inside the image (avg)."""
+        maximum (max) or is spread over the window's pixels inside the image (avg). Max pooling
+        whose windows tile the image (stride = pool size, no padding: every max_pool2d(x, 2))
+        writes each pixel once, zero or the gradient, as it scans, instead of zeroing first."""
         (n,) = k.nodes
         x, g = n.inputs
         mx = n.attrs["mode"] == "max"
         body, par = self._window_loops(n, "o", int(np.prod(x.shape)))
-        body += ["        for y in range(H):",
-                 "            for z in range(W):",
-                 "                for c in range(C):",
-                 f"                    o[b, y, z, c] = {literal(0, n.dtype)}",
-                 "        for i in range(OH):",
-                 "            for j in range(OW):"]
+        zero = literal(0, n.dtype)
+        fill = ["        for y in range(y0, H):",
+                "            for z in range(W):",
+                "                for c in range(C):",
+                f"                    o[b, y, z, c] = {zero}",
+                "        for y in range(y0):",
+                "            for z in range(z0, W):",
+                "                for c in range(C):",
+                f"                    o[b, y, z, c] = {zero}",
+                "        for i in range(OH):",
+                "            for j in range(OW):"]
         if mx:  # channels innermost: the window is scanned once for all channels, contiguously
-            body[3:3] = [f"        best = np.empty(C, dtype=np.{n.dtype.name})",
-                         "        by = np.empty(C, dtype=np.int64)",
-                         "        bz = np.empty(C, dtype=np.int64)"]
-            body += ["                for c in range(C):",
+            body[2:2] = ["    tile = sh == kh and sw == kw and dh == 1 and dw == 1 and pt == 0 and pl == 0",
+                         "    y0 = OH * kh if tile else 0  # tiles: only the rows and columns no window covers",
+                         "    z0 = OW * kw if tile else 0"]
+            body += [f"        best = np.empty(C, dtype=np.{n.dtype.name})",
+                     "        by = np.empty(C, dtype=np.int64)",
+                     "        bz = np.empty(C, dtype=np.int64)"] + fill + [
+                     "                for c in range(C):",
                      "                    best[c] = -np.inf",
                      "                    by[c] = -1",
                      "                for u in range(kh):",
@@ -675,14 +685,25 @@ class _Emitter:
                      "                            continue",
                      "                        for c in range(C):",
                      "                            e = x[b, y, z, c]",
+                     "                            if tile:",
+                     f"                                o[b, y, z, c] = {zero}",
                      "                            if by[c] < 0 or e > best[c] or (e != e and best[c] == best[c]):",
                      "                                best[c] = e",
                      "                                by[c] = y",
                      "                                bz[c] = z",
                      "                for c in range(C):",
                      "                    if by[c] >= 0:",
-                     "                        o[b, by[c], bz[c], c] += g[b, i, j, c]  # max_pool2d grad: the first maximum"]
+                     "                        if tile:",
+                     "                            o[b, by[c], bz[c], c] = g[b, i, j, c]  # max_pool2d grad: the first maximum",
+                     "                        else:",
+                     "                            o[b, by[c], bz[c], c] += g[b, i, j, c]  # max_pool2d grad: the first maximum"]
         else:
+            body += ["        for y in range(H):",
+                     "            for z in range(W):",
+                     "                for c in range(C):",
+                     f"                    o[b, y, z, c] = {zero}",
+                     "        for i in range(OH):",
+                     "            for j in range(OW):"]
             body += ["                cnt = 0",
                      "                for u in range(kh):",
                      "                    y = i * sh - pt + u * dh",
