@@ -151,7 +151,7 @@ def assert_close(got, want, rtol, atol):
         np.testing.assert_allclose(gp[k], wp[k], rtol=rtol, atol=atol, err_msg=k)
 
 
-TARGETS = ["numpy", "cpu"]
+TARGETS = ["numpy", "cpu", "parallel"]  # the CUDA simulator: tests/cuda/test_cuda_custom_gradients.py
 
 
 # ---- the default gradient stage ---------------------------------------------------------------
