@@ -12,7 +12,7 @@ Two runs:
   graphs every run, so the shared test cache makes them cheap;
 - ``python -m pytest -q -m slow`` (.ci/run): NOT derandomized, up to a few hundred examples
   per test but bounded by a time budget (GRAPHC_PROPERTY_BUDGET_S seconds per test, default
-  60: every new graph is a Numba compile of 1-3 s on 2 cores, so a run compiles a few dozen
+  45: every new graph is a Numba compile of 1-3 s on 2 cores, so a run compiles a few dozen
   of them), so each CI run explores new graphs. A failure prints the falsifying example and
   a seed to reproduce it (``--hypothesis-seed=...``).
 """
@@ -30,7 +30,7 @@ import graphc as gc
 from _helpers import broadcastable, random_feeds
 
 NATIVE = ("cpu", "parallel")
-BUDGET_S = float(os.environ.get("GRAPHC_PROPERTY_BUDGET_S", "60"))
+BUDGET_S = float(os.environ.get("GRAPHC_PROPERTY_BUDGET_S", "45"))
 SLOW = settings(max_examples=300, derandomize=False, deadline=None)
 
 
