@@ -20,6 +20,7 @@ still ONE compiled call per step, because graphc's gradients are graph transform
 from __future__ import annotations
 
 import argparse
+import zlib
 
 import numpy as np
 
@@ -108,20 +109,35 @@ class AdaHessian(gc.optim.Optimizer):
         m = b1 m + (1 - b1) g            v = b2 v + (1 - b2) D * D
         w = w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + epsilon)
 
-    graphc has no in-step random generator yet, so the probes are FED: every call needs an
-    input ``"probe:<param name>"`` of each param's shape holding +1/-1 values
-    (``rademacher_probes`` draws them). So this optimizer needs a training loop that feeds
-    them (graphc.nn's ``fit`` does not). Defaults are the authors' (lr 0.15, eps 1e-4).
+    ``probes="random"`` (default): the probes are drawn inside the compiled step by graphc's
+    counter-based generator (``gc.random_uniform``, keyed by the step counter: new probes every
+    step, nothing to feed, so graphc.nn's ``fit`` runs it as it is). ``probes="fed"``: every
+    call needs an input ``"probe:<param name>"`` of each param's shape holding +1/-1 values
+    (``rademacher_probes`` draws them), for a loop that chooses its own probes. Defaults are
+    the authors' (lr 0.15, eps 1e-4).
     """
 
-    def __init__(self, learning_rate=0.15, beta_1=0.9, beta_2=0.999, epsilon=1e-4, global_clipnorm=None):
+    def __init__(self, learning_rate=0.15, beta_1=0.9, beta_2=0.999, epsilon=1e-4, global_clipnorm=None,
+                 probes="random", seed=0):
         super().__init__(global_clipnorm, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          epsilon=epsilon)
+        if probes not in ("random", "fed"):
+            raise ValueError(f"AdaHessian: probes must be 'random' or 'fed', got {probes!r}")
+        self._probes, self._seed = probes, int(seed)
         self._diag = {}
+
+    def probe(self, p):
+        """The Rademacher probe of param ``p``: fed, or drawn in the step (seeded by the
+        optimizer's seed and the param's name, keyed by the step counter)."""
+        if self._probes == "fed":
+            return gc.input(PROBE + p.name, p.shape, dtype=p.dtype)
+        seed = (self._seed * 1_000_003 + zlib.crc32(p.name.encode())) & 0x7FFFFFFF
+        u = gc.random_uniform(p.shape, seed=seed, dtype=p.dtype)
+        return gc.cast(u >= 0.5, p.dtype) * 2.0 - 1.0  # -1 where u < 0.5, else +1
 
     def gradients(self, loss, params):
         g = gc.grad(loss, params)
-        z = [gc.input(PROBE + p.name, p.shape, dtype=p.dtype) for p in params]
+        z = [self.probe(p) for p in params]
         gz = sum(gc.cast(gc.sum(gi * zi), params[0].dtype) for gi, zi in zip(g, z))
         hz = gc.grad(gz, params)  # Hessian-vector products, by differentiating the gradient
         self._diag = {p: zi * hzi for p, zi, hzi in zip(params, z, hz)}  # for update (same build)

@@ -326,8 +326,8 @@ def test_adahessian_matches_numpy(target):
     rng = np.random.default_rng(3)
     _, _, w0 = data()
     probes = [{k: rng.choice([-1.0, 1.0], size=w0[k].shape) for k in NAMES} for _ in range(STEPS)]
-    got = run_graphc(ex.AdaHessian(lr, epsilon=eps), target, probes=[{"probe:" + k: v for k, v in z.items()}
-                                                                     for z in probes])
+    got = run_graphc(ex.AdaHessian(lr, epsilon=eps, probes="fed"), target,
+                     probes=[{"probe:" + k: v for k, v in z.items()} for z in probes])
     ref = NpAdam(lr, eps=eps, hat=True)
 
     def apply(w, g, t):  # D = z * Hz, the Hutchinson estimate of diag(H)
@@ -339,10 +339,38 @@ def test_adahessian_matches_numpy(target):
     assert got[0][-1] < got[0][0]
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_adahessian_draws_its_probes_in_the_step(target):
+    """probes="random": the Rademacher probes come from gc.random_uniform keyed by the step
+    counter (u < 0.5 -> -1, else +1). The same rule with those probes, computed in NumPy, gives
+    the same steps; nothing is fed."""
+    lr, eps = 0.01, 1e-4
+    opt = ex.AdaHessian(lr, epsilon=eps, seed=4)
+    got = run_graphc(opt, target)
+    _, params, _, _ = mlp("float64")
+    draws = []
+    for t in range(STEPS):  # the draws of step t (the counter before the step is t)
+        z = {}
+        for p in params.values():
+            u = gc.random_uniform(p.shape, seed=(4 * 1_000_003 + ex.zlib.crc32(p.name.encode())) & 0x7FFFFFFF,
+                                  dtype="float64", key=gc.const(np.int64(t)))
+            z[p.name] = np.where(gc.compile(u, target="numpy")() < 0.5, -1.0, 1.0)
+        draws.append(z)
+    assert any((draws[0][k] != draws[1][k]).any() for k in NAMES)  # new probes every step
+    ref = NpAdam(lr, eps=eps, hat=True)
+
+    def apply(w, g, t):
+        x, y, _ = data()
+        hz = np_hvp(w, x, y, draws[t - 1])
+        return ref.apply(w, g, t, second={k: (draws[t - 1][k] * hz[k]) ** 2 for k in w})
+    want = run_reference(lambda w, x, y, t: np_loss_grad(w, x, y)[1], apply)
+    assert_close(got, want, 1e-9, 1e-12)
+
+
 def test_adahessian_probes_are_required_feeds():
     loss, _, _, _ = mlp("float64")
     x, y, w = data()
-    step = gc.compile(loss, optimizer=ex.AdaHessian(), target="numpy", params=w)
+    step = gc.compile(loss, optimizer=ex.AdaHessian(probes="fed"), target="numpy", params=w)
     probes = ex.AdaHessian.rademacher_probes(step, np.random.default_rng(0))
     assert sorted(probes) == ["probe:" + k for k in NAMES]
     assert all(set(np.unique(v)) <= {-1.0, 1.0} and v.shape == w[k[6:]].shape for k, v in probes.items())
@@ -383,6 +411,16 @@ def test_sam_through_graphc_nn_fit():
     np.testing.assert_allclose(hist.history["loss"], losses, rtol=1e-5)
     for got, k in zip(model.get_weights(), ["W1", "b1", "W2", "b2"]):
         np.testing.assert_allclose(got, w[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_adahessian_with_in_step_probes_trains_through_graphc_nn_fit():
+    """Nothing to feed: graphc.nn's fit runs it as it is (on the native target)."""
+    from graphc.nn import Dense, Sequential
+    x, y, _ = data()
+    model = Sequential([Dense(D_H, activation="tanh", input_shape=(D_IN,)), Dense(D_OUT)])
+    model.compile(optimizer=ex.AdaHessian(0.05), loss="mse", target="cpu")
+    hist = model.fit(x.astype(np.float32), y.astype(np.float32), epochs=30, batch_size=BATCH, verbose=0)
+    assert hist.history["loss"][-1] < 0.7 * hist.history["loss"][0], hist.history["loss"]
 
 
 def test_readme_sam_snippet_compiles_into_one_step():
