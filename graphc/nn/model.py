@@ -173,6 +173,7 @@ class Model:
         self._target = "cpu"
         self._seed = 0
         self._train_fn = self._train_fn_w = self._test_fn = self._test_fn_w = self._predict_fn = None
+        self._train_fn_dp: dict = {}  # data-parallel training steps (fit under mpirun), by weighted
         self._initial_weights: dict | None = None
         self._pending_opt_state: dict | None = None
         self._epochs_seen = 0
@@ -526,8 +527,7 @@ class Model:
 
     # ---- the compiled programs -----------------------------------------------------------------
     def _owner(self):
-        dp = getattr(self, "_train_fn_dp", None) or {}
-        return (self._train_fn or self._train_fn_w or next(iter(dp.values()), None) or self._test_fn
+        return (self._train_fn or self._train_fn_w or next(iter(self._train_fn_dp.values()), None) or self._test_fn
                 or self._test_fn_w or self._predict_fn)
 
     def _reset_functions(self) -> None:
@@ -592,9 +592,7 @@ class Model:
         return total, extras, updates
 
     def _train_function(self, weighted: bool = False, distributed: bool = False):
-        dp = getattr(self, "_train_fn_dp", None)
-        if dp is None:
-            dp = self._train_fn_dp = {}
+        dp = self._train_fn_dp
         fn = dp.get(weighted) if distributed else (self._train_fn_w if weighted else self._train_fn)
         if fn is None:
             self._require_compiled()

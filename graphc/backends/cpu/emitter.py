@@ -597,7 +597,7 @@ class _Emitter:
                      "    xf = o.reshape((o.size,))"]
         body += ["        for t in range(b * H * W * C, (b + 1) * H * W * C):",
                  f"            xf[t] = {literal(0, n.dtype)}"]
-        body += [ln.replace("ob = ", "ob = ") for ln in self._WINDOW_ROWS] + [
+        body += self._WINDOW_ROWS + [
             "                    if y < 0 or y >= H:",
             "                        continue",
             "                    if inside:",
