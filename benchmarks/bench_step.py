@@ -1,40 +1,55 @@
 """Time ONE training step (forward + backward + Adam) of a float32 ReLU MLP with softmax
 cross-entropy: graphc's compiled targets against the alternatives a user would pick.
 
-    python benchmarks/bench_step.py                          # all configs, all peers found
-    python benchmarks/bench_step.py --configs tiny,small --reps 300
+    python benchmarks/bench_step.py                          # all configs, each contender in its own process
+    python benchmarks/bench_step.py --configs tiny,small --budget 20
     python benchmarks/bench_step.py --quick --configs tiny --no-peers   # smoke run (seconds)
+    python benchmarks/bench_step.py --interleaved            # the older mode: all in ONE process
+    python benchmarks/bench_step.py --call-overhead [tiny]   # Python cost of a call, no-op driver
 
 For numbers comparable with the README, run with the OpenBLAS overrides unset in that
 command alone (they select an older, slower kernel on this machine):
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_step.py
 
-Contenders run in ONE process, interleaved round by round (so drift hits all alike), each
-round timing a short burst of back-to-back calls per contender (see ``interleaved``); each
-reports the median over many repetitions after warm-up, with the interquartile range:
+Default mode (benchmarks/_model_bench.py's harness, as bench_cnn.py): every contender runs in
+a process of its own, built one after another; then rounds alternate between them (the
+starting contender rotates, idle workers block on a pipe), each round ~0.15 s of samples per
+contender; median, minimum and IQR over all rounds; then a side-by-side run with every
+contender in one process (``--no-side-by-side`` skips it). Users run one framework per
+process, and in one process the libraries' thread pools interfere (see "Threads" below).
+Flags of this mode: ``--configs --contenders --quick --no-peers --rounds --budget --round-s
+--gap --warmup --threads --profile-reps --out`` (``--help``).
+
+``--interleaved`` keeps the older single-process mode: contenders interleaved round by round
+in ONE process, each round timing a short burst of back-to-back calls per contender (see
+``interleaved``), plus cold/warm start subprocesses; its flags: ``--interleaved --help``.
+Cold, warm and "edited script" starts are measured in full by benchmarks/bench_compile.py.
+
+Contenders:
 
 - graphc cpu / parallel: ``gc.compile(loss, optimizer=gc.optim.Adam(...), target=...)``;
   one call is one step.
 - eager NumPy: the hand-written, vectorized step a competent person writes (below), with
-  preallocated buffers and in-place Adam; checked against graphc (same init, same data)
-  before timing.
-- graphc numpy: graphc's reference interpreter (fewer repetitions; it is slow).
+  preallocated buffers and in-place Adam; checked against graphc (same init, same data).
+- graphc numpy: graphc's reference interpreter (slow; default mode: few samples per round).
 - PyTorch eager (fused Adam), torch.compile (the same step function compiled) and JAX jit
   (the whole step incl. Adam): when importable, else skipped with a note.
-- BLAS floor: only the 3L-1 GEMMs of a step (L forward, L weight gradients, L-1 input
-  gradients), into preallocated outputs with ``np.dot(out=)``; "BLAS floor (numba)" runs the
-  same GEMMs from one @njit function (the BLAS that graphc's generated code calls, SciPy's).
+- Two floors. The GEMM floor: only the 3L-1 GEMMs of a step (L forward, L weight gradients,
+  L-1 input gradients) into preallocated outputs, from one @njit function ("GEMM floor
+  (numba)": the BLAS graphc's generated code calls, SciPy's) and through ``np.dot(out=)``
+  ("GEMM floor (numpy)"; "BLAS floor" in ``--interleaved``). floor = GEMM floor (numba) + one
+  streaming pass over parameters, gradients and Adam's m and v: "Adam pass", MEASURED as one
+  fused, vectorized Numba loop over float32 arrays of the params' total size reading p, g, m,
+  v and writing p, m, v. Every contender is reported against both ("x GEMMs", "x floor").
 
-Also: cold compile (fresh, empty GRAPHC_CACHE_DIR, in a subprocess), warm start (a second
-process with that cache, imports included), and the peak memory of one step (tracemalloc).
-Results: a table on stdout, JSON (default benchmarks/results/bench_step.json) and a PNG bar
-chart when matplotlib is installed.
+Default mode results: a table on stdout and JSON (default benchmarks/results/bench_step.json);
+``--interleaved``: the same plus a PNG bar chart when matplotlib is installed.
 
-Threads: the contenders share one process, so NumPy's and SciPy's OpenBLAS pools (and
-torch's, and Numba's) all live side by side. OpenBLAS workers busy-wait after each GEMM by
-default; with two such pools on two cores, a step ran 10-100x slower than in a process of
-its own. This script therefore sets OPENBLAS_THREAD_TIMEOUT=4 (workers sleep almost at
+Threads (``--interleaved``): the contenders share one process, so NumPy's and SciPy's OpenBLAS
+pools (and torch's, and Numba's) all live side by side. OpenBLAS workers busy-wait after each
+GEMM by default; with two such pools on two cores, a step ran 10-100x slower than in a process
+of its own. This script therefore sets OPENBLAS_THREAD_TIMEOUT=4 (workers sleep almost at
 once) before NumPy loads, unless it is already set, and keeps the libraries' thread counts
 (``--blas-threads 1`` limits them instead). A graphc-only process needs neither: with the
 defaults there, the medium step ran 507 us with 2 BLAS threads vs 790 us with 1.
@@ -513,8 +528,8 @@ def blas_info() -> list[dict]:
 # main
 # ---------------------------------------------------------------------------------------------
 
-ORDER = ["graphc cpu", "graphc parallel", "BLAS floor", "BLAS floor (numba)", "eager NumPy", "graphc numpy",
-         "torch eager", "torch.compile", "jax jit"]
+ORDER = ["graphc cpu", "graphc parallel", "BLAS floor", "BLAS floor (numba)", "Adam pass", "eager NumPy",
+         "graphc numpy", "torch eager", "torch.compile", "jax jit"]
 
 
 def bench_config(name: str, args, notes: list) -> dict:
@@ -538,6 +553,9 @@ def bench_config(name: str, args, notes: list) -> dict:
     gemms = gemm_list(widths, batch, np.random.default_rng(1))
     c["BLAS floor"] = blas_floor_numpy(gemms)
     c["BLAS floor (numba)"] = blas_floor_numba(gemms)
+    sys.path.insert(0, str(HERE))
+    from _model_bench import adam_pass  # one fused streaming pass over arrays of the params' total size
+    c["Adam pass"] = adam_pass(sum(int(p.size) for p in params))
     np_model = NumpyMLP([p.copy() for p in params], batch)
     c["eager NumPy"] = lambda: np_model.step(x, y)
     interp = graphc_step(widths, "numpy")
@@ -560,11 +578,15 @@ def bench_config(name: str, args, notes: list) -> dict:
         stats[k]["burst"] = interleaved.last_burst[k]
     ref = stats["graphc cpu"]["median_us"]
     floor = stats["BLAS floor"]["median_us"]
+    floor2 = stats["BLAS floor (numba)"]["median_us"] + stats["Adam pass"]["median_us"]
     for k, s in stats.items():
         s["ratio_to_graphc_cpu"] = s["median_us"] / ref
         s["x_blas_floor"] = s["median_us"] / floor
+        s["x_floor"] = s["median_us"] / floor2
     res["contenders"] = stats
+    res["floor_us"] = floor2  # BLAS floor (numba) + Adam pass: GEMMs + one streaming pass over p, g, m, v
     res["graphc_cpu_x_blas_floor"] = ref / floor
+    res["graphc_cpu_x_floor"] = ref / floor2
     res["graphc_cpu_x_numba_blas_floor"] = ref / stats["BLAS floor (numba)"]["median_us"]
     res["speedup_vs_eager_numpy"] = stats["eager NumPy"]["median_us"] / ref
     res["parallel_over_cpu"] = stats["graphc parallel"]["median_us"] / ref
@@ -619,10 +641,13 @@ def print_table(results: dict) -> str:
     lines = []
     for name, r in results["configs"].items():
         lines.append(f"\n{name}: batch {r['batch']}, MLP {'-'.join(map(str, r['widths']))}")
-        lines.append(f"  {'contender':<20} {'median us':>11} {'IQR us':>9} {'reps':>5} {'/graphc cpu':>12} {'x floor':>8}")
+        lines.append(f"  {'contender':<20} {'median us':>11} {'IQR us':>9} {'reps':>5} {'/graphc cpu':>12} "
+                     f"{'x BLAS':>8} {'x floor':>8}")
         for k, s in r["contenders"].items():
             lines.append(f"  {k:<20} {s['median_us']:11.1f} {s['iqr_us']:9.1f} {s['reps']:5d} "
-                         f"{s['ratio_to_graphc_cpu']:12.2f} {s['x_blas_floor']:8.2f}")
+                         f"{s['ratio_to_graphc_cpu']:12.2f} {s['x_blas_floor']:8.2f} {s['x_floor']:8.2f}")
+        lines.append(f"  (x BLAS: / BLAS floor, the GEMMs through np.dot; x floor: / (BLAS floor (numba) + Adam pass) "
+                     f"= {r['floor_us']:.1f} us, the Adam pass measured as one fused loop over the params' total size)")
         for k, why in r["skipped"].items():
             lines.append(f"  {k:<20} skipped: {why}")
         lines.append(f"  graphc cpu = {r['graphc_cpu_x_blas_floor']:.2f}x the BLAS floor "
@@ -683,7 +708,109 @@ def plot(results: dict, path: Path) -> str | None:
     return str(path)
 
 
+# ---------------------------------------------------------------------------------------------
+# default mode: each contender in a process of its own (benchmarks/_model_bench.py)
+# ---------------------------------------------------------------------------------------------
+
+MODEL_CONFIGS = {name: {"batch": b, "widths": list(w)} for name, (b, w) in CONFIGS.items()}
+
+
+def _describe(c: dict) -> str:
+    return f"MLP {'-'.join(map(str, c['widths']))}, batch {c['batch']}"
+
+
+def _params_list(c: dict, params: dict) -> list:
+    return [params[f"{k}{i}"] for i in range(1, len(c["widths"])) for k in ("W", "b")]
+
+
+def _numpy_step(c: dict, params: dict, feeds: dict):
+    m = NumpyMLP(_params_list(c, params), c["batch"])
+    x, y = feeds["x"], feeds["y"]
+    return lambda: m.step(x, y)
+
+
+def _gemms(c: dict) -> list:
+    from _model_bench import linear_gemms
+    w = c["widths"]
+    return [g for i in range(len(w) - 1)
+            for g in linear_gemms(f"dense{i + 1}", c["batch"], w[i], w[i + 1], input_grad=i > 0)]
+
+
+def _torch_step(c: dict, params: dict, feeds: dict, compiled: bool, threads: int):
+    from _model_bench import mlp_torch_step
+    return mlp_torch_step(c, params, feeds, compiled, threads)
+
+
+def _jax_step(c: dict, params: dict, feeds: dict):
+    from _model_bench import mlp_jax_step
+    return mlp_jax_step(c, params, feeds)
+
+
+def model_bench():
+    """The Bench of the default mode (imported lazily: _model_bench is a sibling module)."""
+    sys.path.insert(0, str(HERE))
+    from _model_bench import DEFAULT_CONTENDERS, Bench
+    return Bench(name="bench_step", configs=MODEL_CONFIGS, quick_configs=["tiny"],
+                 default_configs=list(MODEL_CONFIGS), describe=_describe,
+                 graphc_loss=lambda c: graphc_model(c["widths"]),
+                 make_data=lambda c: dict(zip(("x", "y"), make_data(c["batch"], c["widths"]))),
+                 numpy_step=_numpy_step, torch_step=_torch_step, jax_step=_jax_step, gemms=_gemms,
+                 contenders=(*DEFAULT_CONTENDERS, "graphc numpy"),
+                 notes=["floor = GEMM floor (numba) + Adam pass (measured: one fused loop over float32 arrays "
+                        "of the params' total size)"])
+
+
+def call_overhead(config: str = "tiny", rounds: int = 25, calls: int = 5000) -> dict:
+    """The Python cost of ``step(x=..., y=...)`` with the native driver replaced by a no-op
+    (min over ``rounds`` of the mean over ``calls`` back-to-back calls, µs), through the bound
+    call (the common case: same shapes and dtypes as last time) and, alternating with it,
+    through the checked fast path (``_fast_feeds`` + ``prog.run``) it falls back to."""
+    batch, widths = CONFIGS[config]
+    x, y = make_data(batch, widths)
+    st = graphc_step(widths, "cpu")
+    st(x=x, y=y)
+    prog = st.program_for(batch)
+    prog._driver = lambda *a: 0  # noqa: E731  (the native step, gone)
+    st._bound, st._bound_by_batch = None, {}
+    st(x=x, y=y)
+    st(x=x, y=y)  # armed with the no-op driver
+    bound = st._bound
+    if bound is None:
+        raise RuntimeError("the step was not bound: graphc/runtime.py's _BoundCall did not apply")
+    pc = time.perf_counter
+    best = {"bound call": float("inf"), "checked fast path": float("inf")}
+    for _ in range(rounds):
+        for name in best:
+            if name == "bound call":
+                st._bound, st._bound_by_batch[batch] = bound, bound
+            else:
+                st._bound, st._bound_by_batch[batch] = None, None
+            st(x=x, y=y)
+            t0 = pc()
+            for _ in range(calls):
+                st(x=x, y=y)
+            best[name] = min(best[name], (pc() - t0) / calls * 1e6)
+    out = {"config": config, "rounds": rounds, "calls": calls, **{f"{k} us": v for k, v in best.items()}}
+    print(f"Python cost of one {config} step call, no-op driver (min of {rounds} x {calls} calls): "
+          + ", ".join(f"{k} {v:.2f} us" for k, v in best.items()))
+    return out
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--call-overhead" in argv:  # python benchmarks/bench_step.py --call-overhead [config]
+        i = argv.index("--call-overhead")
+        call_overhead(argv[i + 1] if len(argv) > i + 1 and argv[i + 1] in CONFIGS else "tiny")
+        return 0
+    if "--interleaved" in argv:
+        argv.remove("--interleaved")
+        return main_interleaved(argv)
+    bench = model_bench()
+    from _model_bench import main as own_process_main
+    return own_process_main(bench, Path(__file__).resolve(), argv)
+
+
+def main_interleaved(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}")
     ap.add_argument("--reps", type=int, default=2000, help="max timed rounds per config (default 2000)")

@@ -7,7 +7,9 @@
   without passes, fusion or code generation, and a damaged manifest or a missing module is
   rebuilt.
 - The fast call path is taken for repeated feeds (a counter) and every bad feed still gets
-  the FeedError of the full check.
+  the FeedError of the full check; the bound call (graphc/runtime.py's ``_BoundCall``) then
+  serves repeated calls, and anything it was not armed for (shape, dtype, layout, names,
+  hyper-parameters, re-allocated arenas, another batch size) falls through to that check.
 """
 from __future__ import annotations
 
@@ -204,6 +206,180 @@ def test_repeated_feeds_take_the_fast_path_and_bad_feeds_still_fail():
     assert step.fast_calls == m
     step(sx=xb, sy=yb), ref(sx=xb, sy=yb)
     assert step.fast_calls == m + 1
+
+
+def _count_bound(step) -> list:
+    """Wrap the step's bound call: the list collects what each call of it returned."""
+    bound = step._bound
+    assert bound is not None, "a repeated fast call must arm the bound call"
+    seen, call = [], bound.call
+
+    def counted(feeds):
+        r = call(feeds)
+        seen.append(r)
+        return r
+    bound.call = counted
+    return seen
+
+
+def test_the_bound_call_serves_repeated_calls_and_misses_on_any_change():
+    """After two calls with the same shapes the step runs through its bound call (no Python
+    checks but attribute identities); anything else goes down the checked path, which gives
+    the same results and the same FeedError as the interpreter, and re-arms it."""
+    xb, yb = data()
+    step = gc.compile(build_model(0), optimizer=gc.optim.Adam(0.05), target="cpu")
+    ref = gc.compile(build_model(0), optimizer=gc.optim.Adam(0.05), target="numpy")
+    for _ in range(2):
+        np.testing.assert_allclose(step(sx=xb, sy=yb)["loss"], ref(sx=xb, sy=yb)["loss"], rtol=1e-5)
+    seen = _count_bound(step)
+    n = step.fast_calls
+    for _ in range(3):
+        got = step(sx=xb.copy(), sy=yb.copy())  # other arrays, same shapes and dtypes
+        assert got.keys() == {"loss"} and got["loss"].shape == () and type(got["loss"]) is np.ndarray
+        np.testing.assert_allclose(got["loss"], ref(sx=xb, sy=yb)["loss"], rtol=1e-5)
+    assert len(seen) == 3 and all(type(r) is dict for r in seen) and step.fast_calls == n + 3
+
+    def same_error(**feeds):
+        with pytest.raises(gc.FeedError) as native:
+            step(**feeds)
+        with pytest.raises(gc.FeedError) as full:
+            ref(**feeds)
+        assert str(native.value) == str(full.value)
+
+    before = step.state_dict()
+    moved = xb.copy()
+    moved.shape = (10, 3)  # the same array object, reshaped in place
+    same_error(sx=moved, sy=yb)
+    same_error(sx=xb)  # missing
+    same_error(sx=xb, sy=yb, sz=yb)  # extra
+    same_error(sx=xb, sy=yb, learning_rate=np.float32(0.1))  # a hyper-parameter is not a feed
+    k = len(seen)
+    same_error(sx=xb, sy=np.full(5, 4))  # labels out of range: the driver's status
+    same_error(sx=np.where(xb > 1, np.nan, xb).astype("f4"), sy=yb)  # NaN: the driver's status
+    assert [type(r) for r in seen[k:]] == [int, int] and all(seen[k:])
+    after = step.state_dict()
+    for name in before["params"]:
+        np.testing.assert_array_equal(after["params"][name], before["params"][name])
+
+    # accepted, but only by the checked path (cast or copied there): dtype changed in place,
+    # a Fortran-ordered array, int labels of another width, a nested list
+    as_int = np.arange(30, dtype="f4").reshape(5, 6) / 30
+    retyped = as_int.copy()
+    retyped.dtype = np.int32  # the same bytes read as int32: cast to float32 by the full check
+    k = len(seen)
+    for feeds in (dict(sx=retyped, sy=yb), dict(sx=np.asfortranarray(xb), sy=yb),
+                  dict(sx=xb, sy=yb.astype("i4")), dict(sx=xb.tolist(), sy=yb)):
+        np.testing.assert_allclose(step(**feeds)["loss"], ref(**feeds)["loss"], rtol=1e-5)
+    assert seen[k:] == [None] * 4
+
+    # a hyper-parameter change is seen at once (and re-arms), a structural one still refused
+    step.optimizer.learning_rate = ref.optimizer.learning_rate = 0.001
+    for _ in range(3):
+        np.testing.assert_allclose(step(sx=xb, sy=yb)["loss"], ref(sx=xb, sy=yb)["loss"], rtol=1e-5)
+    i = step._bound._hyper_keys.index("hyper:learning_rate")
+    assert step._bound._ns[f"H{i}"] == np.float32(0.001)  # re-armed with the new value
+    for k, v in ref.params.items():
+        np.testing.assert_allclose(step.params[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_the_bound_call_follows_batch_sizes_hyper_parameters_and_store_growth():
+    step = gc.compile(build_model(0), optimizer=gc.optim.SGD(0.1, momentum=0.9), target="cpu")
+    ref = gc.compile(build_model(0), optimizer=gc.optim.SGD(0.1, momentum=0.9), target="numpy")
+    for n in (5, 5, 7, 7, 5, 7, 5):  # alternating batch sizes: one bound call each, re-armed
+        xb, yb = data(n)
+        np.testing.assert_allclose(step(sx=xb, sy=yb)["loss"], ref(sx=xb, sy=yb)["loss"], rtol=1e-5)
+    seen = _count_bound(step)
+    step.optimizer.learning_rate = ref.optimizer.learning_rate = 0.02
+    np.testing.assert_allclose(step(sx=xb, sy=yb)["loss"], ref(sx=xb, sy=yb)["loss"], rtol=1e-5)
+    assert seen == [None]  # the version moved: checked path, which re-reads the hyper-parameters
+    np.testing.assert_allclose(step(sx=xb, sy=yb)["loss"], ref(sx=xb, sy=yb)["loss"], rtol=1e-5)
+    assert type(seen[-1]) is dict
+    # a step compiled to share the store adds a param: the arenas are re-allocated
+    version = step._store._version
+    extra = gc.param("sExtra", (64, 64), init="ones")
+    f = gc.compile(gc.sum(extra), params=step, target="cpu")
+    assert step._store._version != version and float(f()) == 64 * 64
+    np.testing.assert_allclose(step(sx=xb, sy=yb)["loss"], ref(sx=xb, sy=yb)["loss"], rtol=1e-5)
+    assert seen[-1] is None  # missed on the store version, then re-armed on the new arenas
+    np.testing.assert_allclose(step(sx=xb, sy=yb)["loss"], ref(sx=xb, sy=yb)["loss"], rtol=1e-5)
+    assert type(seen[-1]) is dict
+    for k, v in ref.params.items():
+        np.testing.assert_allclose(step.params[k], v, rtol=1e-5, atol=1e-6)
+
+    class Mirror:  # a device program sharing the store ran last: the host must pull first
+        pulls = 0
+
+        def pull(self, store):
+            Mirror.pulls += 1
+    step._store._owner = Mirror()
+    np.testing.assert_allclose(step(sx=xb, sy=yb)["loss"], ref(sx=xb, sy=yb)["loss"], rtol=1e-5)
+    assert seen[-1] is None and Mirror.pulls == 1 and step._store._owner is None
+    step.optimizer.momentum = 0.0  # structural: the same refusal as before any fast path
+    with pytest.raises(gc.GraphcError, match=r"SGD\.momentum was non-zero .* compile a new step"):
+        step(sx=xb, sy=yb)
+
+
+def test_an_inference_function_is_bound_too_and_returns_its_structure():
+    x = gc.input("fx", (None, 6))
+    W = gc.param("fW", (6, 4), init="glorot_uniform")
+    h = gc.tanh(x @ W)
+    outs = {"h": h, "s": gc.sum(h), "two": gc.const(np.full(3, 2.0, "f4")) * 1.0}
+    f = gc.compile(outs, target="cpu")
+    g = gc.compile(outs, target="numpy")
+    xb, _ = data()
+    for _ in range(2):
+        f(fx=xb)
+    seen = _count_bound(f)
+    for _ in range(2):
+        got, want = f(fx=xb), g(fx=xb)
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+            assert np.shape(got[k]) == np.shape(want[k])
+    assert len(seen) == 2 and all(type(r) is dict for r in seen)
+    a, b = f(fx=xb)["h"], f(fx=xb)["h"]
+    assert a is not b and not np.shares_memory(a, b)  # every call returns fresh arrays
+
+
+def test_bound_calls_from_two_threads_are_whole_steps():
+    """The bound call holds the store's lock around the driver and the output reads: two
+    threads stepping one model on the same batch end where one thread's 2n steps end."""
+    import threading
+    xb, yb = data()
+    step = gc.compile(build_model(0), optimizer=gc.optim.Adam(0.05), target="cpu")
+    alone = gc.compile(build_model(0), optimizer=gc.optim.Adam(0.05), target="cpu")
+    step(sx=xb, sy=yb), step(sx=xb, sy=yb)
+    assert step._bound is not None
+    losses = {}
+
+    def run(k):
+        losses[k] = [float(step(sx=xb, sy=yb)["loss"]) for _ in range(40)]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    want = [float(alone(sx=xb, sy=yb)["loss"]) for _ in range(82)]
+    assert step.iterations == 82
+    for k, v in alone.params.items():
+        np.testing.assert_array_equal(step.params[k], v)
+    assert sorted(losses[0] + losses[1]) == sorted(want[2:])  # every loss read belongs to one whole step
+
+
+def test_check_numerics_and_params_as_outputs_are_never_bound():
+    xb, yb = data()
+    step = gc.compile(build_model(0), optimizer=gc.optim.Adam(0.05), target="cpu", check_numerics=True)
+    for _ in range(3):
+        step(sx=xb, sy=yb)
+    assert step._bound is None and step.fast_calls == 2  # prog.run turns statuses into NumericsErrors
+    x = gc.input("px", (None, 6))
+    W = gc.param("pW", (6, 1), init="ones")
+    step = gc.compile(gc.mean(gc.square(x @ W)), optimizer=gc.optim.SGD(0.01), outputs={"W": W}, target="cpu")
+    ref = gc.compile(gc.mean(gc.square(x @ W)), optimizer=gc.optim.SGD(0.01), outputs={"W": W}, target="numpy")
+    for _ in range(3):  # W is read as an output before its update: prog.run copies it first
+        got, want = step(px=xb), ref(px=xb)
+        np.testing.assert_allclose(got["W"], want["W"], rtol=1e-6)
+    assert step._bound is None and step.fast_calls == 2
 
 
 # ---- a second process ---------------------------------------------------------------------------
