@@ -81,7 +81,7 @@ def test_other_batch_sizes_and_a_forward_function_reuse_the_kernel_modules():
     p4, p5 = step.program_for(4), step.program_for(5)
     # every kernel of the batch-5 step is a module the batch-4 step already loaded; only
     # the drivers (which hold the launch sizes) differ
-    assert set(p5.kernel_paths) == set(p4.kernel_paths) and len(p4.kernel_paths) >= 6
+    assert set(p5.kernel_paths) == set(p4.kernel_paths) and len(p4.kernel_paths) >= 5  # 6 launches, 5 functions
     assert p4.path != p5.path
     for ln in p5.module.launches:
         if ln.kind == "kernel":  # the very same dispatcher: compiled once per process on a GPU

@@ -48,7 +48,7 @@ def test_mlp_adam_step_matches_numpy_and_coheres():
     counts = prog.launches_per_step()
     assert counts["h2d"] == 2 and counts["d2h"] == 1  # only the batch in, only the loss out
     listing = step.kernels()
-    assert "launches per step: 15" in listing, listing
+    assert "launches per step: 6" in listing, listing  # fallback GEMM path (tests/cuda/test_cuda_launches.py)
 
     # a cpu function sharing the store sees the device's latest weights
     predict = gc.compile(logits, params=step, target="cpu")

@@ -38,11 +38,38 @@ a GPU, reuses their compiled code (Numba's cache across processes):
 Launches. Launch configurations and argument tuples are bound once per program (re-bound only
 if the device store is reallocated or a scalar feed such as a hyper-parameter changes); a
 step is a Python loop over prepared ``(launcher, args)`` pairs. ``kernel_listing()`` reports
-the launches per step.
+the launches per step, each named after the scheduled kernels it runs (``k8.gemm+k8+k4+k5``).
+
+Fewer launches. Small steps are launch-bound on a GPU, so the schedule's launches are merged
+(``MERGES``; ``GRAPHC_CUDA_MERGE=none`` or a subset turns them off, the reference the tests
+compare against):
+
+- ``epilogue``: on the fallback GEMM, a loop's elementwise epilogue runs on each thread's output
+  tile, reading the accumulator (the GEMM's result is never stored);
+- ``colsum``: a bias gradient ``sum(g, 0)`` whose ``g`` a later fallback GEMM reads as B
+  (``dW = h^T @ g``) is summed by that GEMM's first row of tiles, a thread per column, in K
+  order; else, when ``g`` is the softmax-CE gradient, by the (one-block) softmax-CE kernel
+  after a barrier. The bias update that is its only reader runs on the sum in the same thread;
+- ``multi``: launches of one elementwise function with no memory dependence between them
+  (every parameter's optimizer update) are one launch at the place of the last: an int64
+  table in the scratch arena holds per chunk the original launch's integer arguments and
+  the chunk's bounds, a block per chunk. The scratch operands of in-place update loops (the
+  gradients) get regions of their own, so the plan's reuse of dead buffers does not pin an
+  update to its gradient;
+- ``fold``: a one-element kernel (the step counter ``t + 1``) runs, guarded to thread 0 of
+  block 0, inside the first launch that reads it if that is the softmax-CE kernel (a barrier
+  follows), else inside the last launch before that one.
+
+Every move is checked on element ranges: work moved past a launch must not write what that
+launch reads or writes, nor read what it writes; work merged into one launch must be
+independent the same way (except the column sum feeding its update, in one thread). A 2-layer
+MLP step (Adam) is 6 launches on the fallback GEMM (15 unmerged) and 10 with cuBLAS (5 GEMMs,
+which take no epilogue, + 5 kernels). Generated locals never look like parameters (``o<k>``,
+``s<k>``, ``v<k>``...): work from another kernel may run inside a function.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -63,11 +90,13 @@ class LaunchParams:
     block: int  # threads per block of loop / reduction / sce kernels (a power of two)
     max_grid: int  # blocks of a grid-stride loop
     gemm: tuple  # fallback GEMM tile: (BM, BN, BK, TM, TN)
+    chunk: int = 2048  # elements per block-sized piece of a multi-tensor launch (a table row)
 
 
-REAL = LaunchParams(block=256, max_grid=2048, gemm=(64, 64, 16, 4, 4))
-# the simulator runs every thread as a Python thread: tiny blocks keep the tests fast
-SIM = LaunchParams(block=16, max_grid=4, gemm=(8, 8, 4, 2, 2))
+REAL = LaunchParams(block=256, max_grid=2048, gemm=(64, 64, 16, 4, 4), chunk=2048)
+# the simulator runs every thread as a Python thread: tiny blocks keep the tests fast (and
+# small chunks let small tensors span several)
+SIM = LaunchParams(block=16, max_grid=4, gemm=(8, 8, 4, 2, 2), chunk=32)
 
 
 def launch_params() -> LaunchParams:
@@ -90,6 +119,18 @@ class Launch:
     args: list  # ("arena", "S_float32") | ("int", v) | ("scalar", feed name, dtype)
     gemm: tuple | None = None  # cublas: ((arena, off, shape, perm) for A, B, C)
     comment: str = ""
+    merged: tuple = ()  # the schedule's launches this one does the work of, when more than its own
+    # emitter bookkeeping for merging launches (not part of the launch itself): what it reads
+    # and writes as (arena, first, end) element ranges, the kernel it is listed under, and the
+    # text it was generated from ((_Fn, body lines, tag); ``ew``: an elementwise loop's pieces)
+    reads: list = field(default_factory=list, repr=False, compare=False)
+    writes: list = field(default_factory=list, repr=False, compare=False)
+    anchor: int = field(default=-1, repr=False, compare=False)
+    src: Any = field(default=None, repr=False, compare=False)
+    ew: Any = field(default=None, repr=False, compare=False)
+    folds: int = field(default=0, repr=False, compare=False)
+    covers: set = field(default_factory=set, repr=False, compare=False)  # indices of the kernels it runs
+    tiny: Any = field(default=None, repr=False, compare=False)  # a one-element loop's Kernel (foldable)
 
 
 @dataclass
@@ -105,13 +146,16 @@ class CudaModule:
     copies: list  # deferred store writes: (arena key, offset, size, dtype, source)
     kernel_modules: dict  # module name -> source: one generated kernel each, imported by the driver
     function_modules: dict  # kernel function name -> its module name
+    tables: list = field(default_factory=list)  # (dtype, offset, values): constant tables in device scratch
+    merge_note: str = ""  # what merging did, for kernel_listing()
 
 
 class _Fn:
     """Parameters of one generated kernel, in first-use order (so identical kernels get
     identical text and are emitted once)."""
 
-    def __init__(self):
+    def __init__(self, ip: str = "o", sp: str = "s"):
+        self.ip, self.sp = ip, sp  # parameter name prefixes (a kernel folded into another gets its own)
         self.arrays: list[str] = []
         self.ints: list[tuple[str, int]] = []
         self.scalars: list[tuple[str, str, np.dtype]] = []
@@ -122,7 +166,7 @@ class _Fn:
         return key
 
     def int(self, value: int) -> str:
-        p = f"o{len(self.ints)}"
+        p = f"{self.ip}{len(self.ints)}"
         self.ints.append((p, int(value)))
         return p
 
@@ -130,7 +174,7 @@ class _Fn:
         for p, nm, _ in self.scalars:
             if nm == name:
                 return p
-        p = f"s{len(self.scalars)}"
+        p = f"{self.sp}{len(self.scalars)}"
         self.scalars.append((p, name, np.dtype(dtype)))
         return p
 
@@ -142,11 +186,109 @@ class _Fn:
                 + [("scalar", nm, dt) for _, nm, dt in self.scalars])
 
 
+class _LoopText:
+    """The text of one loop kernel's element: value names, loads, stores. Parameters are taken
+    from ``fn`` at first use, so two kernels of the same structure get the same text whatever
+    the order of their leaves (every parameter's optimizer update is one function). ``subst``
+    maps a node (by id) to the text that stands for its value at the current element (a GEMM
+    epilogue reads the GEMM's accumulator, a bias update the column sum just computed);
+    ``vp`` prefixes the value names and ``idx`` is the flat element index (two loops in one
+    function)."""
+
+    def __init__(self, em: "_Emitter", k: Kernel, fn: "_Fn", subst: dict | None = None, vp: str = "v",
+                 idx: str = "i"):
+        self.em, self.k, self.fn, self.subst, self.vp, self.idx = em, k, fn, dict(subst or {}), vp, idx
+        L = tuple(k.shape)
+        self.L, self.r = L, len(L)
+        used = {id(x) for n in k.prelude + k.nodes + k.reductions for x in n.inputs}
+        self.leaves = {nid: v for nid, v in k.leaves.items() if nid in used}
+        if k.matmul is not None and id(k.matmul) in used:  # the prologue GEMM's result, read in place
+            self.leaves[id(k.matmul)] = View(k.matmul, k.matmul.shape)
+        flat = all(v.size == 1 or v.is_identity_for(L) for v in self.leaves.values())
+        axes_sets = {tuple(sorted(rd.attrs["axes"])) for rd in k.reductions}
+        if not k.reductions:
+            self.mode = "ew"
+        elif len(axes_sets) == 1 and self.r > 0:
+            self.mode = "block"
+        else:
+            self.mode = "serial"
+        self.red_axes = next(iter(axes_sets)) if self.mode == "block" else ()
+        all_reduced = self.mode == "block" and set(self.red_axes) == set(range(self.r))
+        self.flat_index = flat and (self.mode == "ew" or all_reduced)
+        self.names: dict[int, str] = {}
+        self.vmap: list[str] = []
+        self._arena: dict[int, tuple[str, str]] = {}
+
+    def _slot(self, n: Node) -> tuple[str, str]:
+        if id(n) not in self._arena:
+            w = self.em.where(n)
+            self._arena[id(n)] = (self.fn.arr(w[1]), self.fn.int(w[2]))
+        return self._arena[id(n)]
+
+    def load(self, x: Node) -> str:
+        nid = id(x)
+        if nid in self.names:
+            return self.names[nid]
+        v = self.leaves[nid]
+        if id(v.base) in self.subst:
+            return self.subst[id(v.base)]
+        w = self.em.where(v.base)
+        if w[0] == "literal":
+            self.names[nid] = w[1]
+            return w[1]
+        if w[0] == "scalar":
+            self.names[nid] = self.fn.scalar(w[1], v.base.dtype)
+            return self.names[nid]
+        arr, off = self._slot(v.base)
+        if v.size == 1:
+            return f"{arr}[{off}]"
+        return f"{arr}[{off} + {self.idx if self.flat_index else self.em._leaf_index(v, self.L)}]"
+
+    def _fresh(self, n: Node) -> str:
+        nm = f"{self.vp}{len(self.vmap)}"
+        self.names[id(n)] = nm
+        self.vmap.append(f"{nm}={self.em._site(n)}")
+        return nm
+
+    def prelude(self, ind: str) -> list[str]:
+        lines = []
+        for n in self.k.prelude:
+            ops = [self.load(x) for x in n.inputs]
+            lines.append(f"{ind}{self._fresh(n)} = {node_expr(n, ops)}  # {n.op} (prelude)")
+        return lines
+
+    def element(self, ind: str) -> list[str]:
+        lines = []
+        for n in self.k.nodes:
+            ops = [self.load(x) for x in n.inputs]
+            lines.append(f"{ind}{self._fresh(n)} = {node_expr(n, ops)}  # {n.op}")
+        return lines
+
+    def stores(self, ind: str) -> list[str]:
+        """Last: an in-place output reads its operand first."""
+        out = []
+        for o in self.k.outputs:
+            if o in self.k.reductions:
+                continue
+            arr, off = self._slot(o)
+            out.append(f"{ind}{arr}[{off} + {self.idx}] = {self.names[id(o)]}  # store {o.op}")
+        return out
+
+    def reds(self) -> list[tuple[Node, str, str]]:
+        return [(rd, *self._slot(rd)) for rd in self.k.reductions]
+
+
 class _Emitter:
     def __init__(self, plan: Plan, graph: Graph, layout: dict, feeds: list[Node], lp: LaunchParams,
-                 use_cublas: bool):
+                 use_cublas: bool, merge: frozenset = frozenset()):
         self.plan, self.graph, self.layout, self.lp = plan, graph, layout, lp
         self.use_cublas = use_cublas
+        self.merge = merge  # which launch merges to make (MERGES)
+        self.tables: list = []
+        self.relocated: dict[int, int] = {}  # id(node) -> its own offset in the scratch arena (_relocate)
+        self._col_fp: tuple = ([], [])
+        self._col = None  # the column work of the softmax-CE kernel being lowered (_plan_colsums)  # _plan_colsums: the footprint of the column work last checked
+        self._last_src = None
         self.functions = FunctionTable()
         self.local = local_names(graph)  # nodes named by graph position: one text in every process
         self.launches: list[Launch] = []
@@ -177,12 +319,16 @@ class _Emitter:
         if b.kind == "store":
             dt, off, _ = self.layout[b.name]
             return ("arena", f"S_{_dt(dt)}", off)
+        if b.kind == "scratch" and id(n) in self.relocated:
+            return ("arena", f"T_{_dt(b.dtype)}", self.relocated[id(n)])
         if b.kind in ("scratch", "const"):
             return ("arena", f"T_{_dt(b.dtype)}", b.offset)
         raise AssertionError(b.kind)
 
     def function(self, fn: _Fn, body: list[str], tag: str) -> str:
-        return self.functions.add(self.deco, fn.params(), body, tag)
+        name = self.functions.add(self.deco, fn.params(), body, tag)
+        self._last_src = (name, (fn, body, tag))
+        return name
 
     def _site(self, n: Node) -> str:
         return site(n, self.local)
@@ -218,79 +364,12 @@ class _Emitter:
         return lines
 
     def loop_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        L = tuple(k.shape)
-        r = len(L)
         lp = self.lp
         fn = _Fn()
-        used = {id(x) for n in k.prelude + k.nodes + k.reductions for x in n.inputs}
-        leaves = [(nid, v) for nid, v in k.leaves.items() if nid in used]
-        if k.matmul is not None and id(k.matmul) in used:  # the prologue GEMM's result, read in place
-            leaves.append((id(k.matmul), View(k.matmul, k.matmul.shape)))
-        flat = all(v.size == 1 or v.is_identity_for(L) for _, v in leaves)
-        axes_sets = {tuple(sorted(rd.attrs["axes"])) for rd in k.reductions}
-        if not k.reductions:
-            mode = "ew"
-        elif len(axes_sets) == 1 and r > 0:
-            mode = "block"
-        else:
-            mode = "serial"
-        red_axes = next(iter(axes_sets)) if mode == "block" else ()
-        all_reduced = mode == "block" and set(red_axes) == set(range(r))
-        flat_index = flat and (mode == "ew" or all_reduced)
-        names: dict[int, str] = {}
-        vmap: list[str] = []
-        leafv: dict[int, tuple] = {}
-        for nid, v in leaves:
-            w = self.where(v.base)
-            if w[0] == "literal":
-                names[nid] = w[1]
-            elif w[0] == "scalar":
-                names[nid] = fn.scalar(w[1], v.base.dtype)
-            else:
-                leafv[nid] = (fn.arr(w[1]), fn.int(w[2]), v)
-
-        def load(x: Node) -> str:
-            if id(x) in names:
-                return names[id(x)]
-            arr, off, v = leafv[id(x)]
-            if v.size == 1:
-                return f"{arr}[{off}]"
-            return f"{arr}[{off} + {'i' if flat_index else self._leaf_index(v, L)}]"
-
-        def fresh(n: Node) -> str:
-            nm = f"v{len(vmap)}"
-            names[id(n)] = nm
-            vmap.append(f"{nm}={self._site(n)}")
-            return nm
-
-        outs = []
-        for o in k.outputs:
-            if o in k.reductions:
-                continue
-            w = self.where(o)
-            outs.append((o, fn.arr(w[1]), fn.int(w[2])))
-        reds = []
-        for rd in k.reductions:
-            w = self.where(rd)
-            reds.append((rd, fn.arr(w[1]), fn.int(w[2])))
+        t = _LoopText(self, k, fn)
+        L, r, mode, red_axes = t.L, t.r, t.mode, t.red_axes
         n_total = _size(L)
-
-        body: list[str] = []
-        for n in k.prelude:  # scalars: recomputed by every thread
-            ops = [load(x) for x in n.inputs]
-            nm = fresh(n)
-            body.append(f"    {nm} = {node_expr(n, ops)}  # {n.op} (prelude)")
-
-        def element(ind: str) -> list[str]:
-            lines = []
-            for n in k.nodes:
-                ops = [load(x) for x in n.inputs]
-                nm = fresh(n)
-                lines.append(f"{ind}{nm} = {node_expr(n, ops)}  # {n.op}")
-            return lines
-
-        def stores(ind: str) -> list[str]:  # last: in-place outputs read their operand first
-            return [f"{ind}{arr}[{off} + i] = {names[id(o)]}  # store {o.op}" for o, arr, off in outs]
+        body = t.prelude("    ")  # scalars: recomputed by every thread
 
         Lst = contiguous_strides(L)
 
@@ -302,64 +381,70 @@ class _Emitter:
         # (the usual case) the text of a kernel does not depend on the batch size, so another
         # batch size imports the same kernel modules (strides and index moduli stay literals:
         # they involve only the trailing dims, and a division by a constant is cheaper)
+        ew = None
         if mode == "ew":
-            body.append(f"    for i in range(cuda.grid(1), {fn.int(n_total)}, cuda.gridsize(1)):")
-            if not flat_index:
-                body += self._decompose("i", list(range(r)), L, "        ")
-            body += element("        ") + stores("        ")
+            ntot = fn.int(n_total)
+            head = f"    for i in range(cuda.grid(1), {ntot}, cuda.gridsize(1)):"
+            inner = [] if t.flat_index else self._decompose("i", list(range(r)), L, "        ")
+            inner += t.element("        ") + t.stores("        ")
+            ew = (list(body), ntot, inner)  # what a multi-tensor launch of this function re-uses
+            body += [head] + inner
             grid = max(1, min(-(-n_total // lp.block), lp.max_grid))
             block = lp.block
         elif mode == "block":
             kept = [d for d in range(r) if d not in red_axes]
             nk, nr = _size([L[d] for d in kept]), _size([L[d] for d in red_axes])
-            for j, (rd, _, _) in enumerate(reds):
+            for j, rd in enumerate(k.reductions):
                 body.insert(0, f"    sh{j} = cuda.shared.array({lp.block}, numba.{_dt(rd.dtype)})")
             body += ["    t = cuda.threadIdx.x",
                      f"    for b in range(cuda.blockIdx.x, {fn.int(nk)}, cuda.gridDim.x):"]
-            if not flat_index:
+            if not t.flat_index:
                 body += self._decompose("b", kept, L, "        ")
-            for j, (rd, _, _) in enumerate(reds):
+            for j, rd in enumerate(k.reductions):
                 body.append(f"        acc{j} = {reduce_init(rd.op, rd.dtype)}  # {rd.op}")
-            body.append(f"        for {'i' if flat_index else 'j'} in range(t, {fn.int(nr)}, {lp.block}):")
-            if not flat_index:
+            body.append(f"        for {'i' if t.flat_index else 'j'} in range(t, {fn.int(nr)}, {lp.block}):")
+            if not t.flat_index:
                 body += self._decompose("j", list(red_axes), L, "            ")
                 body.append(f"            i = {flat_of(range(r))}")
-            body += element("            ")
-            for j, (rd, _, _) in enumerate(reds):
-                body.append(f"            acc{j} = {reduce_step(rd.op, f'acc{j}', load(rd.inputs[0]))}  # {rd.op}")
-            body += stores("            ")
-            for j, _ in enumerate(reds):
+            body += t.element("            ")
+            for j, rd in enumerate(k.reductions):
+                body.append(f"            acc{j} = {reduce_step(rd.op, f'acc{j}', t.load(rd.inputs[0]))}  # {rd.op}")
+            body += t.stores("            ")
+            for j, _ in enumerate(k.reductions):
                 body.append(f"        sh{j}[t] = acc{j}")
             body += ["        cuda.syncthreads()", f"        s = {lp.block // 2}", "        while s > 0:",
                      "            if t < s:"]
-            for j, (rd, _, _) in enumerate(reds):
+            for j, rd in enumerate(k.reductions):
                 body.append(f"                sh{j}[t] = {reduce_step(rd.op, f'sh{j}[t]', f'sh{j}[t + s]')}")
             body += ["            cuda.syncthreads()", "            s //= 2", "        if t == 0:"]
-            for j, (rd, arr, off) in enumerate(reds):
+            for j, (rd, arr, off) in enumerate(t.reds()):
                 body.append(f"            {arr}[{off} + b] = sh{j}[0]  # {rd.op} (tree)")
             body.append("        cuda.syncthreads()")
             grid, block = max(1, min(nk, lp.max_grid)), lp.block
         else:  # serial fallback: one thread, reductions accumulate in place (CPU order)
             body.append("    if cuda.grid(1) == 0:")
             ind = "        "
-            for rd, arr, off in reds:
+            for rd, arr, off in t.reds():
                 body += [f"{ind}for q in range({fn.int(_size(rd.shape))}):",
                          f"{ind}    {arr}[{off} + q] = {reduce_init(rd.op, rd.dtype)}  # {rd.op} init"]
             for d in range(r):
                 body.append(f"{ind}for i{d} in range({fn.int(L[d])}):")
                 ind += "    "
             body.append(f"{ind}i = {flat_of(range(r))}")
-            body += element(ind)
-            for rd, arr, off in reds:
+            body += t.element(ind)
+            for rd, arr, off in t.reds():
                 kept = [d for d in range(r) if d not in rd.attrs["axes"]]
                 kst = contiguous_strides(tuple(L[d] for d in kept))
                 terms = [f"i{d} * {s}" for d, s in zip(kept, kst) if L[d] != 1]
                 tgt = f"{arr}[{off} + {' + '.join(terms) or '0'}]"
-                body.append(f"{ind}{tgt} = {reduce_step(rd.op, tgt, load(rd.inputs[0]))}  # {rd.op}")
-            body += stores(ind)
+                body.append(f"{ind}{tgt} = {reduce_step(rd.op, tgt, t.load(rd.inputs[0]))}  # {rd.op}")
+            body += t.stores(ind)
             grid, block = 1, 1
         name = self.function(fn, body, f"{mode}")
-        return name, Launch(k.name, "kernel", name, grid, block, fn.args(), comment=" ".join(vmap))
+        ln = Launch(k.name, "kernel", name, grid, block, fn.args(), comment=" ".join(t.vmap))
+        ln.src = (fn, body, mode)
+        ln.ew = ew
+        return name, ln
 
     def copy_kernel(self, k: Kernel) -> tuple[str, Launch]:
         (n,) = k.nodes
@@ -445,13 +530,28 @@ class _Emitter:
                      f"            {G}[{og} + i * {c} + j] = math.exp({Z}[zb + j * {zs1}] - lse) * inv  # sce_grad",
                      f"        {G}[{og} + i * {c} + lab] -= inv"]
         if loss is not None:
-            body += ["    sh[t] = total", "    cuda.syncthreads()", f"    s2 = {B // 2}", "    while s2 > 0:",
-                     "        if t < s2:", "            sh[t] = sh[t] + sh[t + s2]",
-                     "        cuda.syncthreads()", "        s2 //= 2",
+            # (locals never look like parameters, o<k> / s<k>: a bias update may run in here)
+            body += ["    sh[t] = total", "    cuda.syncthreads()", f"    half = {B // 2}", "    while half > 0:",
+                     "        if t < half:", "            sh[t] = sh[t] + sh[t + half]",
+                     "        cuda.syncthreads()", "        half //= 2",
                      "    if t == 0:", f"        {LA}[{ol}] = sh[0] / {n}  # mean loss (tree)"]
+        comment = " ".join(self._site(x) for x in k.nodes)
+        if self._col is not None:  # column sums of the gradient (the bias gradient), then its update
+            rd, U, store = self._col
+            body += ["    cuda.syncthreads()  # every row of the gradient is written",
+                     f"    for j in range(t, {c}, {B}):", f"        cs = {reduce_init('sum', rd.dtype)}",
+                     f"        for i in range({n}):", f"            cs += {G}[{og} + i * {c} + j]"]
+            if store:
+                w = self.where(rd)
+                body.append(f"        {fn.arr(w[1])}[{fn.int(w[2])} + j] = cs  # sum over rows: {self._site(rd)}")
+            comment += f" column sums: {self._site(rd)}"
+            if U is not None:
+                u = _LoopText(self, U, fn, subst={id(rd): "cs"}, vp="u")
+                body = u.prelude("    ") + body + ["        i = j", "        i0 = j"]
+                body += u.element("        ") + u.stores("        ")
+                comment += " then: " + " ".join(u.vmap)
         name = self.function(fn, body, "sce")
-        return name, Launch(k.name, "kernel", name, 1, B, fn.args(),
-                            comment=" ".join(self._site(x) for x in k.nodes))
+        return name, Launch(k.name, "kernel", name, 1, B, fn.args(), comment=comment)
 
     # ---- take / scatter-add (ops/indexing.py): operands are row-major arrays --------------------------
     def _dense(self, fn: _Fn, k: Kernel, x: Node) -> tuple[str, str]:
@@ -811,14 +911,18 @@ class _Emitter:
         return self._launch_over(k, n, fn, body, "pool_grad", _size(n.shape))
 
     # ---- GEMM -------------------------------------------------------------------------------------------
-    def _gemm_function(self, dt: np.dtype, batched: bool = False) -> str:
-        """The fallback GEMM of dtype ``dt``; ``batched``: a stack of them, ``blockIdx.z``
-        striding over the batch (operand offsets advance by the batch strides)."""
+    _GEMM_ROLES = ("A", "B", "C", "oa", "sa0", "sa1", "ob", "sb0", "sb1", "oc", "M", "N", "K")
+
+    def _gemm_text(self, dt: np.dtype, nm: dict | None = None) -> tuple[str, str]:
+        """The fallback GEMM's text up to its accumulators (head: declarations; main: the k loop
+        over shared-memory tiles), its operands and extents named by ``nm`` (role -> name)."""
         BM, BN, BK, TM, TN = self.lp.gemm
         TX, TY = BN // TN, BM // TM
         NT = TX * TY
         t = f"numba.{_dt(dt)}"
         zero = literal(0, dt)
+        A, B, oa, sa0, sa1, ob, sb0, sb1, M, N, K = (
+            (nm or {}).get(r, r) for r in ("A", "B", "oa", "sa0", "sa1", "ob", "sb0", "sb1", "M", "N", "K"))
         head = f"""\
     # register-tiled GEMM (FALLBACK when CuPy/cuBLAS is absent): C = A @ B, A and B strided
     As = cuda.shared.array(({BK}, {BM}), {t})
@@ -832,21 +936,21 @@ class _Emitter:
     row0 = cuda.blockIdx.y * {BM}
     col0 = cuda.blockIdx.x * {BN}
 """
-        body = f"""\
+        main = f"""\
     for m in range({TM}):
         for n in range({TN}):
             acc[m, n] = {zero}
-    for k0 in range(0, K, {BK}):
+    for k0 in range(0, {K}, {BK}):
         for e in range(tid, {BM * BK}, {NT}):
             r = e // {BK}
             gr = row0 + r
             gk = k0 + e - r * {BK}
-            As[e - r * {BK}, r] = A[oa + gr * sa0 + gk * sa1] if (gr < M and gk < K) else {zero}
+            As[e - r * {BK}, r] = {A}[{oa} + gr * {sa0} + gk * {sa1}] if (gr < {M} and gk < {K}) else {zero}
         for e in range(tid, {BK * BN}, {NT}):
             r = e // {BN}
             gk = k0 + r
             gc = col0 + e - r * {BN}
-            Bs[r, e - r * {BN}] = B[ob + gk * sb0 + gc * sb1] if (gk < K and gc < N) else {zero}
+            Bs[r, e - r * {BN}] = {B}[{ob} + gk * {sb0} + gc * {sb1}] if (gk < {K} and gc < {N}) else {zero}
         cuda.syncthreads()
         for kk in range({BK}):
             for m in range({TM}):
@@ -857,14 +961,24 @@ class _Emitter:
                 for n in range({TN}):
                     acc[m, n] += ar[m] * br[n]
         cuda.syncthreads()
-    for m in range({TM}):
-        gr = row0 + ty + m * {TY}
-        if gr < M:
-            for n in range({TN}):
-                gc = col0 + tx + n * {TX}
-                if gc < N:
-                    C[oc + gr * N + gc] = acc[m, n]"""
-        params = ["A", "B", "C", "oa", "sa0", "sa1", "ob", "sb0", "sb1", "oc", "M", "N", "K"]
+"""
+        return head, main
+
+    def _gemm_tile_loop(self, M: str, N: str) -> list[str]:
+        """The loops over a thread's output elements (gr, gc) of its tile (body at 20 spaces)."""
+        BM, BN, BK, TM, TN = self.lp.gemm
+        TX, TY = BN // TN, BM // TM
+        return [f"    for m in range({TM}):", f"        gr = row0 + ty + m * {TY}", f"        if gr < {M}:",
+                f"            for n in range({TN}):", f"                gc = col0 + tx + n * {TX}",
+                f"                if gc < {N}:"]
+
+    def _gemm_function(self, dt: np.dtype, batched: bool = False) -> str:
+        """The fallback GEMM of dtype ``dt``; ``batched``: a stack of them, ``blockIdx.z``
+        striding over the batch (operand offsets advance by the batch strides)."""
+        head, main = self._gemm_text(dt)
+        store = " " * 20 + "C[oc + gr * N + gc] = acc[m, n]"
+        body = main + "\n".join(self._gemm_tile_loop("M", "N") + [store])
+        params = list(self._GEMM_ROLES)
         if batched:  # every block walks the batch (syncthreads stay uniform: z is the block's)
             for x in "abc":
                 body = body.replace(f"[o{x} + ", f"[z{x} + ")
@@ -879,17 +993,22 @@ class _Emitter:
             self.functions.nparams[name] = len(params)
         return name
 
+    def _gemm_operands(self, k: Kernel, mm: Node) -> list:
+        a, b = mm.inputs
+        parts = []
+        for v in (k.leaves[id(a)], k.leaves[id(b)], View(mm, mm.shape)):
+            w = self.where(v.base)
+            if w[0] != "arena":
+                raise CompileError(f"cuda: matmul operand {self._site(v.base)} is not an array in device memory")
+            parts.append((w[1], w[2], tuple(v.shape), v.perm))
+        return parts
+
     def gemm(self, k: Kernel, mm: Node) -> Launch:
         a, b = mm.inputs
         va, vb = k.leaves[id(a)], k.leaves[id(b)]
         M, K = a.shape
         N = b.shape[1]
-        parts = []
-        for v in (va, vb, View(mm, mm.shape)):
-            w = self.where(v.base)
-            if w[0] != "arena":
-                raise CompileError(f"cuda: matmul operand {self._site(v.base)} is not an array in device memory")
-            parts.append((w[1], w[2], tuple(v.shape), v.perm))
+        parts = self._gemm_operands(k, mm)
         site = f"{self._site(mm)} ({M}x{K} @ {K}x{N})"
         if self.use_cublas:
             return Launch(f"{k.name}.gemm" if k.kind == "loop" else k.name, "cublas", "cupy.matmul", None, None,
@@ -902,6 +1021,68 @@ class _Emitter:
                 ("int", sb1), ("int", parts[2][1]), ("int", M), ("int", N), ("int", K)]
         return Launch(f"{k.name}.gemm" if k.kind == "loop" else k.name, "kernel", name,
                       (-(-N // BN), -(-M // BM)), (BN // TN, BM // TM), args, comment=site)
+
+    def gemm_fused(self, k: Kernel, epilogue: bool, col: tuple | None) -> Launch:
+        """The fallback GEMM of kernel ``k`` with work that would otherwise be launches of their
+        own. ``epilogue``: k's elementwise loop runs on each thread's output tile, reading the
+        accumulator instead of the GEMM's result (which is then never stored). ``col``:
+        ``(rd, U, store)``, ``rd`` a column sum of the GEMM's B operand over its K axis (the bias
+        gradient next to ``dW = h^T @ g``: ``db = sum(g, 0)``), computed by the blocks of the
+        first row of tiles, a thread per column (sequentially over K: deterministic), and ``U``
+        None or an elementwise loop over those columns that reads ``rd`` (the bias update), run
+        by the same thread on the sum it just computed (``store``: rd is also written to its
+        buffer; not when U is its only reader)."""
+        mm = k.matmul
+        a, b = mm.inputs
+        va, vb = k.leaves[id(a)], k.leaves[id(b)]
+        M, K = a.shape
+        N = b.shape[1]
+        parts = self._gemm_operands(k, mm)
+        fn = _Fn()
+        (sa0, sa1), (sb0, sb1) = self._strides(va, (M, K)), self._strides(vb, (K, N))
+        nm = {"A": fn.arr(parts[0][0]), "oa": fn.int(parts[0][1]), "sa0": fn.int(sa0), "sa1": fn.int(sa1),
+              "B": fn.arr(parts[1][0]), "ob": fn.int(parts[1][1]), "sb0": fn.int(sb0), "sb1": fn.int(sb1),
+              "M": fn.int(M), "N": fn.int(N), "K": fn.int(K)}
+        head, main = self._gemm_text(mm.dtype, nm)
+        pre: list[str] = []
+        tail = self._gemm_tile_loop(nm["M"], nm["N"])
+        ind = " " * 20
+        comment = f"{self._site(mm)} ({M}x{K} @ {K}x{N})"
+        if epilogue:
+            t = _LoopText(self, k, fn, subst={id(mm): "acc[m, n]"})
+            pre += t.prelude("    ")
+            tail += [f"{ind}i0 = gr", f"{ind}i1 = gc", f"{ind}i = gr * {nm['N']} + gc"]
+            tail += t.element(ind) + t.stores(ind)
+            comment += " epilogue: " + " ".join(t.vmap)
+        else:
+            C, oc = fn.arr(parts[2][0]), fn.int(parts[2][1])
+            tail.append(f"{ind}{C}[{oc} + gr * {nm['N']} + gc] = acc[m, n]")
+        if col is not None:
+            rd, U, store = col
+            BN, NT = self.lp.gemm[1], (self.lp.gemm[1] // self.lp.gemm[4]) * (self.lp.gemm[0] // self.lp.gemm[3])
+            ind = " " * 16
+            tail += ["    if cuda.blockIdx.y == 0:  # column sums of B (the first row of tiles)",
+                     f"        for e in range(tid, {BN}, {NT}):", "            gc = col0 + e",
+                     f"            if gc < {nm['N']}:", f"{ind}cs = {reduce_init('sum', rd.dtype)}",
+                     f"{ind}for kk in range({nm['K']}):",
+                     f"{ind}    cs += {nm['B']}[{nm['ob']} + kk * {nm['sb0']} + gc * {nm['sb1']}]"]
+            if store:
+                w = self.where(rd)
+                R, orr = fn.arr(w[1]), fn.int(w[2])
+                tail.append(f"{ind}{R}[{orr} + gc] = cs  # sum over K: {self._site(rd)}")
+            comment += f" column sums: {self._site(rd)}"
+            if U is not None:
+                u = _LoopText(self, U, fn, subst={id(rd): "cs"}, vp="u")
+                pre += u.prelude("    ")
+                tail += [f"{ind}i = gc", f"{ind}i0 = gc"] + u.element(ind) + u.stores(ind)
+                comment += " then: " + " ".join(u.vmap)
+        body = head.rstrip("\n").split("\n") + pre + main.rstrip("\n").split("\n") + tail
+        name = self.function(fn, body, "gemm_fused")
+        BM, BN, BK, TM, TN = self.lp.gemm
+        ln = Launch(f"{k.name}.gemm+{k.name}" if epilogue else f"{k.name}.gemm" if k.kind == "loop" else k.name,
+                    "kernel", name, (-(-N // BN), -(-M // BM)), (BN // TN, BM // TM), fn.args(), comment=comment)
+        ln.src = (fn, body, "gemm_fused")
+        return ln
 
     def bmm_kernel(self, k: Kernel) -> tuple[str, Launch]:
         """batch_matmul: ``op(a[z]) @ op(b[z])`` for every z. cuBLAS: ``cupy.matmul`` on 3-D
@@ -933,22 +1114,392 @@ class _Emitter:
         return name, Launch(k.name, "kernel", name, (-(-N // BN), -(-M // BM), max(1, min(NB, 65535))),
                             (BN // TN, BM // TM), args, comment=site)
 
+    # ---- fewer launches --------------------------------------------------------------------------------
+    def _ranges(self, nodes) -> list:
+        """(arena, first, end) element ranges of the materialized ``nodes`` in device memory."""
+        out = []
+        for n in nodes:
+            if id(n) not in self.plan.buffers:
+                continue
+            w = self.where(n)
+            if w[0] == "arena":
+                out.append((w[1], w[2], w[2] + _size(n.shape)))
+        return out
+
+    def _footprint(self, k: Kernel) -> tuple[list, list]:
+        """What kernel ``k`` reads (every operand's whole storage) and writes."""
+        return self._ranges({id(v.base): v.base for v in k.leaves.values()}.values()), self._ranges(k.outputs)
+
+    def _gemm_reads(self, k: Kernel) -> list:
+        """The storage k's prologue GEMM reads (its operands may be views: their bases)."""
+        return self._ranges([k.leaves[id(x)].base for x in k.matmul.inputs])
+
+    @staticmethod
+    def _clash(a: tuple, b: tuple) -> bool:
+        """Whether work with footprint ``a`` (reads, writes) and work ``b`` depend on each other
+        through memory (so neither may move past the other, nor may both run in one launch)."""
+        def hit(xs, ys):
+            return any(x[0] == y[0] and x[1] < y[2] and y[1] < x[2] for x in xs for y in ys)
+        return hit(a[1], b[0] + b[1]) or hit(a[0], b[1])
+
+    def _epilogue_ok(self, k: Kernel, fp: tuple) -> bool:
+        """A loop whose prologue GEMM it reads at the same element only, with no reductions, and
+        writing nothing the GEMM reads, can run on the GEMM's output tiles."""
+        t = _LoopText(self, k, _Fn())
+        if t.mode != "ew" or any(v.base is k.matmul and not v.is_identity_for(k.matmul.shape)
+                                 for v in t.leaves.values()):
+            return False
+        return not self._clash((self._gemm_reads(k), []), (fp[0], fp[1]))
+
+    def _plan_colsums(self, ks: list, fp: dict) -> tuple[dict, dict, dict]:
+        """Bias gradients folded into a kernel that has the operand at hand: a column sum
+        ``rd = sum(x, axis=0)`` of a 2-D ``x`` is computed by a later fallback GEMM ``G`` that
+        reads ``x`` as its B operand (``dW = h^T @ x``: its first row of tiles), or by the
+        softmax-CE kernel that writes ``x`` (its gradient; after its rows, one thread per
+        column), and the elementwise loop ``U`` that is rd's only reader (the bias update)
+        runs there too, on the sum just computed. Each move is checked against the memory
+        every launch in between reads and writes (the plan reuses dead buffers), and against
+        the host's own work (they run in one launch). Returns {id(G): (rd, U, store)},
+        {id(kernel): ids of the reductions it loses}, {id(U): index of G}."""
+        col, drop, absorbed, taken = {}, {}, {}, set()
+        readers: dict[int, list[int]] = {}
+        for i, k in enumerate(ks):
+            for v in k.leaves.values():
+                readers.setdefault(id(v.base), []).append(i)
+        # GEMM hosts first: a bias update the dW GEMM runs keeps the step counter out of the
+        # softmax-CE kernel (see _fold_tiny), so forward kernels keep their text
+        order = [i for i, k in enumerate(ks) if k.kind != "sce"] + [i for i, k in enumerate(ks) if k.kind == "sce"]
+        for gi in order:
+            G = ks[gi]
+            if id(G) in absorbed:
+                continue
+            if G.kind == "sce":  # sums its own gradient output, after all of its rows
+                x = next((n for n in G.nodes if n.op == "sce_grad"), None)
+                if x is None or len(x.shape) != 2:
+                    continue
+                hosts = range(gi + 1, len(ks))
+            elif G.matmul is not None and G.kind in ("loop", "matmul") and not self.use_cublas:
+                b = G.matmul.inputs[1]
+                vb = G.leaves.get(id(b))
+                if vb is None or vb.perm is not None or tuple(vb.shape) != tuple(b.shape) or len(b.shape) != 2:
+                    continue
+                x = vb.base
+                hosts = range(gi)
+            else:
+                continue
+            if self.where(x)[0] != "arena":
+                continue
+            N = x.shape[1]
+            for ei in hosts:
+                E = ks[ei]
+                if E.kind != "loop" or id(E) in absorbed:
+                    continue
+                rd = next((r for r in E.reductions if r.op == "sum" and r.inputs[0] is x and id(r) not in taken
+                           and tuple(sorted(r.attrs["axes"])) == (0,) and np.dtype(r.dtype) == np.dtype(x.dtype)
+                           and np.dtype(r.dtype).kind == "f" and _size(r.shape) == N
+                           and self.where(r)[0] == "arena"), None)
+                if rd is None:
+                    continue
+                # where rd's readers run: a loop already taken into a GEMM runs at that GEMM
+                users = sorted({absorbed.get(id(ks[u]), u) for u in readers.get(id(rd), [])})
+                U, ui = None, -1
+                if len(users) == 1 and users[0] not in (gi, ei):
+                    cand = ks[users[0]]
+                    ct = _LoopText(self, cand, _Fn())
+                    if (cand.kind == "loop" and ct.mode == "ew" and cand.matmul is None and ct.flat_index
+                            and _size(cand.shape) == N and id(cand) not in absorbed
+                            and all(v.is_identity_for(tuple(cand.shape)) for v in cand.leaves.values()
+                                    if v.base is rd)):
+                        U, ui = cand, users[0]
+                kept = any(o is rd for o in self.graph.outputs) or any(c is rd for c, _ in self.plan.copies)
+
+                def legal(U, ui) -> bool:
+                    # rd is stored unless its only reader runs on it in G (then the sum stays in a register)
+                    rfp = (self._ranges([x]), self._ranges([rd]) if U is None or kept else [])
+                    if U is None and any(u <= gi for u in users):
+                        return False  # rd is read before G could compute it
+                    if any(self._clash(rfp, fp[id(ks[j])]) for j in range(min(ei, gi) + 1, max(ei, gi))
+                           if j != ui):
+                        return False
+                    self._col_fp = (rfp[0], rfp[1])
+                    ufp = ([], [])
+                    if U is not None:
+                        own = self._ranges([rd])
+                        ufp = ([r for r in fp[id(U)][0] if r not in own], fp[id(U)][1])
+                        if any(self._clash(ufp, fp[id(ks[j])]) for j in range(min(ui, gi) + 1, max(ui, gi))):
+                            return False
+                    # the column work (rd, then U on it) and G's own work run concurrently (the
+                    # softmax-CE kernel is one block: a barrier orders its rows before the sums)
+                    self._col_fp = (rfp[0] + ufp[0], rfp[1] + ufp[1])
+                    inner = (ufp[0] if G.kind == "sce" else self._col_fp[0], self._col_fp[1])
+                    return not self._clash(inner, fp[id(G)])
+
+                if not legal(U, ui):
+                    if U is None or not legal(None, -1):
+                        continue
+                    U = None
+                store = U is None or kept
+                taken.add(id(rd))
+                col[id(G)] = (rd, U, store)
+                drop.setdefault(id(E), set()).add(id(rd))
+                # later decisions see G doing this work, and U no longer where it was
+                fp[id(G)] = (fp[id(G)][0] + self._col_fp[0], fp[id(G)][1] + self._col_fp[1])
+                if U is not None:
+                    absorbed[id(U)] = gi
+                    fp[id(U)] = ([], [])
+                break
+        return col, drop, absorbed
+
+    def _lower(self, k: Kernel, col, fp: tuple) -> list:
+        """The launches of kernel ``k`` (``col``: the column work it takes over, see gemm_fused)."""
+        fallback = not self.use_cublas
+        launches = []
+        epi = (fallback and "epilogue" in self.merge and k.kind == "loop" and k.matmul is not None
+               and self._epilogue_ok(k, fp))
+        if k.matmul is not None:
+            if fallback and (epi or col is not None):
+                ln = self.gemm_fused(k, epi, col)
+                ln.reads, ln.writes = list(fp[0]), list(fp[1]) + ([] if epi else self._ranges([k.matmul]))
+                if col is not None:
+                    self._add_col_footprint(ln, col)
+            else:
+                ln = self.gemm(k, k.matmul)
+                ln.reads, ln.writes = self._gemm_reads(k), self._ranges([k.matmul])
+            launches.append(ln)
+        if k.kind != "matmul" and not epi:
+            lowering = KERNELS.get(k.kind)
+            if lowering is None:
+                raise CompileError(f"the cuda backend has no lowering for kernel kind {k.kind!r} "
+                                   f"({', '.join(self._site(n) for n in k.nodes)})")
+            self._col = col if k.kind == "sce" else None
+            ln = lowering(self, k)[1]
+            self._col = None
+            last = self._last_src
+            if ln.kind == "kernel" and ln.src is None and last is not None and last[0] == ln.function:
+                ln.src = last[1]
+            ln.reads, ln.writes = list(fp[0]), list(fp[1])
+            if col is not None and k.kind == "sce":
+                self._add_col_footprint(ln, col)
+            launches.append(ln)
+        return launches
+
+    def _add_col_footprint(self, ln: Launch, col: tuple) -> None:
+        rd, U, store = col
+        own = self._ranges([rd])
+        ln.writes += own if store else []
+        if U is not None:
+            uf = self._footprint(U)
+            ln.reads += [r for r in uf[0] if store or r not in own]
+            ln.writes += uf[1]
+
+    def _relocate(self, ks: list, absorbed: dict) -> None:
+        """Give the scratch operands of every in-place update loop (the gradients an optimizer
+        update reads) a region of their own after the plan's arena, so the plan's reuse of
+        dead buffers does not pin each update right after its gradient: they can then wait
+        for the last gradient and run as one multi-tensor launch. This is the gradient arena
+        of the issue, bought with one gradient's worth of scratch per parameter (the updates
+        a fallback GEMM runs as its epilogue read the accumulator: nothing is moved for them)."""
+        keep = {id(o) for o in self.graph.outputs} | {id(c) for c, _ in self.plan.copies}
+        fused = not self.use_cublas and "epilogue" in self.merge
+        for k in ks:
+            if k.kind != "loop" or k.reductions or id(k) in absorbed:
+                continue
+            if not any(self.plan.buffers[id(o)].kind == "store" for o in k.outputs):
+                continue
+            used = [v.base for v in _LoopText(self, k, _Fn()).leaves.values()]
+            for x in used:
+                b = self.plan.buffers.get(id(x))
+                if (b is None or b.kind != "scratch" or id(x) in keep or id(x) in self.relocated
+                        or (fused and x is k.matmul)):
+                    continue
+                off = aligned(self.scratch_sizes.get(b.dtype, 0), b.dtype)
+                self.scratch_sizes[b.dtype] = off + b.size
+                self.relocated[id(x)] = off
+
+    def _table(self, values: list) -> int:
+        """A constant int64 table in the device scratch arena (filled when the program is
+        built); returns its element offset."""
+        dt = np.dtype(np.int64)
+        off = aligned(self.scratch_sizes.get(dt, 0), dt)
+        self.scratch_sizes[dt] = off + len(values)
+        self.tables.append((dt, off, np.asarray(values, dtype=dt)))
+        return off
+
+    def _multi_tensor(self, units: list) -> list:
+        """Launches of the same generated elementwise function that may run together (no
+        memory dependence between them, nor with any launch they are moved past) become one
+        launch at the place of the last (multi-tensor apply: every parameter's optimizer
+        update in one launch)."""
+        def key(ln):
+            if ln.ew is None or ln.kind != "kernel":
+                return None
+            return ln.function, tuple(a for a in ln.args if a[0] != "int")
+
+        out = list(units)
+        i = 0
+        while i < len(out):
+            kx = key(out[i])
+            if kx is None:
+                i += 1
+                continue
+            members, acc = [i], (list(out[i].reads), list(out[i].writes))
+            for j in range(i + 1, len(out)):
+                y = out[j]
+                if self._clash(acc, (y.reads, y.writes)):
+                    break
+                if key(y) == kx:
+                    members.append(j)
+                    acc[0].extend(y.reads)
+                    acc[1].extend(y.writes)
+            if len(members) == 1:
+                i += 1
+                continue
+            merged = self._mt_launch([out[m] for m in members])
+            last = members[-1]
+            out[last] = merged
+            out = [u for idx, u in enumerate(out) if idx not in members[:-1]]
+        return out
+
+    def _mt_launch(self, group: list) -> Launch:
+        """One launch of ``group``'s common elementwise function over all their elements: a
+        device table holds, per chunk of at most ``lp.chunk`` elements of one launch's loop,
+        that launch's integer arguments (offsets, extents) and the chunk's bounds; a block
+        strides over the chunks. Offsets are read from the table rather than the store being
+        re-laid out into one arena in parameter order, so the store, checkpoints and every
+        other program on it stay as they are."""
+        fn0, _, _ = group[0].src
+        pre, ntot, inner = group[0].ew
+        names = [p for p, _ in fn0.ints]
+        n, ti = len(names), names.index(ntot)
+        ch = self.lp.chunk
+        rows = []
+        for ln in group:
+            vals = [a[1] for a in ln.args if a[0] == "int"]
+            for lo in range(0, vals[ti], ch):
+                rows += vals + [lo, min(lo + ch, vals[ti])]
+        nrows = len(rows) // (n + 2)
+        fn = _Fn(ip="m")
+        fn.arrays = list(fn0.arrays) + ([] if "T_int64" in fn0.arrays else ["T_int64"])
+        tab, nch = fn.int(self._table(rows)), fn.int(nrows)
+        fn.scalars = list(fn0.scalars)
+        body = [f"    for c in range(cuda.blockIdx.x, {nch}, cuda.gridDim.x):  # one chunk of one launch per block",
+                f"        r = {tab} + c * {n + 2}"]
+        body += [f"        {p} = T_int64[r + {j}]" for j, p in enumerate(names)]
+        body += [f"        lo = T_int64[r + {n}]", f"        hi = T_int64[r + {n + 1}]"]
+        body += ["    " + ln for ln in pre]
+        body += ["        for i in range(lo + cuda.threadIdx.x, hi, cuda.blockDim.x):"]
+        body += ["    " + ln for ln in inner]
+        name = self.function(fn, body, "multi")
+        merged = tuple(x for ln in group for x in (ln.merged or (ln.name,)))
+        ln = Launch("+".join(x.name for x in group), "kernel", name, max(1, min(nrows, self.lp.max_grid)),
+                    self.lp.block, fn.args(), comment=f"multi-tensor apply of {len(group)} launches of "
+                    f"{group[0].function} ({nrows} chunks): " + group[0].comment, merged=merged)
+        ln.reads = [r for x in group for r in x.reads]
+        ln.writes = [w for x in group for w in x.writes]
+        ln.anchor, ln.src = group[-1].anchor, (fn, body, "multi")
+        ln.covers = set().union(*(x.covers for x in group))
+        return ln
+
+    def _fold_tiny(self, units: list) -> list:
+        """A kernel over a single element (the step counter ``t + 1``) runs inside a later numba
+        launch. Preferably the first launch that reads what it writes, when that launch is one
+        block (softmax-CE): thread 0 does it first and a barrier orders it before every read.
+        Otherwise the last launch before that one: nothing there reads or writes what it
+        touches (checked), so thread 0 of block 0 does it, guarded, with no race. Late hosts
+        keep the forward kernels a training step shares with inference functions as they are."""
+        out = list(units)
+        i = 0
+        while i < len(out):
+            x = out[i]
+            host, barrier = None, False
+            if x.tiny is not None:
+                for j in range(i + 1, len(out)):
+                    y = out[j]
+                    if self._clash((x.reads, x.writes), (y.reads, y.writes)):
+                        # only y reading what x writes (a barrier resolves that in one block)
+                        # (always one block whatever the batch: the text stays batch-independent)
+                        if (y.kind == "kernel" and y.src is not None and y.src[2] == "sce"
+                                and not self._clash((x.reads, x.writes), ([], y.writes))):
+                            host, barrier = j, True
+                        break
+                    if y.kind == "kernel" and y.src is not None:
+                        host = j
+            if host is None:
+                i += 1
+                continue
+            out[host] = self._fold(x, out[host], barrier)
+            del out[i]
+        return out
+
+    def _fold(self, x: Launch, y: Launch, barrier: bool = False) -> Launch:
+        f = y.folds
+        xfn = _Fn(ip=f"f{f}o", sp=f"f{f}s")  # its own parameter and value names inside y's function
+        t = _LoopText(self, x.tiny, xfn, vp=f"f{f}v", idx="0")
+        lines = t.prelude("        ") + t.element("        ") + t.stores("        ")
+        yfn, ybody, tag = y.src
+        fn = _Fn()
+        fn.arrays = yfn.arrays + [a for a in xfn.arrays if a not in yfn.arrays]
+        fn.ints, fn.scalars = yfn.ints + xfn.ints, yfn.scalars + xfn.scalars
+        guard = ("    if (cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0 and cuda.blockIdx.x == 0 and "
+                 f"cuda.blockIdx.y == 0 and cuda.blockIdx.z == 0):  # folded in: {x.name}")
+        body = [guard] + lines + (["    cuda.syncthreads()  # before anything reads it"] if barrier else []) + ybody
+        name = self.function(fn, body, tag)
+        merged = tuple(m for ln in (x, y) for m in (ln.merged or (ln.name,)))
+        ln = Launch(f"{x.name}+{y.name}", "kernel", name, y.grid, y.block, fn.args(),
+                    comment=f"{y.comment} | folded in: {x.comment}", merged=merged)
+        ln.reads, ln.writes = x.reads + y.reads, x.writes + y.writes
+        ln.anchor, ln.src, ln.folds, ln.covers = y.anchor, (fn, body, tag), f + 1, x.covers | y.covers
+        return ln
+
     # ---- module -------------------------------------------------------------------------------------------
     def emit(self) -> CudaModule:
-        for k in self.plan.kernels:
+        ks = list(self.plan.kernels)
+        fp = {id(k): self._footprint(k) for k in ks}
+        col, drop, absorbed = ({}, {}, {})
+        if "colsum" in self.merge:
+            col, drop, absorbed = self._plan_colsums(ks, fp)
+        if "multi" in self.merge:
+            self._relocate(ks, absorbed)
+        units: list[Launch] = []
+        for i, k in enumerate(ks):
+            kk = k
+            if id(k) in drop:  # its column sums are computed by a later GEMM
+                kk = replace(k, reductions=[r for r in k.reductions if id(r) not in drop[id(k)]],
+                             outputs=[o for o in k.outputs if id(o) not in drop[id(k)]])
             launches = []
-            if k.matmul is not None:
-                launches.append(self.gemm(k, k.matmul))
-            if k.kind != "matmul":
-                lowering = KERNELS.get(k.kind)
-                if lowering is None:
-                    raise CompileError(f"the cuda backend has no lowering for kernel kind {k.kind!r} "
-                                       f"({', '.join(self._site(n) for n in k.nodes)})")
-                launches.append(lowering(self, k)[1])
-            self.launches += launches
-            self.infos.append(KernelInfo(k.name, launches[-1].function, k.kind, tuple(k.shape),
-                                         [n.op for n in k.all_nodes], k.all_nodes, k.outputs, out_bytes(k.outputs),
-                                         launches=launches))
+            if id(k) not in absorbed and (kk.nodes or kk.reductions or kk.matmul is not None):
+                launches = self._lower(kk, col.get(id(k)), self._footprint(kk))
+            c = col.get(id(k))
+            for ln in launches:
+                ln.anchor, ln.covers = i, {i}
+                if (kk.kind == "loop" and kk.shape == () and kk.matmul is None and ln.ew is not None
+                        and "fold" in self.merge):
+                    ln.tiny = kk
+            if c is not None:  # the kernels whose work the GEMM took over
+                e = next(j for j, q in enumerate(ks) if id(q) in drop and id(c[0]) in drop[id(q)])
+                extra = [e] + ([next(j for j, q in enumerate(ks) if q is c[1])] if c[1] is not None else [])
+                ln = launches[0]
+                ln.covers |= set(extra)
+                own = ln.name.split("+")
+                whole = not (ks[e].nodes or len(ks[e].reductions) > 1 or ks[e].matmul)  # all of it moved
+                red = ks[e].name if whole else f"{ks[e].name}.sum"
+                ln.merged = tuple(own + [red] + ([c[1].name] if c[1] is not None else []))
+                ln.name = "+".join(ln.merged)
+            units += launches
+            self.infos.append(KernelInfo(k.name, "", k.kind, tuple(k.shape), [n.op for n in k.all_nodes],
+                                         k.all_nodes, k.outputs, out_bytes(k.outputs)))
+        if "multi" in self.merge:
+            units = self._multi_tensor(units)
+        if "fold" in self.merge:
+            units = self._fold_tiny(units)
+        self.launches = units
+        unmerged = sum((k.matmul is not None) + (k.kind != "matmul") for k in ks)
+        merges = ",".join(sorted(self.merge)) or "none"
+        note = (f"{len(units)} launches for the schedule's {unmerged} (GRAPHC_CUDA_MERGE: {merges}); "
+                "a name joined by '+' runs those kernels' work in one launch")
+        for idx, info in enumerate(self.infos):
+            info.launches = [ln for ln in units if ln.anchor == idx]
+            info.function = next((ln.function for ln in reversed(units) if idx in ln.covers), "")
         # each kernel is a module of its own, named by the hash of its text (which names no
         # node): another batch size or a forward function imports the same files. The driver
         # only imports them and lists the launches: the program replays those from Python
@@ -957,6 +1508,9 @@ class _Emitter:
                   "import math\nimport numpy as np\nimport numba\n"
                   "from graphc.backends.cuda.compat import numba_cuda\n\n"
                   "cuda = numba_cuda()  # numba.cuda, after the numpy compatibility shim\n\n")
+        used = {ln.function for ln in self.launches if ln.kind == "kernel"}
+        for f in [f for f in self.functions.sources if f not in used]:  # superseded by a merged launch
+            del self.functions.sources[f], self.functions.nparams[f]
         kernel_modules, owner = self.functions.modules(header)
         lines = ["# Generated by graphc (target='cuda'): the kernels of one program and its launches.",
                  *(f"from {m} import {f}" for f, m in owner.items()), "", "# launches in step order:"]
@@ -965,7 +1519,9 @@ class _Emitter:
             lines.append(f"#   {ln.name:<8} {ln.function} {cfg}  # {ln.comment[:200]}")
         return CudaModule("\n".join(lines) + "\n", self.launches, self.infos, dict(self.functions.nparams),
                           self.feed_offsets, self.scratch_sizes, self.lp,
-                          "cublas" if self.use_cublas else "numba-fallback", self._copies(), kernel_modules, owner)
+                          "cublas" if self.use_cublas else "numba-fallback", self._copies(), kernel_modules, owner,
+                          self.tables, note)
+
 
     def _copies(self) -> list:
         """Deferred store writes as (slot arena, offset, size, dtype, source)."""
@@ -978,9 +1534,33 @@ class _Emitter:
         return out
 
 
+# the launch merges (module docstring, "Launches"): GEMM epilogues and bias gradients into the
+# fallback GEMM, multi-tensor apply of identical elementwise launches, one-element kernels folded
+MERGES = frozenset({"epilogue", "colsum", "multi", "fold"})
+
+
+def merge_option(value: str | None = None) -> frozenset:
+    """The merges to make: ``value`` (default: the GRAPHC_CUDA_MERGE environment variable) is
+    "all" (the default), "none" (one launch per scheduled kernel and GEMM, as before merging
+    existed: a reference to compare against) or a comma-separated subset of MERGES."""
+    import os
+    value = os.environ.get("GRAPHC_CUDA_MERGE", "all") if value is None else value
+    value = value.strip().lower()
+    if value in ("", "all"):
+        return MERGES
+    if value == "none":
+        return frozenset()
+    got = frozenset(v.strip() for v in value.split(",") if v.strip())
+    if not got <= MERGES:
+        raise CompileError(f"GRAPHC_CUDA_MERGE must be all, none or a comma-separated subset of "
+                           f"{', '.join(sorted(MERGES))}; got {value!r}")
+    return got
+
+
 def emit_module(plan: Plan, graph: Graph, store_layout: dict, feeds: list[Node], use_cublas: bool,
-                lp: LaunchParams | None = None) -> CudaModule:
-    return _Emitter(plan, graph, store_layout, feeds, lp or launch_params(), use_cublas).emit()
+                lp: LaunchParams | None = None, merge: frozenset | None = None) -> CudaModule:
+    return _Emitter(plan, graph, store_layout, feeds, lp or launch_params(), use_cublas,
+                    merge_option() if merge is None else frozenset(merge)).emit()
 
 
 def _numba_type(spec, dtypes: dict):
@@ -993,10 +1573,15 @@ def _numba_type(spec, dtypes: dict):
     return numpy_support.from_dtype(np.dtype(spec[2]))
 
 
-def emit_for(lowered, store_layout: Mapping, use_cublas: bool = False, lp: LaunchParams | None = None) -> CudaModule:
-    """The CudaModule of a lowered program (graphc.compiler.lowered), without touching a device."""
+def emit_for(lowered, store_layout: Mapping, use_cublas: bool = False, lp: LaunchParams | None = None,
+             merge: frozenset | str | None = None) -> CudaModule:
+    """The CudaModule of a lowered program (graphc.compiler.lowered), without touching a device.
+    ``merge``: the launch merges to make (a subset of MERGES, or a string as merge_option
+    reads it; default GRAPHC_CUDA_MERGE, else all)."""
     feeds = sorted(lowered.graph.inputs, key=lambda n: n.name)
-    return emit_module(lowered.plan, lowered.graph, dict(store_layout), feeds, use_cublas, lp)
+    if isinstance(merge, str):
+        merge = merge_option(merge)
+    return emit_module(lowered.plan, lowered.graph, dict(store_layout), feeds, use_cublas, lp, merge)
 
 
 def compile_ptx(module: CudaModule, cc=(9, 0)) -> dict[str, str]:
