@@ -17,7 +17,7 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
             outputs: Mapping[str, Node] | None = None, params: Any = None, seed: int = 0,
             passes: Any = None, check_finite: bool = True,
             check_numerics: bool = False, data_parallel: bool = False,
-            updates: Mapping[Node, Any] | None = None) -> CompiledStep | Function:  # noqa: A001
+            updates: Mapping[Node, Any] | None = None, cuda_graphs: bool = False) -> CompiledStep | Function:  # noqa: A001
     """Compile a training step (with ``optimizer``) or a forward-only function (without).
 
     - With an optimizer, ``loss_or_outputs`` is the scalar loss; a call runs forward,
@@ -48,6 +48,10 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
       gradients and loss are averaged over the ranks (one MPI all-reduce inside the call)
       before the update; params start as rank 0's. Needs the ``distributed`` extra; targets
       cpu, parallel, numpy (see graphc/distributed.py).
+    - ``cuda_graphs``: target "cuda" only, opt-in: capture the whole step once as a CUDA graph
+      and replay it (one graph launch per step instead of one launch per kernel); falls back
+      to plain launches, saying why in ``step.kernels()``, wherever capture is not possible
+      (see graphc/backends/cuda/graphs.py). ``GRAPHC_CUDA_GRAPHS=1`` does the same.
     """
     try:
         backend = backends.get(target)
@@ -57,6 +61,8 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
         able = [t for t in backends.targets() if "check_numerics" in backends.get(t).options]
         raise GraphcError(f"compile: check_numerics=True is not available on target={target!r} yet; "
                           f"use one of {able} to find where the NaN comes from")
+    if cuda_graphs and "cuda_graphs" not in backend.options:
+        raise GraphcError(f"compile: cuda_graphs=True needs target='cuda', got target={target!r}")
     if isinstance(optimizer, str):
         from . import optim
         optimizer = optim.get(optimizer)
@@ -86,6 +92,8 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
             raise TypeError("compile: params must be a compiled step/function to share with, or a dict of arrays")
         store = Store(sources, seed=seed, initial=params)
     options = {"passes": passes, "check_finite": bool(check_finite), "check_numerics": bool(check_numerics)}
+    if cuda_graphs:  # only when asked: the options are part of cached programs' keys
+        options["cuda_graphs"] = True
     if data_parallel:
         from .distributed import DataParallelStep
         return DataParallelStep(program, target, store, optimizer, options)

@@ -100,5 +100,5 @@ register(Backend("cpu", _cpu(False), native_checks=True, options=frozenset({"che
 register(Backend("parallel", _cpu(True), native_checks=True, options=frozenset({"check_numerics"}),
                  doc="Numba parallel=True: prange over the outer loop of large fused loops",
                  warm=_cpu_warm(True)))
-register(Backend("cuda", _cuda, available=_cuda_available,
+register(Backend("cuda", _cuda, available=_cuda_available, options=frozenset({"cuda_graphs"}),
                  doc="numba.cuda kernels, cuBLAS GEMMs through CuPy, a device-resident store"))

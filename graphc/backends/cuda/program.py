@@ -20,6 +20,7 @@ from ..base import Lowered, describe_modules, host_scratch, output_reader
 from ..cache import load_program, release_program, write_program
 from .compat import check_cuda_available, cupy_or_none, numba_cuda, simulator_active
 from .device import DeviceStore
+from .graphs import GraphReplay, describe as describe_replay, requested as graphs_requested
 from .emitter import _dt, _size, emit_for
 
 
@@ -49,6 +50,12 @@ class CudaProgram:
         self.cp = cupy_or_none() if gemm in ("auto", "cublas") else None
         if gemm == "cublas" and self.cp is None:
             raise CompileError("cuda_gemm='cublas' needs CuPy on a real device (pip install graphc[cuda])")
+        # CUDA-graph replay (opt-in, graphs.py); CuPy's cuBLAS cannot be captured, so a program
+        # that may be captured uses the numba.cuda GEMM
+        self._replay = GraphReplay(numba_cuda(), gemm) if graphs_requested(options) else None
+        self._gemm_why = "CuPy absent" if gemm == "auto" else "GRAPHC_CUDA_GEMM=numba"
+        if self._replay is not None and self._replay.active:
+            self.cp, self._gemm_why = None, "capturable; CuPy's cuBLAS refuses stream capture"
         self.module = emit_for(lowered, store.layout, use_cublas=self.cp is not None)
         self.stats.codegen_s = time.perf_counter() - t0
         # one module per kernel (shared with other batch sizes and functions) plus the driver
@@ -60,6 +67,8 @@ class CudaProgram:
         # device scratch arena per dtype: plan buffers, constants, batch feeds
         cuda = self.cuda
         host = host_scratch(self.plan, self.graph, self.module.scratch_sizes)
+        for dt, off, vals in self.module.tables:  # multi-tensor launches' segment tables (emitter.py)
+            host[dt][off:off + len(vals)] = vals
         self.scratch = {dt: cuda.to_device(a) for dt, a in host.items()}
         self._feed_views = [(name, self.scratch[dt][off:off + size], size)
                             for name, (dt, off, size) in self.module.feed_offsets.items()]
@@ -114,7 +123,8 @@ class CudaProgram:
             if simulator_active():  # its kernel[grid, block] reconfigures one shared object: configure per call
                 calls.append((functools.partial(_sim_launch, disp, ln.grid, ln.block), tuple(args)))
             else:
-                calls.append((disp[ln.grid, ln.block], tuple(args)))
+                launcher = self._replay.configure(disp, ln.grid, ln.block) if self._replay else disp[ln.grid, ln.block]
+                calls.append((launcher, tuple(args)))
         self._calls = calls
         self._copies = []
         for key, off, size, dt, src in self.module.copies:  # deferred store writes
@@ -158,6 +168,9 @@ class CudaProgram:
                 before[n.name] = self.mirror.arenas[np.dtype(dt)][off:off + _size(shape)].copy_to_host().reshape(shape)
         if not self._compiled:
             self._compile()
+        if self._replay is not None:  # one graph launch (captured again after a re-bind), or plain launches
+            self._replay.run(self._calls, self._copies)
+            return [r(feeds, before) for r in self._readers]
         for f, args in self._calls:
             f(*args)
         for dst, src in self._copies:
@@ -201,17 +214,20 @@ class CudaProgram:
     def kernel_listing(self) -> str:
         c = self.launches_per_step()
         total = c["kernels"] + c["cublas"]
-        gemm = "cuBLAS via CuPy" if self.module.gemm == "cublas" else "numba.cuda fallback GEMM (CuPy absent)"
+        gemm = "cuBLAS via CuPy" if self.module.gemm == "cublas" else f"numba.cuda fallback GEMM ({self._gemm_why})"
         lines = [f"{len(self.module.infos)} kernels ({len(self.module.functions)} distinct functions) from "
                  f"{self.stats.nodes_after} nodes; scratch peak {self.plan.peak_bytes} B; target cuda, batch "
                  f"{self.batch}; GEMMs: {gemm}",
                  f"launches per step: {total} ({c['kernels']} numba.cuda kernels + {c['cublas']} cuBLAS GEMMs)"
                  f" + {c['memcpy_d2d']} device copies; {c['h2d']} host->device feed copies, {c['d2h']} "
-                 f"device->host output copies"]
+                 f"device->host output copies",
+                 f"merged launches: {self.module.merge_note}",
+                 f"step path: {describe_replay(self._replay)}"]
+        width = max((len(ln.name) for info in self.module.infos for ln in info.launches), default=8)
         for info in self.module.infos:
             for ln in info.launches:
                 cfg = "cuBLAS" if ln.kind == "cublas" else f"grid {ln.grid} block {ln.block}"
-                lines.append(f"  {ln.name:<8} {info.kind:<11} {fmt_shape(info.shape):<14} {ln.function:<22} {cfg:<24} "
+                lines.append(f"  {ln.name:<{width}} {info.kind:<11} {fmt_shape(info.shape):<14} {ln.function:<22} {cfg:<24} "
                              f"[{', '.join(info.ops)}] -> {info.out_bytes} B")
         return "\n".join(lines)
 
