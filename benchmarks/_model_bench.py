@@ -462,8 +462,8 @@ _KCALL = re.compile(r"^(\s*)(kernel_[0-9a-f]+)\((.*)\)(\s*#.*)?$")
 
 def profile_step(bench: Bench, cfg: dict, feeds: dict, reps: int = 10) -> list[dict]:
     """Per-kernel times of graphc's cpu step: the generated driver (``step.program_for(b)
-    .module.source``) re-run as plain Python, each kernel call timed around it, the kernels
-    re-jitted from their generated source with a Python wrapper. The median over ``reps``
+    .module.source``) re-run as plain Python, each kernel call timed around it, the kernels'
+    native entries called through ctypes. The median over ``reps``
     steps per kernel; Python's call overhead (~1-3 us per kernel) is included."""
     st = graphc_step(bench, cfg, "cpu")
     st(**feeds)
@@ -471,24 +471,12 @@ def profile_step(bench: Bench, cfg: dict, feeds: dict, reps: int = 10) -> list[d
     prog = st.program_for(batch)
     mod = prog.module
     ns: dict = {"np": np, "math": math}
-    import hashlib
-    import importlib.util
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "graphc_bench_profile"
-    cache.mkdir(parents=True, exist_ok=True)
-    for src in mod.kernel_modules.values():
-        # the same kernel with a Python wrapper, in a file of its own so that Numba caches it
-        src = src.replace("no_cpython_wrapper=True, no_cfunc_wrapper=True", "")
-        path = cache / f"k_{hashlib.sha256(src.encode()).hexdigest()[:24]}.py"
-        if not path.exists():
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(src)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        m = sys.modules.get(path.stem) or importlib.util.module_from_spec(spec)
-        if path.stem not in sys.modules:
-            sys.modules[path.stem] = m
-            spec.loader.exec_module(m)
-        ns.update({k: v for k, v in vars(m).items() if k.startswith("kernel_")})
+    for kmod in prog._kernel_modules:  # loaded by the step's first call
+        # each kernel (and driver check) is a native entry with a C signature: callable from
+        # Python through ctypes, with the driver's numpy integers as plain ints
+        cf = kmod._cfunc
+        ns[cf._pyfunc.__name__] = (lambda *a, f=cf.ctypes: f(*(x.item() if isinstance(x, np.generic) else x
+                                                                for x in a)))
     lines = mod.source.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("def step("))
     body, label, labels = [], None, []
@@ -513,7 +501,7 @@ def profile_step(bench: Bench, cfg: dict, feeds: dict, reps: int = 10) -> list[d
     exec(compile(src, "<graphc driver, profiled>", "exec"), ns)
     args = prog.driver_args(st._feeds(feeds)[0], st._store)
     ns["_T"] = [0.0] * len(labels)
-    ns["pstep"](*args)  # compile the re-jitted kernels
+    ns["pstep"](*args)  # warm up
     per = [[] for _ in labels]
     for _ in range(reps):
         ns["_T"] = T = [0.0] * len(labels)

@@ -260,12 +260,10 @@ def data_parallel_gradients(optimizer, loss: Node, params: list[Node]) -> tuple[
 
 def _cpu_allreduce(em, k):
     (n,) = k.nodes
-    # the kernel module imports the intrinsic (the decorator text is the module's own lines)
-    deco = ("from graphc.distributed import mpi_allreduce_sum\n"
-            "@njit(cache=True, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)")
-    fn = em.functions.add(deco, ["a", "o"], ["    return mpi_allreduce_sum(a, o)  # MPI_Allreduce(MPI_SUM) over every rank"],
-                          "kernel")
-    return fn, [em.flat_expr(n.inputs[0]), em.flat_expr(n)], em._site(n), False
+    # the kernel module imports the intrinsic
+    t = em.function(["a", "o"], ["    return mpi_allreduce_sum(a, o)  # MPI_Allreduce(MPI_SUM) over every rank"],
+                    False, imports="from graphc.distributed import mpi_allreduce_sum\n")
+    return t, [em.flat_expr(n.inputs[0]), em.flat_expr(n)], em._site(n), False
 
 
 def _register_lowering() -> None:

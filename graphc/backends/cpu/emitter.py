@@ -1,10 +1,13 @@
-"""CPU code generation: one Python module of ``@njit(cache=True)`` kernels plus a driver.
+"""CPU code generation: one module per kernel (a ``cfunc`` native entry) plus a driver.
 
 Kernels are shape-generic (loop extents are arguments), so identical kernels, e.g. the
-optimizer update of every parameter, are emitted and compiled once. The driver slices the
-arenas into buffers and calls the kernels in schedule order: a step is one native call.
-Every kernel line names the op it computes; every driver call names the graph nodes
-(``%id op @ file:line``) whose values each kernel variable holds.
+optimizer update of every parameter, are emitted and compiled once. Each has an explicit C
+signature (an address and dims per array, scalars by value) and is bound to a symbol when its
+module is imported; the driver (``@njit``) calls those symbols in schedule order with the
+arenas' addresses plus offsets, linking no kernel code: a step is one native call, and the
+driver compiles in a fraction of the time of one that links its kernels. Every kernel line
+names the op it computes; every driver call names the graph nodes (``%id op @ file:line``)
+whose values each kernel variable holds.
 """
 from __future__ import annotations
 
@@ -47,6 +50,61 @@ def _dtname(dt) -> str:
     return np.dtype(dt).name
 
 
+# ---- kernel operands: what the driver passes a kernel's native entry, and how the entry ---------
+# rebuilds it (emitter.entry)
+
+@dataclass(frozen=True)
+class Arr:
+    """An array operand: the memory at driver expression ``ptr`` (an address) read as a C-order
+    array of ``shape``, then transposed by ``perm``."""
+    ptr: str
+    dtype: np.dtype
+    shape: tuple
+    perm: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Val:
+    """A scalar passed by value (a rank-0 feed, a literal)."""
+    expr: str
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class At:
+    """A size-1 operand read as a scalar: the value at address ``ptr``."""
+    ptr: str
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class Full:
+    """A rank-0 feed (passed to the driver by value) read as an array of ``shape``."""
+    expr: str
+    dtype: np.dtype
+    shape: tuple
+
+
+@dataclass(frozen=True)
+class Template:
+    """A kernel's parameters and body before its operands' types are known."""
+    params: tuple
+    body: tuple
+    parallel: bool
+    imports: str = ""  # lines its module needs (the all-reduce's intrinsic)
+
+
+def _literal_dtype(text: str) -> np.dtype:
+    """The type of a literal as ``expr.literal`` (or ``str(int)``) writes it."""
+    if text in ("True", "False"):
+        return np.dtype(bool)
+    if text.startswith("np.") and "(" in text:
+        return np.dtype(text[3:text.index("(")])
+    try:
+        v = int(text)
+    except ValueError:
+        return np.dtype(np.float64)  # 0.5, np.nan, -np.inf
+    return np.dtype(np.int64) if -2**63 <= v < 2**63 else np.dtype(np.uint64)
 
 
 class _Emitter:
@@ -56,6 +114,7 @@ class _Emitter:
         self.parallel = parallel
         self.layout = store_layout
         self.functions = FunctionTable()
+        self._exported: set[str] = set()
         self.lines: list[str] = []
         self.flat: dict[int, str] = {}  # id(node) -> driver expression of its flat 1-D buffer
         self.args: list[tuple[str, object]] = []
@@ -73,26 +132,29 @@ class _Emitter:
     def buf(self, n: Node) -> Buffer:
         return self.plan.buffers[id(n)]
 
-    def flat_expr(self, n: Node) -> str:
-        """Driver expression of node n's storage as a flat 1-D array (bound once to a local)."""
+    def flat_expr(self, n: Node) -> "Arr":
+        """Node n's storage as a flat 1-D array operand: its address (base pointer plus byte
+        offset) is bound once to a driver local ``b<k>``."""
         e = self.flat.get(id(n))
-        if e is not None:
-            return e
-        b = self.buf(n)
-        size = b.size
-        if b.kind == "feed":
-            src = f"f_{self._feed_index[b.name]}.reshape(({size},))"
-        elif b.kind == "store":
-            _, off, _ = self.layout[b.name]
-            src = f"S_{_dtname(b.dtype)}[{off}:{off + size}]"
-        elif b.kind in ("scratch", "const"):
-            src = f"T_{_dtname(b.dtype)}[{b.offset}:{b.offset + size}]"
-        else:
-            raise AssertionError(b.kind)
-        name = f"b{self.local[id(n)]}"
-        self.lines.append(f"    {name} = {src}  # {self._site(n)} {fmt_shape(n.shape)} {n.dtype} ({b.kind})")
-        self.flat[id(n)] = name
-        return name
+        if e is None:
+            b = self.buf(n)
+            if b.kind == "feed":
+                if b.name in self._scalar_feeds:  # passed to the driver by value: no address
+                    raise AssertionError(f"rank-0 feed {b.name!r} used as an array")
+                arena, off = f"f_{self._feed_index[b.name]}", 0
+                where = arena
+            elif b.kind in ("store", "scratch", "const"):
+                arena = f"{'S' if b.kind == 'store' else 'T'}_{_dtname(b.dtype)}"
+                off = self.layout[b.name][1] if b.kind == "store" else b.offset
+                where = f"{arena}[{off}:{off + b.size}]"
+            else:
+                raise AssertionError(b.kind)
+            src = f"p{arena} + {off * np.dtype(n.dtype).itemsize}" if off else f"p{arena}"
+            name = f"b{self.local[id(n)]}"
+            self.lines.append(f"    {name} = {src}  # {self._site(n)} {fmt_shape(n.shape)} {n.dtype} ({b.kind} {where})")
+            self.flat[id(n)] = e = (name, np.dtype(n.dtype), b.size)
+        name, dt, size = e
+        return Arr(name, dt, (size,))
 
     def storage(self, n: Node):
         """Where n's value lives: equal keys mean the same memory (None: a feed or literal)."""
@@ -103,35 +165,111 @@ class _Emitter:
             return ("S", b.dtype, self.layout[b.name][1], b.size)
         return ("T", b.dtype, b.offset, b.size)
 
-    def nd(self, n: Node, shape: tuple) -> str:
+    def nd(self, n: Node, shape: tuple) -> "Arr":
+        """Node n's storage as an array operand of ``shape`` (C order; () reads as 1-D)."""
         f = self.flat_expr(n)
-        return f if len(shape) == 1 else f"{f}.reshape({tuple(shape)!r})" if shape else f
+        return Arr(f.ptr, f.dtype, tuple(shape)) if len(shape) > 1 else f
 
-    def view_arg(self, v: View, scalar: bool = False) -> str:
-        """Driver expression of a kernel operand read through view ``v``. ``scalar``: an
-        elementwise loop broadcasts a size-1 operand, so it is passed as its value; every
-        other operand (GEMM, softmax-CE, anything indexed) stays an array of its shape,
-        size 1 included."""
+    def view_arg(self, v: View, scalar: bool = False):
+        """A kernel operand read through view ``v``. ``scalar``: an elementwise loop
+        broadcasts a size-1 operand, so it is passed as its value; every other operand (GEMM,
+        softmax-CE, anything indexed) stays an array of its shape, size 1 included."""
         b = self.buf(v.base)
         if b.kind == "literal":
             return literal(b.value, b.dtype)
         if scalar and v.size == 1:
             if b.kind == "feed" and not v.base.shape:
-                return f"f_{self._feed_index[b.name]}"
-            return f"{self.flat_expr(v.base)}[0]"
+                return Val(f"f_{self._feed_index[b.name]}", np.dtype(v.base.dtype))
+            return At(self.flat_expr(v.base).ptr, np.dtype(v.base.dtype))
         e = self.nd(v.base, v.shape) if len(v.shape) > 1 else self.flat_expr(v.base)
         if v.perm is not None:
-            e = f"{e}.T" if v.perm == (1, 0) else f"np.transpose({e}, {v.perm!r})"
+            e = Arr(e.ptr, e.dtype, e.shape, tuple(v.perm))
         return e
 
     # ---- kernel functions ------------------------------------------------------------------------
-    def function(self, params: list[str], body: list[str], parallel: bool) -> str:
-        # error_model="numpy": no Python zero-division checks, which would stop LLVM from
-        # vectorizing; kernels are only called from the driver, so they need no CPython or
-        # cfunc wrapper (~15% less compile time)
-        opts = ("cache=True, nogil=True, error_model='numpy', no_cpython_wrapper=True, no_cfunc_wrapper=True"
-                + (", parallel=True" if parallel else ""))
-        return self.functions.add(f"@njit({opts})", params, body, "kernel")
+    def function(self, params: list[str], body: list[str], parallel: bool, imports: str = "") -> "Template":
+        """A kernel's text over its parameters (arrays of any layout, scalars); ``entry``
+        makes it a native function for the operands of a call."""
+        return Template(tuple(params), tuple(body), parallel, imports)
+
+    def entry(self, t: "Template", args: list, tag: str = "kernel") -> tuple[str, list[str]]:
+        """The native entry of template ``t`` for operands ``args``: a ``cfunc`` with an
+        explicit C signature (an address and the dims of each array, scalars by value)
+        that rebuilds the arrays (``carray``) and runs the kernel. Its module binds it to
+        the symbol ``graphc_<name>`` when imported, and the driver calls that symbol: the
+        driver links no kernel code and builds no array views. Returns (name, the driver's
+        arguments)."""
+        if len(args) != len(t.params):
+            raise AssertionError(f"{len(args)} operands for the parameters {t.params}")
+        params, sig, prologue, call = [], [], [], []
+        for p, a in zip(t.params, args):
+            if isinstance(a, str):  # a literal (loop extents, strides, fill values)
+                a = Val(a, _literal_dtype(a))
+            if isinstance(a, Arr):
+                dims = [f"{p}_n{i}" for i in range(len(a.shape))]
+                params += [f"{p}_ptr", *dims]
+                sig += ["voidptr"] + ["int64"] * len(dims)
+                call += [a.ptr, *map(str, a.shape)]
+                e = f"carray({p}_ptr, ({', '.join(dims)},), np.{_dtname(a.dtype)})"
+                if a.perm == (1, 0):
+                    e += ".T"
+                elif a.perm is not None:
+                    e = f"np.transpose({e}, {a.perm!r})"
+                prologue.append(f"    {p} = {e}")
+            elif isinstance(a, At):
+                params.append(f"{p}_ptr")
+                sig.append("voidptr")
+                call.append(a.ptr)
+                prologue.append(f"    {p} = carray({p}_ptr, (1,), np.{_dtname(a.dtype)})[0]")
+            elif isinstance(a, Full):
+                if a.dtype.kind == "b":
+                    params.append(f"{p}_v")
+                    sig.append("int64")
+                    call.append(f"int({a.expr})")
+                    prologue.append(f"    {p} = np.full({a.shape!r}, {p}_v != 0)")
+                else:
+                    params.append(f"{p}_v")
+                    sig.append(_dtname(a.dtype))
+                    call.append(a.expr)
+                    prologue.append(f"    {p} = np.full({a.shape!r}, {p}_v)")
+            elif isinstance(a, Val):
+                if a.dtype.kind == "b":  # a C bool is not Numba's: passed as an integer
+                    params.append(f"{p}_v")
+                    sig.append("int64")
+                    call.append(f"int({a.expr})")
+                    prologue.append(f"    {p} = {p}_v != 0")
+                else:
+                    params.append(p)
+                    sig.append(_dtname(a.dtype))
+                    call.append(a.expr)
+            else:
+                raise AssertionError(a)
+        body = list(t.body)
+        if not (body and body[-1].startswith("    return ")):
+            body.append("    return 0")
+        csig = f"'int64({', '.join(sig)})'"
+        if t.parallel:
+            # cfunc(parallel=True) compiles but does not run prange loops (Numba 0.68): the
+            # parallel kernel stays an @njit function the entry calls (and links). The entry's
+            # cache entry does not carry the parfor code's reload hook, so the module starts
+            # Numba's threading runtime itself before anything can call that code.
+            deco = (f"{t.imports}from graphc.threads import start_parallel_runtime\n"
+                    f"start_parallel_runtime()  # for the parfor code below\n\n"
+                    f"@njit(cache=True, nogil=True, error_model='numpy', no_cpython_wrapper=True, "
+                    f"no_cfunc_wrapper=True, parallel=True)\n"
+                    f"def _kernel({', '.join(t.params)}):\n" + "\n".join(body) + "\n\n\n"
+                    f"@cfunc({csig}, cache=True, error_model='numpy')")
+            text = prologue + [f"    return _kernel({', '.join(t.params)})"]
+        else:
+            deco = f"{t.imports}@cfunc({csig}, cache=True, error_model='numpy')"
+            text = prologue + body
+        name = self.functions.add(deco, params, text, tag)
+        if name not in self._exported:
+            self._exported.add(name)
+            # the module binds the entry's address to its symbol; the driver imports the name
+            # as the external function it calls
+            self.functions.sources[name] += f"\n\n_cfunc = {name}\n{name} = export({name!r}, _cfunc)\n"
+        return name, call
 
     def loop_kernel(self, k: Kernel) -> tuple[str, list[str], str, bool]:
         """Emit a fused loop kernel; return (function, driver args, value map comment, parallel)."""
@@ -358,15 +496,15 @@ class _Emitter:
         return fn, args, " ".join(self._site(n) for n in k.nodes), par
 
     # ---- take / scatter-add (ops/indexing.py): operands are row-major arrays ------------------------
-    def _dense_arg(self, k: Kernel, x: Node, shape: tuple) -> str:
+    def _dense_arg(self, k: Kernel, x: Node, shape: tuple):
         """Operand ``x`` as an array of ``shape`` (a rank-0 feed, passed as a scalar, becomes a
         one-element array)."""
         b = self.buf(k.leaves[id(x)].base)
         if b.kind == "feed" and b.name in self._scalar_feeds:
-            e = f"np.full(1, f_{self._feed_index[b.name]})"
-        else:
-            e = self.flat_expr(k.leaves[id(x)].base)
-        return e if len(shape) == 1 else f"{e}.reshape({tuple(shape)!r})"
+            e = Full(f"f_{self._feed_index[b.name]}", np.dtype(x.dtype), (1,))
+            return e if len(shape) == 1 else Full(e.expr, e.dtype, tuple(shape))
+        e = self.flat_expr(k.leaves[id(x)].base)
+        return e if len(shape) == 1 else Arr(e.ptr, e.dtype, tuple(shape))
 
     @staticmethod
     def _computed_index_check(op: str) -> list[str]:
@@ -418,12 +556,12 @@ class _Emitter:
         return self.function(["g", "y", "o"], body, par), args, self._site(t), par
 
     # ---- slice / pad / concatenate (ops/slicing.py): one pass, operands read through views ---------
-    def _view_operand(self, v: View) -> str:
+    def _view_operand(self, v: View):
         """Operand read through view ``v``: an array of the view's shape (size 1 along broadcast
         dims; a rank-0 feed, passed to the driver as a scalar, becomes such an array)."""
         b = self.buf(v.base)
         if b.kind == "feed" and not v.base.shape:
-            return f"np.full({tuple(v.view_shape)!r}, f_{self._feed_index[b.name]})"
+            return Full(f"f_{self._feed_index[b.name]}", np.dtype(v.base.dtype), tuple(v.view_shape))
         return self.view_arg(v)
 
     def _par_dim(self, shape: tuple, size: int) -> int | None:
@@ -751,10 +889,24 @@ class _Emitter:
         args = [str(d) for d in shape] + [self.flat_expr(n), self.view_arg(v, scalar=True)]
         return self.function(params, body, False), args, self._site(n), False
 
+    # ---- driver checks: generic native functions (shared by every program, cached once) ---------
+    _BITS = {4: (np.int32, "0x7F800000"), 8: (np.int64, "0x7FF0000000000000")}
+
+    def _nonfinite_fn(self, ptr: str, dtype, size: int) -> tuple[str, list[str]]:
+        """(function, driver args) of the check ``any value of the float buffer at ptr is NaN
+        or infinite``: its bit patterns (an all-ones exponent) as integers, a max-reduction
+        that LLVM vectorizes (a fraction of a nanosecond per value)."""
+        bits, mask = self._BITS[np.dtype(dtype).itemsize]
+        t = self.function(["u"], ["    top = 0",
+                                  "    for j in range(u.shape[0]):",
+                                  f"        e = u[j] & {mask}",
+                                  "        top = e if e > top else top",
+                                  f"    return 1 if top == {mask} else 0  # an all-ones exponent: NaN or infinity"],
+                          False)
+        return self.entry(t, [Arr(ptr, np.dtype(bits), (size,))], "check")
+
     def finite_checks(self, feeds: list[Node]) -> None:
-        """Driver prologue: return 1000 + i if float feed i holds NaN or infinity. Arrays are
-        checked through their bit patterns (an all-ones exponent), a max-reduction over
-        integers that LLVM vectorizes, so the pass costs a fraction of a nanosecond per value."""
+        """Driver prologue: return 1000 + i if float feed i holds NaN or infinity."""
         for i, n in enumerate(feeds):
             if n.dtype.kind != "f":
                 continue
@@ -763,14 +915,8 @@ class _Emitter:
                 self.lines += [f"    if not math.isfinite({f}):  # {n.name!r} must be finite",
                                f"        return {1000 + i}"]
                 continue
-            bits, mask = {4: ("np.int32", "0x7F800000"), 8: ("np.int64", "0x7FF0000000000000")}[n.dtype.itemsize]
-            size = int(np.prod(n.shape))
-            self.lines += [f"    u = {f}.reshape(({size},)).view({bits})  # {n.name!r} must be finite",
-                           "    top = 0",
-                           f"    for j in range({size}):",
-                           f"        e = u[j] & {mask}",
-                           "        top = e if e > top else top",
-                           f"    if top == {mask}:",
+            fn, args = self._nonfinite_fn(f"p{f}", n.dtype, int(np.prod(n.shape)))
+            self.lines += [f"    if {fn}({', '.join(args)}):  # {n.name!r} must be finite",
                            f"        return {1000 + i}"]
 
     def numerics_checks(self, checked: list[tuple[str, int]], counters: dict) -> list:
@@ -800,14 +946,9 @@ class _Emitter:
             for label, _, node in entries:
                 if id(node) in self._counted:
                     continue
-                bits, mask = {4: ("np.int32", "0x7F800000"), 8: ("np.int64", "0x7FF0000000000000")}[node.dtype.itemsize]
-                fn = self.function(["a"], [f"    u = a.view({bits})",
-                                           "    top = 0",
-                                           "    for j in range(u.shape[0]):",
-                                           f"        e = u[j] & {mask}",
-                                           "        top = e if e > top else top",
-                                           f"    return top == {mask}  # an all-ones exponent: NaN or infinity"], False)
-                self.lines += [f"    if {fn}({self.flat_expr(node)}):  # check_numerics: {label} ({self._site(node)})",
+                f = self.flat_expr(node)
+                fn, args = self._nonfinite_fn(f.ptr, node.dtype, int(f.shape[0]))
+                self.lines += [f"    if {fn}({', '.join(args)}):  # check_numerics: {label} ({self._site(node)})",
                                f"        return {status}"]
             kernel = f"kernel {info.name} ({info.kind} {fmt_shape(info.shape)} [{', '.join(info.ops)}], {info.function})"
             out.append((entries, kernel))
@@ -824,6 +965,18 @@ class _Emitter:
             self.args.append(("scratch", np.dtype(dt)))
         for n in feeds:
             self.args.append(("scalar" if n.shape == () else "feed", n.name))
+        params = []
+        for kind, key in self.args:
+            if kind == "store":
+                params.append(f"S_{_dtname(key)}")
+            elif kind == "scratch":
+                params.append(f"T_{_dtname(key)}")
+            else:
+                params.append(f"f_{self._feed_index[key]}")
+        # kernels get addresses: each arena's and array feed's base, plus a byte offset
+        for kind, p in zip((k for k, _ in self.args), params):
+            if kind != "scalar":
+                self.lines.append(f"    p{p} = np.int64({p}.ctypes.data)")
         # fed indices (class labels) are range-checked before any kernel runs (an index out of
         # range would read outside the logits); the driver returns 1 + the check's number
         for i, (name, classes, users) in enumerate(index_checks(self.graph)):
@@ -832,10 +985,15 @@ class _Emitter:
                 self.lines += [f"    if {f} < 0 or {f} >= {classes}:  # {name!r} indexes {users}",
                                f"        return {i + 1}"]
                 continue
-            self.lines += [f"    u = {f}.reshape(({f}.size,))  # {name!r} indexes {users}: must lie in [0, {classes})",
-                           "    for i in range(u.size):",
-                           f"        if u[i] < 0 or u[i] >= {classes}:",
-                           f"            return {i + 1}"]
+            node = next(n for n in feeds if n.name == name)
+            t = self.function(["u", "c"], ["    for i in range(u.shape[0]):",
+                                           "        if u[i] < 0 or u[i] >= c:",
+                                           "            return 1",
+                                           "    return 0"], False)
+            fn, args = self.entry(t, [Arr(f"p{f}", np.dtype(node.dtype), (int(np.prod(node.shape)),)), str(classes)],
+                                  "check")
+            self.lines += [f"    if {fn}({', '.join(args)}):  # {name!r} indexes {users}: must lie in [0, {classes})",
+                           f"        return {i + 1}"]
         if check_finite:
             self.finite_checks(feeds)
         counters: dict[str, str] = {}
@@ -849,15 +1007,21 @@ class _Emitter:
             if lowering is None:
                 raise CompileError(f"the cpu backend has no lowering for kernel kind {k.kind!r} "
                                    f"({', '.join(site(n, self.local) for n in k.nodes)})")
-            fn, args, vmap, par = lowering(self, k)
+            t, args, vmap, par = lowering(self, k)
+            t, raises = _status_raises(t)
+            fn, call = self.entry(t, args)
             fused = [n.op for n in k.all_nodes]
             self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
                               f" -> {', '.join('%' + str(self.local[id(o)]) for o in k.outputs)}")
-            if len(self._counted) > before:  # check_numerics: the kernel returns its count of non-finite values
+            if len(self._counted) > before or raises:
+                # the kernel returns its count of non-finite values (check_numerics), or -1
+                # where it would raise (a native entry cannot raise: the driver does)
                 counters[k.name] = f"bad_{k.name}"
-                self.lines.append(f"    bad_{k.name} = {fn}({', '.join(args)})  # {vmap}")
+                self.lines.append(f"    bad_{k.name} = {fn}({', '.join(call)})  # {vmap}")
+                for msg in raises:
+                    self.lines += [f"    if bad_{k.name} < 0:", f"        raise ValueError({msg})"]
             else:
-                self.lines.append(f"    {fn}({', '.join(args)})  # {vmap}")
+                self.lines.append(f"    {fn}({', '.join(call)})  # {vmap}")
             self.infos.append(KernelInfo(k.name, fn, k.kind, tuple(k.shape), fused, k.all_nodes, k.outputs,
                                          out_bytes(k.outputs), par))
         checks = self.numerics_checks(numerics, counters) if numerics else []
@@ -865,41 +1029,64 @@ class _Emitter:
             dt, off, shape = self.layout[slot]
             size = int(np.prod(shape)) if shape else 1
             b = self.buf(node)
-            src = literal(b.value, b.dtype) if b.kind == "literal" else self.flat_expr(node)
-            self.lines.append(f"    S_{_dtname(dt)}[{off}:{off + size}] = {src}  # update {slot!r} <- {self._site(node)}")
-        params = []
-        for kind, key in self.args:
-            if kind == "store":
-                params.append(f"S_{_dtname(key)}")
-            elif kind == "scratch":
-                params.append(f"T_{_dtname(key)}")
+            dst = Arr(f"pS_{_dtname(dt)} + {off * np.dtype(dt).itemsize}" if off else f"pS_{_dtname(dt)}",
+                      np.dtype(dt), (size,))
+            if b.kind == "literal":
+                t = self.function(["o", "v"], ["    for i in range(o.shape[0]):", "        o[i] = v"], False)
+                fn, call = self.entry(t, [dst, literal(b.value, b.dtype)], "copy")
             else:
-                params.append(f"f_{self._feed_index[key]}")
+                t = self.function(["o", "a"], ["    for i in range(o.shape[0]):", "        o[i] = a[i]"], False)
+                fn, call = self.entry(t, [dst, self.flat_expr(node)], "copy")
+            self.lines.append(f"    {fn}({', '.join(call)})  # update {slot!r} (S_{_dtname(dt)}[{off}:{off + size}]) "
+                              f"<- {self._site(node)}")
         from ... import __version__
         header = [
             "# Generated by graphc. Do not edit: the file name is a hash of this text.",
             f"# graphc {__version__}, numba {_numba_version()}, target {'parallel' if self.parallel else 'cpu'}",
             "import math",
             "import numpy as np",
-            "from numba import njit, prange",
+            "from numba import carray, cfunc, njit, prange",
+            "from graphc.backends.cpu.program import export",
             "",
         ]
         # each kernel is a module of its own, named by the hash of its text: programs that
         # differ only in shapes (another batch size) or share a kernel (training step and
-        # inference function) import the same file and reuse its Numba cache
+        # inference function) import the same file and reuse its Numba cache; importing it
+        # binds the kernel's symbol, which the driver calls
         kernel_modules, owner = self.functions.modules("\n".join(header) + "\n")
         imports = [f"from {m} import {f}" for f, m in owner.items()]
         driver = (["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"]
                   + self.lines + ["    return 0"])
-        annotated = "\n".join(header + imports) + "\n\n\n" + "\n".join(driver) + "\n"
+        dheader = header[:4] + ["from numba import njit", ""]
+        annotated = "\n".join(dheader + imports) + "\n\n\n" + "\n".join(driver) + "\n"
         # the user's file:line stays out of the written text: editing their script above the
         # model changes neither the driver's name nor its Numba cache entry
-        return Module(without_provenance(annotated), self.args, self.infos, len(self.functions), kernel_modules,
+        functions = len({info.function for info in self.infos})
+        return Module(without_provenance(annotated), self.args, self.infos, functions, kernel_modules,
                       checks, with_provenance(annotated))
 
 
-# The cpu lowering of each kernel kind: ``(emitter, kernel) -> (function, driver args, value
-# map comment, parallel)``. A structured op's rule (ops/base.py ``Structured``) names its kind.
+def _status_raises(t: Template) -> tuple[Template, list[str]]:
+    """A kernel's ``raise ValueError('...')`` lines become ``return -1`` (a native entry
+    cannot raise); returns the template and the messages, which the driver raises."""
+    body, msgs = [], []
+    for line in t.body:
+        s = line.strip()
+        if s.startswith("raise ValueError(") and s.endswith(")"):
+            msgs.append(s[len("raise ValueError("):-1])
+            body.append(line[:len(line) - len(line.lstrip())] + "return -1")
+        else:
+            body.append(line)
+    if not msgs:
+        return t, []
+    return Template(t.params, tuple(body), t.parallel, t.imports), sorted(set(msgs))
+
+
+# The cpu lowering of each kernel kind: ``(emitter, kernel) -> (template, operands, value map
+# comment, parallel)``: the template from ``emitter.function`` (parameters and body), one operand
+# per parameter (``Arr``/``At``/``Full``/``Val`` from ``flat_expr``, ``nd``, ``view_arg``, or a
+# literal's text), from which ``emitter.entry`` makes the native entry the driver calls. A
+# structured op's rule (ops/base.py ``Structured``) names its kind.
 KERNELS = {
     "loop": _Emitter.loop_kernel,
     "matmul": _Emitter.matmul_kernel,

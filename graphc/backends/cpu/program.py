@@ -18,6 +18,27 @@ from ...numerics import NUMERICS_STATUS, checked_values, numerics_error
 from ..base import CompileStats, Lowered, describe_modules
 
 
+# ---- native kernel entries: bound to symbols the drivers call ----------------------------------
+
+_EXPORTED: dict[str, list] = {}  # symbol -> its cfuncs (the code a bound address points into stays alive)
+
+
+def export(name: str, cf) -> Any:
+    """Bind the symbol ``graphc_<name>`` to the address of ``cf`` (a kernel's ``cfunc``
+    entry, compiled or loaded from Numba's cache as its module is imported) and return the
+    external function a driver calls by that name. Generated code holds only the name (no
+    address), so drivers stay cacheable; the symbol must be bound before a driver calling
+    it is compiled or loaded, which importing the kernel's module (the driver's first
+    lines) does. The same mechanism binds ``graphc_mpi_allreduce`` (graphc/distributed.py)."""
+    import llvmlite.binding as ll
+    from numba import types
+    sym = f"graphc_{name}"
+    ll.add_symbol(sym, cf.address)
+    _EXPORTED.setdefault(sym, []).append(cf)
+    args = [types.int64 if a == types.voidptr else a for a in cf._sig.args]  # the driver passes int64 addresses
+    return types.ExternalFunction(sym, cf._sig.return_type(*args))
+
+
 class CpuProgram:
     """A generated module (kernel modules + one driver) for one lowered program, and how
     to call it: ``run`` is one call of the Numba driver.
@@ -212,17 +233,18 @@ class CpuProgram:
                               f"{'; '.join(problems)}); recompiling", RuntimeWarning, stacklevel=4)
             if self._any_parallel:
                 from ...threads import start_parallel_runtime
-                start_parallel_runtime()  # the parfor code linked into the driver needs it
+                start_parallel_runtime()  # the parallel kernels' parfor code needs it
             for attempt in range(2):
                 try:
+                    # importing the kernel modules compiles (or loads) their native entries
                     if self._driver is None or attempt:
                         self._load(fresh=bool(attempt))
                     # compile explicitly before running: a compile failure leaves params untouched
                     self._driver.compile(tuple(_numba_typeof(a) for a in args))
                     break
-                except CompileError:
-                    raise
                 except Exception as e:  # numba typing/lowering errors, or a corrupted cache entry
+                    if isinstance(e, CompileError) and e.__cause__ is None:  # graphc's own, not a module's import
+                        raise
                     if attempt == 0 and sum(clear_numba_cache(p) for p in paths):
                         if not problems:
                             warnings.warn(f"graphc: Numba cache for {self.path} was unusable "
@@ -264,6 +286,11 @@ class CpuProgram:
         hits = misses = 0
         if self._driver is None:
             return {"hits": 0, "misses": 0}
+        for mod in self._kernel_modules:  # a native entry compiles once, when its module is imported
+            cf = getattr(mod, "_cfunc", None)
+            if cf is not None:
+                hits += cf.cache_hits
+                misses += not cf.cache_hits
         for mod in [*self._kernel_modules, self._module]:
             for name in dir(mod):
                 f = getattr(mod, name)
