@@ -7,7 +7,7 @@
   without passes, fusion or code generation, and a damaged manifest or a missing module is
   rebuilt.
 - The fast call path is taken for repeated feeds (a counter) and every bad feed still gets
-  the FeedError of the full check; the bound call (graphc/runtime.py's ``_BoundCall``) then
+  the FeedError of the full check; the bound call (graphc/backends/cpu/bound.py) then
   serves repeated calls, and anything it was not armed for (shape, dtype, layout, names,
   hyper-parameters, re-allocated arenas, another batch size) falls through to that check.
 """

@@ -177,6 +177,12 @@ class CpuProgram:
         self._scalar_pos = tuple(len(static) + i for i, (_, scalar) in enumerate(self._feed_keys) if scalar)
         self._bound_version = (id(store), store.version)
 
+    def bound_call(self, store, optimizer, specs, user_names, options):
+        """The driver call for feeds shaped as ``specs``, generated once (bound.py), or None
+        where this program needs ``run`` (check_numerics, params read as outputs)."""
+        from .bound import BoundCall
+        return BoundCall.build(self, store, optimizer, specs, user_names, options)
+
     def run(self, feeds: Mapping[str, np.ndarray], store) -> list[np.ndarray] | None:
         """One native call; returns the user outputs, or None if the driver rejected the
         feeds (labels out of range) before running any kernel."""
