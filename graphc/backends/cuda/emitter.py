@@ -288,6 +288,8 @@ class _Emitter:
         self.relocated: dict[int, int] = {}  # id(node) -> its own offset in the scratch arena (_relocate)
         self._col_fp: tuple = ([], [])
         self._col = None  # the column work of the softmax-CE kernel being lowered (_plan_colsums)  # _plan_colsums: the footprint of the column work last checked
+        self._red_epi: dict[int, Kernel] = {}  # id(reduction kernel) -> the loop it runs on its sums (_plan_red_epilogues)
+        self._epi = None  # that loop, while its host is being lowered
         self._last_src = None
         self.functions = FunctionTable()
         self.local = local_names(graph)  # nodes named by graph position: one text in every process
@@ -419,6 +421,10 @@ class _Emitter:
             body += ["            cuda.syncthreads()", "            s //= 2", "        if t == 0:"]
             for j, (rd, arr, off) in enumerate(t.reds()):
                 body.append(f"            {arr}[{off} + b] = sh{j}[0]  # {rd.op} (tree)")
+            if self._epi is not None:  # an elementwise loop over the sums, by the thread that wrote them
+                et = _LoopText(self, self._epi, fn, vp="r", idx="b")
+                body = et.prelude("    ") + body + et.element("            ") + et.stores("            ")
+                t.vmap += ["then:"] + et.vmap
             body.append("        cuda.syncthreads()")
             grid, block = max(1, min(nk, lp.max_grid)), lp.block
         else:  # serial fallback: one thread, reductions accumulate in place (CPU order)
@@ -1151,6 +1157,15 @@ class _Emitter:
             return False
         return not self._clash((self._gemm_reads(k), []), (fp[0], fp[1]))
 
+    @staticmethod
+    def _leading_axes(shape: tuple, kn: tuple) -> tuple | None:
+        """The leading axes of ``shape`` that a row-major reshape to ``kn = (K, N)`` folds into
+        K (so a sum over them is the column sum of the (K, N) view), or None."""
+        for j in range(1, len(shape)):
+            if _size(shape[:j]) == kn[0] and _size(shape[j:]) == kn[1]:
+                return tuple(range(j))
+        return None
+
     def _plan_colsums(self, ks: list, fp: dict) -> tuple[dict, dict, dict]:
         """Bias gradients folded into a kernel that has the operand at hand: a column sum
         ``rd = sum(x, axis=0)`` of a 2-D ``x`` is computed by a later fallback GEMM ``G`` that
@@ -1177,25 +1192,29 @@ class _Emitter:
                 x = next((n for n in G.nodes if n.op == "sce_grad"), None)
                 if x is None or len(x.shape) != 2:
                     continue
+                KN = tuple(x.shape)
                 hosts = range(gi + 1, len(ks))
             elif G.matmul is not None and G.kind in ("loop", "matmul") and not self.use_cublas:
                 b = G.matmul.inputs[1]
                 vb = G.leaves.get(id(b))
                 if vb is None or vb.perm is not None or tuple(vb.shape) != tuple(b.shape) or len(b.shape) != 2:
                     continue
-                x = vb.base
+                # B may be a reshape of x (a convolution's output gradient (N, H, W, C) read as
+                # (N*H*W, C)): the column sums are then x's sums over its leading axes
+                x, KN = vb.base, tuple(b.shape)
                 hosts = range(gi)
             else:
                 continue
             if self.where(x)[0] != "arena":
                 continue
-            N = x.shape[1]
+            N = KN[1]
+            lead = self._leading_axes(tuple(x.shape), KN)
             for ei in hosts:
                 E = ks[ei]
                 if E.kind != "loop" or id(E) in absorbed:
                     continue
                 rd = next((r for r in E.reductions if r.op == "sum" and r.inputs[0] is x and id(r) not in taken
-                           and tuple(sorted(r.attrs["axes"])) == (0,) and np.dtype(r.dtype) == np.dtype(x.dtype)
+                           and tuple(sorted(r.attrs["axes"])) == lead and np.dtype(r.dtype) == np.dtype(x.dtype)
                            and np.dtype(r.dtype).kind == "f" and _size(r.shape) == N
                            and self.where(r)[0] == "arena"), None)
                 if rd is None:
@@ -1250,6 +1269,52 @@ class _Emitter:
                 break
         return col, drop, absorbed
 
+    def _plan_red_epilogues(self, ks: list, fp: dict, drop: dict, absorbed: dict) -> dict:
+        """Elementwise loops over a block reduction's results (a mean's division by the count,
+        batch normalization's statistics, the dropout mask applied to a pooled mean) run in the
+        reduction's kernel: the thread that writes a block's sums goes on to compute the loop's
+        element there, reading them back. Such a loop ``E`` (no reductions, no GEMM, read and
+        written at the flat index, as many elements as the host has outputs, reading at least
+        one of its sums) writes only scratch (optimizer updates stay for the multi-tensor
+        launch), moves past nothing it depends on, and shares no memory with its host's other
+        work but those sums (it may overwrite a sum in place: the element its own thread wrote). Returns {id(E): host index}; ``self._red_epi`` maps host -> E."""
+        moved: dict[int, int] = {}
+        for hi, H in enumerate(ks):
+            if H.kind != "loop" or H.matmul is not None or id(H) in absorbed or id(H) in moved:
+                continue
+            reds = [r for r in H.reductions if id(r) not in drop.get(id(H), ())]
+            if not reds:
+                continue
+            ht = _LoopText(self, H, _Fn())
+            if ht.mode != "block":
+                continue
+            nk = _size([d for i, d in enumerate(H.shape) if i not in ht.red_axes])
+            own = self._ranges(reds)
+            for ei in range(hi + 1, len(ks)):
+                E = ks[ei]
+                if (E.kind != "loop" or E.matmul is not None or E.reductions or id(E) in absorbed
+                        or id(E) in drop or _size(E.shape) != nk
+                        or not any(v.base is r for v in E.leaves.values() for r in reds)
+                        or any(self.plan.buffers[id(o)].kind != "scratch" for o in E.outputs)):
+                    continue
+                et = _LoopText(self, E, _Fn())
+                if et.mode != "ew" or not et.flat_index:
+                    continue
+                # a write in place of a sum (same start: the same thread's element) is no race
+                efp = ([r for r in fp[id(E)][0] if r not in own],
+                       [w for w in fp[id(E)][1] if not any(w[0] == o[0] and w[1] == o[1] and w[2] <= o[2]
+                                                           for o in own)])
+                if self._clash(efp, fp[id(H)]):
+                    continue
+                if any(self._clash(fp[id(E)], fp[id(ks[j])]) for j in range(hi + 1, ei)):
+                    continue
+                self._red_epi[id(H)] = E
+                moved[id(E)] = hi
+                fp[id(H)] = (fp[id(H)][0] + fp[id(E)][0], fp[id(H)][1] + fp[id(E)][1])
+                fp[id(E)] = ([], [])
+                break
+        return moved
+
     def _lower(self, k: Kernel, col, fp: tuple) -> list:
         """The launches of kernel ``k`` (``col``: the column work it takes over, see gemm_fused)."""
         fallback = not self.use_cublas
@@ -1272,14 +1337,20 @@ class _Emitter:
                 raise CompileError(f"the cuda backend has no lowering for kernel kind {k.kind!r} "
                                    f"({', '.join(self._site(n) for n in k.nodes)})")
             self._col = col if k.kind == "sce" else None
+            self._epi = self._red_epi.get(id(k)) if k.kind == "loop" else None
             ln = lowering(self, k)[1]
-            self._col = None
+            self._col, self._epi = None, None
             last = self._last_src
             if ln.kind == "kernel" and ln.src is None and last is not None and last[0] == ln.function:
                 ln.src = last[1]
             ln.reads, ln.writes = list(fp[0]), list(fp[1])
+            if k.matmul is not None and k.kind == "loop":  # the GEMM's operands are its launch's reads only
+                ln.reads = self._ranges({id(v.base): v.base for v in _LoopText(self, k, _Fn()).leaves.values()}.values())
             if col is not None and k.kind == "sce":
                 self._add_col_footprint(ln, col)
+            if id(k) in self._red_epi:
+                ef = self._footprint(self._red_epi[id(k)])
+                ln.reads, ln.writes = ln.reads + ef[0], ln.writes + ef[1]
             launches.append(ln)
         return launches
 
@@ -1458,6 +1529,10 @@ class _Emitter:
         col, drop, absorbed = ({}, {}, {})
         if "colsum" in self.merge:
             col, drop, absorbed = self._plan_colsums(ks, fp)
+        moved = {}
+        if "epilogue" in self.merge:
+            moved = self._plan_red_epilogues(ks, fp, drop, absorbed)
+            absorbed = {**absorbed, **moved}
         if "multi" in self.merge:
             self._relocate(ks, absorbed)
         units: list[Launch] = []
@@ -1484,6 +1559,12 @@ class _Emitter:
                 whole = not (ks[e].nodes or len(ks[e].reductions) > 1 or ks[e].matmul)  # all of it moved
                 red = ks[e].name if whole else f"{ks[e].name}.sum"
                 ln.merged = tuple(own + [red] + ([c[1].name] if c[1] is not None else []))
+                ln.name = "+".join(ln.merged)
+            e = self._red_epi.get(id(k))
+            if e is not None and launches:  # the loop it runs on its sums
+                ln = launches[-1]
+                ln.covers.add(next(j for j, q in enumerate(ks) if q is e))
+                ln.merged = tuple((ln.merged or (ln.name,)) + (e.name,))
                 ln.name = "+".join(ln.merged)
             units += launches
             self.infos.append(KernelInfo(k.name, "", k.kind, tuple(k.shape), [n.op for n in k.all_nodes],
