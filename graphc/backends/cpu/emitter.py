@@ -25,6 +25,8 @@ from ..expr import leaf_index, literal, node_expr, reduce_init, reduce_step
 from ...ops.indexing import around
 
 PRANGE_MIN = 16384  # elements: below this waking the thread pool costs more than it saves
+# GEMMs call BLAS through graphc's own intrinsic, not np.dot (blas.py says why)
+GEMM_IMPORT = "from graphc.backends.cpu.blas import gemm\n"
 
 
 @dataclass
@@ -321,7 +323,7 @@ class _Emitter:
             params += ["ma", "mb", "mo"]
             args += [self.view_arg(k.leaves[id(mm.inputs[0])]), self.view_arg(k.leaves[id(mm.inputs[1])]),
                      self.nd(mm, mm.shape)]
-            body.append("    np.dot(ma, mb, mo)  # matmul prologue (BLAS)")
+            body.append("    gemm(ma, mb, mo)  # matmul prologue (BLAS)")
             if not flat:
                 mm_read = "mo"
             elif self.storage(mm) in slot_p:
@@ -442,13 +444,13 @@ class _Emitter:
             body.append("    pass")
         if chk:
             body.append("    return bad")
-        fn = self.function(params, body, par)
+        fn = self.function(params, body, par, GEMM_IMPORT if mm is not None else "")
         return fn, args, " ".join(vmap), par
 
     def matmul_kernel(self, k: Kernel):
         mm = k.matmul
         a, b = (k.leaves[id(x)] for x in mm.inputs)
-        fn = self.function(["ma", "mb", "mo"], ["    np.dot(ma, mb, mo)  # matmul (BLAS)"], False)
+        fn = self.function(["ma", "mb", "mo"], ["    gemm(ma, mb, mo)  # matmul (BLAS)"], False, GEMM_IMPORT)
         return fn, [self.view_arg(a), self.view_arg(b), self.nd(mm, mm.shape)], self._site(mm), False
 
     def sce_kernel(self, k: Kernel):
@@ -662,9 +664,9 @@ class _Emitter:
         a, b = n.inputs
         ta, tb = (".T" if n.attrs[t] else "" for t in ("ta", "tb"))
         body = ["    for i in range(o.shape[0]):",
-                f"        np.dot(a[i]{ta}, b[i]{tb}, o[i])  # batch_matmul (BLAS)"]
+                f"        gemm(a[i]{ta}, b[i]{tb}, o[i])  # batch_matmul (BLAS)"]
         args = [self._dense_arg(k, a, a.shape), self._dense_arg(k, b, b.shape), self.nd(n, n.shape)]
-        return self.function(["a", "b", "o"], body, False), args, self._site(n), False
+        return self.function(["a", "b", "o"], body, False, GEMM_IMPORT), args, self._site(n), False
 
     def _window_loops(self, n: Node, what: str, size: int) -> tuple[list[str], bool]:
         """The loop nest shared by the window kernels: images in parallel (prange) when large,
