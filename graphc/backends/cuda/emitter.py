@@ -45,11 +45,17 @@ Fewer launches. Small steps are launch-bound on a GPU, so the schedule's launche
 compare against):
 
 - ``epilogue``: on the fallback GEMM, a loop's elementwise epilogue runs on each thread's output
-  tile, reading the accumulator (the GEMM's result is never stored);
+  tile, reading the accumulator (the GEMM's result is never stored; a convolution's loop reads
+  it through the GEMM's reshape, Kernel.gemm_views). On both paths, elementwise loops over a
+  block reduction's sums (a mean's division, batch normalization's statistics) that write
+  scratch run in the reduction's kernel, by the thread that wrote the sums, and one over a
+  pooling (gradient) output (the relu gradient after max pooling's) in that kernel's thread,
+  on the element just stored;
 - ``colsum``: a bias gradient ``sum(g, 0)`` whose ``g`` a later fallback GEMM reads as B
   (``dW = h^T @ g``) is summed by that GEMM's first row of tiles, a thread per column, in K
-  order; else, when ``g`` is the softmax-CE gradient, by the (one-block) softmax-CE kernel
-  after a barrier. The bias update that is its only reader runs on the sum in the same thread;
+  order (``g`` may be a convolution's (N, H, W, C) output gradient read as (N*H*W, C): then the
+  sum over N, H, W); else, when ``g`` is the softmax-CE gradient, by the (one-block) softmax-CE
+  kernel after a barrier. The bias update that is its only reader runs on the sum in the same thread;
 - ``multi``: launches of one elementwise function with no memory dependence between them
   (every parameter's optimizer update) are one launch at the place of the last: an int64
   table in the scratch arena holds per chunk the original launch's integer arguments and
@@ -64,7 +70,9 @@ Every move is checked on element ranges: work moved past a launch must not write
 launch reads or writes, nor read what it writes; work merged into one launch must be
 independent the same way (except the column sum feeding its update, in one thread). A 2-layer
 MLP step (Adam) is 6 launches on the fallback GEMM (15 unmerged) and 10 with cuBLAS (5 GEMMs,
-which take no epilogue, + 5 kernels). Generated locals never look like parameters (``o<k>``,
+which take no epilogue, + 5 kernels); a two-conv CNN step 16 (29) and 21 (29), with batch norm
+and dropout 36 (51) and 38 (51), a one-block attention step 26 (45) and 33 (45)
+(tests/cuda/test_cuda_launches_conv.py). Generated locals never look like parameters (``o<k>``,
 ``s<k>``, ``v<k>``...): work from another kernel may run inside a function.
 """
 from __future__ import annotations
@@ -288,8 +296,10 @@ class _Emitter:
         self.relocated: dict[int, int] = {}  # id(node) -> its own offset in the scratch arena (_relocate)
         self._col_fp: tuple = ([], [])
         self._col = None  # the column work of the softmax-CE kernel being lowered (_plan_colsums)  # _plan_colsums: the footprint of the column work last checked
-        self._red_epi: dict[int, Kernel] = {}  # id(reduction kernel) -> the loop it runs on its sums (_plan_red_epilogues)
-        self._epi = None  # that loop, while its host is being lowered
+        # id(reduction kernel) -> the loops it runs on its sums (_plan_red_epilogues)
+        self._red_epi: dict[int, list] = {}
+        self._epi: list = []  # those loops, while their host is being lowered
+        self._epi_as: dict[int, Kernel] = {}  # id(such a loop) -> what of it runs there (its sums moved away)
         self._last_src = None
         self.functions = FunctionTable()
         self.local = local_names(graph)  # nodes named by graph position: one text in every process
@@ -421,9 +431,10 @@ class _Emitter:
             body += ["            cuda.syncthreads()", "            s //= 2", "        if t == 0:"]
             for j, (rd, arr, off) in enumerate(t.reds()):
                 body.append(f"            {arr}[{off} + b] = sh{j}[0]  # {rd.op} (tree)")
-            if self._epi is not None:  # an elementwise loop over the sums, by the thread that wrote them
-                et = _LoopText(self, self._epi, fn, vp="r", idx="b")
-                body = et.prelude("    ") + body + et.element("            ") + et.stores("            ")
+            for q, e in enumerate(self._epi):  # elementwise loops over the sums, by the thread that wrote them
+                et = _LoopText(self, e, fn, vp=f"e{q}v", idx="b")
+                # its scalar prelude here too: it may read the sums (a loop over one element)
+                body += et.prelude("            ") + et.element("            ") + et.stores("            ")
                 t.vmap += ["then:"] + et.vmap
             body.append("        cuda.syncthreads()")
             grid, block = max(1, min(nk, lp.max_grid)), lp.block
@@ -797,9 +808,15 @@ class _Emitter:
         return O, oo, [f"    for e in range(cuda.grid(1), {fn.int(size)}, cuda.gridsize(1)):"]
 
     def _launch_over(self, k: Kernel, n: Node, fn: _Fn, body: list[str], tag: str, size: int):
+        vmap = []
+        for q, e in enumerate(self._epi):  # an elementwise loop on the element just written (_plan_struct_epilogues)
+            et = _LoopText(self, self._epi_as.get(id(e), e), fn, vp=f"e{q}v", idx="e")
+            body = body + et.prelude("        ") + et.element("        ") + et.stores("        ")
+            vmap += ["then:"] + et.vmap
         name = self.function(fn, body, tag)
         grid = max(1, min(-(-size // self.lp.block), self.lp.max_grid))
-        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=self._site(n))
+        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(),
+                            comment=" ".join([self._site(n)] + vmap))
 
     def im2col_kernel(self, k: Kernel) -> tuple[str, Launch]:
         """im2col: a thread per output element (b, i, j, (u, v, c)): the image pixel under
@@ -1272,12 +1289,15 @@ class _Emitter:
     def _plan_red_epilogues(self, ks: list, fp: dict, drop: dict, absorbed: dict) -> dict:
         """Elementwise loops over a block reduction's results (a mean's division by the count,
         batch normalization's statistics, the dropout mask applied to a pooled mean) run in the
-        reduction's kernel: the thread that writes a block's sums goes on to compute the loop's
+        reduction's kernel: the thread that writes a block's sums goes on to compute the loops'
         element there, reading them back. Such a loop ``E`` (no reductions, no GEMM, read and
         written at the flat index, as many elements as the host has outputs, reading at least
-        one of its sums) writes only scratch (optimizer updates stay for the multi-tensor
-        launch), moves past nothing it depends on, and shares no memory with its host's other
-        work but those sums (it may overwrite a sum in place: the element its own thread wrote). Returns {id(E): host index}; ``self._red_epi`` maps host -> E."""
+        one of its sums or a loop's output moved in before it) writes only scratch (optimizer
+        updates stay for the multi-tensor launch), moves past nothing it depends on, and shares
+        no memory with its host's other work but those sums and the outputs of the loops moved
+        in before it, all read at the same element (it may overwrite one of them in place: its
+        own thread's element; a later loop then no longer reads it). Returns {id(E): host index}; ``self._red_epi``
+        maps id(host) -> [E, ...] in schedule order."""
         moved: dict[int, int] = {}
         for hi, H in enumerate(ks):
             if H.kind != "loop" or H.matmul is not None or id(H) in absorbed or id(H) in moved:
@@ -1289,28 +1309,104 @@ class _Emitter:
             if ht.mode != "block":
                 continue
             nk = _size([d for i, d in enumerate(H.shape) if i not in ht.red_axes])
-            own = self._ranges(reds)
+            own = self._ranges(reds)  # what a moved loop reads at its own element
+            avail = {id(r) for r in reds}  # the sums and the outputs of loops moved in
             for ei in range(hi + 1, len(ks)):
                 E = ks[ei]
                 if (E.kind != "loop" or E.matmul is not None or E.reductions or id(E) in absorbed
-                        or id(E) in drop or _size(E.shape) != nk
-                        or not any(v.base is r for v in E.leaves.values() for r in reds)
+                        or id(E) in drop or id(E) in moved or _size(E.shape) != nk
+                        or not any(id(v.base) in avail for v in E.leaves.values())
                         or any(self.plan.buffers[id(o)].kind != "scratch" for o in E.outputs)):
                     continue
                 et = _LoopText(self, E, _Fn())
                 if et.mode != "ew" or not et.flat_index:
                     continue
-                # a write in place of a sum (same start: the same thread's element) is no race
-                efp = ([r for r in fp[id(E)][0] if r not in own],
-                       [w for w in fp[id(E)][1] if not any(w[0] == o[0] and w[1] == o[1] and w[2] <= o[2]
-                                                           for o in own)])
+                inplace = [w for w in fp[id(E)][1] if any(w[0] == o[0] and w[1] == o[1] and w[2] <= o[2]
+                                                          for o in own)]
+                efp = ([r for r in fp[id(E)][0] if r not in own], [w for w in fp[id(E)][1] if w not in inplace])
                 if self._clash(efp, fp[id(H)]):
                     continue
                 if any(self._clash(fp[id(E)], fp[id(ks[j])]) for j in range(hi + 1, ei)):
                     continue
-                self._red_epi[id(H)] = E
+                self._red_epi.setdefault(id(H), []).append(E)
                 moved[id(E)] = hi
                 fp[id(H)] = (fp[id(H)][0] + fp[id(E)][0], fp[id(H)][1] + fp[id(E)][1])
+                fp[id(E)] = ([], [])
+                own = [o for o in own if not any(w[0] == o[0] and w[1] < o[2] and o[1] < w[2] for w in inplace)]
+                own += [w for w in self._ranges(E.outputs) if w not in inplace]
+                avail |= {id(o) for o in E.outputs}
+        return moved
+
+    # kernels of a thread per output element whose loop body ends with that element's store and
+    # that take an elementwise epilogue: pooling and its gradient (im2col and col2im could too,
+    # but they keep one generated function per program, shared by every layer)
+    _STRUCT_EPI = ("pool2d", "pool2d_grad")
+
+    def _plan_struct_epilogues(self, ks: list, fp: dict, drop: dict, absorbed: dict) -> dict:
+        """An elementwise loop over the output of a pooling or pooling-gradient kernel (a thread
+        per output element), reading it at the same element (the relu
+        gradient after max pooling's gradient) runs in that kernel's thread right after the
+        element is stored, reading it back. Its reductions must have moved elsewhere (the bias
+        gradient into the weight-gradient GEMM, ``colsum``); the same checks as for
+        _plan_red_epilogues. When the only obstacle is that E's output was planned over memory
+        the kernel reads (a dead buffer reused), that output gets a region of its own: one
+        activation-gradient's worth of scratch for a launch. Moving a buffer to fresh memory
+        only removes overlaps, so every earlier check still holds. Returns {id(E): host index}."""
+        moved: dict[int, int] = {}
+        for si, S in enumerate(ks):
+            if S.kind not in self._STRUCT_EPI or len(S.outputs) != 1 or id(S) in absorbed:
+                continue
+            (n,) = S.outputs
+            own = self._ranges([n])
+            if not own:
+                continue
+            for ei in range(si + 1, len(ks)):
+                E = ks[ei]
+                if (E.kind != "loop" or E.matmul is not None or id(E) in absorbed or id(E) in moved
+                        or id(E) in self._red_epi or _size(E.shape) != _size(n.shape)
+                        or any(id(r) not in drop.get(id(E), ()) for r in E.reductions)):
+                    continue
+                kk = E
+                if E.reductions:
+                    kk = replace(E, reductions=[], outputs=[o for o in E.outputs if id(o) not in drop[id(E)]])
+                et = _LoopText(self, kk, _Fn())
+                if (et.mode != "ew" or not et.flat_index or not kk.nodes
+                        or not any(v.base is n for v in et.leaves.values())
+                        or any(self.plan.buffers[id(o)].kind != "scratch" for o in kk.outputs)):
+                    continue
+                def check() -> tuple | None:
+                    kfp = self._footprint(kk)
+                    inplace = [w for w in kfp[1] if any(w[0] == o[0] and w[1] == o[1] and w[2] <= o[2]
+                                                        for o in own)]
+                    efp = ([r for r in kfp[0] if r not in own], [w for w in kfp[1] if w not in inplace])
+                    if self._clash(efp, fp[id(S)]) or any(self._clash(kfp, fp[id(ks[j])])
+                                                          for j in range(si + 1, ei)):
+                        return None
+                    return kfp
+
+                kfp = check()
+                if kfp is None:
+                    # the plan often puts E's output over an operand of S that dies with E (the
+                    # relu output max pooling's gradient reads): give it a region of its own
+                    sizes = dict(self.scratch_sizes)
+                    outs = [o for o in kk.outputs if id(o) not in self.relocated
+                            and not any(o is x for x in self.graph.outputs)
+                            and not any(c is o for c, _ in self.plan.copies)]
+                    for o in outs:
+                        b = self.plan.buffers[id(o)]
+                        off = aligned(self.scratch_sizes.get(b.dtype, 0), b.dtype)
+                        self.scratch_sizes[b.dtype] = off + b.size
+                        self.relocated[id(o)] = off
+                    kfp = check() if outs else None
+                    if kfp is None:
+                        for o in outs:
+                            del self.relocated[id(o)]
+                        self.scratch_sizes = sizes
+                        continue
+                self._red_epi[id(S)] = [E]
+                self._epi_as[id(E)] = kk
+                moved[id(E)] = si
+                fp[id(S)] = (fp[id(S)][0] + kfp[0], fp[id(S)][1] + kfp[1])
                 fp[id(E)] = ([], [])
                 break
         return moved
@@ -1337,19 +1433,20 @@ class _Emitter:
                 raise CompileError(f"the cuda backend has no lowering for kernel kind {k.kind!r} "
                                    f"({', '.join(self._site(n) for n in k.nodes)})")
             self._col = col if k.kind == "sce" else None
-            self._epi = self._red_epi.get(id(k)) if k.kind == "loop" else None
+            self._epi = self._red_epi.get(id(k), []) if k.kind in ("loop",) + self._STRUCT_EPI else []
             ln = lowering(self, k)[1]
-            self._col, self._epi = None, None
+            self._col, self._epi = None, []
             last = self._last_src
             if ln.kind == "kernel" and ln.src is None and last is not None and last[0] == ln.function:
                 ln.src = last[1]
             ln.reads, ln.writes = list(fp[0]), list(fp[1])
             if k.matmul is not None and k.kind == "loop":  # the GEMM's operands are its launch's reads only
-                ln.reads = self._ranges({id(v.base): v.base for v in _LoopText(self, k, _Fn()).leaves.values()}.values())
+                used = _LoopText(self, k, _Fn()).leaves.values()
+                ln.reads = self._ranges({id(v.base): v.base for v in used}.values())
             if col is not None and k.kind == "sce":
                 self._add_col_footprint(ln, col)
-            if id(k) in self._red_epi:
-                ef = self._footprint(self._red_epi[id(k)])
+            for e in self._red_epi.get(id(k), []):
+                ef = self._footprint(self._epi_as.get(id(e), e))
                 ln.reads, ln.writes = ln.reads + ef[0], ln.writes + ef[1]
             launches.append(ln)
         return launches
@@ -1533,6 +1630,8 @@ class _Emitter:
         if "epilogue" in self.merge:
             moved = self._plan_red_epilogues(ks, fp, drop, absorbed)
             absorbed = {**absorbed, **moved}
+            more = self._plan_struct_epilogues(ks, fp, drop, absorbed)
+            moved, absorbed = {**moved, **more}, {**absorbed, **more}
         if "multi" in self.merge:
             self._relocate(ks, absorbed)
         units: list[Launch] = []
@@ -1541,6 +1640,8 @@ class _Emitter:
             if id(k) in drop:  # its column sums are computed by a later GEMM
                 kk = replace(k, reductions=[r for r in k.reductions if id(r) not in drop[id(k)]],
                              outputs=[o for o in k.outputs if id(o) not in drop[id(k)]])
+                if id(k) in self._red_epi:  # it still runs the loops on its remaining sums
+                    self._red_epi[id(kk)] = self._red_epi[id(k)]
             launches = []
             if id(k) not in absorbed and (kk.nodes or kk.reductions or kk.matmul is not None):
                 launches = self._lower(kk, col.get(id(k)), self._footprint(kk))
@@ -1560,8 +1661,7 @@ class _Emitter:
                 red = ks[e].name if whole else f"{ks[e].name}.sum"
                 ln.merged = tuple(own + [red] + ([c[1].name] if c[1] is not None else []))
                 ln.name = "+".join(ln.merged)
-            e = self._red_epi.get(id(k))
-            if e is not None and launches:  # the loop it runs on its sums
+            for e in self._red_epi.get(id(k), []) if launches else []:  # the loops it runs on its sums
                 ln = launches[-1]
                 ln.covers.add(next(j for j, q in enumerate(ks) if q is e))
                 ln.merged = tuple((ln.merged or (ln.name,)) + (e.name,))
