@@ -470,7 +470,8 @@ def profile_step(bench: Bench, cfg: dict, feeds: dict, reps: int = 10) -> list[d
     batch = next(iter(feeds.values())).shape[0]
     prog = st.program_for(batch)
     mod = prog.module
-    ns: dict = {"np": np, "math": math}
+    # the Python re-run cannot set the FPU's control word: the subnormal flush is a no-op here
+    ns: dict = {"np": np, "math": math, "flush_subnormals": lambda: 0, "restore_fpenv": lambda saved: None}
     for kmod in prog._kernel_modules:  # loaded by the step's first call
         # each kernel (and driver check) is a native entry with a C signature: callable from
         # Python through ctypes, with the driver's numpy integers as plain ints

@@ -1057,9 +1057,16 @@ class _Emitter:
         # binds the kernel's symbol, which the driver calls
         kernel_modules, owner = self.functions.modules("\n".join(header) + "\n")
         imports = [f"from {m} import {f}" for f, m in owner.items()]
-        driver = (["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"]
-                  + self.lines + ["    return 0"])
-        dheader = header[:4] + ["from numba import njit", ""]
+        # subnormals flushed while the step runs, the caller's control word restored at every
+        # exit (fpenv.py says why)
+        body = ["    fpcsr = flush_subnormals()"]
+        for line in self.lines + ["    return 0"]:
+            stmt = line.lstrip()
+            if stmt.startswith(("return ", "raise ")):
+                body.append(line[:len(line) - len(stmt)] + "restore_fpenv(fpcsr)")
+            body.append(line)
+        driver = ["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"] + body
+        dheader = header[:4] + ["from numba import njit", "from graphc.backends.cpu.fpenv import flush_subnormals, restore_fpenv", ""]
         annotated = "\n".join(dheader + imports) + "\n\n\n" + "\n".join(driver) + "\n"
         # the user's file:line stays out of the written text: editing their script above the
         # model changes neither the driver's name nor its Numba cache entry
