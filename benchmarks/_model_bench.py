@@ -204,8 +204,9 @@ class NumpyAdam:
     """Adam (Keras' formulation, as graphc) for eager NumPy: in-place ufunc chains over each
     parameter with one preallocated temporary, as benchmarks/bench_step.py's eager step."""
 
-    def __init__(self, params: list[np.ndarray]):
+    def __init__(self, params: list[np.ndarray], lr=LR, b1=B1, b2=B2, eps=EPS):
         self.params, self.t = params, 0
+        self.lr, self.b1, self.b2, self.eps = lr, b1, b2, eps
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
         self.tmp = [np.empty_like(p) for p in params]
@@ -213,8 +214,9 @@ class NumpyAdam:
     def update(self, grads: list[np.ndarray]) -> None:
         self.t += 1
         f32 = np.float32
-        alpha = f32(LR * np.sqrt(1 - B2 ** self.t) / (1 - B1 ** self.t))
-        c1, c2, b1, b2, eps = f32(1 - B1), f32(1 - B2), f32(B1), f32(B2), f32(EPS)
+        alpha = f32(self.lr * np.sqrt(1 - self.b2 ** self.t) / (1 - self.b1 ** self.t))
+        c1, c2, b1, b2 = f32(1 - self.b1), f32(1 - self.b2), f32(self.b1), f32(self.b2)
+        eps = f32(self.eps)
         for p, g, m, v, tmp in zip(self.params, grads, self.m, self.v, self.tmp):
             m *= b1
             np.multiply(g, c1, out=tmp)

@@ -140,13 +140,11 @@ class NumpyMLP:
         self.W = [params[2 * i] for i in range(len(params) // 2)]
         self.b = [params[2 * i + 1] for i in range(len(params) // 2)]
         self.params = [p for pair in zip(self.W, self.b) for p in pair]
-        self.lr, self.b1, self.b2, self.eps = lr, b1, b2, eps
-        self.t = 0
+        from _model_bench import NumpyAdam, numpy_softmax_ce  # what the other benchmarks' eager steps use
+        self.adam = NumpyAdam(self.params, lr, b1, b2, eps)
+        self.softmax_ce = numpy_softmax_ce
         f32 = np.float32
-        self.m = [np.zeros_like(p) for p in self.params]
-        self.v = [np.zeros_like(p) for p in self.params]
         self.g = [np.zeros_like(p) for p in self.params]
-        self.tmp = [np.empty_like(p) for p in self.params]
         self.h = [np.empty((batch, W.shape[1]), f32) for W in self.W]  # pre-activations -> activations
         self.dh = [np.empty((batch, W.shape[0]), f32) for W in self.W[1:]]
         self.rows = np.arange(batch)
@@ -156,7 +154,6 @@ class NumpyMLP:
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         W, b, h = self.W, self.b, self.h
         L = len(W)
-        n = x.shape[0]
         a = x
         for i in range(L):  # forward
             np.dot(a, W[i], out=h[i])
@@ -164,18 +161,8 @@ class NumpyMLP:
             if i < L - 1:
                 np.maximum(h[i], 0, out=h[i])
             a = h[i]
-        z = h[-1]  # logits -> softmax - onehot, in place
-        np.max(z, axis=1, keepdims=True, out=self.mx)
-        z -= self.mx
-        picked = z[self.rows, y]
-        np.exp(z, out=z)
-        np.sum(z, axis=1, keepdims=True, out=self.lse)
-        z /= self.lse
-        np.log(self.lse, out=self.lse)
-        loss = float(np.mean(self.lse[:, 0] - picked))
-        z[self.rows, y] -= 1.0
-        z *= np.float32(1.0 / n)
-        dz = z
+        dz = h[-1]  # logits -> softmax - onehot, in place
+        loss = self.softmax_ce(dz, y, self.rows, self.mx, self.lse)
         g = self.g
         for i in range(L - 1, -1, -1):  # backward
             a_in = x if i == 0 else h[i - 1]
@@ -186,23 +173,7 @@ class NumpyMLP:
                 np.dot(dz, W[i].T, out=da)
                 da *= h[i - 1] > 0
                 dz = da
-        self.t += 1  # Adam (bias correction folded into the step size, like graphc/Keras)
-        alpha = np.float32(self.lr * np.sqrt(1 - self.b2 ** self.t) / (1 - self.b1 ** self.t))
-        c1, c2 = np.float32(1 - self.b1), np.float32(1 - self.b2)
-        b1, b2, eps = np.float32(self.b1), np.float32(self.b2), np.float32(self.eps)
-        for p, gi, m, v, tmp in zip(self.params, g, self.m, self.v, self.tmp):
-            m *= b1
-            np.multiply(gi, c1, out=tmp)
-            m += tmp
-            v *= b2
-            np.multiply(gi, gi, out=tmp)
-            tmp *= c2
-            v += tmp
-            np.sqrt(v, out=tmp)
-            tmp += eps
-            np.divide(m, tmp, out=tmp)
-            tmp *= alpha
-            p -= tmp
+        self.adam.update(g)  # Adam, bias correction folded into the step size (graphc/Keras)
         return loss
 
 
@@ -613,7 +584,7 @@ def bench_config(name: str, args, notes: list) -> dict:
     res["peak_step_bytes"] = {"graphc cpu": peak_bytes(c["graphc cpu"]), "eager NumPy": peak_bytes(c["eager NumPy"])}
     res["resident_buffer_bytes"] = {
         "graphc cpu scratch": int(sum(a.nbytes for a in prog.scratch.values())) if prog is not None else None,
-        "eager NumPy buffers": int(sum(a.nbytes for a in np_model.h + np_model.dh + np_model.g + np_model.tmp)),
+        "eager NumPy buffers": int(sum(a.nbytes for a in np_model.h + np_model.dh + np_model.g + np_model.adam.tmp)),
     }
     return res
 

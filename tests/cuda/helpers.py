@@ -2,7 +2,11 @@
 and compare (values, and gradients through gc.grad)."""
 from __future__ import annotations
 
+import os
+import types
+
 import numpy as np
+import pytest
 
 import graphc as gc
 
@@ -52,3 +56,15 @@ def check_cuda(outs, wrt=(), seed=0, feeds=None):
         rtol = TOL.get(np.dtype(b.dtype).name, 1e-5)
         assert_close(a, b, rtol, f"cuda output {i} of {len(want)} ({outs[i]!r})")
     return f
+
+
+def use_cublas(monkeypatch) -> None:
+    """Run the cuBLAS path: under the simulator through a stand-in CuPy (NumPy's matmul on the
+    simulator's device memory), so its launch list, multi-tensor tables and bindings run here;
+    on a device through the real CuPy (skips, saying why, where CuPy is absent)."""
+    from graphc.backends.cuda import program
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        monkeypatch.setattr(program, "cupy_or_none",
+                            lambda: types.SimpleNamespace(asarray=lambda d: d._ary, matmul=np.matmul))
+    elif program.cupy_or_none() is None:
+        pytest.skip("the cuBLAS path on a device needs CuPy (pip install graphc[cuda])")

@@ -5,8 +5,6 @@ launch. Every merged program is checked against target="numpy" and against the s
 with merging switched off (GRAPHC_CUDA_MERGE=none: one launch per scheduled kernel and GEMM)."""
 from __future__ import annotations
 
-import os
-import types
 from collections import Counter
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import graphc as gc
 from graphc.backends.cuda.emitter import REAL, emit_for, merge_option
 from graphc.compiler import lowered
+from helpers import use_cublas
 from graphc.errors import CompileError
 
 FEAT, HID, HID2, CLS, BATCH = 6, 5, 4, 3, 4
@@ -118,21 +117,11 @@ def test_cublas_path_launch_list_is_ten():
     assert int((rows[:, -1] - rows[:, -2]).sum()) == sum(v.size for k, v in cpu.params.items() if k != "b1")
 
 
-def fake_cupy(monkeypatch):
-    """A stand-in CuPy: NumPy on the simulator's device memory (as tests/cuda/test_cuda_conv.py),
-    so the cuBLAS path's launch list, multi-tensor table and bindings run for real here."""
-    from graphc.backends.cuda import program
-    monkeypatch.setattr(program, "cupy_or_none",
-                        lambda: types.SimpleNamespace(asarray=lambda d: d._ary, matmul=np.matmul))
-
-
-@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
-                    reason="the stand-in CuPy wraps the simulator's arrays; on a GPU the real one runs")
 def test_cublas_path_multi_tensor_update_matches_numpy(monkeypatch):
     loss = mlp()
     adam = lambda: gc.optim.Adam(1e-2)  # noqa: E731
     ref, ref_losses = train(loss, "numpy", adam)
-    fake_cupy(monkeypatch)
+    use_cublas(monkeypatch)
     step, losses = train(loss, "cuda", adam)
     unmerged, _ = train(loss, "cuda", adam, merge="none", monkeypatch=monkeypatch)
     prog = step.program_for(BATCH)
@@ -262,12 +251,8 @@ def test_merged_kernels_compile_to_ptx():
     """The fused GEMMs (epilogue, column sums + update, folded step counter) and the multi-tensor
     kernel compile to PTX (NVVM, no GPU): the simulator runs them as Python and would miss
     typing errors."""
-    from test_cuda_toolchain import _run
-    probe = _run("from graphc.backends.cuda.compat import numba_cuda; import numba\n"
-                 "numba_cuda().compile_ptx(lambda a: None, (numba.float32[:],), cc=(9, 0))")
-    if probe.returncode != 0:
-        pytest.skip("NVVM (libnvvm from the CUDA toolkit) is not available, so numba.cuda.compile_ptx "
-                    "cannot run: " + (probe.stderr.strip().splitlines() or [""])[-1])
+    from test_cuda_toolchain import _run, require_nvvm
+    require_nvvm()
     r = _run(PTX)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("PTX")]

@@ -8,8 +8,6 @@ multi-tensor launch. Each model is trained for a few steps on the simulator with
 off (GRAPHC_CUDA_MERGE=none) and on target="numpy"; the launch counts are asserted exactly."""
 from __future__ import annotations
 
-import os
-import types
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ import pytest
 import graphc as gc
 from graphc.backends.cuda.emitter import REAL, emit_for
 from graphc.compiler import lowered
+from helpers import use_cublas
 
 BATCH = 2
 
@@ -114,21 +113,11 @@ def counts(step) -> tuple:
     return c["kernels"], c["cublas"]
 
 
-def fake_cupy(monkeypatch) -> None:
-    """A stand-in CuPy: NumPy on the simulator's device memory (as in test_cuda_launches.py), so
-    the cuBLAS path's launch list, multi-tensor table and bindings run here."""
-    from graphc.backends.cuda import program
-    monkeypatch.setattr(program, "cupy_or_none",
-                        lambda: types.SimpleNamespace(asarray=lambda d: d._ary, matmul=np.matmul))
-
-
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("path", ["fallback", "cublas"])
 def test_merged_step_equals_numpy_and_the_unmerged_step(model, path, monkeypatch):
     if path == "cublas":
-        if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
-            pytest.skip("the stand-in CuPy wraps the simulator's arrays; on a GPU the real one runs")
-        fake_cupy(monkeypatch)
+        use_cublas(monkeypatch)
     _, ref_losses, ref_params, ref_state = train(model, "numpy", monkeypatch)
     step, losses, params, state = train(model, "cuda", monkeypatch)
     plain, plain_losses, plain_params, plain_state = train(model, "cuda", monkeypatch, merge="none")
@@ -277,12 +266,8 @@ def test_merged_conv_and_attention_kernels_compile_to_ptx():
     """NVVM types every merged kernel of the three models as a GPU would (a reduction kernel
     running loops on its sums, a fallback GEMM summing a reshaped B's columns, the multi-tensor
     update): the simulator runs them as Python and would miss typing errors. No device needed."""
-    from test_cuda_toolchain import _run
-    probe = _run("from graphc.backends.cuda.compat import numba_cuda; import numba\n"
-                 "numba_cuda().compile_ptx(lambda a: None, (numba.float32[:],), cc=(9, 0))")
-    if probe.returncode != 0:
-        pytest.skip("NVVM (libnvvm from the CUDA toolkit) is not available, so numba.cuda.compile_ptx "
-                    "cannot run: " + (probe.stderr.strip().splitlines() or [""])[-1])
+    from test_cuda_toolchain import _run, require_nvvm
+    require_nvvm()
     r = _run(PTX)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("PTX")]

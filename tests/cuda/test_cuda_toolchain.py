@@ -7,6 +7,7 @@ before numba is imported, so these run in subprocesses with NUMBA_ENABLE_CUDASIM
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -22,6 +23,21 @@ def _run(code: str) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=600)
+
+
+@functools.lru_cache(maxsize=None)
+def _nvvm_missing() -> str | None:
+    probe = _run("from graphc.backends.cuda.compat import numba_cuda; import numba\n"
+                 "numba_cuda().compile_ptx(lambda a: None, (numba.float32[:],), cc=(9, 0))")
+    return None if probe.returncode == 0 else (probe.stderr.strip().splitlines() or [""])[-1]
+
+
+def require_nvvm() -> None:
+    """Skip (saying why) where numba.cuda.compile_ptx cannot run: NVVM is absent (probed once)."""
+    why = _nvvm_missing()
+    if why is not None:
+        pytest.skip("NVVM (libnvvm from the CUDA toolkit) is not available, so numba.cuda.compile_ptx "
+                    "cannot run: " + why)
 
 
 MLP = """
