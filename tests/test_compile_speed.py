@@ -80,8 +80,8 @@ def test_an_edit_above_the_model_changes_no_module_name():
     pb = b.program_for(5)
     assert f"param @ user_script.py:{line + 40} " in b.source()
     assert pb.path == path and pb.kernel_paths == kernel_paths
-    # the second program compiled nothing: the same dispatcher, with its one overload
-    assert pb._driver is driver and len(driver.overloads) == 1
+    # the second program compiled nothing: the same native driver (or Numba dispatcher with its one overload)
+    assert pb._driver is driver and (pb.native or len(driver.overloads) == 1)
 
 
 def test_a_second_build_starts_from_the_manifest(fresh_cache):

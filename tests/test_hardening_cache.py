@@ -73,6 +73,9 @@ PARALLEL = textwrap.dedent('''
 ''')
 
 
+NUMBA_DRIVER = {"GRAPHC_NATIVE_DRIVER": "0"}
+
+
 def _without_check_finite(script: str) -> str:
     """The same model with another driver (no finiteness checks) over the same kernels (an
     edited line number would not do: the user's file:line is not part of the driver's text)."""
@@ -93,7 +96,8 @@ def test_parallel_driver_compiled_against_cached_kernels_loads_from_cache(tmp_pa
 
     a = run_py(first, cache)  # cold: kernels and driver compiled
     assert any(a["parallel"]) and a["err"] < 1e-5, a
-    b = run_py(copy, cache)  # kernels from the cache, the driver compiled
+    # the Numba driver (the fallback of graphc's own, native.py) is the one cached by Numba
+    b = run_py(copy, cache, env_extra=NUMBA_DRIVER)  # kernels from the cache, the driver compiled
     assert b["driver"] != a["driver"] and b["err"] < 1e-5, b
     # the root cause: code linking a parfor kernel needs Numba's parallel runtime started. The
     # driver calls kernels through symbols and links none of their code; a parallel kernel's
@@ -102,8 +106,10 @@ def test_parallel_driver_compiled_against_cached_kernels_loads_from_cache(tmp_pa
     assert b"_reload_parfors" not in _driver_nbc(cache, b["driver"])
     parallel = [f.read_text() for f in cache.glob("graphc_*.py") if "parallel=True" in f.read_text()]
     assert parallel and all("\nstart_parallel_runtime()" in t for t in parallel)
-    c = run_py(copy, cache)  # the driver from the cache: this run segfaulted
+    c = run_py(copy, cache, env_extra=NUMBA_DRIVER)  # the driver from the cache: this run segfaulted
     assert c["err"] < 1e-5 and c["cache"]["misses"] == 0 and c["warnings"] == [], c
+    d = run_py(copy, cache)  # graphc's native driver over the same cached parfor kernels
+    assert d["err"] < 1e-5 and d["cache"]["misses"] == 0 and d["warnings"] == [], d
 
 
 def test_parallel_driver_cached_without_its_reload_hook_still_runs(tmp_path):
@@ -114,9 +120,9 @@ def test_parallel_driver_cached_without_its_reload_hook_still_runs(tmp_path):
     first.write_text(PARALLEL)
     copy.write_text(_without_check_finite(PARALLEL))
     run_py(first, cache)
-    b = run_py(copy, cache, "legacy")
+    b = run_py(copy, cache, "legacy", env_extra=NUMBA_DRIVER)
     assert b"_reload_parfors" not in _driver_nbc(cache, b["driver"])  # what Numba alone writes
-    c = run_py(copy, cache)
+    c = run_py(copy, cache, env_extra=NUMBA_DRIVER)
     assert c["err"] < 1e-5 and c["cache"]["misses"] == 0, c
 
 
@@ -150,20 +156,25 @@ TRAIN = textwrap.dedent('''
 
 @pytest.fixture
 def trained(tmp_path):
-    """A private cache holding one trained program's modules and Numba files."""
+    """A private cache holding one trained program's modules and Numba files. The driver
+    is Numba's (GRAPHC_NATIVE_DRIVER=0): graphc's native driver is compiled in each process
+    and has no cache file to damage; its kernels' files are those of the Numba driver."""
     cache = tmp_path / "cache"
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
-    first = run_py(script, cache)
+    first = run_py(script, cache, env_extra=NUMBA_DRIVER)
     assert first["warnings"] == [] and first["cache"]["misses"] > 0, first
     return cache, script, first
 
 
 def _check_rebuilt(cache, script):
-    r = run_py(script, cache)
+    r = run_py(script, cache, env_extra=NUMBA_DRIVER)
     assert r["loss_err"] < 1e-5 and r["param_err"] < 1e-5, r
     assert len(r["warnings"]) == 1 and "integrity" in r["warnings"][0], r["warnings"]
-    again = run_py(script, cache)  # the rebuilt entries are trusted, warm entries again
+    native = run_py(script, cache)  # the native driver over the rebuilt kernels
+    assert native["warnings"] == [] and native["cache"]["misses"] == 0, native
+    assert native["loss_err"] < 1e-5 and native["param_err"] < 1e-5, native
+    again = run_py(script, cache, env_extra=NUMBA_DRIVER)  # the rebuilt entries are trusted, warm entries again
     assert again["warnings"] == [] and again["cache"]["misses"] == 0, again
     assert again["loss_err"] < 1e-5 and again["param_err"] < 1e-5, again
 
@@ -226,10 +237,14 @@ def test_truncated_nbi(trained):
 
 def test_a_warm_start_trusts_its_own_entries_and_writes_nothing(trained):
     cache, script, first = trained
+    first_native = run_py(script, cache)  # writes the kernels' native image once (native.py)
+    assert first_native["warnings"] == [] and first_native["cache"]["misses"] == 0, first_native
+    assert len(list(cache.glob("graphc_*.o"))) == len(first["kernels"])
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
-    r = run_py(script, cache)
-    assert r["warnings"] == [] and r["cache"]["misses"] == 0, r
-    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
+    for env in (NUMBA_DRIVER, {}, {}):  # the Numba driver, then graphc's native one from the image
+        r = run_py(script, cache, env_extra=env)
+        assert r["warnings"] == [] and r["cache"]["misses"] == 0, r
+        assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
 
 
 # ---- 14. an unusable cache directory ----------------------------------------------------------
@@ -314,12 +329,15 @@ def test_a_dropped_program_releases_its_modules(monkeypatch, tmp_path):
     f(rx=xb)
     p = f.program_for(2)
     name, driver, module = p.path.stem, weakref.ref(p._driver), weakref.ref(p._module)
+    native_driver = p._driver if p.native else None
     assert name in sys.modules
     del f, p
     pygc.collect()  # runs the program's finalizer, which unloads its modules
     assert name not in sys.modules
     pygc.collect()
-    assert driver() is None and module() is None  # the dispatcher and its compiled code objects
+    # the module and its compiled code objects; a native driver (native.py) stays compiled for
+    # the process, as Numba's own compiled code does
+    assert module() is None and (driver() is None or driver() is native_driver)
 
 
 def test_a_recreated_program_reuses_a_recently_dropped_module():

@@ -24,6 +24,7 @@ class CompileStats:
     nodes_before: int = 0
     nodes_after: int = 0
     from_manifest: bool = False  # started from a stored manifest: no passes, fusion or codegen ran
+    from_image: bool = False  # kernels loaded from their native image (cpu): no Numba at all
 
 
 @dataclass

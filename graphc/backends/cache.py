@@ -162,12 +162,16 @@ def code_stamp() -> str:
     graphc source file: a program manifest written by other compiler code is never used
     (one stat per file, once per process)."""
     if not _stamp:
-        import numba
+        import importlib.metadata
         import numpy
         root = Path(__file__).resolve().parents[1]
         h = hashlib.sha256()
         from .. import __version__
-        h.update(f"{__version__} {numba.__version__} {numpy.__version__} {sys.version_info[:3]}".encode())
+        try:  # not numba.__version__: a warm start from a native image never imports Numba
+            numba_version = importlib.metadata.version("numba")
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+            numba_version = "?"
+        h.update(f"{__version__} {numba_version} {numpy.__version__} {sys.version_info[:3]}".encode())
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
             for fn in sorted(filenames):

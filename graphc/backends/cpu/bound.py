@@ -39,8 +39,9 @@ class BoundCall:
         except (AttributeError, KeyError, TypeError):
             return None
         self = cls.__new__(cls)
+        from .native import RAISED_STATUS
         ns: dict = {"ndarray": np.ndarray, "lock": store.lock, "store": store, "opt": optimizer,
-                    "array": np.array}
+                    "array": np.array, "RAISED": RAISED_STATUS}
         names = {name: i for i, (name, _, _) in enumerate(specs)}
         lines = ["def call(feeds):", f"    if len(feeds) != {len(specs)}:", "        return None"]
         checks = []
@@ -81,6 +82,8 @@ class BoundCall:
                   "            return None",
                   f"        status = drv({', '.join(args)})",
                   "        if status:",
+                  "            if status >= RAISED:",
+                  "                raise ValueError(MSGS[status - RAISED])",
                   "            return status",
                   "        return {" + ", ".join(outs) + "}"]
         exec(compile("\n".join(lines), f"<graphc bound call of {getattr(prog, 'path', prog)}>", "exec"), ns)
@@ -106,4 +109,5 @@ class BoundCall:
             ns[f"S{i}"] = a
         opt = ns["opt"]
         ns["drv"], ns["SV"], ns["OV"] = drv, version, opt._version if opt is not None else None
+        ns["MSGS"] = prog._raised  # a kernel's raise, returned as a status by the native driver
         return True

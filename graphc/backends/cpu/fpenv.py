@@ -15,15 +15,12 @@ prange loops on Numba's worker threads, which keep IEEE subnormals. On other mac
 """
 from __future__ import annotations
 
-import platform
-
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-X86 = platform.machine().lower() in ("x86_64", "amd64")
-FTZ_DAZ = 0x8040  # MXCSR bit 15 (flush to zero) | bit 6 (denormals are zero)
+from .native import FTZ_DAZ, X86  # the native driver (native.py) does the same in its own IR
 
 
 def _mxcsr(builder, name: str, slot) -> None:

@@ -16,6 +16,7 @@ from ...errors import CompileError
 from ...ir import fmt_shape
 from ...numerics import NUMERICS_STATUS, checked_values, numerics_error
 from ..base import CompileStats, Lowered, describe_modules
+from .native import RAISED_STATUS
 
 
 # ---- native kernel entries: bound to symbols the drivers call ----------------------------------
@@ -71,6 +72,7 @@ class CpuProgram:
         self._setup(program, batch, store, options, parallel,
                     CompileStats(nodes_before=len(program.graph), nodes_after=layout["nodes"], from_manifest=True),
                     None)
+        self._image_key = key  # a manifest without a native image gets one after the first call
         self._relower = relower
         self._start(layout)
         self.stats.codegen_s = time.perf_counter() - t0
@@ -84,6 +86,7 @@ class CpuProgram:
         self.target = "parallel" if parallel else "cpu"
         self.stats = stats
         self._parallel, self._options, self._key = parallel, options, key
+        self._image_key = None
         self._layout_of_store = dict(store.layout)  # as emitted (a shared store may grow later)
         self._graph = self._plan = self._emitted = None
 
@@ -116,6 +119,8 @@ class CpuProgram:
         self._release = None  # finalizer: the modules may be unloaded once this is dropped
         self._compiled = False
         self._bound_version = None
+        self.native = False  # the driver compiled by native.py (else by Numba)
+        self._raised: list[str] = []
 
     # ---- what only inspection needs: rebuilt on demand for a program from a manifest -------------
     def _materialize(self) -> None:
@@ -199,10 +204,91 @@ class CpuProgram:
                       if self._source_outputs else None)
             status = self._first_call(args) if not self._compiled else self._driver(*args)
             if status:
+                if status >= RAISED_STATUS:
+                    self.raise_status(status)
                 if status >= NUMERICS_STATUS:  # check_numerics: a bad value, nothing written
                     raise self._numerics_error(status - NUMERICS_STATUS, feeds, store)
                 return None
             return [r(feeds, before) for r in self._readers]
+
+    def _native_driver(self) -> bool:
+        """Compile the driver text with graphc's own translator (native.py) instead of Numba;
+        False (the Numba driver is used) where it meets a form it does not translate."""
+        from . import native
+        if not native.enabled():
+            return False
+        kinds = []
+        for kind, key in self._args:
+            kinds.append(self._layout.get("scalars", {}).get(key, "?") if kind == "scalar" else "p")
+        try:
+            sigs = native.entry_signatures([p.read_text() for p in self.kernel_paths])
+            self._driver, self._raised = native.native_driver(self.path.read_text(), kinds, sigs)
+        except native.Unsupported as e:
+            from ...logs import enabled, log
+            if enabled("cache"):
+                log("cache", f"{self.path.name}: Numba driver ({e})")
+            return False
+        self.native = True
+        return True
+
+    def _write_images(self) -> None:
+        """Store each kernel entry's object code for later processes (native.py, "the native
+        image"); its digest goes into the manifest. Only for a native driver over cpu
+        kernels; nothing is stored if any kernel has no image."""
+        from . import native
+        if not self.native or self._any_parallel or not self._kernel_modules:
+            return
+        from ...atomic import write_atomic
+        from ..cache import cache_dir
+        try:
+            tag = native.host_tag()
+            images = []
+            for mod in self._kernel_modules:
+                got = native.image_of(mod)
+                if got is None:
+                    return
+                sym, native_name, obj = got
+                digest = hashlib.sha256(obj).hexdigest()
+                path = cache_dir() / f"{mod.__name__}-{tag}.o"
+                if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                    write_atomic(path, lambda f, obj=obj: f.write(obj))
+                images.append([mod.__name__, sym, native_name, digest])
+        except OSError:  # an unwritable cache: later processes start through Numba
+            return
+        self._layout = dict(self._layout, images=images, host=tag)
+
+    def _from_images(self) -> bool:
+        """Start from the native image named in the manifest: kernels' object code into
+        graphc's JIT, the native driver over them; no Numba. False (and nothing changed) if
+        there is none or it cannot be used: the caller starts through Numba."""
+        from . import native
+        images = self._layout.get("images")
+        if not images or self._any_parallel or not native.enabled():
+            return False
+        from ..cache import cache_dir
+        d = cache_dir()
+        try:
+            tag = native.host_tag()
+            if self._layout.get("host") != tag:
+                return False
+            loaded = [(sym, nn, digest, (d / f"{m}-{tag}.o").read_bytes()) for m, sym, nn, digest in images]
+        except (OSError, ValueError, TypeError):
+            return False
+        why = native.load_images(loaded)
+        if why is not None:
+            from ...logs import enabled, log
+            if enabled("cache"):
+                log("cache", f"{self.path.name}: no native image ({why}); starting through Numba")
+            return False
+        if not self._native_driver():
+            return False
+        self._kernel_modules, self._module = [], None
+        self.stats.from_image = True
+        return True
+
+    def raise_status(self, status: int) -> None:
+        """Raise what a kernel of the native driver would have raised (status RAISED_STATUS + i)."""
+        raise ValueError(self._raised[status - RAISED_STATUS])
 
     def driver_args(self, feeds: Mapping[str, np.ndarray], store) -> list:
         """The driver's arguments for ``feeds`` as ``run`` passes them (for graphc/explain.py,
@@ -233,6 +319,10 @@ class CpuProgram:
         t0 = time.perf_counter()
         paths = [*self.kernel_paths, self.path]
         with LOCK:
+            if not self._compiled and self._from_images():
+                self.stats.numba_s = time.perf_counter() - t0
+                self._compiled = True
+                return self._driver(*args)
             problems = verify_numba_cache(paths)  # before Numba can load a damaged file
             if problems:
                 warnings.warn(f"graphc: Numba cache for {self.path} was unusable (integrity check failed: "
@@ -246,7 +336,8 @@ class CpuProgram:
                     if self._driver is None or attempt:
                         self._load(fresh=bool(attempt))
                     # compile explicitly before running: a compile failure leaves params untouched
-                    self._driver.compile(tuple(_numba_typeof(a) for a in args))
+                    if not self._native_driver():
+                        self._driver.compile(tuple(_numba_typeof(a) for a in args))
                     break
                 except Exception as e:  # numba typing/lowering errors, or a corrupted cache entry
                     if isinstance(e, CompileError) and e.__cause__ is None:  # graphc's own, not a module's import
@@ -264,8 +355,15 @@ class CpuProgram:
             record_numba_cache(paths)  # it ran: these files are known good from now on
             if self._key is not None:  # a later process may start from here (see from_manifest)
                 from ..cache import write_program_manifest
+                self._write_images()
                 write_program_manifest(self._key, self._layout)
                 self._key = None
+            elif self._image_key is not None and self.native and "images" not in self._layout:
+                from ..cache import write_program_manifest  # a manifest written before images existed
+                self._write_images()
+                if "images" in self._layout:
+                    write_program_manifest(self._image_key, self._layout)
+            self._image_key = None
         from ...logs import enabled, log
         if enabled("cache"):  # GRAPHC_LOG=cache
             log("cache", f"{self.path.name}: first call {self.stats.numba_s:.3f} s, Numba cache {self.cache_info()}")
@@ -290,7 +388,7 @@ class CpuProgram:
     def cache_info(self) -> dict:
         """Numba cache hits/misses of the driver and kernels (timing-free evidence of reuse)."""
         hits = misses = 0
-        if self._driver is None:
+        if self._driver is None or self._module is None:  # not started, or started from its image
             return {"hits": 0, "misses": 0}
         for mod in self._kernel_modules:  # a native entry compiles once, when its module is imported
             cf = getattr(mod, "_cfunc", None)
@@ -315,11 +413,14 @@ def runtime_layout(module, lowered: Lowered, path, kernel_paths) -> dict:
     consts = [[np.dtype(b.dtype).str, b.offset, _encode(b.value, b.dtype)]
               for n in graph.nodes if (b := plan.buffers.get(id(n))) is not None and b.kind == "const"]
     k = len(lowered.program.user_names)
+    dtypes = {n.name: np.dtype(n.dtype).kind for n in graph.inputs}
+    scalars = {key: ("b" if dtypes.get(key) == "b" else "i" if dtypes.get(key) in "iu" else "d")
+               for kind, key in module.args if kind == "scalar"}
     outputs = [_reader_spec(n, plan) for n in graph.outputs[:k]]
     return {"driver": path.stem, "kernels": [p.stem for p in kernel_paths],
             "args": [[kind, np.dtype(key).str if kind in ("store", "scratch") else key] for kind, key in module.args],
             "scratch": {np.dtype(dt).str: int(n) for dt, n in plan.arena_sizes.items()},
-            "consts": consts, "outputs": outputs,
+            "consts": consts, "outputs": outputs, "scalars": scalars,
             "sources": [n.name for n in graph.outputs[:k] if n.op in ("param", "state")],
             "parallel": any(info.parallel for info in module.kernels), "nodes": len(graph)}
 
