@@ -474,7 +474,9 @@ def profile_step(bench: Bench, cfg: dict, feeds: dict, reps: int = 10) -> list[d
     mod = prog.module
     # the Python re-run cannot set the FPU's control word: the subnormal flush is a no-op here
     ns: dict = {"np": np, "math": math, "flush_subnormals": lambda: 0, "restore_fpenv": lambda saved: None}
-    for kmod in prog._kernel_modules:  # loaded by the step's first call
+    from graphc.backends.cache import load_module
+    # loaded by the step's first call, or not at all when it started from its native image
+    for kmod in prog._kernel_modules or [load_module(p) for p in prog.kernel_paths]:
         # each kernel (and driver check) is a native entry with a C signature: callable from
         # Python through ctypes, with the driver's numpy integers as plain ints
         cf = kmod._cfunc

@@ -269,16 +269,19 @@ class CpuProgram:
         d = cache_dir()
         try:
             tag = native.host_tag()
-            if self._layout.get("host") != tag:
-                return False
-            loaded = [(sym, nn, digest, (d / f"{m}-{tag}.o").read_bytes()) for m, sym, nn, digest in images]
-        except (OSError, ValueError, TypeError):
-            return False
-        why = native.load_images(loaded)
+            if self._layout.get("host") != tag:  # written on another machine sharing this cache
+                why = "another host's"
+            else:
+                loaded = [(sym, nn, digest, (d / f"{m}-{tag}.o").read_bytes()) for m, sym, nn, digest in images]
+                why = native.load_images(loaded)
+        except (OSError, ValueError, TypeError) as e:
+            why = f"unreadable ({type(e).__name__}: {e})"
         if why is not None:
-            from ...logs import enabled, log
-            if enabled("cache"):
-                log("cache", f"{self.path.name}: no native image ({why}); starting through Numba")
+            # start through Numba; the first call writes the image again (see _first_call)
+            self._layout = {k: v for k, v in self._layout.items() if k not in ("images", "host")}
+            if why != "another host's":
+                warnings.warn(f"graphc: the native image of {self.path.name} was unusable ({why}); "
+                              f"starting through Numba and rebuilding it", RuntimeWarning, stacklevel=5)
             return False
         if not self._native_driver():
             return False
