@@ -352,7 +352,11 @@ def test_a_recreated_program_reuses_a_recently_dropped_module():
     pygc.collect()
     g = gc.compile(out, target="cpu")
     np.testing.assert_allclose(g(qx=xb), r1, rtol=1e-6)
-    assert g.program_for(2)._module is mod  # kept among the recently dropped: nothing reloaded
+    p = g.program_for(2)
+    # kept among the recently dropped: nothing reloaded (or started from the native image the
+    # first program wrote, which imports and compiles nothing either)
+    assert p._module is mod or (p.stats.from_image and p._module is None)
+    assert p.cache_info()["misses"] == 0
 
 
 # ---- 4. first calls from three threads on a cold cache ----------------------------------------

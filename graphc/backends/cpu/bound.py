@@ -101,10 +101,14 @@ class BoundCall:
                 return False
         except AttributeError:
             return False
+        kinds = prog._layout.get("scalars", {}) if prog.native else {}
         for i, key in enumerate(self._hyper_keys):
             if key not in hypers:
                 return False
-            ns[f"H{i}"] = hypers[key]
+            # a Python float is what the native driver reads fastest (PyFloat_AsDouble, no
+            # __float__ call); the same value (a float32 widens exactly) reaches the kernels
+            v = hypers[key]
+            ns[f"H{i}"] = float(v) if kinds.get(key) == "d" else v
         for i, a in enumerate(static):
             ns[f"S{i}"] = a
         opt = ns["opt"]

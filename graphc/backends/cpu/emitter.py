@@ -212,7 +212,7 @@ class _Emitter:
                 params += [f"{p}_ptr", *dims]
                 sig += ["voidptr"] + ["int64"] * len(dims)
                 call += [a.ptr, *map(str, a.shape)]
-                e = f"carray({p}_ptr, ({', '.join(dims)},), np.{_dtname(a.dtype)})"
+                e = f"view({p}_ptr, ({', '.join(dims)},), np.{_dtname(a.dtype)})"
                 if a.perm == (1, 0):
                     e += ".T"
                 elif a.perm is not None:
@@ -222,7 +222,7 @@ class _Emitter:
                 params.append(f"{p}_ptr")
                 sig.append("voidptr")
                 call.append(a.ptr)
-                prologue.append(f"    {p} = carray({p}_ptr, (1,), np.{_dtname(a.dtype)})[0]")
+                prologue.append(f"    {p} = view({p}_ptr, (1,), np.{_dtname(a.dtype)})[0]")
             elif isinstance(a, Full):
                 if a.dtype.kind == "b":
                     params.append(f"{p}_v")
@@ -394,7 +394,7 @@ class _Emitter:
         indent = "    "
         if k.reductions and suffix is None:
             for rd in k.reductions:
-                body.append(f"{indent}{red_p[id(rd)]}.fill({reduce_init(rd.op, rd.dtype)})  # {rd.op} init")
+                body.append(f"{indent}fill({red_p[id(rd)]}, {reduce_init(rd.op, rd.dtype)})  # {rd.op} init")
         inner_lines: list[str] = []
         loop_start = len(body)
         for d in range(r):
@@ -1047,8 +1047,9 @@ class _Emitter:
             f"# graphc {__version__}, numba {_numba_version()}, target {'parallel' if self.parallel else 'cpu'}",
             "import math",
             "import numpy as np",
-            "from numba import carray, cfunc, njit, prange",
+            "from numba import cfunc, njit, prange",
             "from graphc.backends.cpu.program import export",
+            "from graphc.backends.cpu.views import fill, view",
             "",
         ]
         # each kernel is a module of its own, named by the hash of its text: programs that

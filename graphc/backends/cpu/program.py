@@ -391,7 +391,9 @@ class CpuProgram:
     def cache_info(self) -> dict:
         """Numba cache hits/misses of the driver and kernels (timing-free evidence of reuse)."""
         hits = misses = 0
-        if self._driver is None or self._module is None:  # not started, or started from its image
+        if self.stats.from_image:  # every kernel loaded from its native image: hits, no compile
+            return {"hits": len(self._layout.get("images", ())), "misses": 0}
+        if self._driver is None or self._module is None:
             return {"hits": 0, "misses": 0}
         for mod in self._kernel_modules:  # a native entry compiles once, when its module is imported
             cf = getattr(mod, "_cfunc", None)
