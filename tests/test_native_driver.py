@@ -159,3 +159,65 @@ def test_the_native_driver_runs_without_the_gil():
     for t in threads:
         t.join()
     assert not errors and [s.iterations for s, _ in steps] == [201, 201]
+
+
+def test_the_driver_checks_each_feeds_dtype_shape_and_layout_itself(monkeypatch):
+    """The bound call leaves an array feed's dtype, shape and C-contiguity to the native
+    driver, which returns FEED_MISMATCH before running anything; the step then takes the
+    checked path (which converts, or raises the usual FeedError)."""
+    monkeypatch.setenv("GRAPHC_NATIVE_DRIVER", "1")
+    step = gc.compile(mlp("m"), optimizer=gc.optim.SGD(0.1), target="cpu", seed=2)
+    ref = gc.compile(mlp("m"), optimizer=gc.optim.SGD(0.1), target="numpy", seed=2)
+    xb, yb = RNG.standard_normal((5, 6)).astype("f4"), RNG.integers(0, 3, 5)
+    for _ in range(2):
+        step(mx=xb, my=yb), ref(mx=xb, my=yb)
+    prog = step.program_for(5)
+    assert prog.native and prog.natively_checked == {"mx", "my"}
+    with step._store.lock:
+        args = prog.driver_args({"mx": xb, "my": yb, **step._hyper_values()}, step._store)
+    pos = len(args) - 2  # the feeds come last, in name order
+    before = step.params
+    for bad in (xb.astype("f8"), np.asfortranarray(np.tile(xb, (1, 1))), xb[:4], xb.reshape(1, 5, 6),
+                np.zeros((5, 7), "f4"), xb[:, ::-1]):
+        a = list(args)
+        a[pos] = bad
+        assert prog._driver(*a) == native.FEED_MISMATCH
+    for k, v in before.items():
+        np.testing.assert_array_equal(step.params[k], v)
+    # through the step: each of these takes the checked path and trains as the interpreter
+    for x in (np.asfortranarray(xb), xb.astype("f8"), xb[:, ::-1].copy()[:, ::-1]):
+        np.testing.assert_allclose(step(mx=x, my=yb)["loss"], ref(mx=x, my=yb)["loss"], rtol=1e-5)
+    with pytest.raises(FeedError, match="mx"):
+        step(mx=np.zeros((5, 7), "f4"), my=yb)
+    fast = step.fast_calls
+    for _ in range(3):  # and the usual feeds are served by the bound call again
+        np.testing.assert_allclose(step(mx=xb, my=yb)["loss"], ref(mx=xb, my=yb)["loss"], rtol=1e-5)
+    assert step.fast_calls >= fast + 2
+    for k in ref.params:
+        np.testing.assert_allclose(step.params[k], ref.params[k], rtol=1e-5, atol=1e-6)
+
+
+def test_float32_exp_of_the_softmax_kernel_is_within_2_ulp_of_numpy():
+    """views.exp32 (the vectorizable exp of float32 softmax cross-entropy) against NumPy over
+    the whole float32 range: relative error < 3e-7, inf above log(FLT_MAX), 0 far below,
+    NaN kept."""
+    from numba import njit
+
+    from graphc.backends.cpu.views import exp32
+
+    @njit
+    def run(x, o):
+        for i in range(x.size):
+            o[i] = exp32(x[i])
+
+    x = np.concatenate([np.linspace(-110, 95, 400_001, dtype=np.float32),
+                        np.array([np.nan, np.inf, -np.inf, 0.0, 88.72, 88.7229, -87.3, -104.0], np.float32)])
+    got = np.empty_like(x)
+    run(x, got)
+    with np.errstate(over="ignore"):
+        want = np.exp(x)
+    normal = np.isfinite(want) & (want > np.finfo(np.float32).tiny)
+    rel = np.abs(got[normal].astype(np.float64) - want[normal]) / want[normal]
+    assert rel.max() < 3e-7
+    assert np.array_equal(np.isinf(got), np.isinf(want)) and np.isnan(got[-8])
+    assert got[-1] == 0.0 and got[-5] == 1.0

@@ -24,7 +24,7 @@ class BoundCall:
     ``check_numerics``, or params returned as outputs) is never bound and runs through
     ``prog.run`` as before. Nothing here holds the callable itself (no reference cycle)."""
 
-    __slots__ = ("call", "_ns", "_n_static", "_hyper_keys")
+    __slots__ = ("call", "_ns", "_n_static", "_hyper_keys", "_native_names")
 
     @classmethod
     def build(cls, prog, store, optimizer, specs, user_names, options) -> "BoundCall | None":
@@ -39,17 +39,21 @@ class BoundCall:
         except (AttributeError, KeyError, TypeError):
             return None
         self = cls.__new__(cls)
-        from .native import RAISED_STATUS
+        from .native import FEED_MISMATCH, RAISED_STATUS
         ns: dict = {"ndarray": np.ndarray, "lock": store.lock, "store": store, "opt": optimizer,
-                    "array": np.array, "RAISED": RAISED_STATUS}
+                    "array": np.array, "RAISED": RAISED_STATUS, "MISMATCH": FEED_MISMATCH}
         names = {name: i for i, (name, _, _) in enumerate(specs)}
         lines = ["def call(feeds):", f"    if len(feeds) != {len(specs)}:", "        return None"]
         checks = []
+        native = set(getattr(prog, "natively_checked", ()))
         for i, (name, dtype, shape) in enumerate(specs):
             ns[f"SH{i}"], ns[f"DT{i}"] = tuple(shape), dtype
             lines.append(f"    a{i} = feeds.get({name!r})")
-            checks.append(f"type(a{i}) is not ndarray or a{i}.shape != SH{i} or a{i}.dtype is not DT{i} "
-                          f"or not a{i}.flags.c_contiguous")
+            if name in native:  # the native driver checks dtype, shape and layout (FEED_MISMATCH)
+                checks.append(f"type(a{i}) is not ndarray")
+            else:
+                checks.append(f"type(a{i}) is not ndarray or a{i}.shape != SH{i} or a{i}.dtype is not DT{i} "
+                              f"or not a{i}.flags.c_contiguous")
         if checks:
             lines += ["    if (" + "\n            or ".join(checks) + "):", "        return None"]
         if optimizer is not None:
@@ -82,12 +86,15 @@ class BoundCall:
                   "            return None",
                   f"        status = drv({', '.join(args)})",
                   "        if status:",
+                  "            if status == MISMATCH:",
+                  "                return None",
                   "            if status >= RAISED:",
                   "                raise ValueError(MSGS[status - RAISED])",
                   "            return status",
                   "        return {" + ", ".join(outs) + "}"]
         exec(compile("\n".join(lines), f"<graphc bound call of {getattr(prog, 'path', prog)}>", "exec"), ns)
         self.call, self._ns, self._n_static, self._hyper_keys = ns["call"], ns, len(static), hyper_keys
+        self._native_names = native & {name for name, _, _ in specs}
         return self
 
     def arm(self, prog, store, hypers: Mapping) -> bool:
@@ -98,6 +105,8 @@ class BoundCall:
         try:
             static, drv = prog._static, prog._driver
             if not prog._compiled or len(static) != self._n_static or prog._bound_version != (id(store), version):
+                return False
+            if not self._native_names <= prog.natively_checked:  # this call left those checks to the driver
                 return False
         except AttributeError:
             return False

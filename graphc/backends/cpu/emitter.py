@@ -472,12 +472,16 @@ class _Emitter:
             "            if zj > m:",
             "                m = zj",
             f"        s = {zero}",
-            "        for j in range(c):",
-            "            e = math.exp(z[i, j] - m)",
-            "            s += e",
         ]
-        if grad is not None:  # keep exp(z - m) and scale it: one exp per element
-            body.append("            g[i, j] = e")
+        exp = "exp32" if dt == np.float32 else "math.exp"  # views.py: float32 exp that vectorizes
+        if grad is not None:  # keep exp(z - m) and scale it: one exp per element, then the sum
+            body += ["        for j in range(c):",
+                     f"            g[i, j] = {exp}(z[i, j] - m)",
+                     "        for j in range(c):",
+                     "            s += g[i, j]"]
+        else:
+            body += ["        for j in range(c):",
+                     f"            s += {exp}(z[i, j] - m)"]
         body += ["        lse = math.log(s) + m", "        lab = y[i]"]
         if loss is not None:
             body.append("        total += lse - z[i, lab]  # softmax_cross_entropy")
@@ -1049,7 +1053,7 @@ class _Emitter:
             "import numpy as np",
             "from numba import cfunc, njit, prange",
             "from graphc.backends.cpu.program import export",
-            "from graphc.backends.cpu.views import fill, view",
+            "from graphc.backends.cpu.views import exp32, fill, view",
             "",
         ]
         # each kernel is a module of its own, named by the hash of its text: programs that

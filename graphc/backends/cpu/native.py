@@ -34,6 +34,7 @@ import numpy as np
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 FTZ_DAZ = 0x8040  # MXCSR bit 15 (flush to zero) | bit 6 (denormals are zero): see fpenv.py
 RAISED_STATUS = 2_000_000  # above NUMERICS_STATUS's range: a kernel's raise, by message index
+FEED_MISMATCH = -2  # a feed's rank, shape, dtype or contiguity is not the program's: nothing ran
 
 _SIG = re.compile(r"@cfunc\('int64\(([^']*)\)'[^\n]*\)\ndef (\w+)\(")
 _INTS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16, "uint32": 32,
@@ -84,15 +85,20 @@ class _MethodDef(ctypes.Structure):
 METH_FASTCALL = 0x0080
 
 
-def native_driver(source: str, kinds: list[str], sigs: dict[str, list[str]]) -> tuple[Callable, list[str]]:
+def native_driver(source: str, kinds: list[str], sigs: dict[str, list[str]],
+                  expect: list | None = None) -> tuple[Callable, list[str]]:
     """The driver of ``source`` (its ``def step(...)``) as a builtin callable, and the
     messages of its raise statuses. ``kinds``: each parameter's argument kind, in order ("p"
-    an ndarray, "d" a float, "i" an int, "b" a bool). Compiled once per process and text."""
-    key = hashlib.sha256(repr((source, kinds, sorted(sigs.items()))).encode()).hexdigest()
+    an ndarray, "d" a float, "i" an int, "b" a bool). ``expect``: per parameter, None or
+    the (dtype, shape) an ndarray argument must have, C-contiguous: checked on the array
+    object itself (its ``nd``, ``dimensions``, ``descr`` and ``flags``), anything else
+    returns ``FEED_MISMATCH`` before anything runs. Compiled once per process and text."""
+    expect = list(expect) if expect is not None else [None] * len(kinds)
+    key = hashlib.sha256(repr((source, kinds, sorted(sigs.items()), expect)).encode()).hexdigest()
     with _LOCK:
         hit = _DRIVERS.get(key)
         if hit is None:
-            ir_text, messages = _Translator(source, kinds, sigs).module(f"graphc_driver_{key[:24]}")
+            ir_text, messages = _Translator(source, kinds, sigs, expect).module(f"graphc_driver_{key[:24]}")
             ll, tm, engine = _jit()
             mod = ll.parse_assembly(ir_text)
             mod.verify()
@@ -113,7 +119,7 @@ def native_driver(source: str, kinds: list[str], sigs: dict[str, list[str]]) -> 
 class _Translator:
     """``def step(...)`` of the emitter's driver text -> LLVM IR (text)."""
 
-    def __init__(self, source: str, kinds: list[str], sigs: dict[str, list[str]]):
+    def __init__(self, source: str, kinds: list[str], sigs: dict[str, list[str]], expect: list):
         from llvmlite import ir
         self.ir = ir
         tree = ast.parse(source)
@@ -125,6 +131,7 @@ class _Translator:
         if len(self.params) != len(kinds):
             raise Unsupported(f"parameters {self.params} vs kinds {kinds}")
         self.kinds, self.sigs = dict(zip(self.params, kinds)), sigs
+        self.expect = dict(zip(self.params, expect))
         self.messages: list[str] = []
         self.i64, self.i32, self.i8p = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
         self.f64, self.f32, self.i1 = ir.DoubleType(), ir.FloatType(), ir.IntType(1)
@@ -170,6 +177,10 @@ class _Translator:
         err = f.append_basic_block("error")  # a Python error is set already
         with b.goto_block(err):
             b.ret(ir.Constant(self.i8p, None))
+        mismatch = f.append_basic_block("mismatch")  # a feed of another shape/dtype/layout
+        box = self._decl("PyLong_FromLongLong", self.i8p, [self.i64])
+        with b.goto_block(mismatch):
+            b.ret(b.call(box, [ir.Constant(self.i64, FEED_MISMATCH)]))
         b.position_at_end(ok)
         self.env: dict[str, tuple] = {}
         nd_type = ir.Constant(self.i64, id(np.ndarray)).inttoptr(self.i8p)
@@ -189,6 +200,8 @@ class _Translator:
                 slow_ok = b.icmp_signed(">", r, ir.Constant(self.i32, 0))
                 b.cbranch(slow_ok, good, fail)
                 b.position_at_end(good)
+                if self.expect.get(p) is not None:
+                    self._expect_array(obj, self.expect[p], mismatch, f, i)
                 data = b.load(b.gep(words, [ir.Constant(self.i64, 2)]))
                 self.env[p] = (b.ptrtoint(data, self.i64), "i")
             elif kind == "d":
@@ -225,6 +238,34 @@ class _Translator:
         if not b.block.is_terminated:
             raise Unsupported("the driver does not end with a return")
         return str(m), self.messages
+
+    def _expect_array(self, obj, expect, mismatch, f, i) -> None:
+        """Branch to ``mismatch`` unless ``obj`` (an ndarray) has the expected rank, dims,
+        dtype (its descr is the dtype object itself) and the C-contiguous flag. NumPy's
+        ``PyArrayObject_fields``, stable since 1.7 and in 2.x: data @16, nd @24 (int),
+        dimensions @32, strides @40, base @48, descr @56, flags @64 (int)."""
+        b, ir = self.b, self.ir
+        descr, shape = expect
+        i32p = ir.IntType(32).as_pointer()
+        raw = b.bitcast(obj, ir.IntType(8).as_pointer())
+        at = lambda off, ty: b.bitcast(b.gep(raw, [ir.Constant(self.i64, off)]), ty)  # noqa: E731
+        ok = b.icmp_signed("==", b.load(at(24, i32p)), ir.Constant(self.i32, len(shape)))
+        ok = b.and_(ok, b.icmp_unsigned("==", b.ptrtoint(b.load(at(56, self.i8p.as_pointer())), self.i64),
+                                        ir.Constant(self.i64, descr)))
+        flags = b.load(at(64, i32p))
+        ok = b.and_(ok, b.icmp_signed("!=", b.and_(flags, ir.Constant(self.i32, 1)), ir.Constant(self.i32, 0)))
+        dims_ok = f.append_basic_block(f"dims{i}")
+        b.cbranch(ok, dims_ok, mismatch)
+        b.position_at_end(dims_ok)
+        if shape:
+            dims = b.load(at(32, self.i64.as_pointer().as_pointer()))
+            good = None
+            for k, d in enumerate(shape):
+                e = b.icmp_signed("==", b.load(b.gep(dims, [ir.Constant(self.i64, k)])), ir.Constant(self.i64, int(d)))
+                good = e if good is None else b.and_(good, e)
+            nxt = f.append_basic_block(f"shape{i}")
+            b.cbranch(good, nxt, mismatch)
+            b.position_at_end(nxt)
 
     def _check_err(self, maybe, occurred, err, f, i):
         b, ir = self.b, self.ir

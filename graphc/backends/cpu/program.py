@@ -120,6 +120,7 @@ class CpuProgram:
         self._compiled = False
         self._bound_version = None
         self.native = False  # the driver compiled by native.py (else by Numba)
+        self.natively_checked: set = set()  # feeds whose dtype/shape/layout that driver checks
         self._raised: list[str] = []
 
     # ---- what only inspection needs: rebuilt on demand for a program from a manifest -------------
@@ -217,18 +218,23 @@ class CpuProgram:
         from . import native
         if not native.enabled():
             return False
-        kinds = []
+        kinds, expect = [], []
+        shapes = self._layout.get("feeds", {})
         for kind, key in self._args:
             kinds.append(self._layout.get("scalars", {}).get(key, "?") if kind == "scalar" else "p")
+            # an array feed's dtype, shape and contiguity are checked by the driver itself
+            spec = shapes.get(key) if kind == "feed" else None
+            expect.append((id(np.dtype(spec[0])), tuple(spec[1])) if spec else None)
         try:
             sigs = native.entry_signatures([p.read_text() for p in self.kernel_paths])
-            self._driver, self._raised = native.native_driver(self.path.read_text(), kinds, sigs)
+            self._driver, self._raised = native.native_driver(self.path.read_text(), kinds, sigs, expect)
         except native.Unsupported as e:
             from ...logs import enabled, log
             if enabled("cache"):
                 log("cache", f"{self.path.name}: Numba driver ({e})")
             return False
         self.native = True
+        self.natively_checked = {key for (kind, key), e in zip(self._args, expect) if e is not None}
         return True
 
     def _write_images(self) -> None:
@@ -421,11 +427,15 @@ def runtime_layout(module, lowered: Lowered, path, kernel_paths) -> dict:
     dtypes = {n.name: np.dtype(n.dtype).kind for n in graph.inputs}
     scalars = {key: ("b" if dtypes.get(key) == "b" else "i" if dtypes.get(key) in "iu" else "d")
                for kind, key in module.args if kind == "scalar"}
+    inputs = {n.name: n for n in graph.inputs}
+    feeds = {key: [np.dtype(inputs[key].dtype).str, [int(d) for d in inputs[key].shape]]
+             for kind, key in module.args if kind == "feed" and key in inputs
+             and all(isinstance(d, (int, np.integer)) for d in inputs[key].shape)}
     outputs = [_reader_spec(n, plan) for n in graph.outputs[:k]]
     return {"driver": path.stem, "kernels": [p.stem for p in kernel_paths],
             "args": [[kind, np.dtype(key).str if kind in ("store", "scratch") else key] for kind, key in module.args],
             "scratch": {np.dtype(dt).str: int(n) for dt, n in plan.arena_sizes.items()},
-            "consts": consts, "outputs": outputs, "scalars": scalars,
+            "consts": consts, "outputs": outputs, "scalars": scalars, "feeds": feeds,
             "sources": [n.name for n in graph.outputs[:k] if n.op in ("param", "state")],
             "parallel": any(info.parallel for info in module.kernels), "nodes": len(graph)}
 
