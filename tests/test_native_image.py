@@ -33,9 +33,13 @@ SCRIPT = textwrap.dedent('''
         step = gc.compile(loss, optimizer=gc.optim.Adam(0.05), target="cpu", seed=0)
         losses = [float(step(ix=xb, iy=yb)["loss"]) for _ in range(3)]
     p = step.program_for(5)
+    numba_loaded, linalg_loaded = "numba" in sys.modules, "scipy.linalg" in sys.modules
+    import scipy.linalg  # the user's own SciPy, after graphc bound its BLAS by hand
+    linalg_ok = hasattr(scipy.linalg, "cython_blas") and float(scipy.linalg.solve([[2.0]], [1.0])[0]) == 0.5
     print("RESULT" + json.dumps({
         "losses": losses, "params": {k: v.tolist() for k, v in step.params.items()},
-        "from_image": p.stats.from_image, "native": p.native, "numba": "numba" in sys.modules,
+        "from_image": p.stats.from_image, "native": p.native, "numba": numba_loaded,
+        "linalg": linalg_loaded, "linalg_ok": linalg_ok,
         "kernels": [k.stem for k in p.kernel_paths],
         "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}))
 ''')
@@ -68,6 +72,7 @@ def imaged(tmp_path):
 def test_a_warm_start_from_the_image_imports_no_numba_and_trains_identically(imaged):
     cache, script, cold, warm, images = imaged
     assert cold["numba"] and not warm["numba"]
+    assert not warm["linalg"] and warm["linalg_ok"] and cold["linalg_ok"]  # GEMMs without scipy.linalg
     assert warm["losses"] == cold["losses"] and warm["params"] == cold["params"]  # bit for bit
 
 
@@ -118,6 +123,25 @@ def test_undefined_symbols_reads_an_object_and_refuses_other_bytes(private_cache
     assert not any(s.startswith("graphc_") for s in und)  # kernels call nothing of graphc's
     with pytest.raises(ValueError):
         native.undefined_symbols(b"not an object file at all")
+
+
+def test_graphcs_gemm_binding_serves_numba_code_of_every_blas_kind():
+    """A warm start binds ``numba_xxgemm`` to graphc's own entry into SciPy's OpenBLAS; Numba
+    code compiled afterwards in the same process (the user's np.dot) calls it too: real and
+    complex, single and double."""
+    import llvmlite.binding as ll
+    from numba import njit
+    native._bind_runtime(native._jit()[0])
+
+    @njit
+    def dot(a, b):
+        return np.dot(a, b)
+
+    rng = np.random.default_rng(3)
+    for dt in ("f4", "f8", "c8", "c16"):
+        a = (rng.standard_normal((5, 4)) + (1j * rng.standard_normal((5, 4)) if dt[0] == "c" else 0)).astype(dt)
+        np.testing.assert_allclose(dot(a, a.T), a @ a.T, rtol=1e-5)
+    assert ll.address_of_symbol("numba_xxgemm")
 
 
 def test_an_unresolvable_symbol_is_refused_before_anything_is_loaded(private_cache, monkeypatch):

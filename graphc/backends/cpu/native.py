@@ -77,6 +77,24 @@ def _jit():
     return _JIT
 
 
+_ABI: list = []
+
+
+def _check_abi() -> None:
+    """The driver reads ndarray objects at fixed offsets (``_expect_array``). Check them on
+    a live array once, so that another object layout (a free-threaded or debug CPython, a
+    future NumPy) falls back to the Numba driver instead of reading the wrong words."""
+    if not _ABI:
+        a = np.zeros((3, 2), np.float32)
+        word = lambda off, ty=ctypes.c_int64: ty.from_address(id(a) + off).value  # noqa: E731
+        ok = (word(16) == a.ctypes.data and word(24, ctypes.c_int32) == 2 and word(56) == id(a.dtype)
+              and ctypes.c_int64.from_address(word(32) + 8).value == 2 and word(64, ctypes.c_int32) & 1
+              and ctypes.c_int64.from_address(id(a) + 8).value == id(np.ndarray))
+        _ABI.append(bool(ok))
+    if not _ABI[0]:
+        raise Unsupported("ndarray objects are not laid out as this driver reads them")
+
+
 class _MethodDef(ctypes.Structure):
     _fields_ = [("ml_name", ctypes.c_char_p), ("ml_meth", ctypes.c_void_p), ("ml_flags", ctypes.c_int),
                 ("ml_doc", ctypes.c_char_p)]
@@ -93,6 +111,7 @@ def native_driver(source: str, kinds: list[str], sigs: dict[str, list[str]],
     the (dtype, shape) an ndarray argument must have, C-contiguous: checked on the array
     object itself (its ``nd``, ``dimensions``, ``descr`` and ``flags``), anything else
     returns ``FEED_MISMATCH`` before anything runs. Compiled once per process and text."""
+    _check_abi()
     expect = list(expect) if expect is not None else [None] * len(kinds)
     key = hashlib.sha256(repr((source, kinds, sorted(sigs.items()), expect)).encode()).hexdigest()
     with _LOCK:
@@ -522,12 +541,10 @@ def _exported() -> dict:
 
 
 def _load_extension(name: str, pattern: str):
-    """A C extension module of Numba (or SciPy), without importing its package's
-    ``__init__`` chain: ``numba`` would initialize all of Numba (~0.15 s, its target ~0.3 s
-    more on first use), ``scipy.linalg`` takes ~0.2 s, and the kernels' GEMM needs only
-    ``scipy.linalg.cython_blas`` (which Numba's ``numba_xxgemm`` imports by name on its first
-    call: registered here, it finds this one). Registered in ``sys.modules`` as the regular
-    import would, so a later ``import`` of it returns the same module."""
+    """One of Numba's C extension modules, without importing the ``numba`` package (the
+    import would initialize all of Numba: ~0.15 s, and its target ~0.3 s more on first use).
+    Registered in ``sys.modules`` as the regular import would, so a later ``import numba``
+    uses the same module."""
     import sys
     if name in sys.modules:
         return sys.modules[name]
@@ -574,11 +591,67 @@ def _bind_runtime(ll) -> None:
     for name in _MATH:  # Numba's own bindings of the C math functions (externals.py)
         if name in helper.c_helpers:
             ll.add_symbol(name, helper.c_helpers[name])
-    try:
-        _load_extension("scipy.linalg.cython_blas", os.path.join("linalg", "cython_blas*.so"))
-    except (ImportError, OSError):  # numba_xxgemm then imports scipy.linalg itself
-        pass
+    _bind_gemm(ll)
     _BOUND.append(True)
+
+
+def _bind_gemm(ll) -> None:
+    """``numba_xxgemm`` (what the kernels' GEMMs call) straight into SciPy's OpenBLAS.
+
+    Numba's own looks up ``sgemm`` in ``scipy.linalg.cython_blas`` on its first call, which
+    imports all of ``scipy.linalg`` (~0.2 s, a third of a warm start). The same BLAS library
+    (the one cython_blas wraps, with the same thread pool) is opened with ctypes and called
+    from a few lines of IR with Numba's signature. Where SciPy ships no such library (a
+    build against the system's BLAS), Numba's stays bound: correct, only slower to start."""
+    import glob
+    import importlib.util
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    root = os.path.dirname(spec.submodule_search_locations[0])
+    libs = sorted(glob.glob(os.path.join(root, "scipy.libs", "libscipy_openblas*.so*")))
+    try:
+        lib = ctypes.CDLL(libs[0])
+        fns = [ctypes.cast(getattr(lib, f"scipy_{t}gemm_"), ctypes.c_void_p).value for t in "sdcz"]
+    except (IndexError, OSError, AttributeError):
+        return
+    from llvmlite import ir
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    p8, p32 = i8.as_pointer(), i32.as_pointer()
+    m = ir.Module(name="graphc_xxgemm")
+    m.triple = ll.get_process_triple()
+    f = ir.Function(m, ir.FunctionType(i32, [i8, i8, i8, i64, i64, i64, p8, p8, i64, p8, i64, p8, p8, i64]),
+                    "graphc_xxgemm")
+    kind, ta, tb, mm, nn, kk, alpha, a, lda, bb, ldb, beta, c, ldc = f.args
+    b = ir.IRBuilder(f.append_basic_block("entry"))
+    blas = ir.FunctionType(ir.VoidType(), [p8, p8, p32, p32, p32, p8, p8, p32, p8, p32, p8, p8, p32])
+
+    def slot(v, ty):
+        x = b.alloca(ty)
+        b.store(b.trunc(v, ty) if ty == i32 else v, x)
+        return x
+
+    args = [slot(ta, i8), slot(tb, i8), slot(mm, i32), slot(nn, i32), slot(kk, i32), alpha, a, slot(lda, i32),
+            bb, slot(ldb, i32), beta, c, slot(ldc, i32)]
+    for ch, addr in zip("sdcz", fns):  # Numba's kinds; other Numba code may call this too
+        ll.add_symbol(f"graphc_blas_{ch}gemm", addr)
+        yes, no = f.append_basic_block(ch), f.append_basic_block(ch + "_no")
+        b.cbranch(b.icmp_unsigned("==", kind, ir.Constant(i8, ord(ch))), yes, no)
+        b.position_at_end(yes)
+        b.call(ir.Function(m, blas, f"graphc_blas_{ch}gemm"), args)
+        b.ret(ir.Constant(i32, 0))
+        b.position_at_end(no)
+    b.ret(ir.Constant(i32, -1))  # not a BLAS kind (Numba's returns -1 too)
+    _, _, engine = _jit()
+    mod = ll.parse_assembly(str(m))
+    mod.verify()
+    engine.add_module(mod)
+    engine.finalize_object()
+    _GEMM.append(mod)
+    ll.add_symbol("numba_xxgemm", engine.get_function_address("graphc_xxgemm"))
+
+
+_GEMM: list = []  # the module of graphc_xxgemm (kept alive)
 
 
 _MATH = ("fmod", "fmodf", "ldexp", "ldexpf", "log1p", "log1pf", "expm1", "expm1f", "exp", "expf", "exp2",
