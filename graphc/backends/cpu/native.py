@@ -38,7 +38,7 @@ FEED_MISMATCH = -2  # a feed's rank, shape, dtype or contiguity is not the progr
 
 _SIG = re.compile(r"@cfunc\('int64\(([^']*)\)'[^\n]*\)\ndef (\w+)\(")
 _INTS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16, "uint32": 32,
-         "uint64": 64, "voidptr": 64, "bool": 64}
+         "uint64": 64, "voidptr": 64}
 
 
 class Unsupported(Exception):
@@ -108,9 +108,10 @@ def native_driver(source: str, kinds: list[str], sigs: dict[str, list[str]],
     """The driver of ``source`` (its ``def step(...)``) as a builtin callable, and the
     messages of its raise statuses. ``kinds``: each parameter's argument kind, in order ("p"
     an ndarray, "d" a float, "i" an int, "b" a bool). ``expect``: per parameter, None or
-    the (dtype, shape) an ndarray argument must have, C-contiguous: checked on the array
+    ``(id(dtype), shape)`` an ndarray argument must have, C-contiguous: checked on the array
     object itself (its ``nd``, ``dimensions``, ``descr`` and ``flags``), anything else
-    returns ``FEED_MISMATCH`` before anything runs. Compiled once per process and text."""
+    returns ``FEED_MISMATCH`` before anything runs. Compiled once per process and text
+    (the dtype's address makes the code this process's own)."""
     _check_abi()
     expect = list(expect) if expect is not None else [None] * len(kinds)
     key = hashlib.sha256(repr((source, kinds, sorted(sigs.items()), expect)).encode()).hexdigest()

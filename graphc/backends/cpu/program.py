@@ -254,6 +254,8 @@ class CpuProgram:
                 if got is None:
                     return
                 sym, native_name, obj = got
+                if obj[:4] != b"\x7fELF":  # the loader reads ELF symbol tables only (not macOS, Windows)
+                    return
                 digest = hashlib.sha256(obj).hexdigest()
                 path = cache_dir() / f"{mod.__name__}-{tag}.o"
                 if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
