@@ -221,3 +221,18 @@ def test_float32_exp_of_the_softmax_kernel_is_within_2_ulp_of_numpy():
     assert rel.max() < 3e-7
     assert np.array_equal(np.isinf(got), np.isinf(want)) and np.isnan(got[-8])
     assert got[-1] == 0.0 and got[-5] == 1.0
+
+
+def test_a_translator_error_warns_and_falls_back_to_numba(monkeypatch):
+    """An error inside graphc's own compiler (not an Unsupported form) is graphc's bug: the
+    program says so once and runs the Numba driver, with the same results."""
+    feeds = {"ex": RNG.standard_normal((5, 6)).astype("f4"), "ey": RNG.integers(0, 3, 5)}
+    nat, l_nat, _ = train(mlp("e"), "cpu", monkeypatch, True, **feeds)
+
+    def broken(*a, **k):
+        raise RuntimeError("LLVM says no")
+
+    monkeypatch.setattr(native, "native_driver", broken)
+    with pytest.warns(RuntimeWarning, match="native driver .* could not be compiled .*LLVM says no"):
+        fb, l_fb, p_fb = train(mlp("e"), "cpu", monkeypatch, True, **feeds)
+    assert not p_fb.native and l_fb == l_nat

@@ -233,6 +233,10 @@ class CpuProgram:
             if enabled("cache"):
                 log("cache", f"{self.path.name}: Numba driver ({e})")
             return False
+        except Exception as e:  # noqa: BLE001 - a translator or LLVM error: graphc's bug, not the user's
+            warnings.warn(f"graphc: the native driver of {self.path.name} could not be compiled "
+                          f"({type(e).__name__}: {e}); using Numba's driver", RuntimeWarning, stacklevel=5)
+            return False
         self.native = True
         self.natively_checked = {key for (kind, key), e in zip(self._args, expect) if e is not None}
         return True
