@@ -261,7 +261,10 @@ class CpuProgram:
                 if obj[:4] != b"\x7fELF":  # the loader reads ELF symbol tables only (not macOS, Windows)
                     return
                 digest = hashlib.sha256(obj).hexdigest()
-                path = cache_dir() / f"{mod.__name__}-{tag}.o"
+                # named by its digest too: two processes compiling one program write different
+                # object code (Numba's symbol names count the functions a process compiled), and
+                # each manifest must find the file it names
+                path = cache_dir() / _image_name(mod.__name__, tag, digest)
                 if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
                     write_atomic(path, lambda f, obj=obj: f.write(obj))
                 images.append([mod.__name__, sym, native_name, digest])
@@ -284,7 +287,8 @@ class CpuProgram:
             if self._layout.get("host") != tag:  # written on another machine sharing this cache
                 why = "another host's"
             else:
-                loaded = [(sym, nn, digest, (d / f"{m}-{tag}.o").read_bytes()) for m, sym, nn, digest in images]
+                loaded = [(sym, nn, digest, (d / _image_name(m, tag, digest)).read_bytes())
+                          for m, sym, nn, digest in images]
                 why = native.load_images(loaded)
         except (OSError, ValueError, TypeError) as e:
             why = f"unreadable ({type(e).__name__}: {e})"
@@ -337,6 +341,10 @@ class CpuProgram:
             if not self._compiled and self._from_images():
                 self.stats.numba_s = time.perf_counter() - t0
                 self._compiled = True
+                from ...logs import enabled, log
+                if enabled("cache"):  # GRAPHC_LOG=cache
+                    log("cache", f"{self.path.name}: started from its native image in {self.stats.numba_s:.3f} s "
+                                 f"({len(self._layout['images'])} kernel entries, no Numba)")
                 return self._driver(*args)
             problems = verify_numba_cache(paths)  # before Numba can load a damaged file
             if problems:
@@ -423,6 +431,11 @@ class CpuProgram:
 
 
 # ---- the layout a call needs, and the manifest key ------------------------------------------------
+
+def _image_name(module: str, host: str, digest: str) -> str:
+    """A kernel module's object code for one host (native.py, "the native image")."""
+    return f"{module}-{host}-{digest[:16]}.o"
+
 
 def runtime_layout(module, lowered: Lowered, path, kernel_paths) -> dict:
     """What ``CpuProgram._start`` needs, as JSON-able values (the manifest body)."""
