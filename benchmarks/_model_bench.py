@@ -560,6 +560,26 @@ def summarize(ts: list[float]) -> dict:
     return {"median_us": float(np.median(a)), "min_us": float(a.min()), "iqr_us": float(q3 - q1), "n": int(a.size)}
 
 
+def versions_and_commit(dists) -> dict:
+    """The installed versions of ``dists`` (None where absent, without importing them) and
+    the repository's commit and whether its tracked files are modified."""
+    import importlib.metadata as md
+    meta: dict = {}
+    for dist in dists:
+        try:
+            meta[dist] = md.version(dist)
+        except Exception:
+            meta[dist] = None
+    try:
+        meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                        text=True).stdout.strip() or None
+        meta["worktree_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                                     cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    except OSError:
+        meta["commit"] = None
+    return meta
+
+
 def environment(threads: int) -> dict:
     import numba
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
@@ -568,18 +588,7 @@ def environment(threads: int) -> dict:
             "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                                    "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS",
                                                    "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY")}}
-    for mod in ("torch", "jax"):
-        try:
-            meta[mod] = __import__("importlib.metadata").metadata.version(mod)
-        except Exception:
-            meta[mod] = None
-    try:
-        meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True).stdout.strip() or None
-        meta["worktree_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                                     cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    except OSError:
-        meta["commit"] = None
+    meta.update(versions_and_commit(("torch", "jax")))
     try:
         with open("/proc/cpuinfo") as f:
             meta["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)

@@ -332,18 +332,8 @@ def environment() -> dict:
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
             "numpy": np.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "loadavg_start": os.getloadavg()}
-    for mod in ("numba", "torch", "jax"):
-        try:
-            meta[mod] = __import__("importlib.metadata").metadata.version(mod)
-        except Exception:
-            meta[mod] = None
-    try:
-        meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True).stdout.strip() or None
-        meta["worktree_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                                     cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    except OSError:
-        meta["commit"] = None
+    from _model_bench import versions_and_commit  # imports NumPy only: no Numba in this process
+    meta.update(versions_and_commit(("numba", "torch", "jax")))
     return meta
 
 

@@ -154,11 +154,7 @@ print("PTX", sorted(k.rsplit("_", 1)[0] for k in ptx))
 def test_conv_kernels_compile_to_ptx():
     """NVVM types the real kernels (float32 and float64) as a GPU would: what the simulator,
     running kernels as Python, cannot catch. No device needed."""
-    from test_cuda_toolchain import _run
-    r = _run(PTX)
-    assert r.returncode == 0, r.stdout + r.stderr
-    if "NO-NVVM" in r.stdout:
-        pytest.skip("NVVM (libnvvm from the CUDA toolkit) is not available: " + r.stdout.strip())
-    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("PTX")]
+    from test_cuda_toolchain import run_ptx
+    (line,) = [ln for ln in run_ptx(PTX).splitlines() if ln.startswith("PTX")]
     for kind in ("im2col", "col2im", "pool", "pool_grad", "bgemm"):
         assert line.count(f"'{kind}'") >= 2, (kind, line)

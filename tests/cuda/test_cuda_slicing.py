@@ -57,16 +57,7 @@ print("PTX", sorted({k.split("_")[0] for k in ptx}))
 
 def test_slicing_kernels_compile_to_ptx():
     """The simulator runs kernels as Python; NVVM types them as a GPU would (no device needed)."""
-    import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", PTX], capture_output=True, text=True, env=env, cwd=root, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    if "NO-NVVM" in r.stdout:
-        import pytest
-        pytest.skip("NVVM (libnvvm) is not available, so numba.cuda.compile_ptx cannot run: " + r.stdout.strip())
+    from test_cuda_toolchain import run_ptx
+    out = run_ptx(PTX)
     for kind in ("slice", "pad", "concat"):
-        assert f"'{kind}'" in r.stdout, r.stdout
+        assert f"'{kind}'" in out, out

@@ -25,6 +25,17 @@ def _run(code: str) -> subprocess.CompletedProcess:
                           env=env, cwd=ROOT, timeout=600)
 
 
+def run_ptx(code: str) -> str:
+    """Run a PTX-compiling script (outside the simulator) and return its stdout; skip, saying
+    why, where it printed NO-NVVM (numba.cuda.compile_ptx cannot run without libnvvm)."""
+    r = _run(code)
+    assert r.returncode == 0, r.stdout + r.stderr
+    if "NO-NVVM" in r.stdout:
+        pytest.skip("NVVM (libnvvm from the CUDA toolkit) is not available, so numba.cuda.compile_ptx "
+                    "cannot run: " + r.stdout.strip())
+    return r.stdout
+
+
 @functools.lru_cache(maxsize=None)
 def _nvvm_missing() -> str | None:
     probe = _run("from graphc.backends.cuda.compat import numba_cuda; import numba\n"
@@ -97,13 +108,9 @@ for fp64 in (False, True):
 
 
 def test_generated_kernels_compile_to_ptx():
-    r = _run(PTX)
-    assert r.returncode == 0, r.stdout + r.stderr
-    if "NO-NVVM" in r.stdout:
-        pytest.skip("NVVM (libnvvm from the CUDA toolkit) is not available, so numba.cuda.compile_ptx "
-                    "cannot run: " + r.stdout.strip())
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("PTX")]
-    assert len(lines) == 4, r.stdout
+    out = run_ptx(PTX)
+    lines = [ln for ln in out.splitlines() if ln.startswith("PTX")]
+    assert len(lines) == 4, out
     kinds = " ".join(lines)
     for kind in ("ew", "block", "serial", "sce", "copy", "gemm"):
         assert kind in kinds, kinds

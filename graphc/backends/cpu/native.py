@@ -504,15 +504,20 @@ _IMAGES: dict[str, int] = {}  # object file digest -> its entry's address (loade
 def host_tag() -> str:
     """Object code is specific to the CPU it was compiled for (Numba compiles for the host)
     and to the Numba and llvmlite that compiled it."""
-    import importlib.metadata as md
-    ll = _jit()[0]
-    parts = [ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten(), ll.get_process_triple()]
-    for dist in ("numba", "llvmlite"):
-        try:
-            parts.append(md.version(dist))
-        except md.PackageNotFoundError:  # pragma: no cover - installed with graphc
-            parts.append("?")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    if not _HOST:  # once per process: it is read at every program's start
+        import importlib.metadata as md
+        ll = _jit()[0]
+        parts = [ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten(), ll.get_process_triple()]
+        for dist in ("numba", "llvmlite"):
+            try:
+                parts.append(md.version(dist))
+            except md.PackageNotFoundError:  # pragma: no cover - installed with graphc
+                parts.append("?")
+        _HOST.append(hashlib.sha256("|".join(parts).encode()).hexdigest()[:16])
+    return _HOST[0]
+
+
+_HOST: list[str] = []
 
 
 def image_of(module) -> tuple[str, str, bytes] | None:

@@ -376,17 +376,16 @@ class CpuProgram:
             self._compiled = True
             status = self._driver(*args)
             record_numba_cache(paths)  # it ran: these files are known good from now on
-            if self._key is not None:  # a later process may start from here (see from_manifest)
+            # a later process may start from here (see from_manifest): a new program's manifest, or
+            # one that was stored without a native image (or with an unusable one) gets one now
+            imageless = self._image_key is not None and self.native and "images" not in self._layout
+            key = self._key if self._key is not None else self._image_key if imageless else None
+            if key is not None:
                 from ..cache import write_program_manifest
                 self._write_images()
-                write_program_manifest(self._key, self._layout)
-                self._key = None
-            elif self._image_key is not None and self.native and "images" not in self._layout:
-                from ..cache import write_program_manifest  # a manifest written before images existed
-                self._write_images()
-                if "images" in self._layout:
-                    write_program_manifest(self._image_key, self._layout)
-            self._image_key = None
+                if self._key is not None or "images" in self._layout:
+                    write_program_manifest(key, self._layout)
+            self._key = self._image_key = None
         from ...logs import enabled, log
         if enabled("cache"):  # GRAPHC_LOG=cache
             log("cache", f"{self.path.name}: first call {self.stats.numba_s:.3f} s, Numba cache {self.cache_info()}")
@@ -443,10 +442,11 @@ def runtime_layout(module, lowered: Lowered, path, kernel_paths) -> dict:
     consts = [[np.dtype(b.dtype).str, b.offset, _encode(b.value, b.dtype)]
               for n in graph.nodes if (b := plan.buffers.get(id(n))) is not None and b.kind == "const"]
     k = len(lowered.program.user_names)
-    dtypes = {n.name: np.dtype(n.dtype).kind for n in graph.inputs}
-    scalars = {key: ("b" if dtypes.get(key) == "b" else "i" if dtypes.get(key) in "iu" else "d")
-               for kind, key in module.args if kind == "scalar"}
     inputs = {n.name: n for n in graph.inputs}
+    # what the native driver unboxes each rank-0 feed as, and each array feed's dtype and shape
+    unbox = {"b": "b", "i": "i", "u": "i"}
+    scalars = {key: unbox.get(np.dtype(inputs[key].dtype).kind, "d")
+               for kind, key in module.args if kind == "scalar"}
     feeds = {key: [np.dtype(inputs[key].dtype).str, [int(d) for d in inputs[key].shape]]
              for kind, key in module.args if kind == "feed" and key in inputs
              and all(isinstance(d, (int, np.integer)) for d in inputs[key].shape)}
