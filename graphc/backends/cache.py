@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import hashlib
 import importlib.util
 import json
@@ -157,21 +158,27 @@ MANIFEST_FORMAT = 1
 _stamp: list[str] = []
 
 
+@functools.lru_cache(maxsize=None)
+def numba_version() -> str:
+    """Numba's version, read from its package metadata: neither a warm start from a native
+    image nor a cold start whose kernels graphc compiles itself imports Numba (~0.15 s)."""
+    import importlib.metadata
+    try:
+        return importlib.metadata.version("numba")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        return "?"
+
+
 def code_stamp() -> str:
     """graphc's, Numba's, NumPy's and Python's versions plus the size and mtime of every
     graphc source file: a program manifest written by other compiler code is never used
     (one stat per file, once per process)."""
     if not _stamp:
-        import importlib.metadata
         import numpy
         root = Path(__file__).resolve().parents[1]
         h = hashlib.sha256()
         from .. import __version__
-        try:  # not numba.__version__: a warm start from a native image never imports Numba
-            numba_version = importlib.metadata.version("numba")
-        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
-            numba_version = "?"
-        h.update(f"{__version__} {numba_version} {numpy.__version__} {sys.version_info[:3]}".encode())
+        h.update(f"{__version__} {numba_version()} {numpy.__version__} {sys.version_info[:3]}".encode())
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
             for fn in sorted(filenames):

@@ -122,6 +122,10 @@ class CpuProgram:
         self.native = False  # the driver compiled by native.py (else by Numba)
         self.natively_checked: set = set()  # feeds whose dtype/shape/layout that driver checks
         self._raised: list[str] = []
+        self._kernel_modules: list = []
+        self._module = None  # the Numba driver's module
+        self._objects: dict = {}  # kernel module -> (symbol, native name, object code) compiled by graphc
+        self._translated = (0, 0)  # kernels graphc compiled in this call, and found compiled already
 
     # ---- what only inspection needs: rebuilt on demand for a program from a manifest -------------
     def _materialize(self) -> None:
@@ -241,20 +245,60 @@ class CpuProgram:
         self.natively_checked = {key for (kind, key), e in zip(self._args, expect) if e is not None}
         return True
 
+    def _from_kernels(self) -> bool:
+        """Compile the kernels with graphc's own translator (kernels.py) into graphc's JIT;
+        a kernel it does not translate is imported through Numba (which compiles or loads
+        it), then the native driver is compiled over them. False where nothing was
+        translated or the driver needs Numba: the caller compiles everything through Numba."""
+        from . import kernels, native
+        if self._any_parallel or not native.enabled() or not kernels.enabled():
+            return False
+        from ...logs import enabled, log
+        compiled, through_numba, fresh = {}, [], 0
+        for p in self.kernel_paths:
+            try:
+                compiled[p.stem] = kernels.compile_kernel(p.stem, p.read_text())
+                fresh += compiled[p.stem][3]
+            except native.Unsupported as e:
+                if enabled("cache"):
+                    log("cache", f"{p.name}: compiled by Numba ({e})")
+                through_numba.append(p)
+            except Exception as e:  # noqa: BLE001 - graphc's translator or LLVM failed: Numba compiles it
+                warnings.warn(f"graphc: graphc's compiler failed on {p.name} ({type(e).__name__}: {e}); "
+                              f"compiling it with Numba", RuntimeWarning, stacklevel=6)
+                through_numba.append(p)
+        if not compiled:
+            return False
+        why = native.load_images([(sym, nn, hashlib.sha256(obj).hexdigest(), obj)
+                                  for sym, nn, obj, _ in compiled.values()])
+        if why is not None:
+            warnings.warn(f"graphc: graphc's compiled kernels could not be loaded ({why}); compiling them with "
+                          f"Numba", RuntimeWarning, stacklevel=6)
+            return False
+        from ..cache import load_module
+        mods = [load_module(p) for p in through_numba]  # their ``export`` binds their symbols
+        if not self._native_driver():
+            return False
+        self._kernel_modules, self._module = mods, None
+        self._objects = {stem: got[:3] for stem, got in compiled.items()}
+        self._translated = (fresh, len(compiled) - fresh)
+        return True
+
     def _write_images(self) -> None:
         """Store each kernel entry's object code for later processes (native.py, "the native
         image"); its digest goes into the manifest. Only for a native driver over cpu
         kernels; nothing is stored if any kernel has no image."""
         from . import native
-        if not self.native or self._any_parallel or not self._kernel_modules:
+        if not self.native or self._any_parallel or not self.kernel_paths:
             return
         from ...atomic import write_atomic
         from ..cache import cache_dir
         try:
             tag = native.host_tag()
             images = []
-            for mod in self._kernel_modules:
-                got = native.image_of(mod)
+            mods = {m.__name__: m for m in self._kernel_modules}
+            for kp in self.kernel_paths:
+                got = self._objects.get(kp.stem) or (native.image_of(mods[kp.stem]) if kp.stem in mods else None)
                 if got is None:
                     return
                 sym, native_name, obj = got
@@ -264,10 +308,10 @@ class CpuProgram:
                 # named by its digest too: two processes compiling one program write different
                 # object code (Numba's symbol names count the functions a process compiled), and
                 # each manifest must find the file it names
-                path = cache_dir() / _image_name(mod.__name__, tag, digest)
+                path = cache_dir() / _image_name(kp.stem, tag, digest)
                 if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
                     write_atomic(path, lambda f, obj=obj: f.write(obj))
-                images.append([mod.__name__, sym, native_name, digest])
+                images.append([kp.stem, sym, native_name, digest])
         except OSError:  # an unwritable cache: later processes start through Numba
             return
         self._layout = dict(self._layout, images=images, host=tag)
@@ -355,6 +399,9 @@ class CpuProgram:
                 start_parallel_runtime()  # the parallel kernels' parfor code needs it
             for attempt in range(2):
                 try:
+                    # graphc's own kernel compiler first (kernels.py), Numba for what it does not translate
+                    if attempt == 0 and self._from_kernels():
+                        break
                     # importing the kernel modules compiles (or loads) their native entries
                     if self._driver is None or attempt:
                         self._load(fresh=bool(attempt))
@@ -408,18 +455,19 @@ class CpuProgram:
         return "\n".join(lines)
 
     def cache_info(self) -> dict:
-        """Numba cache hits/misses of the driver and kernels (timing-free evidence of reuse)."""
-        hits = misses = 0
+        """Cache hits/misses of the driver and kernels (timing-free evidence of reuse): Numba's,
+        and graphc's compiled kernels (a miss when compiled by this program)."""
         if self.stats.from_image:  # every kernel loaded from its native image: hits, no compile
             return {"hits": len(self._layout.get("images", ())), "misses": 0}
-        if self._driver is None or self._module is None:
+        if self._driver is None:
             return {"hits": 0, "misses": 0}
+        misses, hits = self._translated  # kernels compiled by graphc (kernels.py)
         for mod in self._kernel_modules:  # a native entry compiles once, when its module is imported
             cf = getattr(mod, "_cfunc", None)
             if cf is not None:
                 hits += cf.cache_hits
                 misses += not cf.cache_hits
-        for mod in [*self._kernel_modules, self._module]:
+        for mod in [*self._kernel_modules, *([self._module] if self._module is not None else [])]:
             for name in dir(mod):
                 f = getattr(mod, name)
                 st = getattr(f, "stats", None)

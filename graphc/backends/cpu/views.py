@@ -64,10 +64,8 @@ def fill(typingctx, arr, value):
 # but Intel's SVML). Cephes' expf: n = round(x / ln 2), r = x - n ln 2 in two parts, a degree-6
 # polynomial, times 2^n as two exact powers of two (so that n = 128 and gradual underflow need
 # no special case); +inf above log(FLT_MAX), 0 below the smallest subnormal's log, NaN kept.
-# Relative error below 2e-7 against NumPy's float32 exp (tests/test_native_driver.py).
-_EXP_HI, _EXP_LO = 88.72283935546875, -103.97208404541016
-_LOG2E, _C1, _C2 = 1.44269504088896341, 0.693359375, -2.12194440e-4
-_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+# Relative error below 2e-7 against NumPy's float32 exp (tests/test_native_driver.py). The
+# instructions are kernels.exp32_ir's, which graphc's own kernel compiler emits too.
 
 
 @intrinsic
@@ -77,25 +75,7 @@ def exp32(typingctx, x):
         return None
 
     def codegen(context, builder, sig, args):
-        (v,) = args
-        f32, i32 = ir.FloatType(), ir.IntType(32)
-        c = lambda a: ir.Constant(f32, a)  # noqa: E731
-        xc = builder.select(builder.fcmp_ordered(">", v, c(_EXP_HI)), c(_EXP_HI), v)
-        xc = builder.select(builder.fcmp_ordered("<", xc, c(_EXP_LO)), c(_EXP_LO), xc)
-        floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32]), "llvm.floor.f32")
-        fx = builder.call(floor, [builder.fadd(builder.fmul(xc, c(_LOG2E)), c(0.5))])
-        r = builder.fsub(builder.fsub(xc, builder.fmul(fx, c(_C1))), builder.fmul(fx, c(_C2)))
-        p = c(_P[0])
-        for coef in _P[1:]:
-            p = builder.fadd(builder.fmul(p, r), c(coef))
-        y = builder.fadd(builder.fadd(builder.fmul(p, builder.fmul(r, r)), r), c(1.0))
-        n = builder.fptosi(fx, i32)
-        n1 = builder.ashr(n, ir.Constant(i32, 1))
-        n2 = builder.sub(n, n1)
-        def pow2(k):
-            return builder.bitcast(builder.shl(builder.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32)
-        out = builder.fmul(builder.fmul(y, pow2(n1)), pow2(n2))
-        out = builder.select(builder.fcmp_ordered(">", v, c(_EXP_HI)), c(float("inf")), out)
-        return builder.select(builder.fcmp_ordered("<", v, c(_EXP_LO)), c(0.0), out)
+        from .kernels import exp32_ir
+        return exp32_ir(builder, args[0])
 
     return types.float32(x), codegen

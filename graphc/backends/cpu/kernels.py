@@ -1,0 +1,831 @@
+"""The cpu kernels compiled by graphc itself: a kernel module's ``cfunc`` entry, read with
+``ast`` and emitted as LLVM IR with llvmlite, typed as Numba types it.
+
+Why: on a cold start Numba spent ~0.45 s starting up (its import, its target registries, the
+``scipy.linalg`` import its typing brings in) and 0.05-0.25 s per kernel in Python-level
+typing and lowering, most of a medium MLP's first step. The kernels the emitter writes are a
+small language: views over addresses, ``range`` loops, ``if``, scalar arithmetic on numbers,
+``math`` functions, a BLAS GEMM and a fill. That language is translated here, straight to IR,
+then optimized with the pipeline Numba uses (O3 with loop and SLP vectorization) for the
+same target machine, and emitted as object code: the object is what the native image stores
+(native.py), and loading it is how this process binds ``graphc_<name>`` too.
+
+The results must be Numba's bit for bit (tests compare the two on every kind of kernel), so
+the typing follows Numba's rules, not NumPy's nor C's: ``int64 + float32`` is ``float64``,
+``float32 / int64`` is ``float64``, a float literal is ``float64``, an int is ``int64``,
+comparisons are ordered except ``!=``, negation is ``-0.0 - x``, ``max``/``min`` select with
+``>``/``<`` as Numba's ``do_minmax``, integer ``//`` floors (0 for a zero divisor, the NumPy
+error model), a negative index wraps around, the same ``math`` symbols are called (llvm.exp
+and llvm.log intrinsics, ``sqrtf``, ``tanhf``... as pure externals) and the same
+``numba_xxgemm`` with the same arguments. Anything outside that subset (a variable whose
+type changes, mixed signed/unsigned integers, ``**``, allocation, slicing, parallel
+kernels) raises ``Unsupported``: that kernel is compiled by Numba, the others are not.
+``GRAPHC_NATIVE_KERNELS=0`` compiles every kernel through Numba (a reference for tests)."""
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import re
+
+from .native import Unsupported, _callee, _jit
+
+B, I, U, F, D = "b", "i", "u", "f", "d"  # bool, int64 (and narrower signed), uint64, float32, float64
+_DTYPES = {"float32": F, "float64": D, "int64": I, "int32": I, "bool": B, "bool_": B, "uint64": U}
+_EXTERN = {"math.sqrt": ("sqrtf", "sqrt"), "math.tanh": ("tanhf", "tanh"), "math.log1p": ("log1pf", "log1p"),
+           "math.expm1": ("expm1f", "expm1"), "math.erf": ("erff", "erf"), "math.tan": ("tanf", "tan"),
+           "math.sinh": ("sinhf", "sinh"), "math.cosh": ("coshf", "cosh"), "math.atan": ("atanf", "atan")}
+_INTRINSIC = {"math.exp": "llvm.exp", "math.log": "llvm.log", "math.sin": "llvm.sin", "math.cos": "llvm.cos",
+              "math.fabs": "llvm.fabs"}
+_SIG = re.compile(r"@cfunc\('int64\(([^']*)\)'[^\n]*\)\ndef (\w+)\(")
+
+
+def enabled() -> bool:
+    return os.environ.get("GRAPHC_NATIVE_KERNELS", "1") != "0"
+
+
+def unify(a: str, b: str) -> str:
+    """The type of ``x if c else y`` (and of max/min), as Numba unifies two scalar types."""
+    if a == b:
+        return a
+    if B in (a, b):
+        return b if a == B else a
+    return D  # int64/uint64/float32/float64 mixed: float64 holds them all
+
+
+def arith(a: str, b: str) -> str:
+    """The result type of ``+ - *`` (and of ``/`` between floats) on two scalar types."""
+    s = {a, b}
+    if s <= {B, I}:
+        return I
+    if U in s:
+        if s == {U}:
+            return U
+        if s & {F, D}:
+            return D
+        raise Unsupported("uint64 mixed with a signed integer")
+    if D in s or I in s:
+        return D
+    return F  # float32 with float32 or bool
+
+
+def compare_type(a: str, b: str) -> str:
+    """The type two scalars are compared in."""
+    s = {a, b}
+    if s <= {B, I}:
+        return I
+    if s == {U}:
+        return U
+    if U in s and not s & {F, D}:
+        raise Unsupported("uint64 compared with a signed integer")
+    if s <= {F, B}:
+        return F
+    return D
+
+
+class Arr:
+    """An array value: its element pointer, dtype kind, IR element type, dims and strides (in
+    elements), and layout ("C", "F", or "A")."""
+
+    def __init__(self, ptr, kind, ety, dims, strides, layout):
+        self.ptr, self.kind, self.ety, self.dims, self.strides, self.layout = ptr, kind, ety, dims, strides, layout
+
+
+def entry_of(source: str) -> tuple[str, list[str]]:
+    """(entry name, C parameter types) of a kernel module's ``cfunc`` entry."""
+    found = _SIG.findall(source)
+    if len(found) != 1:
+        raise Unsupported("not one cfunc entry")
+    params, name = found[0]
+    return name, [p.strip() for p in params.split(",") if p.strip()]
+
+
+def native_name(module: str) -> str:
+    return f"graphc_native_{module}"
+
+
+_OBJECTS: dict[str, bytes] = {}  # kernel text digest -> object code (compiled once per process)
+
+
+def compile_kernel(module: str, source: str) -> tuple[str, str, bytes, bool]:
+    """(symbol, native name, object code, whether it was compiled now rather than earlier in
+    this process) of the kernel module ``module`` (its text ``source``); raises
+    ``Unsupported`` for a kernel outside the translated subset."""
+    name, ctypes_ = entry_of(source)
+    key = hashlib.sha256(source.encode()).hexdigest()
+    obj = _OBJECTS.get(key)
+    fresh = obj is None
+    if fresh:
+        ir_text = _Kernel(source, name, ctypes_).module(native_name(module))
+        ll, _, _ = _jit()
+        mod = ll.parse_assembly(ir_text)
+        mod.verify()
+        tm = _kernel_tm(ll)
+        pto = ll.create_pipeline_tuning_options(speed_level=3)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True
+        pb = ll.create_pass_builder(tm, pto)
+        pb.getModulePassManager().run(mod, pb)
+        obj = _OBJECTS[key] = tm.emit_object(mod)
+    return f"graphc_{name}", native_name(module), obj, fresh
+
+
+_TM: list = []
+
+
+def _kernel_tm(ll):
+    """The target machine Numba's JIT compiles kernels for: the host CPU and features, O3,
+    static relocations, the JIT code model."""
+    if not _TM:
+        target = ll.Target.from_default_triple()
+        _TM.append(target.create_target_machine(cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(),
+                                                opt=3, reloc="static", codemodel="jitdefault", jit=True))
+    return _TM[0]
+
+
+def exp32_ir(b, v):
+    """Cephes' expf in arithmetic LLVM vectorizes (views.exp32 documents it): shared by the
+    Numba intrinsic and this translator, so that both compile the same instructions."""
+    from llvmlite import ir
+    f32, i32 = ir.FloatType(), ir.IntType(32)
+    c = lambda a: ir.Constant(f32, a)  # noqa: E731
+    hi, lo = 88.72283935546875, -103.97208404541016
+    log2e, c1, c2 = 1.44269504088896341, 0.693359375, -2.12194440e-4
+    poly = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+    xc = b.select(b.fcmp_ordered(">", v, c(hi)), c(hi), v)
+    xc = b.select(b.fcmp_ordered("<", xc, c(lo)), c(lo), xc)
+    mod = b.module
+    floor = mod.globals.get("llvm.floor.f32") or ir.Function(mod, ir.FunctionType(f32, [f32]), "llvm.floor.f32")
+    fx = b.call(floor, [b.fadd(b.fmul(xc, c(log2e)), c(0.5))])
+    r = b.fsub(b.fsub(xc, b.fmul(fx, c(c1))), b.fmul(fx, c(c2)))
+    p = c(poly[0])
+    for coef in poly[1:]:
+        p = b.fadd(b.fmul(p, r), c(coef))
+    y = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), c(1.0))
+    n = b.fptosi(fx, i32)
+    n1 = b.ashr(n, ir.Constant(i32, 1))
+    n2 = b.sub(n, n1)
+
+    def pow2(k):
+        return b.bitcast(b.shl(b.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32)
+
+    out = b.fmul(b.fmul(y, pow2(n1)), pow2(n2))
+    out = b.select(b.fcmp_ordered(">", v, c(hi)), c(float("inf")), out)
+    return b.select(b.fcmp_ordered("<", v, c(lo)), c(0.0), out)
+
+
+class _Kernel:
+    """One ``cfunc`` entry's ``def`` -> an LLVM module (text) defining it as a C function."""
+
+    def __init__(self, source: str, name: str, ctypes_: list[str]):
+        from llvmlite import ir
+        self.ir = ir
+        tree = ast.parse(source)
+        fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+        if len(fns) != 1 or not fns[0].decorator_list or _callee(fns[0].decorator_list[0]) != "cfunc":
+            raise Unsupported("no single cfunc entry")
+        deco = fns[0].decorator_list[0]
+        if any(k.arg == "error_model" and getattr(k.value, "value", None) != "numpy" for k in deco.keywords):
+            raise Unsupported("an error model other than numpy")
+        self.fn_ast = fns[0]
+        self.params = [a.arg for a in self.fn_ast.args.args]
+        if len(self.params) != len(ctypes_):
+            raise Unsupported("parameters and signature differ")
+        self.ctypes = ctypes_
+        self.i1, self.i8, self.i32, self.i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        self.f32, self.f64 = ir.FloatType(), ir.DoubleType()
+        self.irtype = {B: self.i1, I: self.i64, U: self.i64, F: self.f32, D: self.f64}
+
+    # -- the function
+    def module(self, name: str) -> str:
+        ir = self.ir
+        import llvmlite.binding as ll
+        self.mod = m = ir.Module(name=name)
+        m.triple = ll.get_process_triple()
+        argtys = []
+        for t in self.ctypes:
+            if t == "voidptr":
+                argtys.append(self.i8.as_pointer())
+            elif t in ("int64", "float32", "float64"):
+                argtys.append({"int64": self.i64, "float32": self.f32, "float64": self.f64}[t])
+            else:
+                raise Unsupported(f"parameter type {t}")
+        f = self.func = ir.Function(m, ir.FunctionType(self.i64, argtys), name)
+        entry = f.append_basic_block("entry")
+        self.alloca_b = ir.IRBuilder(entry)
+        body = f.append_basic_block("body")
+        self.b = ir.IRBuilder(body)
+        self.env: dict = {}  # name -> ("var", slot, kind) | ("arr", Arr) | ("ptr", value) | ("tuple", [values])
+        self.loops: list = []  # (continue block, break block)
+        for p, t, a in zip(self.params, self.ctypes, f.args):
+            if t == "voidptr":
+                self.env[p] = ("ptr", a)
+            else:
+                self._assign(p, (a, {"int64": I, "float32": F, "float64": D}[t]))
+        self._block(self.fn_ast.body)
+        if not self.b.block.is_terminated:
+            raise Unsupported("the kernel does not end with a return")
+        self.alloca_b.branch(body)
+        return str(m)
+
+    # -- variables: one slot (and one type) per name, promoted to registers by LLVM
+    def _assign(self, name: str, v) -> None:
+        val, kind = v
+        got = self.env.get(name)
+        if got is None:
+            slot = self.alloca_b.alloca(self.irtype[kind], name=name)
+            self.env[name] = got = ("var", slot, kind)
+        if got[0] != "var":
+            raise Unsupported(f"{name} re-assigned")
+        if got[2] != kind:
+            raise Unsupported(f"{name} assigned a {kind} and a {got[2]}")
+        self.b.store(val, got[1])
+
+    def _block(self, stmts) -> None:
+        for s in stmts:
+            if self.b.block.is_terminated:
+                return  # code after return/continue/break is never run
+            self._stmt(s)
+
+    def _stmt(self, s) -> None:
+        b, ir = self.b, self.ir
+        if isinstance(s, ast.Assign) and len(s.targets) == 1:
+            t = s.targets[0]
+            if isinstance(t, ast.Name):
+                v = self._value(s.value)
+                if isinstance(v, Arr):
+                    if t.id in self.env:
+                        raise Unsupported(f"{t.id} re-assigned")
+                    self.env[t.id] = ("arr", v)
+                elif isinstance(v, list):
+                    self.env[t.id] = ("tuple", v)
+                else:
+                    self._assign(t.id, v)
+            elif isinstance(t, ast.Tuple) and all(isinstance(e, ast.Name) for e in t.elts):
+                v = self._value(s.value)
+                if not isinstance(v, list) or len(v) != len(t.elts):
+                    raise Unsupported("tuple unpacking of something else than a tuple of its size")
+                for e, x in zip(t.elts, v):
+                    self._assign(e.id, x)
+            elif isinstance(t, ast.Subscript):
+                arr, ptr = self._element(t)
+                self._store(arr, ptr, self._expr(s.value))
+            else:
+                raise Unsupported("assignment target")
+        elif isinstance(s, ast.AugAssign):
+            op = ast.BinOp(left=s.target, op=s.op, right=s.value)
+            if isinstance(s.target, ast.Name):
+                tgt = ast.Name(id=s.target.id, ctx=ast.Load())
+                self._assign(s.target.id, self._binop(ast.BinOp(left=tgt, op=s.op, right=s.value)))
+            elif isinstance(s.target, ast.Subscript):
+                arr, ptr = self._element(s.target)  # the index is evaluated once
+                cur = self._load(arr, ptr)
+                self._store(arr, ptr, self._arith(type(op.op), cur, self._expr(s.value)))
+            else:
+                raise Unsupported("augmented assignment target")
+        elif isinstance(s, ast.For):
+            self._for(s)
+        elif isinstance(s, ast.If):
+            cond = self._truth(self._expr(s.test))
+            then, other = self.func.append_basic_block("then"), self.func.append_basic_block("else")
+            join = self.func.append_basic_block("endif")
+            b.cbranch(cond, then, other)
+            b.position_at_end(then)
+            self._block(s.body)
+            if not b.block.is_terminated:
+                b.branch(join)
+            b.position_at_end(other)
+            self._block(s.orelse)
+            if not b.block.is_terminated:
+                b.branch(join)
+            b.position_at_end(join)
+        elif isinstance(s, ast.Return):
+            if s.value is None:
+                raise Unsupported("return without a value")
+            b.ret(self._cast(self._expr(s.value), I))
+        elif isinstance(s, (ast.Continue, ast.Break)):
+            if not self.loops:
+                raise Unsupported("continue/break outside a loop")
+            b.branch(self.loops[-1][0 if isinstance(s, ast.Continue) else 1])
+        elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
+            name = _callee(s.value)
+            if name == "fill" and len(s.value.args) == 2:
+                self._fill(self._array(s.value.args[0]), self._expr(s.value.args[1]))
+            elif name == "gemm" and len(s.value.args) == 3:
+                self._gemm(*[self._array(a) for a in s.value.args])
+            else:
+                raise Unsupported(f"call of {name} as a statement")
+        elif isinstance(s, ast.Pass):
+            pass
+        else:
+            raise Unsupported(f"statement {type(s).__name__}")
+
+    def _for(self, s) -> None:
+        b, ir = self.b, self.ir
+        it = s.iter
+        if not (isinstance(s.target, ast.Name) and isinstance(it, ast.Call) and _callee(it) == "range"
+                and 1 <= len(it.args) <= 3 and not it.keywords and not s.orelse):
+            raise Unsupported("a loop other than for i in range(...)")
+        args = [self._cast(self._int(a), I) for a in it.args]
+        start, stop = (ir.Constant(self.i64, 0), args[0]) if len(args) == 1 else (args[0], args[1])
+        step = 1
+        if len(args) == 3:
+            step = _const_int(it.args[2])
+            if not step:
+                raise Unsupported("range with a step that is not a nonzero constant")
+        counter = self.alloca_b.alloca(self.i64, name="range")
+        b.store(start, counter)
+        head, body = self.func.append_basic_block("for"), self.func.append_basic_block("body")
+        latch, done = self.func.append_basic_block("next"), self.func.append_basic_block("endfor")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.load(counter)
+        b.cbranch(b.icmp_signed("<" if step > 0 else ">", i, stop), body, done)
+        b.position_at_end(body)
+        self._assign(s.target.id, (i, I))
+        self.loops.append((latch, done))
+        self._block(s.body)
+        self.loops.pop()
+        if not b.block.is_terminated:
+            b.branch(latch)
+        b.position_at_end(latch)
+        b.store(b.add(b.load(counter), ir.Constant(self.i64, step)), counter)
+        b.branch(head)
+        b.position_at_end(done)
+
+    # -- arrays
+    def _value(self, e):
+        """An expression that may be an array or a tuple (of dims) as well as a scalar."""
+        if isinstance(e, ast.Call) and _callee(e) == "view":
+            return self._view(e)
+        if isinstance(e, ast.Attribute) and e.attr == "T":
+            a = self._array(e.value)
+            return Arr(a.ptr, a.kind, a.ety, a.dims[::-1], a.strides[::-1],
+                       {"C": "F", "F": "C"}.get(a.layout, "A") if len(a.dims) > 1 else a.layout)
+        if isinstance(e, ast.Call) and _callee(e) == "np.transpose" and len(e.args) == 2:
+            a = self._array(e.args[0])
+            perm = ast.literal_eval(e.args[1])
+            if sorted(perm) != list(range(len(a.dims))):
+                raise Unsupported("transpose axes")
+            return Arr(a.ptr, a.kind, a.ety, [a.dims[p] for p in perm], [a.strides[p] for p in perm],
+                       a.layout if list(perm) == list(range(len(perm))) else "A")
+        if isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "reshape":
+            a = self._array(e.func.value)
+            if a.layout != "C" or len(e.args) != 1:
+                raise Unsupported("reshape of a non-contiguous array")
+            dims = self._value(e.args[0])
+            if not isinstance(dims, list):
+                raise Unsupported("reshape to something else than a tuple")
+            return self._c_array(a.ptr, a.kind, a.ety, [self._cast(d, I) for d in dims])
+        if isinstance(e, ast.Attribute) and e.attr == "shape":
+            return [(d, I) for d in self._array(e.value).dims]
+        if isinstance(e, ast.Tuple):
+            return [self._expr(x) for x in e.elts]
+        if isinstance(e, ast.Name) and self.env.get(e.id, ("",))[0] in ("arr", "tuple"):
+            got = self.env[e.id]
+            return got[1]
+        return self._expr(e)
+
+    def _array(self, e) -> Arr:
+        v = self._value(e)
+        if not isinstance(v, Arr):
+            raise Unsupported("an array expected")
+        return v
+
+    def _view(self, e) -> Arr:
+        if len(e.args) != 3 or e.keywords:
+            raise Unsupported("view arguments")
+        p, shape, dt = e.args
+        if not (isinstance(p, ast.Name) and self.env.get(p.id, ("",))[0] == "ptr"):
+            raise Unsupported("view of something else than a pointer parameter")
+        dtname = _callee_attr(dt).removeprefix("np.")
+        kind = _DTYPES.get(dtname)
+        if kind is None:
+            raise Unsupported(f"view dtype {ast.unparse(dt)}")
+        dims = self._value(shape)
+        if not isinstance(dims, list) or not dims:
+            raise Unsupported("view shape")
+        ety = {B: self.i8, I: self.i32 if dtname == "int32" else self.i64, U: self.i64,
+               F: self.f32, D: self.f64}[kind]
+        ptr = self.b.bitcast(self.env[p.id][1], ety.as_pointer())
+        return self._c_array(ptr, kind, ety, [self._cast(d, I) for d in dims])
+
+    def _c_array(self, ptr, kind, ety, dims) -> Arr:
+        strides, s = [], self.ir.Constant(self.i64, 1)
+        for d in reversed(dims):
+            strides.insert(0, s)
+            s = self.b.mul(s, d)
+        return Arr(ptr, kind, ety, dims, strides, "C")
+
+    def _element(self, e) -> tuple[Arr, object]:
+        """(array, element pointer) of ``a[i, j, ...]`` with one integer per dim; a negative
+        index counts from the end (Numba's wraparound)."""
+        b = self.b
+        a = self._array(e.value)
+        idx = e.slice.elts if isinstance(e.slice, ast.Tuple) else [e.slice]
+        if len(idx) != len(a.dims):
+            raise Unsupported("indexing with fewer or more indices than dims")
+        off = None
+        for x, d, st in zip(idx, a.dims, a.strides):
+            v = self._int(x)
+            if v[1] == U:
+                raise Unsupported("an unsigned index")
+            i = self._cast(v, I)
+            zero = self.ir.Constant(self.i64, 0)
+            i = b.select(b.icmp_signed("<", i, zero), b.add(i, d), i)
+            t = b.mul(i, st)
+            off = t if off is None else b.add(off, t)
+        return a, b.gep(a.ptr, [off], inbounds=True)
+
+    def _load(self, a: Arr, ptr):
+        v = self.b.load(ptr)
+        if a.kind == B:
+            return self.b.icmp_unsigned("!=", v, self.ir.Constant(self.i8, 0)), B
+        if a.ety == self.i32:
+            return self.b.sext(v, self.i64), I
+        return v, a.kind
+
+    def _store(self, a: Arr, ptr, v) -> None:
+        val = self._cast(v, a.kind)
+        if a.kind == B:
+            val = self.b.zext(val, self.i8)
+        elif a.ety == self.i32:
+            val = self.b.trunc(val, self.i32)
+        self.b.store(val, ptr)
+
+    def _fill(self, a: Arr, v) -> None:
+        """``arr[...] = v`` (views.fill): a loop over the items of a C-contiguous array."""
+        if a.layout != "C":
+            raise Unsupported("fill of a non-contiguous array")
+        b, ir = self.b, self.ir
+        n = ir.Constant(self.i64, 1)
+        for d in a.dims:
+            n = b.mul(n, d)
+        counter = self.alloca_b.alloca(self.i64, name="fill")
+        b.store(ir.Constant(self.i64, 0), counter)
+        head, body, done = (self.func.append_basic_block(x) for x in ("fill", "fillbody", "endfill"))
+        val = self._cast(v, a.kind)
+        val = b.zext(val, self.i8) if a.kind == B else b.trunc(val, self.i32) if a.ety == self.i32 else val
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.load(counter)
+        b.cbranch(b.icmp_signed("<", i, n), body, done)
+        b.position_at_end(body)
+        b.store(val, b.gep(a.ptr, [i], inbounds=True))
+        b.store(b.add(i, ir.Constant(self.i64, 1)), counter)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def _gemm(self, x: Arr, y: Arr, o: Arr) -> None:
+        """``o = x @ y`` as blas.gemm emits it: Numba's ``call_xxgemm`` arguments (row-major
+        as column-major: the operands swapped), zeros for an empty product."""
+        b, ir = self.b, self.ir
+        if not (len(x.dims) == len(y.dims) == len(o.dims) == 2 and x.kind == y.kind == o.kind
+                and x.kind in (F, D) and x.layout in "CF" and y.layout in "CF" and o.layout == "C"):
+            raise Unsupported("gemm operands")
+        i8p = self.i8.as_pointer()
+        fn = self._fn("numba_xxgemm", self.i32, [self.i8, self.i8, self.i8, self.i64, self.i64, self.i64, i8p, i8p,
+                                                 self.i64, i8p, self.i64, i8p, i8p, self.i64])
+        m, k = x.dims
+        n = y.dims[1]
+        zero = ir.Constant(self.i64, 0)
+        empty = b.or_(b.icmp_signed("==", k, zero), b.or_(b.icmp_signed("==", m, zero), b.icmp_signed("==", n, zero)))
+        yes, no, done = (self.func.append_basic_block(s) for s in ("empty", "gemm", "endgemm"))
+        b.cbranch(empty, yes, no)
+        b.position_at_end(yes)
+        memset = self.mod.declare_intrinsic("llvm.memset", (i8p, self.i64))
+        size = b.mul(b.mul(o.dims[0], o.dims[1]), ir.Constant(self.i64, 4 if o.kind == F else 8))
+        b.call(memset, [b.bitcast(o.ptr, i8p), ir.Constant(self.i8, 0), size, ir.Constant(self.i1, 0)])
+        b.branch(done)
+        b.position_at_end(no)
+        ety = self.irtype[x.kind]
+        alpha, beta = self.alloca_b.alloca(ety), self.alloca_b.alloca(ety)
+        b.store(ir.Constant(ety, 1.0), alpha)
+        b.store(ir.Constant(ety, 0.0), beta)
+
+        def param(a: Arr):
+            trans = ord("n") if a.layout == o.layout else ord("t")
+            return ir.Constant(self.i8, trans), a.dims[1] if a.layout == "C" else a.dims[0], b.bitcast(a.ptr, i8p)
+
+        ta, lda, da = param(y)
+        tb, ldb, db = param(x)
+        b.call(fn, [ir.Constant(self.i8, ord("s" if x.kind == F else "d")), ta, tb, n, m, k, b.bitcast(alpha, i8p),
+                    da, lda, db, ldb, b.bitcast(beta, i8p), b.bitcast(o.ptr, i8p), o.dims[1]])
+        b.branch(done)
+        b.position_at_end(done)
+
+    # -- scalar expressions: (IR value, kind)
+    def _fn(self, name, ret, args, pure=False):
+        g = self.mod.globals.get(name)
+        if g is None:
+            g = self.ir.Function(self.mod, self.ir.FunctionType(ret, args), name)
+            if pure:  # as Numba's cgutils.insert_pure_function declares the C math functions
+                g.attributes.add("readonly")
+                g.attributes.add("nounwind")
+        return g
+
+    def _int(self, e):
+        v = self._expr(e)
+        if v[1] not in (I, U, B):
+            raise Unsupported("a float where an integer is needed")
+        return v
+
+    def _expr(self, e):
+        b, ir = self.b, self.ir
+        if isinstance(e, ast.Name):
+            got = self.env.get(e.id)
+            if got is None or got[0] != "var":
+                raise Unsupported(f"name {e.id}")
+            return b.load(got[1]), got[2]
+        if isinstance(e, ast.Constant):
+            if isinstance(e.value, bool):
+                return ir.Constant(self.i1, int(e.value)), B
+            if isinstance(e.value, int):
+                if not -2 ** 63 <= e.value < 2 ** 63:
+                    raise Unsupported("an integer literal beyond int64")
+                return ir.Constant(self.i64, e.value), I
+            if isinstance(e.value, float):
+                return ir.Constant(self.f64, e.value), D
+            raise Unsupported(f"constant {e.value!r}")
+        if isinstance(e, ast.Attribute):
+            name = _callee_attr(e)
+            if name in ("np.inf", "math.inf"):
+                return ir.Constant(self.f64, float("inf")), D
+            if name in ("np.nan", "math.nan"):
+                return ir.Constant(self.f64, float("nan")), D
+            if name in ("math.pi", "np.pi"):
+                import math
+                return ir.Constant(self.f64, math.pi), D
+            if e.attr == "size":
+                a = self._array(e.value)
+                n = ir.Constant(self.i64, 1)
+                for d in a.dims:
+                    n = b.mul(n, d)
+                return n, I
+            raise Unsupported(f"attribute {name}")
+        if isinstance(e, ast.Subscript):
+            if isinstance(e.value, ast.Attribute) and e.value.attr == "shape":
+                k = _const_int(e.slice)
+                dims = self._array(e.value.value).dims
+                if k is None or not -len(dims) <= k < len(dims):
+                    raise Unsupported("shape index")
+                return dims[k], I
+            if isinstance(e.value, ast.Name) and self.env.get(e.value.id, ("",))[0] == "tuple":
+                k = _const_int(e.slice)
+                t = self.env[e.value.id][1]
+                if k is None or not -len(t) <= k < len(t):
+                    raise Unsupported("tuple index")
+                return t[k]
+            return self._load(*self._element(e))
+        if isinstance(e, ast.UnaryOp):
+            v = self._expr(e.operand)
+            if isinstance(e.op, ast.USub):
+                if v[1] in (F, D):
+                    return b.fsub(ir.Constant(v[0].type, -0.0), v[0]), v[1]
+                if v[1] in (I, B):
+                    return b.neg(self._cast(v, I)), I
+                raise Unsupported("negation of an unsigned integer")
+            if isinstance(e.op, ast.UAdd):
+                return v if v[1] != B else (self._cast(v, I), I)
+            if isinstance(e.op, ast.Not):
+                return b.xor(self._truth(v), ir.Constant(self.i1, 1)), B
+            raise Unsupported("unary operator")
+        if isinstance(e, ast.BinOp):
+            return self._binop(e)
+        if isinstance(e, ast.BoolOp):
+            return self._boolop(e)
+        if isinstance(e, ast.Compare):
+            if len(e.ops) != 1:
+                raise Unsupported("chained comparison")
+            return self._compare(type(e.ops[0]), self._expr(e.left), self._expr(e.comparators[0]))
+        if isinstance(e, ast.IfExp):
+            return self._ifexp(e)
+        if isinstance(e, ast.Call):
+            return self._call(e)
+        raise Unsupported(f"expression {type(e).__name__}")
+
+    def _binop(self, e):
+        return self._arith(type(e.op), self._expr(e.left), self._expr(e.right))
+
+    def _arith(self, op, l, r):
+        b = self.b
+        if op in (ast.Add, ast.Sub, ast.Mult):
+            t = arith(l[1], r[1])
+            x, y = self._cast(l, t), self._cast(r, t)
+            if t in (F, D):
+                return {ast.Add: b.fadd, ast.Sub: b.fsub, ast.Mult: b.fmul}[op](x, y), t
+            return {ast.Add: b.add, ast.Sub: b.sub, ast.Mult: b.mul}[op](x, y), t
+        if op is ast.Div:
+            t = D if {l[1], r[1]} <= {B, I} or {l[1], r[1]} == {U} else arith(l[1], r[1])
+            return b.fdiv(self._cast(l, t), self._cast(r, t)), t
+        if op is ast.FloorDiv:
+            s = {l[1], r[1]}
+            if s <= {B, I}:
+                return self._floordiv(self._cast(l, I), self._cast(r, I), True), I
+            if s == {U}:
+                return self._floordiv(l[0], r[0], False), U
+            raise Unsupported("floor division of floats")
+        if op in (ast.BitAnd, ast.BitOr, ast.BitXor):
+            s = {l[1], r[1]}
+            t = B if s == {B} else I if s <= {B, I} else U if s == {U} else None
+            if t is None:
+                raise Unsupported("bitwise operation on these types")
+            x, y = self._cast(l, t), self._cast(r, t)
+            return {ast.BitAnd: b.and_, ast.BitOr: b.or_, ast.BitXor: b.xor}[op](x, y), t
+        if op in (ast.RShift, ast.LShift):
+            if l[1] == I and r[1] in (I, B):
+                x, y = l[0], self._cast(r, I)
+                return (b.ashr(x, y) if op is ast.RShift else b.shl(x, y)), I
+            if l[1] == U and r[1] == U:
+                return (b.lshr(l[0], r[0]) if op is ast.RShift else b.shl(l[0], r[0])), U
+            raise Unsupported("shift of these types")
+        raise Unsupported(f"operator {op.__name__}")
+
+    def _floordiv(self, x, y, signed: bool):
+        """Python's floor division (Numba's ``int_divmod``); 0 for a zero divisor."""
+        b, ir = self.b, self.ir
+        zero = ir.Constant(self.i64, 0)
+        yz = b.icmp_signed("==", y, zero)
+        safe = b.select(yz, ir.Constant(self.i64, 1), y)
+        if not signed:
+            return b.select(yz, zero, b.udiv(x, safe))
+        q, r = b.sdiv(x, safe), b.srem(x, safe)
+        fix = b.and_(b.icmp_signed("!=", r, zero), b.icmp_signed("<", b.xor(safe, r), zero))
+        q = b.select(fix, b.sub(q, ir.Constant(self.i64, 1)), q)
+        return b.select(yz, zero, q)
+
+    def _compare(self, op, l, r):
+        b = self.b
+        sym = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}.get(op)
+        if sym is None:
+            raise Unsupported("comparison operator")
+        t = compare_type(l[1], r[1])
+        x, y = self._cast(l, t), self._cast(r, t)
+        if t == I:
+            return b.icmp_signed(sym, x, y), B
+        if t == U:
+            return b.icmp_unsigned(sym, x, y), B
+        if sym == "!=":
+            return b.fcmp_unordered(sym, x, y), B
+        return b.fcmp_ordered(sym, x, y), B
+
+    def _boolop(self, e):
+        """``and``/``or`` of conditions, short-circuit (a later operand may read memory the
+        earlier ones guard)."""
+        b, ir = self.b, self.ir
+        res = self.alloca_b.alloca(self.i1, name="boolop")
+        done = self.func.append_basic_block("endbool")
+        for k, x in enumerate(e.values):
+            v = self._expr(x)
+            if v[1] != B:
+                raise Unsupported("and/or of something else than conditions")
+            b.store(v[0], res)
+            if k < len(e.values) - 1:
+                nxt = self.func.append_basic_block("bool")
+                if isinstance(e.op, ast.And):
+                    b.cbranch(v[0], nxt, done)
+                else:
+                    b.cbranch(v[0], done, nxt)
+                b.position_at_end(nxt)
+        b.branch(done)
+        b.position_at_end(done)
+        return b.load(res), B
+
+    def _ifexp(self, e):
+        """``a if c else b``: only the chosen side is evaluated, the result unified."""
+        b = self.b
+        cond = self._truth(self._expr(e.test))
+        yes, no, done = (self.func.append_basic_block(s) for s in ("ifexp", "orelse", "endifexp"))
+        b.cbranch(cond, yes, no)
+        b.position_at_end(yes)
+        a = self._expr(e.body)
+        a_end = b.block
+        b.position_at_end(no)
+        c = self._expr(e.orelse)
+        t = unify(a[1], c[1])
+        cv = self._cast(c, t)
+        c_end = b.block
+        b.branch(done)
+        b.position_at_end(a_end)
+        av = self._cast(a, t)
+        a_end = b.block
+        b.branch(done)
+        b.position_at_end(done)
+        phi = b.phi(self.irtype[t])
+        phi.add_incoming(av, a_end)
+        phi.add_incoming(cv, c_end)
+        return phi, t
+
+    def _call(self, e):
+        b, ir = self.b, self.ir
+        name = _callee(e)
+        if e.keywords:
+            raise Unsupported(f"keywords in a call of {name}")
+        args = e.args
+        cast = {"np.float32": F, "np.float64": D, "float": D, "np.int64": I, "int": I, "np.uint64": U,
+                "np.int32": "i32", "np.bool_": B, "bool": B}.get(name)
+        if cast is not None and len(args) == 1:
+            v = self._expr(args[0])
+            if cast == "i32":
+                return b.sext(b.trunc(self._cast(v, I), self.i32), self.i64), I
+            if cast == B:
+                return self._truth(v), B
+            return self._cast(v, cast), cast
+        if name == "exp32" and len(args) == 1:
+            v = self._expr(args[0])
+            if v[1] != F:
+                raise Unsupported("exp32 of something else than a float32")
+            return exp32_ir(b, v[0]), F
+        if name in _INTRINSIC and len(args) == 1:
+            v = self._float(self._expr(args[0]))
+            fn = self._fn(f"{_INTRINSIC[name]}.f{32 if v[1] == F else 64}", self.irtype[v[1]], [self.irtype[v[1]]])
+            return b.call(fn, [v[0]]), v[1]
+        if name in _EXTERN and len(args) == 1:
+            v = self._float(self._expr(args[0]))
+            ty = self.irtype[v[1]]
+            fn = self._fn(_EXTERN[name][0 if v[1] == F else 1], ty, [ty], pure=True)
+            return b.call(fn, [v[0]]), v[1]
+        if name in ("math.isfinite", "math.isnan", "math.isinf") and len(args) == 1:
+            v = self._expr(args[0])
+            if v[1] not in (F, D):
+                return ir.Constant(self.i1, int(name == "math.isfinite")), B
+            if name == "math.isnan":
+                return b.fcmp_unordered("uno", v[0], v[0]), B
+            fabs = self._fn(f"llvm.fabs.f{32 if v[1] == F else 64}", v[0].type, [v[0].type])
+            inf = ir.Constant(v[0].type, float("inf"))
+            if name == "math.isinf":
+                return b.fcmp_ordered("==", b.call(fabs, [v[0]]), inf), B
+            return b.fcmp_ordered("!=", b.call(fabs, [v[0]]), inf), B  # NaN: False
+        if name == "abs" and len(args) == 1:
+            v = self._expr(args[0])
+            if v[1] in (F, D):
+                return b.call(self._fn(f"llvm.fabs.f{32 if v[1] == F else 64}", v[0].type, [v[0].type]), [v[0]]), v[1]
+            if v[1] == I:
+                return b.select(b.icmp_signed("<", v[0], ir.Constant(self.i64, 0)), b.neg(v[0]), v[0]), I
+            raise Unsupported("abs of this type")
+        if name in ("max", "min") and len(args) >= 2:
+            acc = self._expr(args[0])
+            for x in args[1:]:
+                v = self._expr(x)
+                t = unify(acc[1], v[1])
+                a, y = self._cast(acc, t), self._cast(v, t)
+                pred = self._compare(ast.Gt if name == "max" else ast.Lt, (y, t), (a, t))[0]
+                acc = b.select(pred, y, a), t
+            return acc
+        if name == "len" and len(args) == 1:
+            return self._array(args[0]).dims[0], I
+        raise Unsupported(f"call of {name}")
+
+    def _float(self, v):
+        """A math function's argument: floats as they are, integers as float64."""
+        if v[1] in (F, D):
+            return v
+        return self._cast(v, D), D
+
+    def _truth(self, v):
+        val, kind = v
+        if kind == B:
+            return val
+        if kind in (I, U):
+            return self.b.icmp_signed("!=", val, self.ir.Constant(self.i64, 0))
+        return self.b.fcmp_unordered("!=", val, self.ir.Constant(val.type, 0.0))
+
+    def _cast(self, v, t: str):
+        """Numba's implicit conversion of a (value, kind) to kind ``t``."""
+        b = self.b
+        val, k = v
+        if k == t:
+            return val
+        if t == B:
+            return self._truth(v)
+        if t in (I, U):
+            if k == B:
+                return b.zext(val, self.i64)
+            if k in (I, U):
+                return val
+            return b.fptosi(val, self.i64) if t == I else b.fptoui(val, self.i64)
+        ty = self.irtype[t]
+        if k == B or k == U:
+            return b.uitofp(val, ty)
+        if k == I:
+            return b.sitofp(val, ty)
+        return b.fpext(val, ty) if t == D else b.fptrunc(val, ty)
+
+
+def _callee_attr(e) -> str:
+    parts = []
+    while isinstance(e, ast.Attribute):
+        parts.append(e.attr)
+        e = e.value
+    if isinstance(e, ast.Name):
+        parts.append(e.id)
+    return ".".join(reversed(parts))
+
+
+def _const_int(e) -> int | None:
+    if isinstance(e, ast.Constant) and isinstance(e.value, int) and not isinstance(e.value, bool):
+        return e.value
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
+        v = _const_int(e.operand)
+        return -v if v is not None else None
+    return None
