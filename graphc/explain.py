@@ -510,6 +510,8 @@ def profiler(prog, args: list) -> tuple[Callable, int]:
             import warnings
             warnings.warn(f"graphc: Numba cache for {path} was unusable ({'; '.join(problems)}); recompiling",
                           RuntimeWarning, stacklevel=3)
+        for kp in prog.kernel_paths:  # the twin imports the kernel modules (graphc may have compiled them itself)
+            load_module(kp)
         twin = load_module(path).step
         status = twin(*args, np.zeros(n + 5, np.int64))
         record_numba_cache([path])

@@ -78,12 +78,16 @@ def cache(tmp_path) -> Path:
     return d
 
 
-def test_second_process_does_not_recompile(cache):
-    first = run_script(cache)
+@pytest.mark.parametrize("kernels_by", ["graphc", "numba"])
+def test_second_process_does_not_recompile(cache, kernels_by):
+    env = {"GRAPHC_NATIVE_KERNELS": "1" if kernels_by == "graphc" else "0"}
+    first = run_script(cache, env_extra=env)
     assert first["cache"]["misses"] > 0 and first["warnings"] == []
     snapshot = files(cache)
-    assert any(f.endswith(".py") for f in snapshot) and any(f.endswith(".nbi") for f in snapshot)
-    second = run_script(cache)
+    # graphc's compiled kernels are stored as object code (the native image), Numba's in its cache
+    assert any(f.endswith(".py") for f in snapshot) and any(f.endswith(".o") for f in snapshot)
+    assert any(f.endswith(".nbi") for f in snapshot) == (kernels_by == "numba")
+    second = run_script(cache, env_extra=env)
     assert second["file"] == first["file"]
     assert second["cache"]["hits"] > 0 and second["cache"]["misses"] == 0, second
     assert files(cache) == snapshot, "the warm process wrote new cache entries"
@@ -121,14 +125,14 @@ def test_truncated_module_is_rebuilt(cache):
 
 
 def test_corrupted_numba_cache_files_are_survived(cache):
-    run_script(cache)
+    run_script(cache, env_extra={"GRAPHC_NATIVE_KERNELS": "0"})  # Numba compiles (and caches) the kernels
     numba_files = [p for p in (cache / "__pycache__").iterdir() if p.suffix in (".nbi", ".nbc")]
     assert numba_files
     for p in numba_files:
         p.write_bytes(b"\x00garbage" * 7)
     r = run_script(cache)  # the native image (its own digests) does not read Numba's files
     assert r["warnings"] == [] and r["cache"]["misses"] == 0, r
-    numba_driver = {"GRAPHC_NATIVE_DRIVER": "0"}  # the path through Numba's cache
+    numba_driver = {"GRAPHC_NATIVE_DRIVER": "0", "GRAPHC_NATIVE_KERNELS": "0"}  # the path through Numba's cache
     r = run_script(cache, env_extra=numba_driver)  # recompiles with a warning; never fails or gives wrong values
     assert any("unusable" in w for w in r["warnings"]), r["warnings"]
     r = run_script(cache, env_extra=numba_driver)  # the recompiled entries were written back

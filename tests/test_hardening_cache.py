@@ -73,7 +73,10 @@ PARALLEL = textwrap.dedent('''
 ''')
 
 
-NUMBA_DRIVER = {"GRAPHC_NATIVE_DRIVER": "0"}
+# these tests are about Numba's cache files: the kernels are Numba's (graphc compiles them
+# itself by default, kernels.py, and keeps no Numba file for them), and so is the driver
+NUMBA_KERNELS = {"GRAPHC_NATIVE_KERNELS": "0"}
+NUMBA_DRIVER = {**NUMBA_KERNELS, "GRAPHC_NATIVE_DRIVER": "0"}
 
 
 def _without_check_finite(script: str) -> str:
@@ -171,7 +174,7 @@ def _check_rebuilt(cache, script):
     r = run_py(script, cache, env_extra=NUMBA_DRIVER)
     assert r["loss_err"] < 1e-5 and r["param_err"] < 1e-5, r
     assert len(r["warnings"]) == 1 and "integrity" in r["warnings"][0], r["warnings"]
-    native = run_py(script, cache)  # the native driver over the rebuilt kernels
+    native = run_py(script, cache, env_extra=NUMBA_KERNELS)  # the native driver over the rebuilt kernels
     assert native["warnings"] == [] and native["cache"]["misses"] == 0, native
     assert native["loss_err"] < 1e-5 and native["param_err"] < 1e-5, native
     again = run_py(script, cache, env_extra=NUMBA_DRIVER)  # the rebuilt entries are trusted, warm entries again
@@ -237,7 +240,7 @@ def test_truncated_nbi(trained):
 
 def test_a_warm_start_trusts_its_own_entries_and_writes_nothing(trained):
     cache, script, first = trained
-    first_native = run_py(script, cache)  # writes the kernels' native image once (native.py)
+    first_native = run_py(script, cache, env_extra=NUMBA_KERNELS)  # writes the kernels' native image once
     assert first_native["warnings"] == [] and first_native["cache"]["misses"] == 0, first_native
     assert len(list(cache.glob("graphc_*.o"))) == len(first["kernels"])
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
@@ -316,6 +319,7 @@ def _model(tag: str, features: int):
 
 def test_a_dropped_program_releases_its_modules(monkeypatch, tmp_path):
     monkeypatch.setattr(gcache, "RETIRED_MODULES", 0)  # release at once, keep no recent ones
+    monkeypatch.setenv("GRAPHC_NATIVE_KERNELS", "0")  # modules of Numba's kernels are what is released
     # Numba caches the helpers it compiles while compiling a function once per process
     # (cached_internal_func), and that cache pins the environment, so the module, of the
     # first caller that needed them: a fixed cost, not one per program. So the drivers are

@@ -45,9 +45,11 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def run(script: Path, cache: Path) -> dict:
+def run(script: Path, cache: Path, **env_extra) -> dict:
     env = dict(os.environ, GRAPHC_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
     env.pop("GRAPHC_NATIVE_DRIVER", None)
+    env.pop("GRAPHC_NATIVE_KERNELS", None)
+    env.update(env_extra)
     p = subprocess.run([sys.executable, str(script)], env=env, cwd=str(ROOT), capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, f"exited with {p.returncode}:\n{p.stdout}\n{p.stderr}"
@@ -71,9 +73,20 @@ def imaged(tmp_path):
 
 def test_a_warm_start_from_the_image_imports_no_numba_and_trains_identically(imaged):
     cache, script, cold, warm, images = imaged
-    assert cold["numba"] and not warm["numba"]
+    # graphc compiled every kernel itself (kernels.py): not even the cold start imported Numba
+    assert not cold["numba"] and not warm["numba"]
     assert not warm["linalg"] and warm["linalg_ok"] and cold["linalg_ok"]  # GEMMs without scipy.linalg
     assert warm["losses"] == cold["losses"] and warm["params"] == cold["params"]  # bit for bit
+
+
+def test_an_image_of_numbas_kernels_starts_without_numba_too(tmp_path):
+    cache, script = tmp_path / "cache", tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    cold = run(script, cache, GRAPHC_NATIVE_KERNELS="0")  # Numba compiles the kernels
+    assert cold["numba"] and cold["native"] and cold["warnings"] == [], cold
+    warm = run(script, cache)
+    assert warm["from_image"] and not warm["numba"] and warm["warnings"] == [], warm
+    assert warm["losses"] == cold["losses"] and warm["params"] == cold["params"]
 
 
 @pytest.mark.parametrize("damage", ["random bytes", "truncated", "missing", "swapped"])
@@ -110,13 +123,22 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(gcache, "_resolved", {})
 
 
-def test_undefined_symbols_reads_an_object_and_refuses_other_bytes(private_cache):
+def _objects(p) -> list:
+    """(symbol, native name, object code) of each kernel of program ``p``: compiled by graphc
+    (kernels.py) or by Numba."""
+    return [*p._objects.values(), *(native.image_of(m) for m in p._kernel_modules)]
+
+
+@pytest.mark.parametrize("kernels_by", ["graphc", "numba"])
+def test_undefined_symbols_reads_an_object_and_refuses_other_bytes(private_cache, monkeypatch, kernels_by):
     import graphc as gc
+    monkeypatch.setenv("GRAPHC_NATIVE_KERNELS", "1" if kernels_by == "graphc" else "0")
     x = gc.input("ux", (None, 3))
     f = gc.compile(gc.exp(x) @ gc.param("uW", (3, 2)), target="cpu")
     f(ux=np.ones((2, 3), np.float32))
     p = f.program_for(2)
-    objs = [native.image_of(m) for m in p._kernel_modules]
+    objs = _objects(p)
+    assert len(objs) == len(p.kernel_paths) and len(p._objects) == (len(objs) if kernels_by == "graphc" else 0)
     assert objs and all(o is not None for o in objs)
     und = set().union(*(native.undefined_symbols(o[2]) for o in objs))
     assert "numba_xxgemm" in und  # the GEMM kernel calls BLAS through Numba's helper
@@ -144,13 +166,18 @@ def test_graphcs_gemm_binding_serves_numba_code_of_every_blas_kind():
     assert ll.address_of_symbol("numba_xxgemm")
 
 
-def test_an_unresolvable_symbol_is_refused_before_anything_is_loaded(private_cache, monkeypatch):
+@pytest.mark.parametrize("kernels_by", ["graphc", "numba"])
+def test_an_unresolvable_symbol_is_refused_before_anything_is_loaded(private_cache, monkeypatch, kernels_by):
     import graphc as gc
+    monkeypatch.setenv("GRAPHC_NATIVE_KERNELS", "1" if kernels_by == "graphc" else "0")
     x = gc.input("rx", (None, 3))
     f = gc.compile(gc.sqrt(x) * 2.0, target="cpu")
     f(rx=np.ones((2, 3), np.float32))
-    mod = f.program_for(2)._kernel_modules[-1]
-    sym, native_name, obj = native.image_of(mod)
+    p = f.program_for(2)
+    sym, native_name, obj = _objects(p)[-1]
+    if kernels_by == "graphc":  # that object is loaded already: the same kernel under another name is not
+        from graphc.backends.cpu import kernels
+        sym, native_name, obj, _ = kernels.compile_kernel("graphc_probe_unresolvable", p.kernel_paths[-1].read_text())
     import hashlib
     monkeypatch.setattr(native, "undefined_symbols", lambda o: ["graphc_no_such_symbol_anywhere"])
     why = native.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)])

@@ -217,6 +217,9 @@ class _Kernel:
         self.b = ir.IRBuilder(body)
         self.env: dict = {}  # name -> ("var", slot, kind) | ("arr", Arr) | ("ptr", value) | ("tuple", [values])
         self.loops: list = []  # (continue block, break block)
+        self.heap: list = []  # np.empty's slots (freed at the exit)
+        self.result = self.alloca_b.alloca(self.i64, name="result")
+        self.exit = f.append_basic_block("exit")
         for p, t, a in zip(self.params, self.ctypes, f.args):
             if t == "voidptr":
                 self.env[p] = ("ptr", a)
@@ -226,6 +229,10 @@ class _Kernel:
         if not self.b.block.is_terminated:
             raise Unsupported("the kernel does not end with a return")
         self.alloca_b.branch(body)
+        self.b.position_at_end(self.exit)
+        for slot in self.heap:
+            self.b.call(self.mod.globals["free"], [self.b.load(slot)])
+        self.b.ret(self.b.load(self.result))
         return str(m)
 
     # -- variables: one slot (and one type) per name, promoted to registers by LLVM
@@ -302,7 +309,8 @@ class _Kernel:
         elif isinstance(s, ast.Return):
             if s.value is None:
                 raise Unsupported("return without a value")
-            b.ret(self._cast(self._expr(s.value), I))
+            b.store(self._cast(self._expr(s.value), I), self.result)
+            b.branch(self.exit)
         elif isinstance(s, (ast.Continue, ast.Break)):
             if not self.loops:
                 raise Unsupported("continue/break outside a loop")
@@ -379,6 +387,17 @@ class _Kernel:
             return self._c_array(a.ptr, a.kind, a.ety, [self._cast(d, I) for d in dims])
         if isinstance(e, ast.Attribute) and e.attr == "shape":
             return [(d, I) for d in self._array(e.value).dims]
+        if isinstance(e, ast.Subscript) and not isinstance(e.slice, ast.Slice):
+            a = self._value(e.value)
+            idx = e.slice.elts if isinstance(e.slice, ast.Tuple) else [e.slice]
+            if isinstance(a, Arr) and len(idx) < len(a.dims):  # a[i]: the subarray (a view)
+                a, ptr = self._element(e, len(idx))
+                return Arr(ptr, a.kind, a.ety, a.dims[len(idx):], a.strides[len(idx):],
+                           "C" if a.layout == "C" else "A")
+        if isinstance(e, ast.Call) and _callee(e) == "np.empty":
+            return self._empty(e)
+        if isinstance(e, ast.Call) and _callee(e) == "np.full":
+            return self._full(e)
         if isinstance(e, ast.Tuple):
             return [self._expr(x) for x in e.elts]
         if isinstance(e, ast.Name) and self.env.get(e.id, ("",))[0] in ("arr", "tuple"):
@@ -417,13 +436,55 @@ class _Kernel:
             s = self.b.mul(s, d)
         return Arr(ptr, kind, ety, dims, strides, "C")
 
-    def _element(self, e) -> tuple[Arr, object]:
-        """(array, element pointer) of ``a[i, j, ...]`` with one integer per dim; a negative
-        index counts from the end (Numba's wraparound)."""
+    def _empty(self, e) -> Arr:
+        """``np.empty(n, dtype=np.X)`` (or a shape tuple): heap memory, freed when the same
+        line allocates again (the next iteration) and when the kernel returns, as Numba's
+        reference counting frees it."""
+        b, ir = self.b, self.ir
+        kw = {k.arg: k.value for k in e.keywords}
+        if len(e.args) != 1 or set(kw) != {"dtype"}:
+            raise Unsupported("np.empty arguments")
+        dtname = _callee_attr(kw["dtype"]).removeprefix("np.")
+        kind = _DTYPES.get(dtname)
+        if kind is None or dtname == "int32":
+            raise Unsupported(f"np.empty of {dtname}")
+        return self._alloc(self._value(e.args[0]), kind)
+
+    def _full(self, e) -> Arr:
+        """``np.full(shape, v)``: an array of v's type, every item v (a scalar broadcast)."""
+        if len(e.args) != 2 or e.keywords:
+            raise Unsupported("np.full arguments")
+        v = self._expr(e.args[1])
+        a = self._alloc(self._value(e.args[0]), v[1])
+        self._fill(a, v)
+        return a
+
+    def _alloc(self, shape, kind: str) -> Arr:
+        b, ir = self.b, self.ir
+        dims = [self._cast(d, I) for d in (shape if isinstance(shape, list) else [shape])]
+        ety = {B: self.i8, I: self.i64, U: self.i64, F: self.f32, D: self.f64}[kind]
+        i8p = self.i8.as_pointer()
+        slot = self.alloca_b.alloca(i8p, name="heap")
+        self.alloca_b.store(ir.Constant(i8p, None), slot)
+        self.heap.append(slot)
+        free = self._fn("free", ir.VoidType(), [i8p])
+        b.call(free, [b.load(slot)])
+        n = ir.Constant(self.i64, 1)
+        for d in dims:
+            n = b.mul(n, b.select(b.icmp_signed("<", d, ir.Constant(self.i64, 0)), ir.Constant(self.i64, 0), d))
+        size = b.mul(n, ir.Constant(self.i64, 1 if kind == B else 4 if kind == F else 8))
+        ptr = b.call(self._fn("malloc", i8p, [self.i64]), [b.select(b.icmp_signed("==", size, ir.Constant(self.i64, 0)),
+                                                                     ir.Constant(self.i64, 1), size)])
+        b.store(ptr, slot)
+        return self._c_array(b.bitcast(ptr, ety.as_pointer()), kind, ety, dims)
+
+    def _element(self, e, count: int | None = None) -> tuple[Arr, object]:
+        """(array, element pointer) of ``a[i, j, ...]`` with one integer per dim (or the
+        first ``count``); a negative index counts from the end (Numba's wraparound)."""
         b = self.b
         a = self._array(e.value)
         idx = e.slice.elts if isinstance(e.slice, ast.Tuple) else [e.slice]
-        if len(idx) != len(a.dims):
+        if len(idx) != (len(a.dims) if count is None else count):
             raise Unsupported("indexing with fewer or more indices than dims")
         off = None
         for x, d, st in zip(idx, a.dims, a.strides):
@@ -618,6 +679,12 @@ class _Kernel:
         if op is ast.Div:
             t = D if {l[1], r[1]} <= {B, I} or {l[1], r[1]} == {U} else arith(l[1], r[1])
             return b.fdiv(self._cast(l, t), self._cast(r, t)), t
+        if op is ast.Pow:  # float ** float: Numba's real_power_impl (llvm.pow); integer powers are loops there
+            if not {l[1], r[1]} <= {F, D}:
+                raise Unsupported("a power of other than two floats")
+            t = arith(l[1], r[1])
+            fn = self.mod.declare_intrinsic("llvm.pow", [self.irtype[t]])
+            return b.call(fn, [self._cast(l, t), self._cast(r, t)]), t
         if op is ast.FloorDiv:
             s = {l[1], r[1]}
             if s <= {B, I}:
@@ -724,6 +791,10 @@ class _Kernel:
         args = e.args
         cast = {"np.float32": F, "np.float64": D, "float": D, "np.int64": I, "int": I, "np.uint64": U,
                 "np.int32": "i32", "np.bool_": B, "bool": B}.get(name)
+        if cast == U and len(args) == 1 and isinstance(args[0], ast.Constant) and type(args[0].value) is int:
+            if not 0 <= args[0].value < 2 ** 64:
+                raise Unsupported("a uint64 literal out of range")
+            return ir.Constant(self.i64, args[0].value - (2 ** 64 if args[0].value >= 2 ** 63 else 0)), U
         if cast is not None and len(args) == 1:
             v = self._expr(args[0])
             if cast == "i32":
