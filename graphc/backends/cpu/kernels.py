@@ -104,7 +104,7 @@ def native_name(module: str) -> str:
     return f"graphc_native_{module}"
 
 
-_OBJECTS: dict[str, bytes] = {}  # kernel text digest -> object code (compiled once per process)
+_OBJECTS: dict[str, bytes] = {}  # digest of module name and text -> object code (compiled once per process)
 
 
 def compile_kernel(module: str, source: str) -> tuple[str, str, bytes, bool]:
@@ -112,7 +112,7 @@ def compile_kernel(module: str, source: str) -> tuple[str, str, bytes, bool]:
     this process) of the kernel module ``module`` (its text ``source``); raises
     ``Unsupported`` for a kernel outside the translated subset."""
     name, ctypes_ = entry_of(source)
-    key = hashlib.sha256(source.encode()).hexdigest()
+    key = hashlib.sha256(f"{module}\n{source}".encode()).hexdigest()
     obj = _OBJECTS.get(key)
     fresh = obj is None
     if fresh:
