@@ -137,6 +137,7 @@ def _kernel_tm(ll):
     """The target machine Numba's JIT compiles kernels for: the host CPU and features, O3,
     static relocations, the JIT code model."""
     if not _TM:
+        _jit()  # initializes LLVM's native target
         target = ll.Target.from_default_triple()
         _TM.append(target.create_target_machine(cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(),
                                                 opt=3, reloc="static", codemodel="jitdefault", jit=True))
@@ -202,6 +203,7 @@ class _Kernel:
         import llvmlite.binding as ll
         self.mod = m = ir.Module(name=name)
         m.triple = ll.get_process_triple()
+        m.data_layout = str(_kernel_tm(ll).target_data)  # the optimizer's cost models read it, as Numba's modules
         argtys = []
         for t in self.ctypes:
             if t == "voidptr":
