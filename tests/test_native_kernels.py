@@ -262,3 +262,22 @@ def test_a_kernel_outside_the_subset_is_compiled_by_numba_beside_the_others(monk
     assert prog.native and 0 < len(prog._kernel_modules) < len(prog.kernel_paths)
     ref = gc.compile(loss, optimizer=gc.optim.SGD(0.1), target="numpy", seed=0)
     np.testing.assert_allclose(losses, [float(ref(**feeds)["loss"]) for _ in range(3)], rtol=1e-5)
+
+
+def test_explain_times_the_kernels_that_run():
+    """step.explain()'s profiling twin of a program with graphc's driver is graphc's too: it
+    calls the same compiled kernels (not Numba's compile of their text)."""
+    from graphc import explain
+    x = gc.input("exx", (None, 6))
+    y = gc.input("exy", (None,), dtype="int64")
+    W = gc.param("exW", (6, 3), init="glorot_uniform")
+    loss = gc.softmax_cross_entropy(gc.relu(x @ W), y)
+    step = gc.compile(loss, optimizer=gc.optim.Adam(0.01), target="cpu", seed=0)
+    feeds = {"exx": np.ones((4, 6), np.float32), "exy": np.arange(4) % 3}
+    step(**feeds)
+    rep = step.explain(runs=3, verbose=False, **feeds)
+    prog = step.program_for(4)
+    twin, n = explain._PROFILERS[prog]
+    assert prog.native and type(twin).__name__ == "builtin_function_or_method"
+    assert n == len(prog.module.kernels) and not prog._kernel_modules
+    assert "kernels" in str(rep)

@@ -436,6 +436,8 @@ class _Translator:
             v = self._as(self._expr(e.args[0]), self.f64)
             fabs = self._decl("llvm.fabs.f64", self.f64, [self.f64])
             return b.fcmp_ordered("!=", b.call(fabs, [v]), ir.Constant(self.f64, float("inf"))), "b"
+        if name == "_tick" and len(e.args) == 2:  # the profiling twin's clock (graphc/explain.py)
+            return self._tick(e)
         sig = self.sigs.get(name)
         if sig is None or e.keywords:
             raise Unsupported(f"call of {name}")
@@ -445,6 +447,25 @@ class _Translator:
         fn = self._decl(f"graphc_{name}", self.i64, types_)
         vals = [self._as(self._expr(a), t) for a, t in zip(e.args, types_)]
         return b.call(fn, vals), "i"
+
+    def _tick(self, e):
+        """``_tick(ticks, k)``: ``ticks[k]`` = CLOCK_MONOTONIC in ns (explain.clock_tick's
+        clock, read the same way: clock_gettime, ~20 ns)."""
+        import time
+        import llvmlite.binding as ll
+        b, ir = self.b, self.ir
+        k = e.args[1]
+        if not (isinstance(k, ast.Constant) and type(k.value) is int) or not ll.address_of_symbol("clock_gettime"):
+            raise Unsupported("a clock read of this form")
+        ts = b.alloca(ir.ArrayType(self.i64, 2))
+        clock = self._decl("clock_gettime", self.i32, [self.i32, self.i8p])
+        b.call(clock, [ir.Constant(self.i32, int(getattr(time, "CLOCK_MONOTONIC", 1))), b.bitcast(ts, self.i8p)])
+        sec = b.load(b.gep(ts, [ir.Constant(self.i64, 0), ir.Constant(self.i64, 0)]))
+        nsec = b.load(b.gep(ts, [ir.Constant(self.i64, 0), ir.Constant(self.i64, 1)]))
+        ticks = b.inttoptr(self._as(self._expr(e.args[0]), self.i64), self.i64.as_pointer())
+        b.store(b.add(b.mul(sec, ir.Constant(self.i64, 1_000_000_000)), nsec),
+                b.gep(ticks, [ir.Constant(self.i64, k.value)]))
+        return ir.Constant(self.i64, 0), "i"
 
     def _as(self, v, t):
         """Convert a (value, kind) to IR type ``t`` as Numba's implicit conversions do."""

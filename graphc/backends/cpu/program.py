@@ -216,19 +216,25 @@ class CpuProgram:
                 return None
             return [r(feeds, before) for r in self._readers]
 
+    def native_kinds(self) -> tuple[list[str], list]:
+        """The native driver's ``kinds`` and ``expect`` (native.native_driver) for this
+        program's arguments: array feeds' dtype, shape and contiguity are checked by the
+        driver itself."""
+        kinds, expect = [], []
+        shapes = self._layout.get("feeds", {})
+        for kind, key in self._args:
+            kinds.append(self._layout.get("scalars", {}).get(key, "?") if kind == "scalar" else "p")
+            spec = shapes.get(key) if kind == "feed" else None
+            expect.append((id(np.dtype(spec[0])), tuple(spec[1])) if spec else None)
+        return kinds, expect
+
     def _native_driver(self) -> bool:
         """Compile the driver text with graphc's own translator (native.py) instead of Numba;
         False (the Numba driver is used) where it meets a form it does not translate."""
         from . import native
         if not native.enabled():
             return False
-        kinds, expect = [], []
-        shapes = self._layout.get("feeds", {})
-        for kind, key in self._args:
-            kinds.append(self._layout.get("scalars", {}).get(key, "?") if kind == "scalar" else "p")
-            # an array feed's dtype, shape and contiguity are checked by the driver itself
-            spec = shapes.get(key) if kind == "feed" else None
-            expect.append((id(np.dtype(spec[0])), tuple(spec[1])) if spec else None)
+        kinds, expect = self.native_kinds()
         try:
             sigs = native.entry_signatures([p.read_text() for p in self.kernel_paths])
             self._driver, self._raised = native.native_driver(self.path.read_text(), kinds, sigs, expect)
