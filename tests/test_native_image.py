@@ -107,7 +107,7 @@ def test_a_damaged_image_is_rebuilt_never_fatal(imaged, damage):
         a, b = big.read_bytes(), small.read_bytes()
         big.write_bytes(b)
         small.write_bytes(a)
-    r = run(script, cache)  # through Numba, with one warning, and the image written again
+    r = run(script, cache)  # compiled again, with one warning, and the image written again
     assert not r["from_image"] and r["losses"] == cold["losses"] and r["params"] == cold["params"], r
     assert len(r["warnings"]) == 1 and "native image" in r["warnings"][0], r["warnings"]
     again = run(script, cache)
@@ -117,7 +117,7 @@ def test_a_damaged_image_is_rebuilt_never_fatal(imaged, damage):
 
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch):
-    """Programs compiled here load their kernels through Numba (no image yet)."""
+    """Programs compiled here compile their kernels (no image yet)."""
     import graphc.backends.cache as gcache
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(gcache, "_resolved", {})

@@ -239,7 +239,15 @@ def test_forms_outside_the_subset_are_refused(body, why):
         kernels.compile_kernel("graphc_refused", src)
 
 
-def test_a_kernel_outside_the_subset_is_compiled_by_numba_beside_the_others(monkeypatch):
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A cache of this test's own: no manifest or image of an earlier run starts the program."""
+    import graphc.backends.cache as gcache
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gcache, "_resolved", {})
+
+
+def test_a_kernel_outside_the_subset_is_compiled_by_numba_beside_the_others(monkeypatch, private_cache):
     """Per-kernel fallback: a program whose one kernel is refused still trains, bit for bit as
     the all-Numba program, and only that kernel's module is imported through Numba."""
     refuse = kernels._Kernel._stmt
@@ -281,3 +289,26 @@ def test_explain_times_the_kernels_that_run():
     assert prog.native and type(twin).__name__ == "builtin_function_or_method"
     assert n == len(prog.module.kernels) and not prog._kernel_modules
     assert "kernels" in str(rep)
+
+
+def test_a_translator_failure_warns_and_numba_compiles_that_kernel(monkeypatch, private_cache):
+    """A bug of graphc's compiler (an exception other than Unsupported) costs a warning and
+    that kernel's compile time, never a failed step."""
+    real = kernels._Kernel._call
+
+    def broken(self, e):
+        if __import__("graphc.backends.cpu.native", fromlist=["_callee"])._callee(e) == "math.tanh":
+            raise RuntimeError("a bug in the translator")
+        return real(self, e)
+
+    monkeypatch.setattr(kernels._Kernel, "_call", broken)
+    monkeypatch.setattr(kernels, "_OBJECTS", {})
+    x = gc.input("tfx", (None, 4))
+    W = gc.param("tfW", (4, 3), init="glorot_uniform")
+    f = gc.compile(gc.tanh(x @ W) * 3.0, target="cpu")
+    xb = np.random.default_rng(2).standard_normal((5, 4)).astype("f4")
+    with pytest.warns(RuntimeWarning, match="graphc's compiler failed .*a bug in the translator"):
+        out = f(tfx=xb)
+    np.testing.assert_allclose(out, np.tanh(xb @ f.params["tfW"]) * 3.0, rtol=1e-5)
+    prog = f.program_for(5)
+    assert prog.native and len(prog._kernel_modules) == 1

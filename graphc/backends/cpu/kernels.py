@@ -267,6 +267,8 @@ class _Kernel:
                         raise Unsupported(f"{t.id} re-assigned")
                     self.env[t.id] = ("arr", v)
                 elif isinstance(v, list):
+                    if t.id in self.env:
+                        raise Unsupported(f"{t.id} re-assigned")
                     self.env[t.id] = ("tuple", v)
                 else:
                     self._assign(t.id, v)

@@ -509,14 +509,15 @@ def _callee(call: ast.Call) -> str:
 # A warm start spent ~0.5 s in Numba before the first step: importing it, initializing its
 # CPU target, and loading each kernel's cache entry through it. The kernels' machine code
 # does not need any of that: after a program's first successful call graphc writes each
-# kernel entry's object code (what Numba's cache holds) to ``<module>-<host>.o``, with its
+# kernel entry's object code (graphc's own, kernels.py, or what Numba's cache holds) to
+# ``<module>-<host>-<digest>.o``, with its
 # digest in the program manifest, and a later process adds those objects to its own LLVM JIT
 # and binds each entry's address to ``graphc_<name>``. What the objects call into Numba's C
 # runtime (helpers, NRT, the math functions, Python's exception objects) is bound exactly as
 # Numba binds it, from Numba's C extensions loaded on their own (the ``numba`` package is not
 # imported). Every undefined symbol of every object is checked before anything is added (an
 # unresolved one would abort the process inside LLVM); anything unusual (a digest mismatch, a
-# symbol that cannot be bound, another host) makes the program start through Numba instead.
+# symbol that cannot be bound, another host) makes the program compile its kernels instead.
 
 _BOUND: list = []  # the runtime symbols are bound once
 _IMAGES: dict[str, int] = {}  # object file digest -> its entry's address (loaded once per process)

@@ -347,7 +347,7 @@ class CpuProgram:
             self._layout = {k: v for k, v in self._layout.items() if k not in ("images", "host")}
             if why != "another host's":
                 warnings.warn(f"graphc: the native image of {self.path.name} was unusable ({why}); "
-                              f"starting through Numba and rebuilding it", RuntimeWarning, stacklevel=5)
+                              f"compiling its kernels again and rebuilding it", RuntimeWarning, stacklevel=5)
             return False
         if not self._native_driver():
             return False
