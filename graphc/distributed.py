@@ -10,8 +10,8 @@ concatenated batch, and the returned loss is the global batch's.
 The all-reduce is an op (``allreduce_sum``, kernel kind "allreduce") inside the one compiled
 call. Its cpu lowering calls ``MPI_Allreduce`` from the generated Numba code through an
 external symbol, ``graphc_mpi_allreduce``: generated code stays cacheable (it holds no
-process-specific address), and the symbol is bound per process to a small ``cfunc`` that
-holds this process's MPI handles (:func:`ensure_native`). The numpy target evaluates the op
+process-specific address), and the symbol is bound per process to a few lines of LLVM IR
+that hold this process's MPI handles (:func:`ensure_native`). The numpy target evaluates the op
 with mpi4py. (numba-mpi's ``allreduce`` is not used: it bakes addresses into the code, so
 nothing calling it could be cached, and it has no float32.)
 
@@ -113,34 +113,43 @@ _native = None
 
 
 def ensure_native() -> None:
-    """Bind the symbol ``graphc_mpi_allreduce`` (called by generated kernels) to a cfunc
-    holding this process's MPI handles. Compiled once per process (~0.5 s, not cached: the
-    handles are addresses); must run before a kernel calling it is compiled or loaded."""
+    """Bind the symbol ``graphc_mpi_allreduce`` (called by generated kernels) to a few lines
+    of LLVM IR holding this process's MPI handles, compiled in graphc's JIT (not cached: the
+    handles are addresses; no Numba either); must run before a kernel calling it is compiled
+    or loaded."""
     global _native
     if _native is not None:
         return
     with _native_lock:
         if _native is not None:
             return
-        import llvmlite.binding as ll
-        from numba import cfunc, types
+        from llvmlite import ir
+        from .backends.cpu.native import _jit
+        ll, _, engine = _jit()
         MPI = mpi()
         lib = _libmpi()
-        handle = ctypes.c_size_t if MPI._sizeof(MPI.Comm) == ctypes.sizeof(ctypes.c_size_t) else ctypes.c_int
-        fn = lib.MPI_Allreduce
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, handle, handle, handle]
+        wide = MPI._sizeof(MPI.Comm) == ctypes.sizeof(ctypes.c_size_t)  # handles are pointers (Open MPI) or ints
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        handle = i64 if wide else i32
         comm = MPI._handleof(MPI.COMM_WORLD)
         f32, f64, op = MPI._handleof(MPI.FLOAT), MPI._handleof(MPI.DOUBLE), MPI._handleof(MPI.SUM)
-
-        @cfunc(types.int32(types.uintp, types.uintp, types.int64, types.int32))
-        def allreduce(send, recv, n, code):  # pragma: no cover - runs natively
-            if code == 0:
-                return fn(send, recv, n, f32, op, comm)
-            return fn(send, recv, n, f64, op, comm)
-
-        ll.add_symbol("graphc_mpi_allreduce", allreduce.address)
-        _native = allreduce  # keeps the machine code alive
+        m = ir.Module(name="graphc_mpi_allreduce")
+        m.triple = ll.get_process_triple()
+        f = ir.Function(m, ir.FunctionType(i32, [i64, i64, i64, i32]), "graphc_mpi_allreduce_impl")
+        send, recv, n, code = f.args
+        b = ir.IRBuilder(f.append_basic_block("entry"))
+        fnty = ir.FunctionType(i32, [i64, i64, i32, handle, handle, handle])
+        ll.add_symbol("graphc_MPI_Allreduce", ctypes.cast(lib.MPI_Allreduce, ctypes.c_void_p).value)
+        target = ir.Function(m, fnty, "graphc_MPI_Allreduce")
+        dtype = b.select(b.icmp_signed("==", code, ir.Constant(i32, 0)), ir.Constant(handle, f32),
+                         ir.Constant(handle, f64))
+        b.ret(b.call(target, [send, recv, b.trunc(n, i32), dtype, ir.Constant(handle, op), ir.Constant(handle, comm)]))
+        mod = ll.parse_assembly(str(m))
+        mod.verify()
+        engine.add_module(mod)
+        engine.finalize_object()
+        ll.add_symbol("graphc_mpi_allreduce", engine.get_function_address("graphc_mpi_allreduce_impl"))
+        _native = mod  # keeps the module (and its machine code) alive
 
 
 def _define_intrinsic():

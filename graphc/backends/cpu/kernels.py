@@ -847,6 +847,20 @@ class _Kernel:
                 pred = self._compare(ast.Gt if name == "max" else ast.Lt, (y, t), (a, t))[0]
                 acc = b.select(pred, y, a), t
             return acc
+        if name == "mpi_allreduce_sum" and len(args) == 2:  # graphc/distributed.py's intrinsic
+            a, o = self._array(args[0]), self._array(args[1])
+            if not (a.kind == o.kind and a.kind in (F, D) and a.layout == o.layout == "C"
+                    and len(a.dims) == len(o.dims)):
+                raise Unsupported("an all-reduce of these arrays")
+            from ...distributed import ensure_native
+            ensure_native()  # binds graphc_mpi_allreduce before this kernel's object is loaded
+            n = ir.Constant(self.i64, 1)
+            for d in a.dims:
+                n = b.mul(n, d)
+            fn = self._fn("graphc_mpi_allreduce", self.i32, [self.i64, self.i64, self.i64, self.i32])
+            r = b.call(fn, [b.ptrtoint(a.ptr, self.i64), b.ptrtoint(o.ptr, self.i64), n,
+                            ir.Constant(self.i32, 0 if a.kind == F else 1)])
+            return b.sext(r, self.i64), I
         if name == "len" and len(args) == 1:
             return self._array(args[0]).dims[0], I
         raise Unsupported(f"call of {name}")
