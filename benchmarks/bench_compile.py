@@ -37,7 +37,9 @@ Each start reports: process wall (the parent's clock around the subprocess: inte
 start included) and process CPU seconds (the child's rusage), and from inside the child the
 import time (``import numpy, graphc`` / ``torch`` / ``jax``: wall and CPU) and compile + first
 step (building the step, compiling it and running it once: wall and CPU); for graphc also
-the compiler's split (passes, codegen, Numba), Numba's cache hits/misses and whether the
+the compiler's split (passes, codegen, then "llvm s": compiling or loading the kernels and the
+driver, by graphc's LLVM or by Numba: ``CompileStats.numba_s``), the kernels' cache
+hits/misses (``cache_info()``: a miss is a kernel compiled in that process) and whether the
 program started from a stored manifest. ``--runs`` runs (a fresh cache each), median of
 each figure. Results: a table on stdout and JSON (default
 benchmarks/results/bench_compile.json).
@@ -302,7 +304,7 @@ def table(results: dict) -> str:
     lines = ["", "medians over runs; wall = the whole process (interpreter start included), cpu = its CPU seconds; "
              "import / compile+1st = inside the process (wall / cpu)"]
     hdr = (f"  {'contender':<16} {'start':<7} {'wall s':>7} {'cpu s':>7} {'import s':>13} {'compile+1st s':>14} "
-           f"{'numba s':>8} {'misses':>7}")
+           f"{'llvm s':>8} {'misses':>7}")
     for name, r in results["workloads"].items():
         lines.append(f"\n{name}: {r['config']}")
         lines.append(hdr)

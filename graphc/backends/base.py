@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # (networkx, imported by the planner, is not needed to run a 
 class CompileStats:
     passes_s: float = 0.0
     codegen_s: float = 0.0
-    numba_s: float = 0.0  # first call: Numba compile or cache load
+    numba_s: float = 0.0  # first call: compiling (graphc's LLVM, or Numba) or loading kernels and driver
     nodes_before: int = 0
     nodes_after: int = 0
     from_manifest: bool = False  # started from a stored manifest: no passes, fusion or codegen ran
