@@ -28,7 +28,7 @@ import hashlib
 import os
 import re
 
-from .native import Unsupported, _callee, _jit
+from .native import Unsupported, _callee, _jit, _Lowering
 
 B, I, U, F, D = "b", "i", "u", "f", "d"  # bool, int64 (and narrower signed), uint64, float32, float64
 _DTYPES = {"float32": F, "float64": D, "int64": I, "int32": I, "bool": B, "bool_": B, "uint64": U}
@@ -175,7 +175,7 @@ def exp32_ir(b, v):
     return b.select(b.fcmp_ordered("<", v, c(lo)), c(0.0), out)
 
 
-class _Kernel:
+class _Kernel(_Lowering):
     """One ``cfunc`` entry's ``def`` -> an LLVM module (text) defining it as a C function."""
 
     def __init__(self, source: str, name: str, ctypes_: list[str]):
@@ -201,7 +201,7 @@ class _Kernel:
     def module(self, name: str) -> str:
         ir = self.ir
         import llvmlite.binding as ll
-        self.mod = m = ir.Module(name=name)
+        self.module_ = m = ir.Module(name=name)
         m.triple = ll.get_process_triple()
         m.data_layout = str(_kernel_tm(ll).target_data)  # the optimizer's cost models read it, as Numba's modules
         argtys = []
@@ -233,7 +233,7 @@ class _Kernel:
         self.alloca_b.branch(body)
         self.b.position_at_end(self.exit)
         for slot in self.heap:
-            self.b.call(self.mod.globals["free"], [self.b.load(slot)])
+            self.b.call(self.module_.globals["free"], [self.b.load(slot)])
         self.b.ret(self.b.load(self.result))
         return str(m)
 
@@ -257,7 +257,7 @@ class _Kernel:
             self._stmt(s)
 
     def _stmt(self, s) -> None:
-        b, ir = self.b, self.ir
+        b = self.b
         if isinstance(s, ast.Assign) and len(s.targets) == 1:
             t = s.targets[0]
             if isinstance(t, ast.Name):
@@ -297,19 +297,7 @@ class _Kernel:
         elif isinstance(s, ast.For):
             self._for(s)
         elif isinstance(s, ast.If):
-            cond = self._truth(self._expr(s.test))
-            then, other = self.func.append_basic_block("then"), self.func.append_basic_block("else")
-            join = self.func.append_basic_block("endif")
-            b.cbranch(cond, then, other)
-            b.position_at_end(then)
-            self._block(s.body)
-            if not b.block.is_terminated:
-                b.branch(join)
-            b.position_at_end(other)
-            self._block(s.orelse)
-            if not b.block.is_terminated:
-                b.branch(join)
-            b.position_at_end(join)
+            self._if(s)
         elif isinstance(s, ast.Return):
             if s.value is None:
                 raise Unsupported("return without a value")
@@ -444,7 +432,6 @@ class _Kernel:
         """``np.empty(n, dtype=np.X)`` (or a shape tuple): heap memory, freed when the same
         line allocates again (the next iteration) and when the kernel returns, as Numba's
         reference counting frees it."""
-        b, ir = self.b, self.ir
         kw = {k.arg: k.value for k in e.keywords}
         if len(e.args) != 1 or set(kw) != {"dtype"}:
             raise Unsupported("np.empty arguments")
@@ -471,13 +458,13 @@ class _Kernel:
         slot = self.alloca_b.alloca(i8p, name="heap")
         self.alloca_b.store(ir.Constant(i8p, None), slot)
         self.heap.append(slot)
-        free = self._fn("free", ir.VoidType(), [i8p])
+        free = self._decl("free", ir.VoidType(), [i8p])
         b.call(free, [b.load(slot)])
         n = ir.Constant(self.i64, 1)
         for d in dims:
             n = b.mul(n, b.select(b.icmp_signed("<", d, ir.Constant(self.i64, 0)), ir.Constant(self.i64, 0), d))
         size = b.mul(n, ir.Constant(self.i64, 1 if kind == B else 4 if kind == F else 8))
-        ptr = b.call(self._fn("malloc", i8p, [self.i64]), [b.select(b.icmp_signed("==", size, ir.Constant(self.i64, 0)),
+        ptr = b.call(self._decl("malloc", i8p, [self.i64]), [b.select(b.icmp_signed("==", size, ir.Constant(self.i64, 0)),
                                                                      ir.Constant(self.i64, 1), size)])
         b.store(ptr, slot)
         return self._c_array(b.bitcast(ptr, ety.as_pointer()), kind, ety, dims)
@@ -549,7 +536,7 @@ class _Kernel:
                 and x.kind in (F, D) and x.layout in "CF" and y.layout in "CF" and o.layout == "C"):
             raise Unsupported("gemm operands")
         i8p = self.i8.as_pointer()
-        fn = self._fn("numba_xxgemm", self.i32, [self.i8, self.i8, self.i8, self.i64, self.i64, self.i64, i8p, i8p,
+        fn = self._decl("numba_xxgemm", self.i32, [self.i8, self.i8, self.i8, self.i64, self.i64, self.i64, i8p, i8p,
                                                  self.i64, i8p, self.i64, i8p, i8p, self.i64])
         m, k = x.dims
         n = y.dims[1]
@@ -558,7 +545,7 @@ class _Kernel:
         yes, no, done = (self.func.append_basic_block(s) for s in ("empty", "gemm", "endgemm"))
         b.cbranch(empty, yes, no)
         b.position_at_end(yes)
-        memset = self.mod.declare_intrinsic("llvm.memset", (i8p, self.i64))
+        memset = self.module_.declare_intrinsic("llvm.memset", (i8p, self.i64))
         size = b.mul(b.mul(o.dims[0], o.dims[1]), ir.Constant(self.i64, 4 if o.kind == F else 8))
         b.call(memset, [b.bitcast(o.ptr, i8p), ir.Constant(self.i8, 0), size, ir.Constant(self.i1, 0)])
         b.branch(done)
@@ -580,15 +567,6 @@ class _Kernel:
         b.position_at_end(done)
 
     # -- scalar expressions: (IR value, kind)
-    def _fn(self, name, ret, args, pure=False):
-        g = self.mod.globals.get(name)
-        if g is None:
-            g = self.ir.Function(self.mod, self.ir.FunctionType(ret, args), name)
-            if pure:  # as Numba's cgutils.insert_pure_function declares the C math functions
-                g.attributes.add("readonly")
-                g.attributes.add("nounwind")
-        return g
-
     def _int(self, e):
         v = self._expr(e)
         if v[1] not in (I, U, B):
@@ -687,7 +665,7 @@ class _Kernel:
             if not {l[1], r[1]} <= {F, D}:
                 raise Unsupported("a power of other than two floats")
             t = arith(l[1], r[1])
-            fn = self.mod.declare_intrinsic("llvm.pow", [self.irtype[t]])
+            fn = self.module_.declare_intrinsic("llvm.pow", [self.irtype[t]])
             return b.call(fn, [self._cast(l, t), self._cast(r, t)]), t
         if op is ast.FloorDiv:
             s = {l[1], r[1]}
@@ -743,7 +721,7 @@ class _Kernel:
     def _boolop(self, e):
         """``and``/``or`` of conditions, short-circuit (a later operand may read memory the
         earlier ones guard)."""
-        b, ir = self.b, self.ir
+        b = self.b
         res = self.alloca_b.alloca(self.i1, name="boolop")
         done = self.func.append_basic_block("endbool")
         for k, x in enumerate(e.values):
@@ -813,12 +791,12 @@ class _Kernel:
             return exp32_ir(b, v[0]), F
         if name in _INTRINSIC and len(args) == 1:
             v = self._float(self._expr(args[0]))
-            fn = self._fn(f"{_INTRINSIC[name]}.f{32 if v[1] == F else 64}", self.irtype[v[1]], [self.irtype[v[1]]])
+            fn = self._decl(f"{_INTRINSIC[name]}.f{32 if v[1] == F else 64}", self.irtype[v[1]], [self.irtype[v[1]]])
             return b.call(fn, [v[0]]), v[1]
         if name in _EXTERN and len(args) == 1:
             v = self._float(self._expr(args[0]))
             ty = self.irtype[v[1]]
-            fn = self._fn(_EXTERN[name][0 if v[1] == F else 1], ty, [ty], pure=True)
+            fn = self._decl(_EXTERN[name][0 if v[1] == F else 1], ty, [ty], pure=True)
             return b.call(fn, [v[0]]), v[1]
         if name in ("math.isfinite", "math.isnan", "math.isinf") and len(args) == 1:
             v = self._expr(args[0])
@@ -826,7 +804,7 @@ class _Kernel:
                 return ir.Constant(self.i1, int(name == "math.isfinite")), B
             if name == "math.isnan":
                 return b.fcmp_unordered("uno", v[0], v[0]), B
-            fabs = self._fn(f"llvm.fabs.f{32 if v[1] == F else 64}", v[0].type, [v[0].type])
+            fabs = self._decl(f"llvm.fabs.f{32 if v[1] == F else 64}", v[0].type, [v[0].type])
             inf = ir.Constant(v[0].type, float("inf"))
             if name == "math.isinf":
                 return b.fcmp_ordered("==", b.call(fabs, [v[0]]), inf), B
@@ -834,7 +812,7 @@ class _Kernel:
         if name == "abs" and len(args) == 1:
             v = self._expr(args[0])
             if v[1] in (F, D):
-                return b.call(self._fn(f"llvm.fabs.f{32 if v[1] == F else 64}", v[0].type, [v[0].type]), [v[0]]), v[1]
+                return b.call(self._decl(f"llvm.fabs.f{32 if v[1] == F else 64}", v[0].type, [v[0].type]), [v[0]]), v[1]
             if v[1] == I:
                 return b.select(b.icmp_signed("<", v[0], ir.Constant(self.i64, 0)), b.neg(v[0]), v[0]), I
             raise Unsupported("abs of this type")
@@ -857,7 +835,7 @@ class _Kernel:
             n = ir.Constant(self.i64, 1)
             for d in a.dims:
                 n = b.mul(n, d)
-            fn = self._fn("graphc_mpi_allreduce", self.i32, [self.i64, self.i64, self.i64, self.i32])
+            fn = self._decl("graphc_mpi_allreduce", self.i32, [self.i64, self.i64, self.i64, self.i32])
             r = b.call(fn, [b.ptrtoint(a.ptr, self.i64), b.ptrtoint(o.ptr, self.i64), n,
                             ir.Constant(self.i32, 0 if a.kind == F else 1)])
             return b.sext(r, self.i64), I
@@ -870,14 +848,6 @@ class _Kernel:
         if v[1] in (F, D):
             return v
         return self._cast(v, D), D
-
-    def _truth(self, v):
-        val, kind = v
-        if kind == B:
-            return val
-        if kind in (I, U):
-            return self.b.icmp_signed("!=", val, self.ir.Constant(self.i64, 0))
-        return self.b.fcmp_unordered("!=", val, self.ir.Constant(val.type, 0.0))
 
     def _cast(self, v, t: str):
         """Numba's implicit conversion of a (value, kind) to kind ``t``."""

@@ -136,7 +136,44 @@ def native_driver(source: str, kinds: list[str], sigs: dict[str, list[str]],
 
 # ---- the translation ------------------------------------------------------------------------------
 
-class _Translator:
+class _Lowering:
+    """What the driver's and the kernels' translators (kernels.py) share: declarations,
+    truth values, ``if``/``else``. Values are ``(IR value, kind)``, kind one of "b" (bool),
+    "i" (int64), "u" (uint64), "f" (float32), "d" (float64)."""
+
+    def _decl(self, name: str, ret, args, var_arg=False, pure=False):
+        g = self.module_.globals.get(name)
+        if g is None:
+            g = self.ir.Function(self.module_, self.ir.FunctionType(ret, args, var_arg=var_arg), name)
+            if pure:  # as Numba's cgutils.insert_pure_function declares the C math functions
+                g.attributes.add("readonly")
+                g.attributes.add("nounwind")
+        return g
+
+    def _truth(self, v):
+        """Python's truth of a number: nonzero (a NaN is true, as in Python and Numba)."""
+        val, kind = v
+        if kind == "b":
+            return val
+        if kind in ("i", "u"):
+            return self.b.icmp_signed("!=", val, self.ir.Constant(val.type, 0))
+        return self.b.fcmp_unordered("!=", val, self.ir.Constant(val.type, 0.0))
+
+    def _if(self, s) -> None:
+        b = self.b
+        cond = self._truth(self._expr(s.test))
+        then, other = self.func.append_basic_block("then"), self.func.append_basic_block("else")
+        join = self.func.append_basic_block("endif")
+        b.cbranch(cond, then, other)
+        for block, body in ((then, s.body), (other, s.orelse)):
+            b.position_at_end(block)
+            self._block(body)
+            if not b.block.is_terminated:
+                b.branch(join)
+        b.position_at_end(join)
+
+
+class _Translator(_Lowering):
     """``def step(...)`` of the emitter's driver text -> LLVM IR (text)."""
 
     def __init__(self, source: str, kinds: list[str], sigs: dict[str, list[str]], expect: list):
@@ -155,13 +192,6 @@ class _Translator:
         self.messages: list[str] = []
         self.i64, self.i32, self.i8p = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
         self.f64, self.f32, self.i1 = ir.DoubleType(), ir.FloatType(), ir.IntType(1)
-
-    # -- declarations
-    def _decl(self, name: str, ret, args, var_arg=False):
-        g = self.module_.globals.get(name)
-        if g is None:
-            g = self.ir.Function(self.module_, self.ir.FunctionType(ret, args, var_arg=var_arg), name)
-        return g
 
     def _ctype(self, t: str):
         if t in ("float64", "double"):
@@ -335,7 +365,7 @@ class _Translator:
             self._stmt(s)
 
     def _stmt(self, s) -> None:
-        b, ir = self.b, self.ir
+        ir = self.ir
         if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
             name = s.targets[0].id
             if name == "fpcsr":  # fpcsr = flush_subnormals(): done in the prologue
@@ -356,17 +386,7 @@ class _Translator:
             self.messages.append(e.args[0].value)
             self._return(ir.Constant(self.i64, RAISED_STATUS + len(self.messages) - 1))
         elif isinstance(s, ast.If):
-            cond = self._truth(self._expr(s.test))
-            then = self.func.append_basic_block("then")
-            other = self.func.append_basic_block("else")
-            b.cbranch(cond, then, other)
-            b.position_at_end(then)
-            self._block(s.body)
-            if not b.block.is_terminated:
-                b.branch(other)
-            b.position_at_end(other)
-            if s.orelse:
-                self._block(s.orelse)
+            self._if(s)
         else:
             raise Unsupported(f"statement {ast.dump(s)[:80]}")
 
@@ -483,14 +503,6 @@ class _Translator:
         if val.type == t:
             return val
         return b.fptrunc(val, t) if t == self.f32 else b.fpext(val, t)
-
-    def _truth(self, v):
-        val, kind = v
-        if kind == "b":
-            return val
-        if kind == "i":
-            return self.b.icmp_signed("!=", val, self.ir.Constant(val.type, 0))
-        return self.b.fcmp_unordered("!=", val, self.ir.Constant(val.type, 0.0))
 
 
 def _callee(call: ast.Call) -> str:
