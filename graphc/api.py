@@ -24,8 +24,8 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
       backward and update in one go and returns ``{'loss': ..., **outputs}``.
     - Without, it is a tensor, a list/tuple or a dict of tensors; a call returns the same
       structure of NumPy arrays.
-    - ``target``: ``"cpu"`` (serial Numba), ``"parallel"`` (Numba ``parallel=True``),
-      ``"numpy"`` (the reference interpreter) or ``"cuda"``.
+    - ``target``: ``"cpu"`` (serial loops, compiled by graphc through LLVM), ``"parallel"``
+      (Numba ``parallel=True``), ``"numpy"`` (the reference interpreter) or ``"cuda"``.
     - ``params``: another compiled step/function whose parameters to share (live, not a
       copy: an inference function sees the training step's latest weights), or a dict
       of initial values by name. Others are initialized from their initializers, seeded
