@@ -318,7 +318,7 @@ class CpuProgram:
                 if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
                     write_atomic(path, lambda f, obj=obj: f.write(obj))
                 images.append([kp.stem, sym, native_name, digest])
-        except OSError:  # an unwritable cache: later processes start through Numba
+        except OSError:  # an unwritable cache: later processes compile again
             return
         self._layout = dict(self._layout, images=images, host=tag)
 
