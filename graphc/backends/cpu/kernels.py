@@ -112,12 +112,14 @@ def compile_kernel(module: str, source: str) -> tuple[str, str, bytes, bool]:
     this process) of the kernel module ``module`` (its text ``source``); raises
     ``Unsupported`` for a kernel outside the translated subset."""
     name, ctypes_ = entry_of(source)
+    ll = _jit()[0]
+    if not hasattr(ll, "create_pass_builder"):  # an older llvmlite: Numba compiles the kernels
+        raise Unsupported("this llvmlite has no bindings of the new pass manager")
     key = hashlib.sha256(f"{module}\n{source}".encode()).hexdigest()
     obj = _OBJECTS.get(key)
     fresh = obj is None
     if fresh:
         ir_text = _Kernel(source, name, ctypes_).module(native_name(module))
-        ll, _, _ = _jit()
         mod = ll.parse_assembly(ir_text)
         mod.verify()
         tm = _kernel_tm(ll)
