@@ -116,8 +116,13 @@ def test_models_train_bit_for_bit_as_with_numbas_kernels(tmp_path):
 
 # ---- the typing rules, against Numba's own typing context ------------------------------------
 
-KINDS = {"b": "boolean", "i": "int64", "u": "uint64", "f": "float32", "d": "float64"}
-NUMBA_KIND = {"bool": "b", "int64": "i", "int32": "i", "uint64": "u", "float32": "f", "float64": "d"}
+KINDS = {"b": "boolean", "i": "int64", "u": "uint64", "f": "float32", "d": "float64", "w": "int32"}
+NUMBA_KIND = {"bool": "b", "int64": "i", "int32": "w", "uint64": "u", "float32": "f", "float64": "d"}
+
+
+def widened(*kinds):
+    """Operators see an int32 as the int64 it widens to (kernels._Kernel._widen)."""
+    return ["i" if k == "w" else k for k in kinds]
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +139,10 @@ def test_arithmetic_types_are_numbas(typing_context, op):
     checked = 0
     for a, ta in KINDS.items():
         for b, tb in KINDS.items():
+            x, y = widened(a, b)
             try:
-                ours = kernels.arith(a, b) if op is not operator.truediv else (
-                    "d" if {a, b} <= {"b", "i"} or {a, b} == {"u"} else kernels.arith(a, b))
+                ours = kernels.arith(x, y) if op is not operator.truediv else (
+                    "d" if {x, y} <= {"b", "i"} or {x, y} == {"u"} else kernels.arith(x, y))
             except Unsupported:
                 continue
             sig = typing_context.resolve_function_type(op, (getattr(types, ta), getattr(types, tb)), {})
@@ -158,13 +164,13 @@ def test_comparison_types_are_numbas(typing_context):
     for a, ta in KINDS.items():
         for b, tb in KINDS.items():
             try:
-                ours = kernels.compare_type(a, b)
+                ours = kernels.compare_type(*widened(a, b))
             except Unsupported:
                 continue
             sig = typing_context.resolve_function_type(operator.lt, (getattr(types, ta), getattr(types, tb)), {})
             theirs = NUMBA_KIND[str(sig.args[0])]
-            # bools compare as integers here (the same order: False < True)
-            assert ours == theirs or (ours == "i" and theirs == "b"), (a, b, sig)
+            # bools and int32s compare as int64s here (the same order)
+            assert ours == theirs or (ours == "i" and theirs in ("b", "w")), (a, b, sig)
 
 
 # ---- single kernels: odd values and what falls back ------------------------------------------
@@ -312,3 +318,128 @@ def test_a_translator_failure_warns_and_numba_compiles_that_kernel(monkeypatch, 
     np.testing.assert_allclose(out, np.tanh(xb @ f.params["tfW"]) * 3.0, rtol=1e-5)
     prog = f.program_for(5)
     assert prog.native and len(prog._kernel_modules) == 1
+
+
+# ---- random kernels: graphc's compile and Numba's, bit for bit --------------------------------
+
+FUZZ_LEAVES = ["a", "b", "c", "d", "e", "f", "1", "2", "0.5", "-3", "np.float32(1.5)", "np.float32(-0.25)",
+               "np.float64(2.0)", "True"]
+
+
+def _fuzz_expr(rng, depth: int) -> str:
+    if depth == 0 or rng.random() < 0.25:
+        return rng.choice(FUZZ_LEAVES)
+    r, x, y = rng.random(), _fuzz_expr(rng, depth - 1), _fuzz_expr(rng, depth - 1)
+    if r < 0.35:
+        return f"({x} {rng.choice(['+', '-', '*', '/'])} {y})"
+    if r < 0.45:
+        return f"({x} if {x} {rng.choice(['<', '>', '<=', '>=', '==', '!='])} {y} else {y})"
+    if r < 0.55:
+        return f"{rng.choice(['max', 'min'])}({x}, {y})"
+    if r < 0.65:
+        return f"abs({x})"
+    if r < 0.75:
+        fn = rng.choice(["math.exp", "math.log", "math.sqrt", "math.tanh", "math.log1p"])
+        return f"{fn}(abs({x}) + np.float32(0.5))"
+    if r < 0.80:
+        return f"{rng.choice(['np.float32', 'np.float64'])}({x})"
+    if r < 0.85:  # of integers only: a float out of int32's range (a NaN) converts to LLVM's poison
+        return f"np.int32({rng.choice(['c', 'd', 'e', '(c - e)', '(d * e)', 'f'])})"
+    if r < 0.92:
+        return f"(-{x})"
+    return f"(c // {rng.choice(['2', '-3', 'd'])} + e)"
+
+
+def _fuzz_kernel(rng, n: int) -> str:
+    """A kernel over float32/float64/int64/int32/bool arrays (a, b, c and d, e, f per item)
+    computing random expressions, an accumulator under a random condition, stores with
+    implicit casts."""
+    body = [f"        v{j} = {_fuzz_expr(rng, 4)}" for j in range(3)]
+    cond = f"{_fuzz_expr(rng, 2)} {rng.choice(['<', '>', '!='])} {_fuzz_expr(rng, 2)} and f"
+    return textwrap.dedent(f'''
+        import math
+        import numpy as np
+        from numba import cfunc
+        from graphc.backends.cpu.views import view
+
+        @cfunc('int64({", ".join(["voidptr, int64"] * 7)})', cache=False, error_model='numpy')
+        def kernel_fuzz{n}(x_ptr, x_n0, y_ptr, y_n0, k_ptr, k_n0, o_ptr, o_n0, p_ptr, p_n0, q_ptr, q_n0, m_ptr, m_n0):
+            x = view(x_ptr, (x_n0,), np.float32)
+            y = view(y_ptr, (y_n0,), np.float64)
+            k = view(k_ptr, (k_n0,), np.int64)
+            o = view(o_ptr, (o_n0,), np.float64)
+            p = view(p_ptr, (p_n0,), np.float32)
+            q = view(q_ptr, (q_n0,), np.int32)
+            m = view(m_ptr, (m_n0,), np.bool_)
+            acc = 0.0
+            for i in range(x.shape[0]):
+                a = x[i]
+                b = y[i]
+                c = k[i]
+                d = k[x.shape[0] - 1 - i]
+                e = q[i]
+                f = m[i]
+    ''') + "\n".join(body) + (f"\n        if {cond}:\n            acc += v1\n        else:\n            acc -= v0\n"
+                              "        o[i] = v0 + v1 + acc\n        p[i] = v2\n        q[i] = e + c // 3\n"
+                              "    return 0\n")
+
+
+def _fuzz(tmp_path, seed: int, count: int) -> int:
+    """Compile ``count`` random kernels both ways and compare every output bit for bit; returns
+    how many graphc translated (the rest it refused, which is allowed)."""
+    import ctypes
+    import hashlib
+    import importlib.util
+    import random
+    import llvmlite.binding as ll
+    from graphc.backends.cpu import native
+    rng = random.Random(seed)
+    proto = ctypes.CFUNCTYPE(ctypes.c_int64, *([ctypes.c_void_p, ctypes.c_int64] * 7))
+    x = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, -3.5, 2.25, 88.0, -104.0, 7.0, 1e30, 0.1, -1.0],
+                 np.float32)
+    y = np.array([1.0, -2.5, 0.0, -0.0, np.nan, 1e300, -1e-300, 3.0, np.inf, 5.5, -7.25, 0.3, 1e10, 2.0])
+    k = np.array([-7, -6, -1, 0, 1, 5, 6, 7, 3, -3, 4, 2, -2, 100], np.int64)
+    q0 = np.array([-2 ** 31, 2 ** 31 - 1, -1, 0, 1, 5, 6, 7, 3, -3, 4, 2, -2, 100], np.int32)
+    mask = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0, 1], np.bool_)
+    translated = 0
+    for n in range(count):
+        src = _fuzz_kernel(rng, n)
+        name = f"graphc_fuzz_{seed}_{n}"
+        try:
+            sym, native_name, obj, _ = kernels.compile_kernel(name, src)
+        except Unsupported:
+            continue
+        path = tmp_path / f"{name}.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        assert native.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)]) is None
+        outs = []
+        for fn in (proto(ll.address_of_symbol(sym)), proto(getattr(mod, f"kernel_fuzz{n}").address)):
+            o, p, q = np.zeros(len(x)), np.zeros(len(x), np.float32), q0.copy()
+            fn(*[v for a in (x, y, k, o, p, q, mask) for v in (a.ctypes.data, len(a))])
+            outs.append((o, p, q))
+        for ours, theirs in zip(*outs):
+            # bit for bit, signed zeros included; a NaN is a NaN (its sign and payload follow the
+            # instruction order LLVM picks, which IEEE leaves open)
+            nan = np.isnan(ours) if ours.dtype.kind == "f" else np.zeros(ours.shape, bool)
+            bits = {4: np.uint32, 8: np.uint64}.get(ours.itemsize) if ours.dtype.kind == "f" else None
+            msg = f"seed {seed}, kernel {n}:\n{src}"
+            np.testing.assert_array_equal(nan, np.isnan(theirs) if ours.dtype.kind == "f" else nan, err_msg=msg)
+            np.testing.assert_array_equal(ours[~nan].view(bits) if bits else ours, theirs[~nan].view(bits) if bits
+                                          else theirs, err_msg=msg)
+        translated += 1
+    return translated
+
+
+def test_random_kernels_give_numbas_bits(tmp_path):
+    assert _fuzz(tmp_path, 20261130, 24) >= 12
+
+
+@pytest.mark.slow
+def test_random_kernels_give_numbas_bits_new_seeds(tmp_path):
+    """New random kernels every run (the seed is in the failure message)."""
+    import time
+    seed = int(time.time())
+    assert _fuzz(tmp_path, seed, 120) >= 60, seed

@@ -30,8 +30,9 @@ import re
 
 from .native import Unsupported, _callee, _jit, _Lowering
 
-B, I, U, F, D = "b", "i", "u", "f", "d"  # bool, int64 (and narrower signed), uint64, float32, float64
-_DTYPES = {"float32": F, "float64": D, "int64": I, "int32": I, "bool": B, "bool_": B, "uint64": U}
+B, I, U, F, D = "b", "i", "u", "f", "d"  # bool, int64, uint64, float32, float64
+W = "w"  # int32: an array's items; it widens to int64 in every operator but abs, max, min and unification
+_DTYPES = {"float32": F, "float64": D, "int64": I, "int32": W, "bool": B, "bool_": B, "uint64": U}
 _EXTERN = {"math.sqrt": ("sqrtf", "sqrt"), "math.tanh": ("tanhf", "tanh"), "math.log1p": ("log1pf", "log1p"),
            "math.expm1": ("expm1f", "expm1"), "math.erf": ("erff", "erf"), "math.tan": ("tanf", "tan"),
            "math.sinh": ("sinhf", "sinh"), "math.cosh": ("coshf", "cosh"), "math.atan": ("atanf", "atan")}
@@ -50,6 +51,8 @@ def unify(a: str, b: str) -> str:
         return a
     if B in (a, b):
         return b if a == B else a
+    if W in (a, b):
+        return unify(I if a == W else a, I if b == W else b)
     return D  # int64/uint64/float32/float64 mixed: float64 holds them all
 
 
@@ -197,7 +200,7 @@ class _Kernel(_Lowering):
         self.ctypes = ctypes_
         self.i1, self.i8, self.i32, self.i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
         self.f32, self.f64 = ir.FloatType(), ir.DoubleType()
-        self.irtype = {B: self.i1, I: self.i64, U: self.i64, F: self.f32, D: self.f64}
+        self.irtype = {B: self.i1, I: self.i64, U: self.i64, F: self.f32, D: self.f64, W: self.i32}
 
     # -- the function
     def module(self, name: str) -> str:
@@ -299,6 +302,7 @@ class _Kernel(_Lowering):
         elif isinstance(s, ast.For):
             self._for(s)
         elif isinstance(s, ast.If):
+            _check_condition(s.test)
             self._if(s)
         elif isinstance(s, ast.Return):
             if s.value is None:
@@ -418,8 +422,7 @@ class _Kernel(_Lowering):
         dims = self._value(shape)
         if not isinstance(dims, list) or not dims:
             raise Unsupported("view shape")
-        ety = {B: self.i8, I: self.i32 if dtname == "int32" else self.i64, U: self.i64,
-               F: self.f32, D: self.f64}[kind]
+        ety = {B: self.i8, I: self.i64, U: self.i64, F: self.f32, D: self.f64, W: self.i32}[kind]
         ptr = self.b.bitcast(self.env[p.id][1], ety.as_pointer())
         return self._c_array(ptr, kind, ety, [self._cast(d, I) for d in dims])
 
@@ -439,7 +442,7 @@ class _Kernel(_Lowering):
             raise Unsupported("np.empty arguments")
         dtname = _callee_attr(kw["dtype"]).removeprefix("np.")
         kind = _DTYPES.get(dtname)
-        if kind is None or dtname == "int32":
+        if kind is None or kind == W:
             raise Unsupported(f"np.empty of {dtname}")
         return self._alloc(self._value(e.args[0]), kind)
 
@@ -495,16 +498,12 @@ class _Kernel(_Lowering):
         v = self.b.load(ptr)
         if a.kind == B:
             return self.b.icmp_unsigned("!=", v, self.ir.Constant(self.i8, 0)), B
-        if a.ety == self.i32:
-            return self.b.sext(v, self.i64), I
         return v, a.kind
 
     def _store(self, a: Arr, ptr, v) -> None:
         val = self._cast(v, a.kind)
         if a.kind == B:
             val = self.b.zext(val, self.i8)
-        elif a.ety == self.i32:
-            val = self.b.trunc(val, self.i32)
         self.b.store(val, ptr)
 
     def _fill(self, a: Arr, v) -> None:
@@ -519,7 +518,7 @@ class _Kernel(_Lowering):
         b.store(ir.Constant(self.i64, 0), counter)
         head, body, done = (self.func.append_basic_block(x) for x in ("fill", "fillbody", "endfill"))
         val = self._cast(v, a.kind)
-        val = b.zext(val, self.i8) if a.kind == B else b.trunc(val, self.i32) if a.ety == self.i32 else val
+        val = b.zext(val, self.i8) if a.kind == B else val
         b.branch(head)
         b.position_at_end(head)
         i = b.load(counter)
@@ -570,7 +569,7 @@ class _Kernel(_Lowering):
 
     # -- scalar expressions: (IR value, kind)
     def _int(self, e):
-        v = self._expr(e)
+        v = self._widen(self._expr(e))
         if v[1] not in (I, U, B):
             raise Unsupported("a float where an integer is needed")
         return v
@@ -624,6 +623,9 @@ class _Kernel(_Lowering):
             return self._load(*self._element(e))
         if isinstance(e, ast.UnaryOp):
             v = self._expr(e.operand)
+            if isinstance(e.op, ast.USub) and v[1] == W:  # Numba negates an int32 before widening it
+                return b.sext(b.neg(v[0]), self.i64), I
+            v = self._widen(v)
             if isinstance(e.op, ast.USub):
                 if v[1] in (F, D):
                     return b.fsub(ir.Constant(v[0].type, -0.0), v[0]), v[1]
@@ -652,8 +654,13 @@ class _Kernel(_Lowering):
     def _binop(self, e):
         return self._arith(type(e.op), self._expr(e.left), self._expr(e.right))
 
+    def _widen(self, v):
+        """int32 -> int64: what every Numba operator on an int32 but abs/max/min computes in."""
+        return (self.b.sext(v[0], self.i64), I) if v[1] == W else v
+
     def _arith(self, op, l, r):
         b = self.b
+        l, r = self._widen(l), self._widen(r)
         if op in (ast.Add, ast.Sub, ast.Mult):
             t = arith(l[1], r[1])
             x, y = self._cast(l, t), self._cast(r, t)
@@ -707,6 +714,7 @@ class _Kernel(_Lowering):
 
     def _compare(self, op, l, r):
         b = self.b
+        l, r = self._widen(l), self._widen(r)
         sym = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}.get(op)
         if sym is None:
             raise Unsupported("comparison operator")
@@ -745,6 +753,7 @@ class _Kernel(_Lowering):
     def _ifexp(self, e):
         """``a if c else b``: only the chosen side is evaluated, the result unified."""
         b = self.b
+        _check_condition(e.test)
         cond = self._truth(self._expr(e.test))
         yes, no, done = (self.func.append_basic_block(s) for s in ("ifexp", "orelse", "endifexp"))
         b.cbranch(cond, yes, no)
@@ -774,15 +783,13 @@ class _Kernel(_Lowering):
             raise Unsupported(f"keywords in a call of {name}")
         args = e.args
         cast = {"np.float32": F, "np.float64": D, "float": D, "np.int64": I, "int": I, "np.uint64": U,
-                "np.int32": "i32", "np.bool_": B, "bool": B}.get(name)
+                "np.int32": W, "np.bool_": B, "bool": B}.get(name)
         if cast == U and len(args) == 1 and isinstance(args[0], ast.Constant) and type(args[0].value) is int:
             if not 0 <= args[0].value < 2 ** 64:
                 raise Unsupported("a uint64 literal out of range")
             return ir.Constant(self.i64, args[0].value - (2 ** 64 if args[0].value >= 2 ** 63 else 0)), U
         if cast is not None and len(args) == 1:
             v = self._expr(args[0])
-            if cast == "i32":
-                return b.sext(b.trunc(self._cast(v, I), self.i32), self.i64), I
             if cast == B:
                 return self._truth(v), B
             return self._cast(v, cast), cast
@@ -815,8 +822,8 @@ class _Kernel(_Lowering):
             v = self._expr(args[0])
             if v[1] in (F, D):
                 return b.call(self._decl(f"llvm.fabs.f{32 if v[1] == F else 64}", v[0].type, [v[0].type]), [v[0]]), v[1]
-            if v[1] == I:
-                return b.select(b.icmp_signed("<", v[0], ir.Constant(self.i64, 0)), b.neg(v[0]), v[0]), I
+            if v[1] in (I, W):  # an int32 stays one (abs(-2**31) wraps, as in Numba)
+                return b.select(b.icmp_signed("<", v[0], ir.Constant(v[0].type, 0)), b.neg(v[0]), v[0]), v[1]
             raise Unsupported("abs of this type")
         if name in ("max", "min") and len(args) >= 2:
             acc = self._expr(args[0])
@@ -859,6 +866,12 @@ class _Kernel(_Lowering):
             return val
         if t == B:
             return self._truth(v)
+        if k == W:  # int32 converts as its int64 value
+            val, k = b.sext(val, self.i64), I
+            if t == I:
+                return val
+        if t == W:
+            return b.trunc(self._cast((val, k), I), self.i32)
         if t in (I, U):
             if k == B:
                 return b.zext(val, self.i64)
@@ -881,6 +894,14 @@ def _callee_attr(e) -> str:
     if isinstance(e, ast.Name):
         parts.append(e.id)
     return ".".join(reversed(parts))
+
+
+def _check_condition(test) -> None:
+    """Numba prunes a branch whose condition is a constant before typing, so the other side's
+    type is not unified in (``1 if 1 < True else True`` is a bool there): refused."""
+    if not any(isinstance(n, (ast.Name, ast.Subscript)) and _callee_attr(n).split(".")[0] not in ("np", "math")
+               for n in ast.walk(test)):
+        raise Unsupported("a constant condition")
 
 
 def _const_int(e) -> int | None:

@@ -139,7 +139,7 @@ def native_driver(source: str, kinds: list[str], sigs: dict[str, list[str]],
 class _Lowering:
     """What the driver's and the kernels' translators (kernels.py) share: declarations,
     truth values, ``if``/``else``. Values are ``(IR value, kind)``, kind one of "b" (bool),
-    "i" (int64), "u" (uint64), "f" (float32), "d" (float64)."""
+    "i" (int64), "u" (uint64), "f" (float32), "d" (float64), "w" (int32, kernels only)."""
 
     def _decl(self, name: str, ret, args, var_arg=False, pure=False):
         g = self.module_.globals.get(name)
@@ -155,7 +155,7 @@ class _Lowering:
         val, kind = v
         if kind == "b":
             return val
-        if kind in ("i", "u"):
+        if kind in ("i", "u", "w"):
             return self.b.icmp_signed("!=", val, self.ir.Constant(val.type, 0))
         return self.b.fcmp_unordered("!=", val, self.ir.Constant(val.type, 0.0))
 
