@@ -15,11 +15,13 @@ the typing follows Numba's rules, not NumPy's nor C's: ``int64 + float32`` is ``
 ``float32 / int64`` is ``float64``, a float literal is ``float64``, an int is ``int64``,
 comparisons are ordered except ``!=``, negation is ``-0.0 - x``, ``max``/``min`` select with
 ``>``/``<`` as Numba's ``do_minmax``, integer ``//`` floors (0 for a zero divisor, the NumPy
-error model), a negative index wraps around, the same ``math`` symbols are called (llvm.exp
-and llvm.log intrinsics, ``sqrtf``, ``tanhf``... as pure externals) and the same
+error model), a negative index wraps around, an int32 item stays int32 where Numba keeps it
+(``abs``, unary minus before widening, ``max``/``min``), the same ``math`` symbols are called
+(llvm.exp and llvm.log intrinsics, ``sqrtf``, ``tanhf``... as pure externals) and the same
 ``numba_xxgemm`` with the same arguments. Anything outside that subset (a variable whose
-type changes, mixed signed/unsigned integers, ``**``, allocation, slicing, parallel
-kernels) raises ``Unsupported``: that kernel is compiled by Numba, the others are not.
+type changes, mixed signed/unsigned integers, integer powers, allocation other than
+``np.empty``/``np.full``, slicing, a constant condition, parallel kernels) raises
+``Unsupported``: that kernel is compiled by Numba, the others are not.
 ``GRAPHC_NATIVE_KERNELS=0`` compiles every kernel through Numba (a reference for tests)."""
 from __future__ import annotations
 
