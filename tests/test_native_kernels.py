@@ -201,25 +201,35 @@ KERNEL = textwrap.dedent('''
 ''')
 
 
+def both(tmp_path, module: str, src: str):
+    """The kernel entry of ``src`` compiled by graphc (kernels.py) and by Numba, each as a
+    ctypes function of its C signature: (ours, theirs); None where graphc refuses it."""
+    import ctypes
+    import hashlib
+    import importlib.util
+    import llvmlite.binding as ll
+    from graphc.backends.cpu import native
+    try:
+        sym, native_name, obj, _ = kernels.compile_kernel(module, src)
+    except Unsupported:
+        return None
+    assert native.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)]) is None
+    path = tmp_path / f"{module}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(module, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    entry, params = kernels.entry_of(src)
+    c = {"voidptr": ctypes.c_void_p, "int64": ctypes.c_int64, "float32": ctypes.c_float, "float64": ctypes.c_double}
+    proto = ctypes.CFUNCTYPE(ctypes.c_int64, *(c[p] for p in params))
+    return proto(ll.address_of_symbol(sym)), proto(getattr(mod, entry).address)
+
+
 def test_odd_values_give_numbas_bits(tmp_path):
     """NaN, infinities, signed zeros and negative numbers through the rules that differ
     between C, NumPy and Numba: mixed-type arithmetic, floor division of negatives, wrapped
     negative indices, max/min with NaN, short-circuit conditions."""
-    import importlib.util
-    import llvmlite.binding as ll
-    path = tmp_path / "graphc_oddkernel.py"
-    path.write_text(KERNEL)
-    spec = importlib.util.spec_from_file_location("graphc_oddkernel", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sym, native_name, obj, _ = kernels.compile_kernel("graphc_oddkernel", KERNEL)
-    from graphc.backends.cpu import native
-    import hashlib
-    assert native.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)]) is None
-    import ctypes
-    proto = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                             ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-    ours, theirs = proto(ll.address_of_symbol(sym)), proto(mod.kernel_odd.address)
+    ours, theirs = both(tmp_path, "graphc_oddkernel", KERNEL)
     x = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, -3.5, 2.25, 88.0, -104.0, 7.0, -7.0, 1e30, -1.0],
                  np.float32)
     q = np.array([-7, -6, -5, -1, 0, 1, 5, 6, 7, -2 ** 40, 2 ** 40, 3, -3, 4], np.int64)
@@ -387,14 +397,8 @@ def _fuzz_kernel(rng, n: int) -> str:
 def _fuzz(tmp_path, seed: int, count: int) -> int:
     """Compile ``count`` random kernels both ways and compare every output bit for bit; returns
     how many graphc translated (the rest it refused, which is allowed)."""
-    import ctypes
-    import hashlib
-    import importlib.util
     import random
-    import llvmlite.binding as ll
-    from graphc.backends.cpu import native
     rng = random.Random(seed)
-    proto = ctypes.CFUNCTYPE(ctypes.c_int64, *([ctypes.c_void_p, ctypes.c_int64] * 7))
     x = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, -3.5, 2.25, 88.0, -104.0, 7.0, 1e30, 0.1, -1.0],
                  np.float32)
     y = np.array([1.0, -2.5, 0.0, -0.0, np.nan, 1e300, -1e-300, 3.0, np.inf, 5.5, -7.25, 0.3, 1e10, 2.0])
@@ -404,19 +408,11 @@ def _fuzz(tmp_path, seed: int, count: int) -> int:
     translated = 0
     for n in range(count):
         src = _fuzz_kernel(rng, n)
-        name = f"graphc_fuzz_{seed}_{n}"
-        try:
-            sym, native_name, obj, _ = kernels.compile_kernel(name, src)
-        except Unsupported:
+        fns = both(tmp_path, f"graphc_fuzz_{seed}_{n}", src)
+        if fns is None:  # refused: Numba would compile it
             continue
-        path = tmp_path / f"{name}.py"
-        path.write_text(src)
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        assert native.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)]) is None
         outs = []
-        for fn in (proto(ll.address_of_symbol(sym)), proto(getattr(mod, f"kernel_fuzz{n}").address)):
+        for fn in fns:
             o, p, q = np.zeros(len(x)), np.zeros(len(x), np.float32), q0.copy()
             fn(*[v for a in (x, y, k, o, p, q, mask) for v in (a.ctypes.data, len(a))])
             outs.append((o, p, q))

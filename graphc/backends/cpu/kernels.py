@@ -30,7 +30,7 @@ import hashlib
 import os
 import re
 
-from .native import Unsupported, _callee, _jit, _Lowering
+from .native import Unsupported, _callee, _dotted, _jit, _Lowering
 
 B, I, U, F, D = "b", "i", "u", "f", "d"  # bool, int64, uint64, float32, float64
 W = "w"  # int32: an array's items; it widens to int64 in every operator but abs, max, min and unification
@@ -417,7 +417,7 @@ class _Kernel(_Lowering):
         p, shape, dt = e.args
         if not (isinstance(p, ast.Name) and self.env.get(p.id, ("",))[0] == "ptr"):
             raise Unsupported("view of something else than a pointer parameter")
-        dtname = _callee_attr(dt).removeprefix("np.")
+        dtname = _dotted(dt).removeprefix("np.")
         kind = _DTYPES.get(dtname)
         if kind is None:
             raise Unsupported(f"view dtype {ast.unparse(dt)}")
@@ -442,7 +442,7 @@ class _Kernel(_Lowering):
         kw = {k.arg: k.value for k in e.keywords}
         if len(e.args) != 1 or set(kw) != {"dtype"}:
             raise Unsupported("np.empty arguments")
-        dtname = _callee_attr(kw["dtype"]).removeprefix("np.")
+        dtname = _dotted(kw["dtype"]).removeprefix("np.")
         kind = _DTYPES.get(dtname)
         if kind is None or kind == W:
             raise Unsupported(f"np.empty of {dtname}")
@@ -594,7 +594,7 @@ class _Kernel(_Lowering):
                 return ir.Constant(self.f64, e.value), D
             raise Unsupported(f"constant {e.value!r}")
         if isinstance(e, ast.Attribute):
-            name = _callee_attr(e)
+            name = _dotted(e)
             if name in ("np.inf", "math.inf"):
                 return ir.Constant(self.f64, float("inf")), D
             if name in ("np.nan", "math.nan"):
@@ -888,20 +888,10 @@ class _Kernel(_Lowering):
         return b.fpext(val, ty) if t == D else b.fptrunc(val, ty)
 
 
-def _callee_attr(e) -> str:
-    parts = []
-    while isinstance(e, ast.Attribute):
-        parts.append(e.attr)
-        e = e.value
-    if isinstance(e, ast.Name):
-        parts.append(e.id)
-    return ".".join(reversed(parts))
-
-
 def _check_condition(test) -> None:
     """Numba prunes a branch whose condition is a constant before typing, so the other side's
     type is not unified in (``1 if 1 < True else True`` is a bool there): refused."""
-    if not any(isinstance(n, (ast.Name, ast.Subscript)) and _callee_attr(n).split(".")[0] not in ("np", "math")
+    if not any(isinstance(n, (ast.Name, ast.Subscript)) and _dotted(n).split(".")[0] not in ("np", "math")
                for n in ast.walk(test)):
         raise Unsupported("a constant condition")
 

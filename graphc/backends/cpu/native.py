@@ -505,15 +505,21 @@ class _Translator(_Lowering):
         return b.fptrunc(val, t) if t == self.f32 else b.fpext(val, t)
 
 
-def _callee(call: ast.Call) -> str:
-    f = call.func
+def _dotted(e) -> str:
+    """``a.b.c`` of a name or an attribute chain ("" for anything else)."""
     parts = []
-    while isinstance(f, ast.Attribute):
-        parts.append(f.attr)
-        f = f.value
-    if isinstance(f, ast.Name):
-        parts.append(f.id)
+    while isinstance(e, ast.Attribute):
+        parts.append(e.attr)
+        e = e.value
+    if isinstance(e, ast.Name):
+        parts.append(e.id)
+    elif parts:
+        return ""
     return ".".join(reversed(parts))
+
+
+def _callee(call: ast.Call) -> str:
+    return _dotted(call.func)
 
 
 # ---- the native image: a cpu program's kernels loaded without Numba --------------------------------
