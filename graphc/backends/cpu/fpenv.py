@@ -20,28 +20,16 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .native import FTZ_DAZ, X86  # the native driver (native.py) does the same in its own IR
-
-
-def _mxcsr(builder, name: str, slot) -> None:
-    fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-    builder.call(fn, [builder.bitcast(slot, ir.IntType(8).as_pointer())])
+from .native import X86, mxcsr_flush, mxcsr_restore  # the native driver emits the same IR
 
 
 @intrinsic
 def flush_subnormals(typingctx):
     """Set FTZ | DAZ on this thread; returns the previous control word (for ``restore_fpenv``)."""
     def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
         if not X86:
             return ir.Constant(ir.IntType(64), 0)
-        slot = cgutils.alloca_once(builder, i32)
-        _mxcsr(builder, "llvm.x86.sse.stmxcsr", slot)
-        old = builder.load(slot)
-        builder.store(builder.or_(old, ir.Constant(i32, FTZ_DAZ)), slot)
-        _mxcsr(builder, "llvm.x86.sse.ldmxcsr", slot)
-        return builder.zext(old, ir.IntType(64))
+        return builder.zext(builder.load(mxcsr_flush(builder)), ir.IntType(64))
     return types.int64(), codegen
 
 
@@ -56,6 +44,6 @@ def restore_fpenv(typingctx, saved):
             i32 = ir.IntType(32)
             slot = cgutils.alloca_once(builder, i32)
             builder.store(builder.trunc(args[0], i32), slot)
-            _mxcsr(builder, "llvm.x86.sse.ldmxcsr", slot)
+            mxcsr_restore(builder, slot)
         return context.get_dummy_value()
     return types.none(saved), codegen

@@ -41,6 +41,30 @@ _INTS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16":
          "uint64": 64, "voidptr": 64}
 
 
+def mxcsr_flush(b):
+    """IR: set FTZ | DAZ in this thread's MXCSR; returns the i32 slot holding the previous
+    word (for ``mxcsr_restore``). Shared by the native driver and fpenv.py's intrinsics."""
+    from llvmlite import ir
+    i32 = ir.IntType(32)
+    old, new = b.alloca(i32), b.alloca(i32)
+    _mxcsr(b, "llvm.x86.sse.stmxcsr", old)
+    b.store(b.or_(b.load(old), ir.Constant(i32, FTZ_DAZ)), new)
+    _mxcsr(b, "llvm.x86.sse.ldmxcsr", new)
+    return old
+
+
+def mxcsr_restore(b, slot) -> None:
+    """IR: load MXCSR from ``slot`` (an i32 slot, e.g. ``mxcsr_flush``'s)."""
+    _mxcsr(b, "llvm.x86.sse.ldmxcsr", slot)
+
+
+def _mxcsr(b, name: str, slot) -> None:
+    from llvmlite import ir
+    i8p = ir.IntType(8).as_pointer()
+    fn = b.module.globals.get(name) or ir.Function(b.module, ir.FunctionType(ir.VoidType(), [i8p]), name)
+    b.call(fn, [b.bitcast(slot, i8p)])
+
+
 class Unsupported(Exception):
     """A driver statement this translator does not know (the Numba driver is used instead)."""
 
@@ -336,22 +360,11 @@ class _Translator(_Lowering):
         return self.b.bitcast(g, self.i8p)
 
     def _fpenv_save(self):
-        if not X86:
-            return None
-        b, ir = self.b, self.ir
-        slot = b.alloca(self.i32)
-        fn = lambda n: self._decl(n, ir.VoidType(), [self.i8p])  # noqa: E731
-        b.call(fn("llvm.x86.sse.stmxcsr"), [b.bitcast(slot, self.i8p)])
-        old = b.load(slot)
-        new = b.alloca(self.i32)
-        b.store(b.or_(old, ir.Constant(self.i32, FTZ_DAZ)), new)
-        b.call(fn("llvm.x86.sse.ldmxcsr"), [b.bitcast(new, self.i8p)])
-        return slot
+        return mxcsr_flush(self.b) if X86 else None
 
     def _fpenv_restore(self, slot):
         if slot is not None:
-            self.b.call(self._decl("llvm.x86.sse.ldmxcsr", self.ir.VoidType(), [self.i8p]),
-                        [self.b.bitcast(slot, self.i8p)])
+            mxcsr_restore(self.b, slot)
 
     # -- statements
     def _return(self, value):
