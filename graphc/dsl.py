@@ -92,9 +92,15 @@ def _lift(v: Any, like: Node | None = None) -> Node:
     return const(v)
 
 
-def _pair(a, b):
+def _no_tensor(op: str, *values) -> DTypeError:
+    kinds = ", ".join(type(v).__name__ for v in values)
+    return _fail(DTypeError, op, f"at least one operand must be a graphc tensor, got {kinds} "
+                 "(wrap a constant in gc.const)")
+
+
+def _pair(a, b, op: str):
     if not isinstance(a, Node) and not isinstance(b, Node):
-        raise TypeError("at least one operand must be a graphc tensor")
+        raise _no_tensor(op, a, b)
     a2 = _lift(a, b if isinstance(b, Node) else None)
     b2 = _lift(b, a2)
     return a2, b2
@@ -102,18 +108,18 @@ def _pair(a, b):
 
 # ---- elementwise ------------------------------------------------------------------------
 
-def add(a, b) -> Node: return make("add", _pair(a, b))
-def subtract(a, b) -> Node: return make("sub", _pair(a, b))
-def multiply(a, b) -> Node: return make("mul", _pair(a, b))
-def divide(a, b) -> Node: return make("div", _pair(a, b))
-def maximum(a, b) -> Node: return make("maximum", _pair(a, b))
-def minimum(a, b) -> Node: return make("minimum", _pair(a, b))
-def greater(a, b) -> Node: return make("greater", _pair(a, b))
-def greater_equal(a, b) -> Node: return make("greater_equal", _pair(a, b))
-def less(a, b) -> Node: return make("less", _pair(a, b))
-def less_equal(a, b) -> Node: return make("less_equal", _pair(a, b))
-def equal(a, b) -> Node: return make("equal", _pair(a, b))
-def not_equal(a, b) -> Node: return make("not_equal", _pair(a, b))
+def add(a, b) -> Node: return make("add", _pair(a, b, "add"))
+def subtract(a, b) -> Node: return make("sub", _pair(a, b, "subtract"))
+def multiply(a, b) -> Node: return make("mul", _pair(a, b, "multiply"))
+def divide(a, b) -> Node: return make("div", _pair(a, b, "divide"))
+def maximum(a, b) -> Node: return make("maximum", _pair(a, b, "maximum"))
+def minimum(a, b) -> Node: return make("minimum", _pair(a, b, "minimum"))
+def greater(a, b) -> Node: return make("greater", _pair(a, b, "greater"))
+def greater_equal(a, b) -> Node: return make("greater_equal", _pair(a, b, "greater_equal"))
+def less(a, b) -> Node: return make("less", _pair(a, b, "less"))
+def less_equal(a, b) -> Node: return make("less_equal", _pair(a, b, "less_equal"))
+def equal(a, b) -> Node: return make("equal", _pair(a, b, "equal"))
+def not_equal(a, b) -> Node: return make("not_equal", _pair(a, b, "not_equal"))
 
 
 sub, mul, div = subtract, multiply, divide
@@ -162,8 +168,21 @@ def clip(x, lo: float, hi: float) -> Node:
 
 
 def where(cond, a, b) -> Node:
-    """Elementwise ``a if cond else b`` (cond is a boolean tensor)."""
-    a2, b2 = _pair(a, b)
+    """Elementwise ``a if cond else b`` (cond is a boolean tensor). Either branch may be a
+    Python scalar: beside a tensor it takes that tensor's dtype (as ``x + 1.0``); when both
+    are scalars, as in ``where(m > 0, 1.0, -1.0)``, Python floats are float32 (graphc's
+    default float, as JAX's), Python ints int64 (NumPy's), and an int beside a float takes
+    the float's dtype."""
+    if isinstance(a, Node) or isinstance(b, Node):
+        a2, b2 = _pair(a, b, "where")
+    elif not isinstance(cond, Node):
+        raise _no_tensor("where", cond, a, b)
+    elif isinstance(b, float) and not isinstance(a, float):
+        b2 = _lift(b)  # the float first, so an int beside it is lifted to its dtype
+        a2 = _lift(a, b2)
+    else:
+        a2 = _lift(a)
+        b2 = _lift(b, a2)
     return make("where", (_lift(cond), a2, b2))
 
 
@@ -647,7 +666,7 @@ def _loss_operands(op: str, pred, target) -> tuple[Node, Node]:
     """A loss compares like with like: tensors of different shapes are an error, not a
     broadcast (``(B, 1)`` against ``(B,)`` would silently average a ``(B, B)`` matrix).
     A Python scalar target still broadcasts."""
-    pred2, target2 = _pair(pred, target)
+    pred2, target2 = _pair(pred, target, op)
     if isinstance(pred, Node) and isinstance(target, Node) and pred.shape != target.shape:
         from .ir import fmt_shape
         raise _fail(ShapeError, op, f"prediction {fmt_shape(pred.shape)} and target {fmt_shape(target.shape)} "

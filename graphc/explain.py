@@ -21,7 +21,9 @@ percentage of that roof, and the share of the step's call. The totals compare th
 time with the step's floor (each kernel at its roof: GEMMs at BLAS peak, everything else at
 streaming bandwidth) and split off the Python call overhead (the public call minus the native
 driver). ``explain`` runs the step on the given (or random) feeds and puts every parameter,
-optimizer state and step counter back afterwards.
+optimizer state and step counter back afterwards. It prints the report (the interactive use:
+``step.explain()`` at a prompt or after training) and returns it as an ``Explanation``;
+``verbose=False`` only returns it (tests, scripts that format the fields themselves).
 """
 from __future__ import annotations
 

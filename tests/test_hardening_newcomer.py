@@ -1,0 +1,76 @@
+"""What a newcomer trips on first: scalar branches of ``where``, errors that name their op,
+the README's op list against the ops that exist, examples that leave no files behind."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc as gc
+import graphc.dsl as dsl
+
+ROOT = Path(__file__).resolve().parents[1]
+M = np.array([[-2.0, 0.0, 3.0], [0.5, -0.25, 7.0]], "float32")
+
+
+@pytest.mark.parametrize("a, b, dtype, ref", [
+    (1.0, -1.0, "float32", np.where(M > 0, 1.0, -1.0)),    # floats: graphc's default float
+    (1, -1.0, "float32", np.where(M > 0, 1.0, -1.0)),      # an int and a float: the float
+    (2, -3, "int64", np.where(M > 0, 2, -3)),              # ints: NumPy's default int
+    (True, False, "bool", M > 0),
+])
+def test_where_takes_scalar_branches_when_the_condition_is_a_tensor(a, b, dtype, ref):
+    m = gc.input("nc_m", (None, 3))
+    y = gc.where(m > 0, a, b)
+    assert y.dtype == np.dtype(dtype) and y.shape == (None, 3)
+    for target in ("numpy", "cpu"):
+        out = gc.compile(y, target=target)(nc_m=M)
+        assert out.dtype == np.dtype(dtype), target
+        np.testing.assert_array_equal(out, ref.astype(dtype))
+
+
+def test_where_with_one_scalar_branch_takes_the_tensors_dtype():
+    m = gc.input("nc_m2", (4,), "float64")
+    y = gc.where(m > 0, m, 0.0)
+    assert y.dtype == np.float64  # as x + 1.0: a Python scalar takes the tensor's dtype
+    assert (m + 1.0).dtype == np.float64
+
+
+@pytest.mark.parametrize("call, op", [
+    (lambda: gc.where(True, 1.0, -1.0), "where"),
+    (lambda: gc.where(np.ones(3, bool), 1.0, -1.0), "where"),
+    (lambda: gc.add(1, 2), "add"),
+    (lambda: gc.maximum(1.0, np.zeros(2)), "maximum"),
+    (lambda: gc.greater(1, 2), "greater"),
+    (lambda: gc.mse(np.zeros(2), 0.0), "mse"),
+])
+def test_no_tensor_operand_names_the_op_and_the_users_line(call, op):
+    with pytest.raises(gc.GraphcError) as e:
+        call()
+    assert isinstance(e.value, TypeError)  # what the message was raised as before
+    msg = str(e.value)
+    assert msg.startswith(f"{op}: ") and "graphc tensor" in msg
+    assert "test_hardening_newcomer.py:" in msg
+
+
+def _readme_dsl_bullet() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("- **The DSL**")
+    return text[start:text.index("\n- **", start + 1)]
+
+
+def test_readme_lists_every_public_dsl_op():
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", _readme_dsl_bullet()))
+    missing = sorted(n for n in dsl.__all__ if n != "Tensor" and n not in words)
+    assert not missing, f"README's DSL list lacks {missing}"
+
+
+def test_readme_and_docstrings_say_explain_prints():
+    import graphc.explain as ex
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Is my step fast?"):text.index("## Compile cache")]
+    assert "prints" in section and "verbose=False" in section
+    for doc in (ex.__doc__, ex.explain.__doc__):  # the module's and the function's
+        assert "prints" in doc.lower() and "verbose" in doc
