@@ -4,7 +4,7 @@ Write a static graph with the DSL, differentiate it symbolically, and compile fo
 backward and the optimizer's update into one Numba-compiled call.
 """
 from .errors import CompileError, DTypeError, FeedError, GraphcError, ShapeError, StateError  # noqa: F401
-from .errors import IndexOutOfBoundsError, NumericsError  # noqa: F401
+from .errors import HyperParameterError, IndexOutOfBoundsError, NumericsError  # noqa: F401
 from .ir import Graph, Node  # noqa: F401
 from .dsl import (  # noqa: F401
     Tensor, input, param, const, state,

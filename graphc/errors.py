@@ -32,6 +32,29 @@ class StateError(GraphcError, ValueError):
     """A state dict or checkpoint does not fit the compiled step (names, shapes, dtypes, NaN)."""
 
 
+class CheckpointFileError(StateError, OSError):
+    """A checkpoint path that cannot be read or written (a directory, a missing parent
+    directory, an OS error while writing): a StateError naming the user's path, and an
+    OSError (``errno``, ``filename``) for code that catches those."""
+
+    def __init__(self, message: str, errno: int | None = None, filename: str | None = None):
+        super().__init__(message)
+        self.errno, self.filename = errno, filename
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
+    """``load`` found no file at the checkpoint path (nor at it with ``.npz`` appended)."""
+
+
+class HyperParameterError(GraphcError, ValueError):
+    """An optimizer hyper-parameter outside its domain (``Adam(beta_1=1.0)``, a negative
+    learning rate, ``epsilon=0``): names the optimizer, the hyper-parameter, the value and
+    the allowed range. Raised when it is set, at compile and when a state dict restores it."""
+
+
 class CompileError(GraphcError, RuntimeError):
     """Code generation or Numba compilation failed; the message names the generated file."""
 

@@ -13,12 +13,34 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .atomic import write_atomic
-from .errors import FeedError, GraphcError, StateError
+from .errors import CheckpointFileError, CheckpointNotFoundError, FeedError, GraphcError, StateError
 from .feeds import check_feeds
 from .ir import Node
 from .optim.base import Optimizer
 from .store import Store, checked_array
-from .training import Program
+from .training import STEP, Program
+
+# Step counters (the optimizer's ``step``, graphc.nn's epoch count) load only from [0, MAX_STEP):
+# the compiled step computes t = step + 1 in int64 and casts it to the params' float dtype, so
+# a negative count makes Adam's bias correction 1 - beta**t zero or negative (every param NaN
+# on the next step) and 2**63 - 1 wraps. Below 2**53 every count is exact in float64 and the
+# increment is nowhere near int64's limit; no training run reaches it (2**53 steps at 1 us each
+# take 285 years), so a larger value is a damaged or hand-edited checkpoint.
+MAX_STEP = 2**53
+
+
+def check_counter(what: str, name: str, value: Any) -> int:
+    """``value`` as an int if it is a valid step/epoch counter, else a StateError naming
+    ``what`` (the method the user called), the entry and the value."""
+    a = np.asarray(value)
+    if a.shape != () or a.dtype.kind not in "iu":
+        raise StateError(f"{what}: counter {name!r} must be an integer scalar, got {a.dtype} of shape {a.shape}")
+    v = int(a)
+    if not 0 <= v < MAX_STEP:
+        raise StateError(f"{what}: counter {name!r} is {v}, outside [0, 2**53): a negative count makes the "
+                         f"optimizer's bias corrections divide by zero (every param NaN on the next step), and no "
+                         f"run counts to 2**53; the checkpoint is damaged or was edited")
+    return v
 
 def _flatten(outputs) -> tuple[dict[str, Node], Callable[[dict], Any]]:
     """Outputs given as a tensor, a list/tuple or a dict -> named nodes + a function that
@@ -270,7 +292,10 @@ class _Compiled:
                 raise StateError(f"{what}: missing {section} {missing}")
             for k, v in given.items():
                 dt, _, shape = self._store.layout[k]
-                pending.append((k, checked_array(what, k, v, dt, shape, allow_nonfinite)))
+                c = checked_array(what, k, v, dt, shape, allow_nonfinite)
+                if section == "state" and k == STEP:
+                    check_counter(what, k, c)
+                pending.append((k, c))
         hyper = {}
         given = d.get("hyper")
         opt = self.optimizer
@@ -443,16 +468,21 @@ def find_checkpoint(path: str | os.PathLike, what: str) -> str:
     candidates = [checkpoint_path(p)] + ([] if p.endswith(".npz") else [p])
     for c in candidates:
         if os.path.exists(c):
+            if os.path.isdir(c):
+                raise CheckpointFileError(f"{what}: {c} is a directory, not a checkpoint file", errno.EISDIR, c)
             return c
-    raise FileNotFoundError(errno.ENOENT, f"{what}: no checkpoint at {' or '.join(candidates)}", p)
+    raise CheckpointNotFoundError(f"{what}: no checkpoint at {' or '.join(candidates)}", errno.ENOENT, p)
 
 
 def read_checkpoint(path: str | os.PathLike, what: str) -> tuple[str, dict[str, np.ndarray]]:
     """(the file read, its arrays by entry name). Anything but an intact .npz archive of
     numeric arrays is a StateError naming the file and the problem; nothing is unpickled."""
     path = find_checkpoint(path, what)
-    with open(path, "rb") as f:
-        head = f.read(6)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:  # unreadable (permissions), or gone since it was found
+        raise CheckpointFileError(f"{what}: cannot read {path} ({e.strerror or e})", e.errno, path) from None
     if not head:
         raise StateError(f"{what}: {path} is empty (a save that never finished?)")
     if head.startswith(b"\x93NUMPY"):
@@ -479,10 +509,26 @@ def read_checkpoint(path: str | os.PathLike, what: str) -> tuple[str, dict[str, 
     return path, out
 
 
-def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> str:
+def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], what: str = "save") -> str:
     """np.savez to a temp file in the same directory, fsync, then rename over ``path``
     (``.npz`` appended if missing): a crash mid-save leaves the previous file intact, and
-    the next save removes the orphaned temp file. Returns the path written."""
+    the next save removes the orphaned temp file. Returns the path written. A path that
+    cannot be written (a directory, a missing parent directory, an OS error) is a
+    CheckpointFileError (a StateError and an OSError) naming ``path``, not the temp file."""
     path = checkpoint_path(path)
-    write_atomic(path, lambda f: np.savez(f, **arrays))
+    parent = os.path.dirname(path) or "."
+    if not os.path.exists(parent):
+        raise CheckpointNotFoundError(f"{what}: cannot write {path}: the directory {parent} does not exist",
+                                      errno.ENOENT, path)
+    if not os.path.isdir(parent):
+        raise CheckpointFileError(f"{what}: cannot write {path}: {parent} is not a directory", errno.ENOTDIR, path)
+    if os.path.isdir(path):
+        raise CheckpointFileError(f"{what}: cannot write {path}: it is a directory", errno.EISDIR, path)
+    try:
+        write_atomic(path, lambda f: np.savez(f, **arrays))
+    except CheckpointFileError:
+        raise
+    except OSError as e:  # disk full, permissions: the previous file is intact
+        raise CheckpointFileError(f"{what}: cannot write {path} ({e.strerror or e}); any previous file is "
+                                  f"left as it was", e.errno, path) from e
     return path

@@ -33,8 +33,8 @@ from .. import dsl as F
 from .. import optim
 from ..api import compile as gc_compile
 from ..errors import GraphcError, StateError
-from ..runtime import (check_savable, checkpoint_path, flatten_state, nonfinite_entries, read_checkpoint,
-                       save_npz_atomic, unflatten_state)
+from ..runtime import (check_counter, check_savable, checkpoint_path, flatten_state, nonfinite_entries,
+                       read_checkpoint, save_npz_atomic, unflatten_state)
 from . import losses as L
 from . import metrics as M
 from .callbacks import Callback, CallbackList, History
@@ -1138,7 +1138,7 @@ class Model:
         flat = flatten_state(sd)
         if include_optimizer:
             flat[_META + "epochs_seen"] = np.asarray(self._epochs_seen, dtype=np.int64)
-        return save_npz_atomic(path, flat)
+        return save_npz_atomic(path, flat, "save_weights")
 
     def load_weights(self, filepath, allow_nonfinite: bool = False) -> None:
         """Load what ``save_weights`` wrote (``filepath`` as given to it: ``ckpt`` finds
@@ -1151,6 +1151,10 @@ class Model:
         where = f"load_weights: {path}"
         meta = {k[len(_META):]: v for k, v in flat.items() if k.startswith(_META)}
         d = unflatten_state({k: v for k, v in flat.items() if not k.startswith(_META)}, where)
+        # counters first: a bad one must not reach the weights written below (nor a pending state)
+        epochs_seen = check_counter(where, "epochs_seen", meta["epochs_seen"]) if "epochs_seen" in meta else None
+        if "step" in d.get("state", {}):
+            check_counter(where, "step", d["state"]["step"])
         names = self._weight_names()
         given = dict(d["params"])
         if "state" in d:  # saved with the optimizer: the model's moving statistics are in the state section
@@ -1169,8 +1173,8 @@ class Model:
         if "state" not in d:
             self._set_weights_by_name(given, allow_nonfinite)
             return
-        if "epochs_seen" in meta:
-            d["epochs_seen"] = int(meta["epochs_seen"])
+        if epochs_seen is not None:
+            d["epochs_seen"] = epochs_seen
         d["allow_nonfinite"] = allow_nonfinite
         if self.compiled and self.loss is not None and self._train_fn_w is None:
             self.train_function  # noqa: B018 - built now (no native compile) so everything is checked at once
