@@ -2,7 +2,7 @@
 
     python examples/cnn_keras.py                     # defaults: cpu target, >= 0.985 test accuracy
     python examples/cnn_keras.py --target numpy      # the reference interpreter
-    python examples/cnn_keras.py --plot curves.png   # where the training curves go
+    python examples/cnn_keras.py --plot curves.png   # also save the training curves
 
 Data: scikit-learn's ``load_digits`` as 8x8x1 images scaled to [0, 1] and standardized,
 a stratified 80/20 split (seed 0), as examples/cnn.py. The model is Keras' classic
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
                     help="no BatchNormalization after the convolutions")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (cosine decay to 5%%)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--plot", default="cnn_keras_curves.png", help="PNG of the training curves ('' to skip)")
+    ap.add_argument("--plot", default=None, metavar="PATH", help="save the training curves as a PNG at PATH (needs matplotlib)")
     ap.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
     args = ap.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or len(args.filters) != 2 or min(args.filters) < 1:

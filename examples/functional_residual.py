@@ -1,15 +1,15 @@
 """A two-input residual network on the digits, written with the functional API of graphc.nn.
 
-    python examples/functional_residual.py                   # default target: "cpu" (Numba)
+    python examples/functional_residual.py                   # default target: "cpu" (compiled by graphc)
     python examples/functional_residual.py --target numpy    # the reference interpreter
-    python examples/functional_residual.py --plot curves.png # where the training curves go
+    python examples/functional_residual.py --plot curves.png # also save the training curves
 
 Each 8x8 digit is split into its top and bottom halves, two inputs of 32 pixels. One
 Dense "encoder" is shared by both halves (one layer called twice: one set of weights), the
 codes are concatenated and go through two residual blocks (``x + f(x)`` with ``Add``), and a
 softmax layer classifies. The model code is what a Keras user writes; only the imports
 differ. Each fit() batch runs ONE compiled graphc step (forward, backward, Adam update and
-the metrics together). With matplotlib installed, the training curves are saved as a PNG.
+the metrics together). ``--plot PATH`` also saves the training curves as a PNG (matplotlib).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--plot", default="functional_residual_curves.png", help="PNG of the training curves ('' to skip)")
+    ap.add_argument("--plot", default=None, metavar="PATH", help="save the training curves as a PNG at PATH (needs matplotlib)")
     ap.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
     args = ap.parse_args()
     target = {} if args.target is None else {"target": args.target}  # Keras code passes nothing here

@@ -1,6 +1,6 @@
 """The Keras reference case, end to end, on graphc.nn.
 
-    python examples/keras_style.py                  # default target: "cpu" (Numba)
+    python examples/keras_style.py                  # default target: "cpu" (compiled by graphc)
     python examples/keras_style.py --target numpy   # the reference interpreter
 
 The model code below is what a Keras user writes; only the imports differ. Each fit()

@@ -1,12 +1,16 @@
-"""A small transformer learns to reverse digit sequences, written in graphc's DSL.
+"""A small transformer learns to sort digit sequences (or to reverse them), written in graphc's DSL.
 
-    python examples/transformer.py              # defaults: >= 99% per-token accuracy on held-out sequences
+    python examples/transformer.py              # defaults: sorting, >= 99% per-token accuracy on held-out sequences
+    python examples/transformer.py --task reverse
     python examples/transformer.py --blocks 2 --steps 1500 --target parallel
 
-The task: read a sequence of ``--length`` random digits and output it reversed, position by
-position. No position holds its answer: every output token must attend to the mirrored input
-position, so the model has to learn attention by position (through the learned position
-embeddings); a model without attention scores about 10% (chance).
+The task (``--task``, default ``sort``): read a sequence of ``--length`` random digits and
+output it sorted, position by position. Output ``i`` is the ``i``-th smallest digit, which
+depends on every input token, so each position must attend to the whole sequence. With
+``--task reverse`` the output is the sequence reversed: no position holds its answer, every
+output token must attend to the mirrored input position, so the model has to learn attention
+by position (through the learned position embeddings); a model without attention scores
+about 10% (chance).
 
 The model: token + learned position embeddings (``gc.take``), then ``--blocks`` encoder blocks
 (pre-norm: multi-head self-attention through batched GEMMs, a ReLU MLP, residuals, layer

@@ -3,7 +3,7 @@ Keras user writes it (functional API; only the imports differ from Keras/keras_h
 
     python examples/transformer_keras.py                    # defaults: cpu target, >= 99% token accuracy
     python examples/transformer_keras.py --target numpy     # the reference interpreter
-    python examples/transformer_keras.py --plot curves.png  # where the training curves go
+    python examples/transformer_keras.py --plot curves.png  # also save the training curves
 
 Task: each input is ``--length`` random digits (0-9), the target is the same digits
 reversed, so output position ``i`` must attend to input position ``length - 1 - i``:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate (cosine decay to 5%%)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--plot", default="transformer_keras_curves.png", help="PNG of the training curves ('' to skip)")
+    ap.add_argument("--plot", default=None, metavar="PATH", help="save the training curves as a PNG at PATH (needs matplotlib)")
     ap.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2))
     args = ap.parse_args(argv)
     if min(args.length, args.vocab, args.train, args.test, args.dim, args.heads, args.mlp, args.epochs,

@@ -74,3 +74,41 @@ def test_readme_and_docstrings_say_explain_prints():
     assert "prints" in section and "verbose=False" in section
     for doc in (ex.__doc__, ex.explain.__doc__):  # the module's and the function's
         assert "prints" in doc.lower() and "verbose" in doc
+
+
+def _load_example(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"newcomer_{name}", ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("cnn_keras", ["--target", "numpy", "--epochs", "1", "--filters", "2,2", "--dense", "4", "--verbose", "0"]),
+    ("functional_residual", ["--target", "numpy", "--epochs", "1", "--width", "8", "--blocks", "1", "--verbose", "0"]),
+    ("transformer_keras", ["--target", "numpy", "--train", "64", "--test", "16", "--epochs", "1", "--dim", "8",
+                           "--heads", "1", "--mlp", "8", "--verbose", "0"]),
+])
+def test_keras_examples_write_a_plot_only_when_asked(name, argv, tmp_path, monkeypatch, capsys):
+    """A run without --plot leaves the directory it ran in as it was (a fresh clone stays clean)."""
+    if name != "transformer_keras":
+        pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", [f"{name}.py", *argv])  # functional_residual's main() reads sys.argv
+    mod = _load_example(name)
+    mod.main(argv) if name != "functional_residual" else mod.main()
+    out = capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    assert "training curves" not in out and "training-curve plot" not in out, out
+
+
+def test_transformer_example_describes_its_default_task(capsys):
+    mod = _load_example("transformer")
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    text = capsys.readouterr().out
+    default = re.search(r"what to learn \(default: (\w+)\)", text).group(1)
+    assert default == "sort"
+    summary = mod.__doc__.splitlines()[0]
+    assert "learns to sort" in summary, summary  # the default task is the one the summary names
