@@ -83,6 +83,9 @@ class _Compiled:
                         if n.name in program.hypers]
         self._index_checks = index_checks(program.graph)  # fed indices (class labels) and their bounds
         self._specs = [(n.name, n.dtype, n.shape) for n in self._inputs]
+        # positional feeds follow the order the inputs were declared (gc.input), not the
+        # graph's traversal order: a node's id counts the nodes built before it
+        self._input_order = tuple(n.name for n in sorted(self._inputs, key=lambda n: n.id))
         self._hyper_cache = None
         self._last_shapes = None  # (((name, dtype, shape), ...), batch) of the last fast call
         self.fast_calls = 0  # calls that took the fast path (diagnostics: tests count them)
@@ -92,6 +95,28 @@ class _Compiled:
         self._bound_by_batch: dict = {}
 
     # ---- calling ----------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        """The names of the inputs fed at each call, in the order they were declared with
+        ``gc.input``: the order of positional feeds (``step(xb, yb)``)."""
+        return list(self._input_order)
+
+    def _positional(self, args: tuple, feeds: dict) -> dict:
+        """Name positional feeds by the declaration order; a name given twice or more feeds
+        than inputs is a FeedError listing the inputs."""
+        names = self._input_order
+        what = f"{type(self).__name__} call"
+        if len(args) > len(names):
+            raise FeedError(f"{what}: {len(args)} positional feeds, but this graph has {len(names)} "
+                            f"input{'s' if len(names) != 1 else ''} {list(names)} (positional feeds "
+                            f"follow that order)")
+        for name, a in zip(names, args):
+            if name in feeds:
+                raise FeedError(f"{what}: input {name!r} given twice (positionally and by name); "
+                                f"positional feeds follow the inputs' order {list(names)}")
+            feeds[name] = a
+        return feeds
+
     def _fast_feeds(self, feeds: Mapping[str, Any]):
         """The common case in a few attribute checks per input: exact dtype, C-contiguous,
         right rank and fixed dims. Returns (arrays, batch) or None to take the full check."""
@@ -217,15 +242,16 @@ class _Compiled:
             arrays, batch = fast
             prog = self._programs.get(batch)
             if prog is not None:  # native: labels are range-checked by the driver before any kernel
-                self.fast_calls += 1
                 hypers = self._hyper_values()
                 arrays.update(hypers)
                 outs = prog.run(arrays, self._store)
-                if outs is None:
-                    self._feeds(feeds)  # raises the FeedError that explains the status
-                    raise FeedError("the compiled step rejected its feeds")  # pragma: no cover
-                self._arm(prog, batch, hypers)
-                return dict(zip(self._program.user_names, outs))
+                if outs is not None:
+                    self.fast_calls += 1
+                    self._arm(prog, batch, hypers)
+                    return dict(zip(self._program.user_names, outs))
+                # the driver ran nothing: labels out of range or NaN (the full check below
+                # raises the FeedError naming the input), or a feed whose layout it does
+                # not take (FEED_MISMATCH), which runs with the full check's arrays
         arrays, batch = self._feeds(feeds)
         prog = self.program_for(batch)
         outs = prog.run(arrays, self._store)
@@ -377,9 +403,13 @@ class _Compiled:
 
 class CompiledStep(_Compiled):
     """One training step (forward + backward + update) as one call: ``step(x=..., y=...)``
-    returns ``{'loss': ..., **extras}`` and updates params and optimizer state in place."""
+    returns ``{'loss': ..., **extras}`` and updates params and optimizer state in place.
+    Feeds may also be positional, in the order the inputs were declared
+    (``step.input_names``): ``step(xb, yb)``, or mixed as ``step(xb, y=yb)``."""
 
-    def __call__(self, **feeds: Any) -> dict[str, np.ndarray]:
+    def __call__(self, *args: Any, **feeds: Any) -> dict[str, np.ndarray]:
+        if args:
+            feeds = self._positional(args, feeds)
         bound = self._bound  # _run's first lines, inlined: this is the call a training loop makes
         if bound is not None:
             out = bound.call(feeds)
@@ -395,13 +425,17 @@ class CompiledStep(_Compiled):
 
 
 class Function(_Compiled):
-    """A forward-only compiled function: returns the outputs in the structure they were given."""
+    """A forward-only compiled function: returns the outputs in the structure they were given.
+    Feeds by name (``f(x=xb)``) or positional in the inputs' declaration order
+    (``f.input_names``): ``f(xb)``."""
 
     def __init__(self, program, target, store, options, rebuild):
         super().__init__(program, target, store, None, options)
         self._rebuild = rebuild
 
-    def __call__(self, **feeds: Any):
+    def __call__(self, *args: Any, **feeds: Any):
+        if args:
+            feeds = self._positional(args, feeds)
         return self._rebuild(self._run(feeds))
 
     def __repr__(self) -> str:

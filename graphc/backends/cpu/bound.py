@@ -15,7 +15,8 @@ class BoundCall:
     ``call(feeds)`` returns the output dict, a non-zero driver status (the driver rejected
     the feeds before running any kernel: the caller raises the full check's FeedError), or
     None when anything differs from the call that armed it: the number of feeds, a name, a
-    type, shape or dtype (by identity), C-contiguity, the optimizer's hyper-parameter
+    type, shape or dtype (by value: an unpickled array's equal dtype is another object; a
+    byte-swapped one differs), C-contiguity, the optimizer's hyper-parameter
     version, the store's arena version or a device mirror owning the store. None sends the
     call down the checked path, which re-arms it; so every message stays the full check's.
 
@@ -52,7 +53,9 @@ class BoundCall:
             if name in native:  # the native driver checks dtype, shape and layout (FEED_MISMATCH)
                 checks.append(f"type(a{i}) is not ndarray")
             else:
-                checks.append(f"type(a{i}) is not ndarray or a{i}.shape != SH{i} or a{i}.dtype is not DT{i} "
+                # an equal dtype that is another object (an unpickled array's) is accepted
+                checks.append(f"type(a{i}) is not ndarray or a{i}.shape != SH{i} "
+                              f"or (a{i}.dtype is not DT{i} and a{i}.dtype != DT{i}) "
                               f"or not a{i}.flags.c_contiguous")
         if checks:
             lines += ["    if (" + "\n            or ".join(checks) + "):", "        return None"]

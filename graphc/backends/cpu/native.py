@@ -26,6 +26,7 @@ import hashlib
 import os
 import platform
 import re
+import sys
 import threading
 from typing import Callable
 
@@ -114,6 +115,9 @@ def _check_abi() -> None:
         ok = (word(16) == a.ctypes.data and word(24, ctypes.c_int32) == 2 and word(56) == id(a.dtype)
               and ctypes.c_int64.from_address(word(32) + 8).value == 2 and word(64, ctypes.c_int32) & 1
               and ctypes.c_int64.from_address(id(a) + 8).value == id(np.ndarray))
+        for dt in (np.dtype("float32"), np.dtype("int64"), np.dtype("float32").newbyteorder()):
+            ok = ok and (ctypes.c_int32.from_address(id(dt) + 28).value == dt.num  # type_num
+                         and ctypes.c_char.from_address(id(dt) + 26).value == dt.byteorder.encode())
         _ABI.append(bool(ok))
     if not _ABI[0]:
         raise Unsupported("ndarray objects are not laid out as this driver reads them")
@@ -127,13 +131,26 @@ class _MethodDef(ctypes.Structure):
 METH_FASTCALL = 0x0080
 
 
+def expect_of(dtype, shape) -> tuple:
+    """What ``native_driver``'s ``expect`` holds for an array argument of ``dtype`` and
+    ``shape``: the dtype's address (NumPy's shared descriptor, the common case), the type
+    numbers of every dtype equal to it (``int64`` is both ``long`` and ``longlong``) and the
+    byte-order character a descriptor of another byte order carries. An equal dtype that is
+    another object (unpickled arrays: multiprocessing and joblib loaders) is accepted by
+    value; a byte-swapped one is a mismatch (the checked path converts it)."""
+    dt = np.dtype(dtype)
+    nums = sorted({np.dtype(c).num for c in np.typecodes["All"] if np.dtype(c) == dt} | {dt.num})
+    swapped = ">" if sys.byteorder == "little" else "<"
+    return (id(dt), tuple(nums), swapped, tuple(int(d) for d in shape))
+
+
 def native_driver(source: str, kinds: list[str], sigs: dict[str, list[str]],
                   expect: list | None = None) -> tuple[Callable, list[str]]:
     """The driver of ``source`` (its ``def step(...)``) as a builtin callable, and the
     messages of its raise statuses. ``kinds``: each parameter's argument kind, in order ("p"
     an ndarray, "d" a float, "i" an int, "b" a bool). ``expect``: per parameter, None or
-    ``(id(dtype), shape)`` an ndarray argument must have, C-contiguous: checked on the array
-    object itself (its ``nd``, ``dimensions``, ``descr`` and ``flags``), anything else
+    ``expect_of(dtype, shape)`` an ndarray argument must have, C-contiguous: checked on the
+    array object itself (its ``nd``, ``dimensions``, ``descr`` and ``flags``), anything else
     returns ``FEED_MISMATCH`` before anything runs. Compiled once per process and text
     (the dtype's address makes the code this process's own)."""
     _check_abi()
@@ -315,17 +332,27 @@ class _Translator(_Lowering):
 
     def _expect_array(self, obj, expect, mismatch, f, i) -> None:
         """Branch to ``mismatch`` unless ``obj`` (an ndarray) has the expected rank, dims,
-        dtype (its descr is the dtype object itself) and the C-contiguous flag. NumPy's
-        ``PyArrayObject_fields``, stable since 1.7 and in 2.x: data @16, nd @24 (int),
-        dimensions @32, strides @40, base @48, descr @56, flags @64 (int)."""
+        dtype and the C-contiguous flag. NumPy's ``PyArrayObject_fields``, stable since 1.7
+        and in 2.x: data @16, nd @24 (int), dimensions @32, strides @40, base @48, descr @56,
+        flags @64 (int). The dtype (``expect_of``) is its descr pointer, or an equal
+        descriptor by value: ``PyArray_Descr``'s byteorder @26 (char) and type_num @28 (int),
+        the same in NumPy 1.x and 2.x (``_check_abi`` reads both on live dtypes)."""
         b, ir = self.b, self.ir
-        descr, shape = expect
+        descr, nums, swapped, shape = expect
         i32p = ir.IntType(32).as_pointer()
         raw = b.bitcast(obj, ir.IntType(8).as_pointer())
         at = lambda off, ty: b.bitcast(b.gep(raw, [ir.Constant(self.i64, off)]), ty)  # noqa: E731
         ok = b.icmp_signed("==", b.load(at(24, i32p)), ir.Constant(self.i32, len(shape)))
-        ok = b.and_(ok, b.icmp_unsigned("==", b.ptrtoint(b.load(at(56, self.i8p.as_pointer())), self.i64),
-                                        ir.Constant(self.i64, descr)))
+        d = b.load(at(56, self.i8p.as_pointer()))
+        same = b.icmp_unsigned("==", b.ptrtoint(d, self.i64), ir.Constant(self.i64, descr))
+        num = b.load(b.bitcast(b.gep(d, [ir.Constant(self.i64, 28)]), i32p))
+        equal = None
+        for n in nums:
+            e = b.icmp_signed("==", num, ir.Constant(self.i32, int(n)))
+            equal = e if equal is None else b.or_(equal, e)
+        order = b.load(b.gep(d, [ir.Constant(self.i64, 26)]))
+        equal = b.and_(equal, b.icmp_unsigned("!=", order, ir.Constant(ir.IntType(8), ord(swapped))))
+        ok = b.and_(ok, b.or_(same, equal))
         flags = b.load(at(64, i32p))
         ok = b.and_(ok, b.icmp_signed("!=", b.and_(flags, ir.Constant(self.i32, 1)), ir.Constant(self.i32, 0)))
         dims_ok = f.append_basic_block(f"dims{i}")

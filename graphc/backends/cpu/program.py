@@ -220,12 +220,13 @@ class CpuProgram:
         """The native driver's ``kinds`` and ``expect`` (native.native_driver) for this
         program's arguments: array feeds' dtype, shape and contiguity are checked by the
         driver itself."""
+        from .native import expect_of
         kinds, expect = [], []
         shapes = self._layout.get("feeds", {})
         for kind, key in self._args:
             kinds.append(self._layout.get("scalars", {}).get(key, "?") if kind == "scalar" else "p")
             spec = shapes.get(key) if kind == "feed" else None
-            expect.append((id(np.dtype(spec[0])), tuple(spec[1])) if spec else None)
+            expect.append(expect_of(spec[0], spec[1]) if spec else None)
         return kinds, expect
 
     def _native_driver(self) -> bool:
