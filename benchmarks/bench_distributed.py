@@ -16,6 +16,9 @@ times that. Per config, ranks interleave in rounds (a barrier before each burst)
 - ``allreduce``: ``MPI_Allreduce`` alone of a buffer of the same size (params + 1 floats),
   through mpi4py; effective bytes/s = the ring all-reduce's traffic per rank,
   2 (N-1)/N x bytes, over its time ("bus bandwidth"), and bytes / time ("algorithm").
+- ``agree``: the check every data-parallel step makes before its update (one
+  ``MPI_Allreduce(MPI_MAX)`` of a few doubles: hyper-parameters equal on every rank, no
+  rank wrote its store), alone; part of ``dp step``.
 - ``overlap``: does a non-blocking all-reduce overlap with compute here? ``Iallreduce`` of
   the gradient-sized buffer started, the local step run, then ``Wait``; against the two in
   sequence. Equal times mean no overlap.
@@ -97,7 +100,7 @@ def worker(args) -> None:
         tiny = np.ones(2, np.float32)  # 8 bytes: the latency term
         tasks = {"dp step": lambda: dp(**feeds), "local step": lambda: local(**feeds),
                  "allreduce": lambda: comm.Allreduce(MPI.IN_PLACE, buf),
-                 "allreduce 8 B": lambda: comm.Allreduce(MPI.IN_PLACE, tiny),
+                 "allreduce 8 B": lambda: comm.Allreduce(MPI.IN_PLACE, tiny), "agree": dp._agree,
                  "overlap": overlap, "sequential": sequential}
         times = {k: [] for k in tasks}
         for _ in range(args.reps):
@@ -177,7 +180,7 @@ def main() -> None:
     print(f"weak scaling, per-rank batch fixed, 1 BLAS thread per rank; median us over {args.reps} rounds "
           f"(the slowest rank's time per round)")
     print(f"{'config':8} {'ranks':>5} {'params':>8} {'dp step':>9} {'local':>9} {'allreduce':>9} "
-          f"{'ar/step':>7} {'bus GB/s':>8} {'overlap':>9} {'sequent.':>9}   min: dp step / local / allreduce")
+          f"{'ar/step':>7} {'bus GB/s':>8} {'overlap':>9} {'sequent.':>9}   min: dp step / local / allreduce / agree")
     for name in args.configs.split(","):
         for run in runs:
             c = run["configs"][name]
@@ -186,7 +189,8 @@ def main() -> None:
             print(f"{name:8} {run['ranks']:5d} {c['params']:8d} {us['dp step']:9.0f} {us['local step']:9.0f} "
                   f"{us['allreduce']:9.0f} {us['allreduce'] / us['dp step']:7.0%} {bw:>8} "
                   f"{us['overlap']:9.0f} {us['sequential']:9.0f}   "
-                  f"{c['min_us']['dp step']:.0f} / {c['min_us']['local step']:.0f} / {c['min_us']['allreduce']:.0f}")
+                  f"{c['min_us']['dp step']:.0f} / {c['min_us']['local step']:.0f} / {c['min_us']['allreduce']:.0f}"
+                  f" / {c['min_us']['agree']:.1f}")
     rows = model(runs) if any(r["ranks"] == 1 for r in runs) else []
     if rows:
         print("model: N machines, one rank each, ring all-reduce (latency, bandwidth assumed per link); "

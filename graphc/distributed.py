@@ -327,13 +327,15 @@ def _install_excepthook() -> None:
 class DataParallelStep(CompiledStep):
     """A CompiledStep whose gradients are averaged over the ranks of MPI_COMM_WORLD. Every
     rank must call it the same number of times (with its own shard); an error on one rank
-    aborts all of them."""
+    aborts all of them. Before each update the ranks agree that their hyper-parameters are
+    equal and, after any rank wrote its store, that their params and state are (``_agree``)."""
 
     def __init__(self, program, target, store, optimizer, options):
         super().__init__(program, target, store, optimizer, options)
         MPI = mpi()
         comm = MPI.COMM_WORLD
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self._comm, self._max = comm, MPI.MAX
         digest = program_hash(program, target, options, store)
         digests = comm.allgather(digest)
         if len(set(digests)) != 1:
@@ -345,12 +347,113 @@ class DataParallelStep(CompiledStep):
                               f"optimizer, target and options, or their all-reduces would not pair up")
         if target != "numpy":
             ensure_native()
-        with store.lock:  # every rank starts from rank 0's params, optimizer state and step counter
-            for dt in sorted(store.arenas, key=lambda d: np.dtype(d).str):
-                comm.Bcast(store.arenas[dt], root=0)
+        self._header_key = None  # (optimizer version, store writes) the header was built for
+        self.broadcast(0)  # every rank starts from rank 0's params, optimizer state and step counter
         _install_excepthook()
 
+    def broadcast(self, root: int = 0) -> None:
+        """Copy rank ``root``'s params, optimizer state, step counter and hyper-parameters to
+        every rank (collective: every rank must call it). Horovod's idiom for checkpoints:
+        ``if rank == 0: step.load(path)``, then ``step.broadcast()`` everywhere."""
+        opt = self.optimizer
+        hyper = self._comm.bcast(opt.hyperparameters if opt is not None else None, root=root)
+        with self._store.lock:
+            for dt in sorted(self._store.arenas, key=lambda d: np.dtype(d).str):
+                self._comm.Bcast(self._store.arenas[dt], root=root)
+            self._writes_seen = self._store.writes  # equal contents now
+            self._header_key = None
+        if opt is not None:
+            for k, v in hyper.items():
+                if opt.hyperparameters[k] != v:
+                    setattr(opt, k, v)
+
+    # ---- agreement before each update ------------------------------------------------------
+    # One MPI_Allreduce(MPI_MAX) of a few doubles per step, before the step's own all-reduce:
+    # [h_1..h_K, -h_1..-h_K, w] with h the hyper-parameters fed to the step and w this rank's
+    # store writes since the ranks last agreed. The result is [max h, -min h, max w], the same
+    # on every rank, and equals [h, -h, 0] on every rank exactly when all hyper-parameters agree
+    # and nobody wrote: the common step pays that reduce and one bytes comparison. Otherwise
+    # every rank takes the slow path together (allgather of the values and, after writes, of
+    # per-tensor digests) and raises the same GraphcError, or finds the contents equal (the
+    # same checkpoint loaded everywhere) and goes on.
+
+    def _header(self):
+        opt = self.optimizer
+        key = (opt.version if opt is not None else None, self._store.writes)
+        if key != self._header_key:
+            hp = self._hyper_values()  # may raise (a structural hyper-parameter moved)
+            h = np.array([float(v) for v in hp.values()], np.float64)
+            clean = np.concatenate([h, -h, [0.0]])
+            mine = clean.copy()
+            mine[-1] = float(self._store.writes - self._writes_seen)
+            self._header_bufs = (mine, np.empty_like(mine), clean.tobytes(), list(hp))
+            self._header_key = key
+        return self._header_bufs
+
+    def _agree(self) -> None:
+        """Raise the same GraphcError on every rank if their hyper-parameters differ, or if a
+        rank wrote its store since the last step and the ranks' params/state now differ."""
+        mine, out, clean, feeds = self._header()
+        self._comm.Allreduce(mine, out, op=self._max)
+        if out.tobytes() == clean:
+            return
+        k = len(feeds)
+        comm = self._comm
+        names = {feed: name for feed, _, name in self._hypers}
+        hp = self.optimizer.hyperparameters if self.optimizer is not None else {}
+        # (the values fed, after the cast, which decide; the values as set, which the message
+        # shows; this rank's writes since the ranks last agreed)
+        everyone = comm.allgather((mine[:k].tolist(), [hp.get(names.get(f)) for f in feeds], int(mine[-1])))
+        problems = []
+        for i, feed in enumerate(feeds):
+            if len({fed[i] for fed, _, _ in everyone}) > 1:
+                by = ", ".join(f"rank {r}: {shown[i]!r}" for r, (_, shown, _) in enumerate(everyone))
+                problems.append(f"hyper-parameter {type(self.optimizer).__name__}.{names.get(feed, feed)} "
+                                f"differs across ranks ({by})")
+        if out[-1] > 0:  # someone wrote: compare contents
+            mine_d = self._digests()
+            digests = comm.allgather(mine_d)
+            wrote = ", ".join(f"rank {r} ({w} call{'s' * (w > 1)})" for r, (_, _, w) in enumerate(everyone) if w)
+            differ = {}
+            for r, d in enumerate(digests[1:], 1):
+                bad = [n for n in d if d[n] != digests[0][n]]
+                if bad:
+                    differ[r] = bad
+            if differ:
+                what = "; ".join(f"rank {r}'s {self._kind_names(bad)} differ from rank 0's" for r, bad in differ.items())
+                problems.append(f"params/state written since the last step on {wrote} "
+                                f"(set_params/load_state_dict/load) and now {what}")
+            elif not problems:
+                with self._store.lock:
+                    self._writes_seen = self._store.writes
+                    self._header_key = None
+                return
+        if not problems:  # equal values with different bits (0.0 and -0.0): nothing differs
+            return
+        raise GraphcError(f"data-parallel step on rank {self.rank} of {self.size}: "
+                          + "; ".join(problems) + ". Nothing was run on any rank. Make the same change on "
+                          "every rank, or call step.broadcast() on every rank to copy rank 0's state "
+                          "(params, optimizer state, hyper-parameters)")
+
+    def _digests(self) -> dict:
+        with self._store.lock:
+            return {n: hashlib.blake2b(np.ascontiguousarray(self._store.view(n)).view(np.uint8),
+                                       digest_size=16).digest()
+                    for n in self._store.names()}
+
+    def _kind_names(self, names: list) -> str:
+        p = [n for n in names if self._store.kinds[n] == "param"]
+        s = [n for n in names if self._store.kinds[n] != "param"]
+        shown = lambda xs: repr(xs[:8] + (["..."] if len(xs) > 8 else []))  # noqa: E731
+        return " and ".join(([f"params {shown(p)}"] if p else []) + ([f"state {shown(s)}"] if s else []))
+
     def __call__(self, **feeds: Any) -> dict[str, np.ndarray]:
+        if self.size > 1:
+            try:
+                self._header()  # a local error here (a structural hyper-parameter) aborts, as in a step
+            except BaseException as e:
+                _abort(e, "in a data-parallel step")
+            self._agree()  # collective: the same outcome on every rank, so no abort
         try:
             return self._run(feeds)
         except BaseException as e:  # the other ranks are (or will be) waiting in the all-reduce

@@ -339,6 +339,7 @@ class _Compiled:
                 except (TypeError, ValueError) as e:
                     raise StateError(f"{what}: {e}") from None
         with self._store.lock:  # nothing below can fail: every value is checked and cast
+            self._store.writes += 1
             for k, c in pending:
                 self._store.view(k)[...] = c
             for k, v in hyper.items():

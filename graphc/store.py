@@ -38,6 +38,9 @@ class Store:
         self.kinds: dict[str, str] = {}
         self._arenas: dict[np.dtype, np.ndarray] = {}
         self._version = 0  # bumped when an arena is reallocated (programs re-bind their arguments)
+        # host writes of values (set_params, load_state_dict, load): a data-parallel step
+        # compares the stores' contents across ranks after any rank wrote (distributed.py)
+        self.writes = 0
         # device mirrors (target="cuda"): {key: mirror}; ``_owner`` is the mirror holding newer
         # values than the host arenas (None: the host is current)
         self._mirrors: dict[str, object] = {}

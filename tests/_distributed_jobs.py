@@ -144,6 +144,81 @@ def nn_fit() -> None:
     print(f"nn_fit ok rank {r}", flush=True)
 
 
+def drift() -> None:
+    """Writes after creation that would make the ranks drift apart: a GraphcError on every
+    rank, raised before the update (params and step counter as they were); the same write on
+    every rank trains on. Ends with rank 1 changing the learning rate and not catching the
+    error: the job must end with that message and a non-zero status."""
+    r = D.rank()
+    step = gc.compile(model(), optimizer=gc.optim.Adam(0.05), target="cpu", data_parallel=True)
+    mine = D.shard(GLOBAL_BATCH)
+
+    def run(t):
+        x, y = data(t)
+        return step(x=x[mine], y=y[mine])
+
+    def identical():
+        params = step.params
+        for other in gathered(params):
+            for k in params:
+                assert np.array_equal(other[k], params[k]), k
+
+    def refused(t, *needles):
+        before, it = step.state_dict(), step.iterations
+        try:
+            run(t)
+        except gc.GraphcError as e:
+            for n in needles:
+                assert n in str(e), (n, str(e))
+            after = step.state_dict()  # nothing ran: not half an update
+            for sec in ("params", "state"):
+                for k, v in before[sec].items():
+                    assert np.array_equal(after[sec][k], v), (sec, k)
+            assert step.iterations == it
+            return str(e)
+        raise AssertionError(f"rank {r}: no error for {needles}")
+
+    run(0)
+    # one rank changes a hyper-parameter: the error names it, the rank and both values
+    if r == 1:
+        step.optimizer.learning_rate = 0.5
+    refused(1, "learning_rate", "rank 1: 0.5", "rank 0: 0.05")
+    step.optimizer.learning_rate = 0.05
+    run(1)
+    identical()
+    # every rank sets the same value: trains on, identical
+    step.optimizer.learning_rate = 0.02
+    run(2)
+    identical()
+    # one rank writes params: the error names the rank, the method family and the param
+    if r == 1:
+        step.set_params({"b2": np.ones(C, np.float32)})
+    refused(3, "rank 1", "set_params", "'b2'")
+    step.broadcast()  # rank 0's params on every rank again
+    run(3)
+    identical()
+    # every rank loads the same state (a checkpoint): trains on, identical
+    sd = gathered(step.state_dict())[0]
+    step.load_state_dict(sd)
+    run(4)
+    identical()
+    # every rank writes, but different values (each its own initialization): caught by content
+    step.set_params({"w2": np.full((H, C), float(r), np.float32)})
+    refused(5, "'w2'", "rank 1")
+    # rank 0 loads a checkpoint, then broadcasts it (Horovod's idiom): trains on, identical
+    if r == 0:
+        step.load_state_dict(sd)
+    step.broadcast()
+    run(5)
+    identical()
+    assert step.iterations == 5
+    print(f"drift ok rank {r}", flush=True)
+    if r == 1:
+        step.optimizer.learning_rate = 0.7
+    run(6)  # uncaught GraphcError on both ranks
+    raise AssertionError(f"rank {r} finished a step although rank 1 changed the learning rate")
+
+
 if __name__ == "__main__":
     {"train": train, "mismatch": mismatch, "raise_in_step": raise_in_step,
-     "raise_outside": raise_outside, "nn_fit": nn_fit}[sys.argv[1]]()
+     "raise_outside": raise_outside, "nn_fit": nn_fit, "drift": drift}[sys.argv[1]]()

@@ -15,6 +15,10 @@ reason, without them. What the jobs assert:
 - ``raise_in_step`` / ``raise_outside``: rank 1 raises (a FeedError in a step, or an uncaught
   error in user code) while rank 0 waits in the all-reduce -> the job ends within seconds
   with a non-zero status and the error message.
+- ``drift``: after creation, one rank sets a hyper-parameter or writes params, or every rank
+  writes different params -> a GraphcError on every rank naming the ranks and values, raised
+  before the update; the same write on every rank (a learning rate, a checkpoint) and
+  ``broadcast()`` train on bit-identically; an uncaught one ends the job non-zero.
 - ``nn_fit``: graphc.nn ``fit`` under mpirun (distributed automatically) gives one process's
   per-epoch losses, metrics and weights.
 - ``examples/mlp.py --distributed`` under ``mpirun -n 2`` reaches one process's accuracy.
@@ -87,6 +91,16 @@ def test_ranks_with_different_programs_fail_clearly():
     rc, out, _ = mpirun("mismatch")
     assert rc == 0, out[-6000:]
     assert "mismatch ok rank 0" in out and "mismatch ok rank 1" in out, out[-6000:]
+
+
+@needs_mpi
+def test_writes_on_some_ranks_are_refused_before_the_update():
+    rc, out, _ = mpirun("drift")
+    assert "drift ok rank 0" in out and "drift ok rank 1" in out, out[-6000:]
+    # the last scenario is not caught: both ranks raise, the job ends non-zero with the message
+    assert rc != 0, out[-6000:]
+    assert "learning_rate" in out and "rank 1: 0.7" in out and "raised GraphcError" in out, out[-6000:]
+    assert "finished a step" not in out, out[-6000:]
 
 
 @needs_mpi
