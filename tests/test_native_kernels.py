@@ -16,6 +16,7 @@ import pytest
 import graphc as gc
 from graphc.backends.cpu import kernels
 from graphc.backends.cpu.native import Unsupported
+from graphc.backends.expr import float_to_int
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -353,8 +354,11 @@ def _fuzz_expr(rng, depth: int) -> str:
         return f"{fn}(abs({x}) + np.float32(0.5))"
     if r < 0.80:
         return f"{rng.choice(['np.float32', 'np.float64'])}({x})"
-    if r < 0.85:  # of integers only: a float out of int32's range (a NaN) converts to LLVM's poison
+    if r < 0.83:  # of integers (a float's np.int32 out of range is LLVM's poison: the next one)
         return f"np.int32({rng.choice(['c', 'd', 'e', '(c - e)', '(d * e)', 'f'])})"
+    if r < 0.87:  # gc.cast of a float as the emitters write it: NaN, +-inf, out of range included
+        return float_to_int(rng.choice(["a", "b", "(a * 3e9)", "(b * 1e10)", "(a * b)", "(b - a)"]),
+                            rng.choice(["int32", "int64"]))
     if r < 0.92:
         return f"(-{x})"
     return f"(c // {rng.choice(['2', '-3', 'd'])} + e)"

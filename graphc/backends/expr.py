@@ -43,6 +43,8 @@ def node_expr(n: Node, operands: list[str]) -> str:
     tpl = n.opdef.template
     attrs = {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in n.attrs.items()}
     if n.op == "cast":
+        if n.inputs[0].dtype.kind == "f" and n.dtype.kind in "iu":
+            return float_to_int(operands[0], n.dtype)
         attrs["cast"] = f"np.{n.dtype.name}"
     # literals are typed by the dtype the op computes in (its operands' for comparisons);
     # operands are typed already, so only the template's own text is rewritten
@@ -54,6 +56,26 @@ def node_expr(n: Node, operands: list[str]) -> str:
     return text
 
 
+def float_to_int(x: str, dtype: np.dtype) -> str:
+    """Float ``x`` cast to integer ``dtype``, as gc.cast documents it on every target. Numba's
+    ``np.int32(x)`` is LLVM's fptosi, which is poison for NaN, +-inf and values out of range
+    (x86 gives INT_MIN, CUDA saturates, constant folding anything), so those values are
+    selected away before it: they give x86's "integer indefinite" value of the conversion
+    width, which is NumPy's astype on x86. Narrower types convert through int32 and wrap,
+    uint32 through int64; uint64 is exact on [0, 2**64), the int64 result's bits elsewhere.
+    (``x`` is an operand: a name or an item read, so repeating it costs nothing.)"""
+    dtype = np.dtype(dtype)
+
+    def signed(bits: int) -> str:
+        lim = 2 ** (bits - 1)
+        low = f"{-lim + 1} - 1" if bits == 64 else str(-lim)  # the literal 2**63 is beyond int64
+        return f"(np.int{bits}({x}) if {x} >= {float(-lim)!r} and {x} < {float(lim)!r} else np.int{bits}({low}))"
+    if dtype == np.uint64:
+        return f"(np.uint64({x}) if {x} >= 0.0 and {x} < {float(2 ** 64)!r} else np.uint64({signed(64)}))"
+    s = signed(64 if dtype.itemsize == 8 or dtype == np.uint32 else 32)
+    return s if dtype in (np.int32, np.int64) else f"np.{dtype.name}({s})"
+
+
 def reduce_init(op: str, dtype: np.dtype) -> str:
     if op == "sum":
         return literal(0, dtype)
@@ -63,7 +85,8 @@ def reduce_init(op: str, dtype: np.dtype) -> str:
 
 
 def reduce_step(op: str, acc: str, v: str) -> str:
-    return f"{acc} + {v}" if op == "sum" else f"({acc} if {acc} >= {v} else {v})"
+    # max: a NaN wins whichever side it is on (np.max propagates NaN); ties keep the accumulator
+    return f"{acc} + {v}" if op == "sum" else f"({v} if {acc} < {v} or {v} != {v} else {acc})"
 
 
 def leaf_index(view_shape: tuple, loop_shape: tuple, idx: list[str]) -> str:

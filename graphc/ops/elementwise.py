@@ -165,7 +165,29 @@ def _cast_vjp(y, g):
     return [F.cast(g, x.dtype) if x.dtype.kind == "f" else None]
 
 
+def _float_to_int(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """backends/expr.float_to_int's result in NumPy, on any machine and without astype's
+    "invalid value encountered in cast" warning: NaN, +-inf and out-of-range values give the
+    conversion width's minimum (NumPy's astype on x86), narrower types wrap it."""
+    v = x if x.dtype.itemsize >= 8 else x.astype(np.float64)  # exact comparisons with 2**63
+
+    def signed(bits: int) -> np.ndarray:
+        it, lim = np.dtype(f"int{bits}"), 2.0 ** (bits - 1)
+        ok = (v >= -lim) & (v < lim)
+        return np.where(ok, np.where(ok, v, 0.0).astype(it), it.type(np.iinfo(it).min))
+    if dtype == np.uint64:
+        ok = (v >= 0.0) & (v < 2.0 ** 64)
+        return np.where(ok, np.where(ok, v, 0.0).astype(dtype), signed(64).astype(dtype))
+    return signed(64 if dtype.itemsize == 8 or dtype == np.uint32 else 32).astype(dtype)
+
+
+def _cast_eval(args, attrs, node):
+    x, dtype = np.asarray(args[0]), np.dtype(attrs["dtype"])
+    if x.dtype.kind == "f" and dtype.kind in "iu":
+        return _float_to_int(x, dtype)
+    return x.astype(dtype)
+
+
 register(OpDef(
     "cast", "elementwise", lambda inputs, attrs: (inputs[0].shape, attrs["dtype"]),
-    lambda args, attrs, node: np.asarray(args[0]).astype(attrs["dtype"]),
-    _cast_vjp, "{cast}({0})"))
+    _cast_eval, _cast_vjp, "{cast}({0})"))

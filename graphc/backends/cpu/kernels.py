@@ -861,8 +861,9 @@ class _Kernel(_Lowering):
         return self._cast(v, D), D
 
     def _cast(self, v, t: str):
-        """Numba's implicit conversion of a (value, kind) to kind ``t``."""
-        b = self.b
+        """Numba's implicit conversion of a (value, kind) to kind ``t`` (float to integer
+        defined for every value: _fptosi)."""
+        b, ir = self.b, self.ir
         val, k = v
         if k == t:
             return val
@@ -873,19 +874,35 @@ class _Kernel(_Lowering):
             if t == I:
                 return val
         if t == W:
+            if k in (F, D):  # as Numba's np.int32(x): straight to 32 bits (not int64's low bits)
+                return self._fptosi(val, self.i32)
             return b.trunc(self._cast((val, k), I), self.i32)
         if t in (I, U):
             if k == B:
                 return b.zext(val, self.i64)
             if k in (I, U):
                 return val
-            return b.fptosi(val, self.i64) if t == I else b.fptoui(val, self.i64)
+            if t == I:
+                return self._fptosi(val, self.i64)
+            fits = b.and_(b.fcmp_ordered(">=", val, ir.Constant(val.type, 0.0)),
+                          b.fcmp_ordered("<", val, ir.Constant(val.type, 2.0 ** 64)))
+            return b.select(fits, b.fptoui(val, self.i64), self._fptosi(val, self.i64))
         ty = self.irtype[t]
         if k == B or k == U:
             return b.uitofp(val, ty)
         if k == I:
             return b.sitofp(val, ty)
         return b.fpext(val, ty) if t == D else b.fptrunc(val, ty)
+
+    def _fptosi(self, val, ity):
+        """fptosi defined everywhere: LLVM's is poison for NaN, +-inf and values out of range
+        (folded to anything), so those select x86's "integer indefinite" value, the minimum
+        (what cvttss2si gives, NumPy's astype on x86, and backends/expr.float_to_int)."""
+        b, ir = self.b, self.ir
+        lim = 2.0 ** (ity.width - 1)
+        fits = b.and_(b.fcmp_ordered(">=", val, ir.Constant(val.type, -lim)),
+                      b.fcmp_ordered("<", val, ir.Constant(val.type, lim)))
+        return b.select(fits, b.fptosi(val, ity), ir.Constant(ity, -(1 << (ity.width - 1))))
 
 
 def _check_condition(test) -> None:
