@@ -20,6 +20,21 @@ compared across ranks (a mismatch is a GraphcError on every rank, before any col
 could hang), and the store (params, optimizer state, step counter) is broadcast from rank 0.
 A rank that raises during a step, or anywhere with an uncaught exception, calls
 ``MPI_Abort``: every rank ends with a message instead of waiting forever in the all-reduce.
+
+Writes after creation (a hyper-parameter set, ``set_params``, ``load_state_dict``, ``load``)
+stay local to the rank that makes them, as in Keras under Horovod: every rank making the same
+write (the same learning rate, the same checkpoint) is the normal case, and
+``step.broadcast()`` (collective) copies rank 0's state everywhere (``if rank == 0:
+step.load(path)``, then ``step.broadcast()``). They are not made collective (a write on one
+rank would then hang the others); instead each step checks, before anything runs, that the
+ranks still agree: one extra ``MPI_Allreduce(MPI_MAX)`` of a few doubles (the fed
+hyper-parameters h as [h, -h], so max == min means equal, and this rank's count of store
+writes since the ranks last agreed). If that shows a difference, or that some rank wrote,
+every rank compares the values (and per-tensor digests of params and state) and either goes
+on (equal contents) or raises the same GraphcError naming the ranks, the hyper-parameter and
+its values or the tensors that differ, with nothing run on any rank. Writes that bypass these
+methods (arrays of the store written in place, another step sharing the store trained on one
+rank) are not seen.
 """
 from __future__ import annotations
 
