@@ -28,6 +28,9 @@ import graphc as gc
 
 
 class AdaBelief(gc.optim.Optimizer):
+    # each hyper-parameter's range: a value outside is refused when set (gc.HyperParameterError)
+    domains = {"learning_rate": "[0, inf)", "beta_1": "[0, 1)", "beta_2": "[0, 1)", "epsilon": "(0, inf)"}
+
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-12):
         # hyper-parameters are scalar inputs of the compiled step: changing one never recompiles
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
@@ -65,9 +68,9 @@ class SAM(gc.optim.Optimizer):
             raise ValueError(f"SAM: the base optimizer {type(base).__name__} has a hyper-parameter 'rho' "
                              "of its own; wrap another optimizer")
         clip = base.global_clipnorm if global_clipnorm is None else global_clipnorm
-        super().__init__(clip, rho=rho, **base.hyperparameters)
-        if self.rho < 0:
-            raise ValueError(f"SAM: rho must be >= 0, got {rho}")
+        # base's hyper-parameters keep base's ranges; rho is a radius
+        super().__init__(clip, domains={**base.hyperparameter_domains, "rho": "[0, inf)"}, rho=rho,
+                         **base.hyperparameters)
         self.base = base
         self.structural_hyperparameters = base.structural_hyperparameters
 

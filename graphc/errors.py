@@ -55,6 +55,11 @@ class HyperParameterError(GraphcError, ValueError):
     the allowed range. Raised when it is set, at compile and when a state dict restores it."""
 
 
+class HyperParameterStateError(StateError, HyperParameterError):
+    """A state dict or checkpoint restores a hyper-parameter outside its domain: caught as
+    either a StateError (a bad load) or a HyperParameterError."""
+
+
 class CompileError(GraphcError, RuntimeError):
     """Code generation or Numba compilation failed; the message names the generated file."""
 

@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .atomic import write_atomic
-from .errors import CheckpointFileError, CheckpointNotFoundError, FeedError, GraphcError, StateError
+from .errors import (CheckpointFileError, CheckpointNotFoundError, FeedError, GraphcError, HyperParameterError,
+                     HyperParameterStateError, StateError)
 from .feeds import check_feeds
 from .ir import Node
 from .optim.base import Optimizer
@@ -336,6 +337,8 @@ class _Compiled:
             for k, v in given.items():
                 try:
                     hyper[k] = opt.check_hyperparameter(k, v)
+                except HyperParameterError as e:  # outside its domain: typed as both
+                    raise HyperParameterStateError(f"{what}: {e}") from None
                 except (TypeError, ValueError) as e:
                     raise StateError(f"{what}: {e}") from None
         with self._store.lock:  # nothing below can fail: every value is checked and cast

@@ -24,6 +24,12 @@ sharpness-aware minimization's gradient at perturbed weights::
         eps = [gc.stop_gradient(self.hyper("rho") * gi / (norm + 1e-12)) for gi in g]
         return self.clip_gradients(gc.grad(gc.substitute(loss, {p: p + e for p, e in zip(params, eps)}), params))
 
+Hyper-parameters with a range declare it in ``domains`` (interval notation; a subclass's
+entries add to its bases'), checked whenever a value is set::
+
+    class SignSGD(gc.optim.Optimizer):
+        domains = {"learning_rate": "[0, inf)"}
+
 State need not have the parameter's shape: a factored second moment (Adafactor) keeps a
 row and a column accumulator for a matrix::
 
@@ -45,7 +51,7 @@ import numpy as np
 
 from .. import dsl as F
 from ..autodiff import grad
-from ..errors import ShapeError, StateError
+from ..errors import HyperParameterError, ShapeError, StateError
 from ..ir import Node
 
 HYPER_PREFIX = "hyper:"
@@ -64,6 +70,43 @@ class StateSpec:
     shape: tuple
     init: Any = "zeros"
     dtype: Any = None
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A hyper-parameter's domain, written in interval notation: ``"[0, 1)"``, ``"(0, inf)"``."""
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, spec: Any) -> "Interval":
+        """``spec`` ("[low, high]" with ``[``/``(`` and ``]``/``)``, ``inf`` for no bound) parsed,
+        or a TypeError/ValueError saying what is wrong with it."""
+        if not isinstance(spec, str):
+            raise TypeError(f"a domain is a string in interval notation such as '[0, 1)', got {_short(spec)}")
+        text = spec.strip()
+        parts = text[1:-1].split(",")
+        if len(text) < 5 or text[0] not in "[(" or text[-1] not in "])" or len(parts) != 2:
+            raise ValueError(f"domain {spec!r} is not in interval notation such as '[0, 1)' or '(0, inf)'")
+        try:
+            low, high = (float(x) for x in parts)
+        except ValueError:
+            raise ValueError(f"domain {spec!r}: the bounds must be numbers or inf") from None
+        if math.isnan(low) or math.isnan(high) or not low < high:
+            raise ValueError(f"domain {spec!r}: the lower bound must be below the upper one")
+        return cls(low, high, text[0] == "[" and math.isfinite(low), text[-1] == "]" and math.isfinite(high))
+
+    def __contains__(self, v: float) -> bool:
+        return ((self.low <= v if self.low_closed else self.low < v)
+                and (v <= self.high if self.high_closed else v < self.high))
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return ("-inf" if x < 0 else "inf") if math.isinf(x) else f"{x:g}"
+        return f"{'[' if self.low_closed else '('}{num(self.low)}, {num(self.high)}{']' if self.high_closed else ')'}"
 
 
 def _short(v: Any) -> str:
@@ -139,9 +182,20 @@ class Optimizer(metaclass=_OptimizerType):
     ``update``; those with state also implement ``state_spec``.
 
     Hyper-parameters are finite real numbers, checked whenever they are set (in
-    ``__init__``, as attributes, from a state dict): a string, a bool, None, NaN, infinity
-    or an array of more than one element is a TypeError/ValueError naming the optimizer and
-    the hyper-parameter. After ``__init__`` an optimizer accepts new attributes only with a
+    ``__init__``, as attributes, from a state dict, and again at compile): a string, a bool,
+    None, NaN, infinity or an array of more than one element is a TypeError/ValueError
+    naming the optimizer and the hyper-parameter.
+
+    ``domains`` declares the range of each hyper-parameter that has one, in interval
+    notation: ``{"learning_rate": "[0, inf)", "beta_1": "[0, 1)", "epsilon": "(0, inf)"}``.
+    A value outside is a :class:`~graphc.errors.HyperParameterError` (a ValueError) naming
+    the optimizer, the hyper-parameter, the value and the range. A subclass's ``domains``
+    add to (or replace) its bases' entries; ``__init__(..., domains={...})`` adds entries
+    for one instance (a wrapper that takes another optimizer's hyper-parameters passes its
+    ``hyperparameter_domains``). Undeclared hyper-parameters need only be finite. The
+    built-ins declare the ranges Keras 3 and torch.optim document or enforce: learning
+    rate and weight decay >= 0, betas in [0, 1), epsilon > 0, momentum in [0, 1] (Keras'
+    SGD check; above 1 the velocity grows without bound), rho in [0, 1). After ``__init__`` an optimizer accepts new attributes only with a
     leading underscore: assigning to an unknown public name (a typo of a hyper-parameter)
     raises AttributeError listing the real ones. Subclasses set their own plain attributes
     (``self.nesterov = ...``) in ``__init__`` as usual.
@@ -150,17 +204,51 @@ class Optimizer(metaclass=_OptimizerType):
     at most that value (as Keras' argument of the same name).
     """
 
-    def __init__(self, global_clipnorm: float | None = None, **hyper: float):
+    # {hyper-parameter name: interval}, merged along the MRO (see the class docstring)
+    domains: Mapping[str, str] = {}
+
+    def __init__(self, global_clipnorm: float | None = None, *, domains: Mapping[str, str] | None = None,
+                 **hyper: float):
         object.__setattr__(self, "_dtype", np.dtype("float32"))
         object.__setattr__(self, "_version", 0)  # bumped on every hyper-parameter change
+        object.__setattr__(self, "_domains", self._declared_domains(domains, hyper))
         object.__setattr__(self, "_hyper", {})
         object.__setattr__(self, "global_clipnorm", self._checked_clipnorm(global_clipnorm))
         self._hyper.update({k: self.check_hyperparameter(k, v) for k, v in hyper.items()})
 
+    def _declared_domains(self, extra: Mapping[str, str] | None, hyper: Mapping) -> dict[str, Interval]:
+        """The class's ``domains`` merged along the MRO, plus ``extra``; each parsed, or a
+        TypeError/ValueError naming the optimizer and the entry."""
+        name = type(self).__name__
+        if extra is not None and not isinstance(extra, Mapping):
+            raise TypeError(f"{name}: domains must be a dict {{hyper-parameter: interval}}, got {_short(extra)}")
+        merged: dict[str, Any] = {}
+        for cls in reversed(type(self).__mro__):
+            merged.update(cls.__dict__.get("domains") or {})
+        for k in extra or {}:
+            if k not in hyper:
+                close = difflib.get_close_matches(str(k), list(hyper), 1)
+                raise ValueError(f"{name}: domain for {k!r}, which is not a hyper-parameter"
+                                 f"{f' (did you mean {close[0]!r}?)' if close else ''}; it has {sorted(hyper)}")
+        merged.update(extra or {})
+        out = {}
+        for k, spec in merged.items():
+            try:
+                out[k] = Interval.parse(spec)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{name}: the domain of hyper-parameter {k!r}: {e}") from None
+        return out
+
+    @property
+    def hyperparameter_domains(self) -> dict[str, str]:
+        """{hyper-parameter name: its range in interval notation} for those that have one."""
+        return {k: str(v) for k, v in self._domains.items()}
+
     # ---- hyper-parameters: attributes users may change between steps ---------------------
     def check_hyperparameter(self, name: str, value: Any) -> float:
         """``value`` as a float if it is a valid value of hyper-parameter ``name`` (a finite
-        real number, finite in ``dtype``), else a TypeError/ValueError naming both."""
+        real number, finite in ``dtype``, inside its declared domain), else a TypeError or
+        ValueError (HyperParameterError for a number outside its range) naming both."""
         what = f"{type(self).__name__}: hyper-parameter {name!r}"
         v = value
         if isinstance(v, np.ndarray) and v.size == 1 and v.dtype.kind in "iuf":
@@ -174,11 +262,14 @@ class Optimizer(metaclass=_OptimizerType):
         except OverflowError:
             v = math.inf
         if not math.isfinite(v):
-            raise ValueError(f"{what} must be finite, got {v}")
+            raise HyperParameterError(f"{what} must be finite, got {v}")
         dtype = self.__dict__.get("_dtype", np.dtype("float32"))
         with np.errstate(over="ignore"):
             if not np.isfinite(dtype.type(v)):
-                raise ValueError(f"{what}: {v} overflows {dtype}, the dtype it is fed in")
+                raise HyperParameterError(f"{what}: {v} overflows {dtype}, the dtype it is fed in")
+        domain = self.__dict__.get("_domains", {}).get(name)
+        if domain is not None and v not in domain:
+            raise HyperParameterError(f"{what} is {v}, outside its domain {domain}")
         return v
 
     def _checked_clipnorm(self, value: Any) -> float | None:
@@ -218,6 +309,8 @@ class Optimizer(metaclass=_OptimizerType):
                 return
             if name == "global_clipnorm":
                 value = self._checked_clipnorm(value)
+            elif name in d.get("_domains", {}):  # a plain numeric option with a range (Adagrad's initial value)
+                value = self.check_hyperparameter(name, value)
             elif d.get("_frozen") and not name.startswith("_") and name not in d and not hasattr(type(self), name):
                 raise self._unknown(name)
         object.__setattr__(self, name, value)

@@ -1,10 +1,20 @@
-"""Built-in optimizers, each an update rule in the DSL (Keras' formulas and defaults)."""
+"""Built-in optimizers, each an update rule in the DSL (Keras' formulas and defaults).
+
+Their ``domains`` are the ranges Keras 3 and torch.optim document or enforce: outside them a
+step is NaN (Adam's epsilon = 0 on a zero gradient, beta_1 = 1 zeroes its bias correction) or
+diverges (momentum > 1, rho > 1)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import dsl as F
 from .base import Optimizer
+
+
+# shared ranges (interval notation, see Optimizer's docstring)
+_RATE = {"learning_rate": "[0, inf)", "weight_decay": "[0, inf)"}
+_EPSILON = {"epsilon": "(0, inf)"}  # torch allows 0: 0 / (sqrt(0) + 0) is NaN on a zero gradient
+_MOMENTUM = {"momentum": "[0, 1]"}  # Keras' SGD refuses values outside [0, 1]; torch documents >= 0
 
 
 def _flag(opt, name: str, value) -> bool:
@@ -36,6 +46,7 @@ class SGD(Optimizer):
     weight decay. With ``momentum=0`` at compile time the step keeps no velocity state."""
 
     structural_hyperparameters = ("momentum", "weight_decay")
+    domains = {**_RATE, **_MOMENTUM}
 
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, global_clipnorm: float | None = None):
@@ -61,6 +72,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction folded into the step size, as Keras does."""
 
     structural_hyperparameters = ("weight_decay",)
+    domains = {**_RATE, **_EPSILON, "beta_1": "[0, 1)", "beta_2": "[0, 1)"}  # torch's checks
 
     def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, weight_decay: float = 0.0, global_clipnorm: float | None = None):
@@ -91,6 +103,7 @@ class RMSprop(Optimizer):
     """RMSprop with optional momentum and centering (Keras' formulation)."""
 
     structural_hyperparameters = ("momentum", "weight_decay")
+    domains = {**_RATE, **_EPSILON, **_MOMENTUM, "rho": "[0, 1)"}  # rho > 1: a negative velocity
 
     def __init__(self, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
                  epsilon: float = 1e-7, centered: bool = False, weight_decay: float = 0.0,
@@ -125,6 +138,7 @@ class Adagrad(Optimizer):
     """Adagrad: per-coordinate step sizes from the running sum of squared gradients."""
 
     structural_hyperparameters = ("weight_decay",)
+    domains = {**_RATE, **_EPSILON, "initial_accumulator_value": "[0, inf)"}  # Keras: non-negative
 
     def __init__(self, learning_rate: float = 0.001, initial_accumulator_value: float = 0.1,
                  epsilon: float = 1e-7, weight_decay: float = 0.0, global_clipnorm: float | None = None):
@@ -145,6 +159,8 @@ class Lion(Optimizer):
     """Lion (Chen et al. 2023): the sign of an interpolated momentum, with decoupled decay."""
 
     structural_hyperparameters = ("weight_decay",)
+    # Keras' Lion refuses beta_1 outside (0, 1] (at 0 it is SignSGD); beta_2 is an EMA weight
+    domains = {**_RATE, "beta_1": "(0, 1]", "beta_2": "[0, 1]"}
 
     def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.99,
                  weight_decay: float = 0.0, global_clipnorm: float | None = None):
