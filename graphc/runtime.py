@@ -18,30 +18,8 @@ from .errors import (CheckpointFileError, CheckpointNotFoundError, FeedError, Gr
 from .feeds import check_feeds
 from .ir import Node
 from .optim.base import Optimizer
-from .store import Store, checked_array
+from .store import MAX_STEP, Store, check_counter, checked_array  # noqa: F401 - MAX_STEP: re-exported
 from .training import STEP, Program
-
-# Step counters (the optimizer's ``step``, graphc.nn's epoch count) load only from [0, MAX_STEP):
-# the compiled step computes t = step + 1 in int64 and casts it to the params' float dtype, so
-# a negative count makes Adam's bias correction 1 - beta**t zero or negative (every param NaN
-# on the next step) and 2**63 - 1 wraps. Below 2**53 every count is exact in float64 and the
-# increment is nowhere near int64's limit; no training run reaches it (2**53 steps at 1 us each
-# take 285 years), so a larger value is a damaged or hand-edited checkpoint.
-MAX_STEP = 2**53
-
-
-def check_counter(what: str, name: str, value: Any) -> int:
-    """``value`` as an int if it is a valid step/epoch counter, else a StateError naming
-    ``what`` (the method the user called), the entry and the value."""
-    a = np.asarray(value)
-    if a.shape != () or a.dtype.kind not in "iu":
-        raise StateError(f"{what}: counter {name!r} must be an integer scalar, got {a.dtype} of shape {a.shape}")
-    v = int(a)
-    if not 0 <= v < MAX_STEP:
-        raise StateError(f"{what}: counter {name!r} is {v}, outside [0, 2**53): a negative count makes the "
-                         f"optimizer's bias corrections divide by zero (every param NaN on the next step), and no "
-                         f"run counts to 2**53; the checkpoint is damaged or was edited")
-    return v
 
 def _flatten(outputs) -> tuple[dict[str, Node], Callable[[dict], Any]]:
     """Outputs given as a tensor, a list/tuple or a dict -> named nodes + a function that

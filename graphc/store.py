@@ -15,6 +15,7 @@ import numpy as np
 from .errors import GraphcError, StateError
 from .initializers import init_value
 from .ir import Node, fmt_shape
+from .training import STEP
 
 ALIGN_BYTES = 64  # each tensor (in the store and in scratch arenas) starts on a cache line
 
@@ -167,6 +168,29 @@ def checked_array(what: str, name: str, v: Any, dtype: np.dtype, shape: tuple,
     return c
 
 
+# Step counters (the optimizer's ``step``, graphc.nn's epoch count) load only from [0, MAX_STEP):
+# the compiled step computes t = step + 1 in int64 and casts it to the params' float dtype, so
+# a negative count makes Adam's bias correction 1 - beta**t zero or negative (every param NaN
+# on the next step) and 2**63 - 1 wraps. Below 2**53 every count is exact in float64 and the
+# increment is nowhere near int64's limit; no training run reaches it (2**53 steps at 1 us each
+# take 285 years), so a larger value is a damaged or hand-edited checkpoint.
+MAX_STEP = 2**53
+
+
+def check_counter(what: str, name: str, value: Any) -> int:
+    """``value`` as an int if it is a valid step/epoch counter, else a StateError naming
+    ``what`` (the method the user called), the entry and the value."""
+    a = np.asarray(value)
+    if a.shape != () or a.dtype.kind not in "iu":
+        raise StateError(f"{what}: counter {name!r} must be an integer scalar, got {a.dtype} of shape {a.shape}")
+    v = int(a)
+    if not 0 <= v < MAX_STEP:
+        raise StateError(f"{what}: counter {name!r} is {v}, outside [0, 2**53): a negative count makes the "
+                         f"optimizer's bias corrections divide by zero (every param NaN on the next step), and no "
+                         f"run counts to 2**53; the checkpoint is damaged or was edited")
+    return v
+
+
 def checked_initial(nodes: list[Node], initial: Mapping | None, what: str = "compile(params=...)") -> dict:
     """Initial values given by name for ``nodes`` (params and state of a program), checked
     and cast; an unknown name or a wrong shape is a StateError, never silently ignored."""
@@ -183,4 +207,7 @@ def checked_initial(nodes: list[Node], initial: Mapping | None, what: str = "com
     unknown = sorted((k for k in initial if k not in known), key=str)
     if unknown:
         raise StateError(f"{what}: unknown names {unknown}; this program's params and state are {sorted(known)}")
-    return {k: checked_array(what, k, v, known[k].dtype, known[k].shape) for k, v in initial.items()}
+    out = {k: checked_array(what, k, v, known[k].dtype, known[k].shape) for k, v in initial.items()}
+    if STEP in out and known[STEP].op == "state":  # the optimizer's step counter
+        check_counter(what, STEP, out[STEP])
+    return out

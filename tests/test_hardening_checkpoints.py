@@ -59,6 +59,14 @@ def test_out_of_range_step_counter_is_refused_by_load_state_dict(bad):
     assert_unchanged(step, before)
 
 
+@pytest.mark.parametrize("bad", [-1, 2**62])
+def test_out_of_range_step_counter_is_refused_by_compile_params(bad):
+    with pytest.raises(StateError, match=rf"compile\(params=\.\.\.\): counter 'step' is {bad}"):
+        gc.compile(LOSS, optimizer=gc.optim.Adam(0.01), target="numpy", params={"step": np.int64(bad)})
+    step = gc.compile(LOSS, optimizer=gc.optim.Adam(0.01), target="numpy", params={"step": np.int64(7)})
+    assert step.iterations == 7
+
+
 def test_largest_accepted_counter_still_trains_finitely():
     step = make()
     sd = step.state_dict()
