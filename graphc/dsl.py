@@ -187,6 +187,13 @@ def where(cond, a, b) -> Node:
 
 
 def cast(x, dtype) -> Node:
+    """``x`` converted to ``dtype`` elementwise, as NumPy's ``astype``. Float to integer
+    truncates toward zero and has one defined result on every target for every value: NaN,
+    +-inf and values out of range give the minimum of the conversion's width (int32:
+    -2**31, int64: -2**63; x86's "integer indefinite" value, NumPy's astype on x86); int8,
+    int16, uint8 and uint16 convert through int32 and wrap (300.0 -> int8 44, NaN -> 0),
+    uint32 through int64; uint64 is exact on [0, 2**64), else int64's result's bits. To
+    bool: ``x != 0`` (NaN is True)."""
     x = _lift(x)
     dtype = np.dtype(dtype)
     if x.dtype == dtype:
