@@ -10,6 +10,8 @@ compile and when a state dict restores it. Custom optimizers declare theirs the 
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -48,7 +50,7 @@ ACCEPTED = [(optim.SGD, "momentum", 1.0), (optim.SGD, "momentum", 0.0), (optim.S
 
 
 def _message(cls, name, value, rng):
-    return rf"{cls.__name__}: hyper-parameter '{name}'.*{value}.*{__import__('re').escape(rng)}"
+    return rf"{cls.__name__}: hyper-parameter '{name}'.*{value}.*{re.escape(rng)}"
 
 
 @pytest.mark.parametrize("cls,name,value,rng", REFUSED, ids=IDS)

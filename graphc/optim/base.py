@@ -195,9 +195,12 @@ class Optimizer(metaclass=_OptimizerType):
     ``hyperparameter_domains``). Undeclared hyper-parameters need only be finite. The
     built-ins declare the ranges Keras 3 and torch.optim document or enforce: learning
     rate and weight decay >= 0, betas in [0, 1), epsilon > 0, momentum in [0, 1] (Keras'
-    SGD check; above 1 the velocity grows without bound), rho in [0, 1). After ``__init__`` an optimizer accepts new attributes only with a
-    leading underscore: assigning to an unknown public name (a typo of a hyper-parameter)
-    raises AttributeError listing the real ones. Subclasses set their own plain attributes
+    SGD check; above 1 the velocity grows without bound), rho in [0, 1). A plain numeric
+    option named in ``domains`` (Adagrad's ``initial_accumulator_value``) is checked too.
+
+    After ``__init__`` an optimizer accepts new attributes only with a leading underscore:
+    assigning to an unknown public name (a typo of a hyper-parameter) raises AttributeError
+    listing the real ones. Subclasses set their own plain attributes
     (``self.nesterov = ...``) in ``__init__`` as usual.
 
     ``global_clipnorm`` rescales all gradients together so that their global L2 norm is
