@@ -9,8 +9,8 @@ cost of one launch (the numbers that decide small models on a GPU).
     NUMBA_ENABLE_CUDASIM=1 python benchmarks/bench_cuda.py --configs tiny --reps 3 --warmup 1 \\
         --budget 1 --no-cpu            # smoke run of the whole script, no GPU (~6 min on 2 cores)
 
-Run by benchmarks/gpu_check.sh on a lent machine. Contenders, one process, interleaved round by
-round, median over rounds after warm-up. Every contender does the same work per call: the
+Run by benchmarks/gpu_check.sh on a machine with a CUDA GPU. Contenders, one process,
+interleaved round by round, median over rounds after warm-up. Every contender does the same work per call: the
 batch copied from host memory to the device, forward + backward + Adam, the loss back on the
 host (so every timing includes the device synchronization):
 
@@ -29,7 +29,7 @@ host (so every timing includes the device synchronization):
 The table gives µs/step, the host-side launches per step and the ratio to the best peer (> 1:
 the peer is faster). Earlier reference on an H100 (µs/step tiny/small/medium/large): PyTorch
 with CUDA graphs 95/156/207/537, JAX jit 187/84/109/151 (batch resident on the device there);
-issue 14's targets: within 1.5x of the best peer at every size, ahead of all at tiny and small.
+The backend's targets: within 1.5x of the best peer at every size, ahead of all at tiny and small.
 """
 from __future__ import annotations
 

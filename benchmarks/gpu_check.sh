@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The ONE device check of target="cuda", for a session that has a lent GPU (the `run` tool,
-# 15 minutes of device time in all). Everything it needs is in the device image (numba +
-# numba-cuda, cuda-bindings, numpy, CuPy, PyTorch, JAX, networkx, scipy, pytest, hypothesis);
-# nothing is installed. Budget about 8 minutes (sum of the stage timeouts below: 455 s, plus
-# start-up); run it as
-#     run(command="bash benchmarks/gpu_check.sh", timeout_s=540)
-# then give the machine back. Logs land in $OUT (or benchmarks/results). Every stage has its
-# own `timeout`, so a stage that hangs costs its budget and the next one still runs.
+# The check of target="cuda" on a real GPU: the CUDA tests on the device, then the step
+# benchmark against PyTorch and JAX on the same GPU. On any machine with a CUDA device, from
+# the repository root:
+#     bash benchmarks/gpu_check.sh        # about 8 minutes (the stage timeouts below: 455 s, plus start-up)
+# It installs nothing. It needs numba with numba-cuda, cuda-bindings, numpy, pytest and
+# hypothesis; CuPy for cuBLAS GEMMs (else the numba.cuda GEMM is used), and PyTorch and JAX with
+# GPU support as the benchmark's peers (a peer that is missing is skipped, saying why). Logs
+# land in $OUT (default benchmarks/results). Every stage has its own `timeout`, so a stage that
+# hangs costs its time and the next one still runs. The timings assume the GPU runs nothing else
+# and the host is otherwise idle: small steps are bound by the host's launch cost.
 #   0. versions (numba, numba-cuda, cuda-bindings, CuPy, torch, jax) and the device   30 s
 #   1. CUDA-graph replay and convolution tests on the device                            100 s
 #   2. the rest of tests/cuda on the device (cuBLAS GEMMs when CuPy imports)             120 s

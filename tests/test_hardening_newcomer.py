@@ -112,3 +112,22 @@ def test_transformer_example_describes_its_default_task(capsys):
     assert default == "sort"
     summary = mod.__doc__.splitlines()[0]
     assert "learns to sort" in summary, summary  # the default task is the one the summary names
+
+
+def test_the_repository_speaks_about_the_project_only():
+    """Code, docs and benchmarks describe graphc and what a user runs, not the circumstances
+    they were written in (patterns assembled so this file does not match itself)."""
+    patterns = [r"\blent\b", "borr" + "owed", "device " + "time", r"\.\./" + "shared", "DESIGN" + r"\.md",
+                r"\bthe " + r"issue\b", r"other " + r"agents?\b", r"\b(?:end of the|earlier \w+|this) " + "session",
+                "device " + "image"]
+    rx = re.compile("|".join(patterns), re.I)
+    hits = []
+    for top in ("graphc", "docs", "benchmarks", "examples", "tests", "README.md", "pyproject.toml"):
+        base = ROOT / top
+        for f in [base] if base.is_file() else sorted(base.rglob("*")):
+            if f.suffix not in (".py", ".md", ".sh", ".toml", ".txt", ".cfg") or "results" in f.parts:
+                continue
+            for i, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+                if rx.search(line):
+                    hits.append(f"{f.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not hits, "\n".join(hits)

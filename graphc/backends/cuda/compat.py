@@ -22,8 +22,8 @@ class CudaUnavailableError(CompileError):
 
 def _shim_numpy() -> None:
     # numba-cuda 0.30.4 calls ``np.row_stack``, which NumPy 2.5 removed: with numpy 2.5 every
-    # kernel compile fails ("module 'numpy' has no attribute 'row_stack'"; measured on the
-    # lent H100). Restore the alias (row_stack was always vstack)
+    # kernel compile fails ("module 'numpy' has no attribute 'row_stack'", seen on an H100 with
+    # those versions). Restore the alias (row_stack was always vstack)
     # before numba.cuda is imported. Harmless where the attribute still exists.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -29,8 +29,8 @@ is an ordinary kernel and captures like the others (~10x slower than cuBLAS on l
 A capture-safe cuBLAS needs a cuBLAS handle bound to the replay stream *before* the capture
 begins and GEMM calls that do not touch the stream binding again, with a user workspace set
 (``cublasSetWorkspace``) so that nothing is allocated during the capture: nvmath-python's
-device-side matmul, or cuBLAS through ctypes. Neither is in the device image, so neither is
-used here.
+device-side matmul, or cuBLAS through ctypes. Neither is a dependency of graphc, so neither
+is used here.
 
 Fail soft: anything that stops a capture (the simulator, cuda-bindings absent, a capture or
 instantiate error, a failed graph launch) makes the program run plain launches from then on;
