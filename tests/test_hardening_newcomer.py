@@ -65,6 +65,9 @@ def test_readme_lists_every_public_dsl_op():
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", _readme_dsl_bullet()))
     missing = sorted(n for n in dsl.__all__ if n != "Tensor" and n not in words)
     assert not missing, f"README's DSL list lacks {missing}"
+    text = (ROOT / "README.md").read_text()
+    for name in ("grad", "check_grads", "evaluate", "substitute", "compile", "to_dot"):  # gc.* beyond the DSL
+        assert f"gc.{name}(" in text, name
 
 
 def test_readme_and_docstrings_say_explain_prints():
