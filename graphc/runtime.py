@@ -84,6 +84,8 @@ class _Compiled:
         """Name positional feeds by the declaration order; a name given twice or more feeds
         than inputs is a FeedError listing the inputs."""
         names = self._input_order
+        if not feeds and len(args) == len(names):  # step(xb, yb)
+            return dict(zip(names, args))
         what = f"{type(self).__name__} call"
         if len(args) > len(names):
             raise FeedError(f"{what}: {len(args)} positional feeds, but this graph has {len(names)} "
