@@ -462,7 +462,14 @@ class DataParallelStep(CompiledStep):
         shown = lambda xs: repr(xs[:8] + (["..."] if len(xs) > 8 else []))  # noqa: E731
         return " and ".join(([f"params {shown(p)}"] if p else []) + ([f"state {shown(s)}"] if s else []))
 
-    def __call__(self, **feeds: Any) -> dict[str, np.ndarray]:
+    def __call__(self, *args: Any, **feeds: Any) -> dict[str, np.ndarray]:
+        if args:  # positional feeds in declaration order, as CompiledStep
+            try:
+                feeds = self._positional(args, feeds)
+            except BaseException as e:  # the other ranks would wait in the collective below
+                if self.size == 1:
+                    raise
+                _abort(e, "in a data-parallel step")
         if self.size > 1:
             try:
                 self._header()  # a local error here (a structural hyper-parameter) aborts, as in a step

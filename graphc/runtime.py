@@ -369,7 +369,8 @@ class _Compiled:
         draws the roofline). Feeds as in a call (``step.explain(x=xb, y=yb)``, or a dict), or
         none for random feeds of ``batch`` rows. The step runs ``runs`` times (default: about
         half a second's worth); parameters, optimizer state and the step counter are restored
-        afterwards. ``refresh_peaks``: measure the machine's roofs again (graphc/peaks.py)."""
+        afterwards. ``refresh_peaks``: measure the machine's roofs again (graphc/peaks.py).
+        ``verbose=False`` returns the report without printing it."""
         from .explain import explain
         if named:
             if feeds is not None:
