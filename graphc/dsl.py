@@ -418,7 +418,8 @@ def _arg_extreme(op: str, x, axis: int, keepdims: bool, sign: float) -> Node:
     shape = [1] * x.ndim
     shape[ax] = n
     pos = const(np.arange(n, dtype=ft).reshape(shape))
-    first = where(equal(v, max(v, ax, keepdims=True)), pos, float(n))  # the first position of the extreme
+    # the first position of the extreme, or of the first NaN (the max is NaN then), as NumPy's
+    first = where(equal(v, max(v, ax, keepdims=True)), pos, where(not_equal(v, v), pos, float(n)))
     idx = -max(-first, ax, keepdims=keepdims)
     return cast(idx, "int64")
 

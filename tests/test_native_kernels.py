@@ -443,3 +443,87 @@ def test_random_kernels_give_numbas_bits_new_seeds(tmp_path):
     import time
     seed = int(time.time())
     assert _fuzz(tmp_path, seed, 120) >= 60, seed
+
+
+# ---- every op's template on NaN, infinities and signed zeros ----------------------------------
+
+SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -2.0, 0.3, -0.5]
+TEMPLATE_ATTRS = {"pow": {"p": 3.0}, "leaky_relu": {"alpha": 0.1}, "elu": {"alpha": 0.7},
+                  "clip": {"lo": -0.5, "hi": 0.3}}
+
+
+def _template_kernel(dtype: str):
+    """(kernel text, nodes): a kernel storing, for items a and b of two arrays, every float
+    elementwise op's template (the emitters' text, backends/expr.node_expr) in a column of
+    its own, and the max reduction's running step (reduce_step) over a in the last."""
+    from graphc.backends.expr import literal, node_expr, reduce_step
+    from graphc.ir import make
+    from graphc.ops.base import all_ops
+    a, b = gc.input("tpl_a", (3,), dtype=dtype), gc.input("tpl_b", (3,), dtype=dtype)
+    nodes, lines = [], []
+    for name, op in sorted(all_ops().items()):
+        if op.kind != "elementwise" or name in ("cast", "stop_gradient"):
+            continue
+        if name == "where":
+            n, operands = make("where", (a > b, a, b)), ["(a > b)", "a", "b"]
+        elif "{1}" not in op.template:
+            n, operands = make(name, (a,), TEMPLATE_ATTRS.get(name, {})), ["a"]
+        else:
+            n, operands = make(name, (a, b)), ["a", "b"]
+        e = node_expr(n, operands)
+        if n.dtype.kind == "b":
+            e = f"({literal(1, dtype)} if {e} else {literal(0, dtype)})"
+        lines.append(f"        o[i, {len(nodes)}] = {e}  # {name}")
+        nodes.append(n)
+    src = textwrap.dedent(f'''
+        import math
+        import numpy as np
+        from numba import cfunc
+        from graphc.backends.cpu.views import view
+
+        @cfunc('int64(voidptr, int64, voidptr, int64, voidptr, int64, int64)', cache=False, error_model='numpy')
+        def kernel_templates(x_ptr, x_n0, y_ptr, y_n0, o_ptr, o_n0, o_n1):
+            x = view(x_ptr, (x_n0,), np.{dtype})
+            y = view(y_ptr, (y_n0,), np.{dtype})
+            o = view(o_ptr, (o_n0, o_n1), np.{dtype})
+            m = {literal(-np.inf, dtype)}
+            for i in range(x.shape[0]):
+                a = x[i]
+                b = y[i]
+    ''') + "\n".join(lines) + f"\n        m = {reduce_step('max', 'm', 'a')}\n        o[i, {len(nodes)}] = m\n    return 0\n"
+    return src, nodes
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_op_templates_give_numbas_bits_and_numpys_nan(tmp_path, dtype):
+    """Each elementwise op's template and the max reduction's step, on every pair of NaN,
+    +-inf, +-0.0 and finite values: graphc's kernel and Numba's agree bit for bit (NaN
+    positions, signed zeros), and both agree with the op's NumPy evaluation (the numpy
+    target): NaN where it has NaN (relu, maximum, minimum, sign, max propagate it), the same
+    infinities and signs of zero, close values (the math functions' last bits may differ)."""
+    src, nodes = _template_kernel(dtype)
+    ours, theirs = both(tmp_path, f"graphc_templates_{dtype}", src)
+    a, b = (np.array(v, dtype) for v in zip(*[(p, q) for p in SPECIALS for q in SPECIALS]))
+    outs = []
+    for fn in (ours, theirs):
+        o = np.zeros((len(a), len(nodes) + 1), dtype)
+        assert fn(a.ctypes.data, len(a), b.ctypes.data, len(b), o.ctypes.data, *o.shape) == 0
+        outs.append(o)
+    nan = np.isnan(outs[0])
+    np.testing.assert_array_equal(nan, np.isnan(outs[1]))
+    bits = np.uint32 if dtype == "float32" else np.uint64
+    np.testing.assert_array_equal(outs[0][~nan].view(bits), outs[1][~nan].view(bits))
+    with np.errstate(all="ignore"):
+        want = [np.asarray(n.opdef.evaluate([a > b, a, b] if n.op == "where" else [a, b][:len(n.inputs)],
+                                            n.attrs, n)).astype(dtype) for n in nodes]
+        want.append(np.maximum.accumulate(a))
+    rtol = 2e-6 if dtype == "float32" else 1e-12
+    for k, w in enumerate(want):
+        got, what = outs[0][:, k], nodes[k].op if k < len(nodes) else "max (reduce_step)"
+        msg = f"{what}: a={a}\nb={b}\ngot {got}\nwant {w}"
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(w), err_msg=msg)
+        ok = ~np.isnan(w)
+        np.testing.assert_allclose(got[ok], w[ok], rtol=rtol, atol=0, err_msg=msg)
+        if k < len(nodes):  # (which of two tied zeros np.maximum.accumulate keeps varies with the machine)
+            np.testing.assert_array_equal(np.signbit(got[ok]), np.signbit(w[ok]), err_msg=msg)
+    assert {"relu", "maximum", "minimum", "sign", "clip"} <= {n.op for n in nodes}

@@ -4,8 +4,10 @@ gc.grad outputs, parameters and optimizer state.
 
 The graphs draw elementwise ops, broadcasting (size-1 dims included), reductions (sum, mean,
 max over axes, keepdims), matmul (1x1 and (k,1)/(1,k) operands included), transpose,
-reshape, expand_dims, broadcast_to and softmax; the training steps draw tiny Dense nets
-(batch size 1 included), losses and optimizers, with and without check_numerics.
+reshape, expand_dims, broadcast_to and softmax, fed finite values or (a test of its own in the
+quick suite, drawn in the slow run) NaN, infinities and signed zeros among them, whose positions
+must match the interpreter's exactly; the training steps draw tiny Dense nets (batch size 1
+included), losses and optimizers, with and without check_numerics.
 
 Two runs:
 - the quick suite (default ``python -m pytest``): a few derandomized examples, the same
@@ -69,12 +71,27 @@ def _close(got, want, rtol, what):
     if want.dtype.kind in "biu":
         np.testing.assert_array_equal(got, want, err_msg=what)
         return
+    # NaN and infinities exactly where the interpreter has them; the rest close
+    for special in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(special(got), special(want), err_msg=f"{what}: {special.__name__}")
+    ok = np.isfinite(want)
+    got, want = got[ok], want[ok]
     scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=what)
 
 
-def _feeds(nodes, batch, seed):
-    return random_feeds(nodes, batch, seed, high=3)
+def _feeds(nodes, batch, seed, specials=False):
+    """Random feeds; with ``specials`` about a third of the float values are NaN, +-inf or
+    +-0.0 (compiled with check_finite=False)."""
+    feeds = random_feeds(nodes, batch, seed, high=3)
+    if specials:
+        rng = np.random.default_rng(seed + 7919)
+        for k, v in feeds.items():
+            if v.dtype.kind == "f":
+                pick = rng.random(v.shape) < 0.35
+                vals = rng.choice(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], v.dtype), v.shape)
+                feeds[k] = np.where(pick, vals, v).astype(v.dtype)
+    return feeds
 
 
 # ---- random graphs ---------------------------------------------------------------------------
@@ -102,6 +119,7 @@ UNARY = {
     "abs": gc.abs, "neg": lambda a: -a, "square": gc.square, "softplus": gc.softplus, "gelu": gc.gelu,
     "pow3": lambda a: a ** 3, "recip": lambda a: 1.0 / (a * a + 1.0), "leaky": lambda a: gc.leaky_relu(a, 0.1),
     "elu": lambda a: gc.elu(a, 0.7), "clip": lambda a: gc.clip(a, -0.5, 0.3),
+    "sign": lambda a: gc.sign(a) * a, "softsign": gc.softsign, "log1p": lambda a: gc.log1p(gc.abs(a)),
 }
 BINARY = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
@@ -164,18 +182,19 @@ def random_graph(draw, dt="float64"):
     return outs, inputs
 
 
-def check_graph(outs, wrt, target, seed=0):
-    """outs, a weighted sum y of them and gc.grad(y, wrt) on ``target`` vs the interpreter."""
+def check_graph(outs, wrt, target, seed=0, specials=False):
+    """outs, a weighted sum y of them and gc.grad(y, wrt) on ``target`` vs the interpreter;
+    with ``specials``, NaN, infinities and signed zeros among the feeds."""
     y = None
     for k, o in enumerate(outs):
         w = np.linspace(-1.0, 1.5, int(np.prod(o.shape)) if o.shape else 1).reshape(o.shape) + 0.1 * k
         t = gc.sum(o * gc.const(w.astype(o.dtype)))
         y = t if y is None else y + t
     everything = [*outs, y, *gc.grad(y, list(wrt))]
-    ref = gc.compile(everything, target="numpy")
-    feeds = _feeds(ref._inputs, None, seed)
+    ref = gc.compile(everything, target="numpy", check_finite=not specials)
+    feeds = _feeds(ref._inputs, None, seed, specials)
     want = ref(**feeds)
-    got = gc.compile(everything, target=target)(**feeds)
+    got = gc.compile(everything, target=target, check_finite=not specials)(**feeds)
     for i, (a, b) in enumerate(zip(got, want)):
         _close(a, b, 1e-9, f"{target} output {i} of {len(want)} ({everything[i]!r})")
 
@@ -254,6 +273,14 @@ def test_random_graphs(target, graph):
     check_graph(*graph, target)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's NumPy on NaN and infinities
+@pytest.mark.parametrize("target", NATIVE)
+@_quick(4)
+@given(random_graph())
+def test_random_graphs_with_nan_and_inf(target, graph):
+    check_graph(*graph, target, specials=True)
+
+
 @pytest.mark.parametrize("target", NATIVE)
 @_quick(3)
 @given(random_net())
@@ -270,11 +297,12 @@ _graph_budget, _train_budget = _Budget(), _Budget()
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @SLOW
-@given(random_graph(), st.sampled_from(NATIVE))
-def test_random_graphs_explore(graph, target):
+@given(random_graph(), st.sampled_from(NATIVE), st.booleans())
+def test_random_graphs_explore(graph, target, specials):
     if not _graph_budget.spent():
-        _graph_budget.run(check_graph, *graph, target)
+        _graph_budget.run(check_graph, *graph, target, 0, specials)
 
 
 @pytest.mark.slow

@@ -195,7 +195,9 @@ def _pool_grad_eval(args, attrs, node):
         m = _pool_eval([x], attrs, node)
         taken = np.zeros(g.shape, dtype=bool)
         for _, _, (ys, xs) in _windows(attrs, h, w):
-            hit = (xp[:, ys, xs, :] == m) & ~taken  # the first maximum of each window
+            win = xp[:, ys, xs, :]
+            # the first maximum of each window; a NaN is the maximum (max_pool2d propagates it)
+            hit = ((win == m) | (np.isnan(win) & np.isnan(m))) & ~taken
             out[:, ys, xs, :] += np.where(hit, g, 0)
             taken |= hit
     else:

@@ -64,10 +64,13 @@ _binary("mul", np.multiply, "({0} * {1})",
 _binary("div", np.divide, "({0} / {1})",
         lambda y, g: [_unb(g / y.inputs[1], y.inputs[0]), _unb(-g * y / y.inputs[1], y.inputs[1])],
         float_only=True)
-_binary("maximum", np.maximum, "({0} if {0} >= {1} else {1})",
+# NaN propagates from either operand, as np.maximum/np.minimum (and ties give the second operand,
+# as NumPy's SIMD loops do: maximum(0.0, -0.0) is -0.0); two compares and one select, so loops
+# still vectorize
+_binary("maximum", np.maximum, "({0} if {0} > {1} or {0} != {0} else {1})",
         lambda y, g: [_unb(F.where(y.inputs[0] >= y.inputs[1], g, 0.0), y.inputs[0]),
                       _unb(F.where(y.inputs[0] >= y.inputs[1], 0.0, g), y.inputs[1])])
-_binary("minimum", np.minimum, "({0} if {0} <= {1} else {1})",
+_binary("minimum", np.minimum, "({0} if {0} < {1} or {0} != {0} else {1})",
         lambda y, g: [_unb(F.where(y.inputs[0] <= y.inputs[1], g, 0.0), y.inputs[0]),
                       _unb(F.where(y.inputs[0] <= y.inputs[1], 0.0, g), y.inputs[1])])
 
@@ -89,12 +92,15 @@ _unary("exp", np.exp, "math.exp({0})", lambda y, g: [g * y])
 _unary("log", np.log, "math.log({0})", lambda y, g: [g / y.inputs[0]])
 _unary("sqrt", np.sqrt, "math.sqrt({0})", lambda y, g: [g / (2.0 * y)])
 _unary("abs", np.abs, "abs({0})", lambda y, g: [g * F.sign(y.inputs[0])], float_only=False)
-_unary("sign", np.sign, "(1.0 if {0} > 0 else (-1.0 if {0} < 0 else 0.0))", lambda y, g: [None])
+_unary("sign", np.sign, "(1.0 if {0} > 0 else (-1.0 if {0} < 0 else ({0} if {0} != {0} else 0.0)))",
+       lambda y, g: [None])  # sign(NaN) is NaN, sign(-0.0) is 0.0, as np.sign
 _unary("square", np.square, "({0} * {0})", lambda y, g: [g * (2.0 * y.inputs[0])], float_only=False)
 
 # ---- activations (their VJPs use the output y where that saves keeping the input) ---------
 
-_unary("relu", lambda x: np.maximum(x, 0), "({0} if {0} > 0 else 0.0)",
+# relu(NaN) is NaN as np.maximum(x, 0) (an unordered "not <=" keeps it: still one select),
+# relu(-0.0) is 0.0
+_unary("relu", lambda x: np.maximum(x, 0), "({0} if not ({0} <= 0) else 0.0)",
        lambda y, g: [F.where(y > 0.0, g, 0.0)])
 _unary("leaky_relu", lambda x, alpha: np.where(x > 0, x, x * x.dtype.type(alpha)),
        "({0} if {0} > 0 else {0} * {alpha})",
