@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import dsl as F
 from . import regularizers as R
-from .layers import KerasTensor, Layer, _fmt, _initializer, _layer_seed
+from .base import KerasTensor, Layer, _fmt, _initializer, _layer_seed
 
 __all__ = ["MultiHeadAttention"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from .. import dsl as F
 from . import activations
 from . import regularizers as R
-from .layers import Dense, Layer, _fmt, _initializer
+from .base import Layer, _Affine, _fmt, _initializer
 
 __all__ = ["Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D"]
 
@@ -69,7 +69,7 @@ def _spatial_out(layer: Layer, input_shape: tuple, window: tuple, strides: tuple
     return oh, ow
 
 
-class Conv2D(Layer):
+class Conv2D(_Affine, Layer):
     """``keras.layers.Conv2D``: ``activation(conv2d(x, kernel) + bias)`` on NHWC images
     ``(batch, height, width, channels)``; ``kernel`` is ``(kh, kw, channels, filters)``
     (HWIO, Keras' layout, so Keras weights load as they are). ``gc.conv2d`` is im2col plus
@@ -118,11 +118,8 @@ class Conv2D(Layer):
                               "kernel_size")
         return (oh, ow, self.filters)
 
-    def linear(self, x):  # kernel (+ bias) then activation: Dense's call_split/call
+    def linear(self, x):  # then bias and activation (_Affine's call_split/call, as Dense)
         return F.conv2d(x, self.kernel, strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate)
-
-    call_split = Dense.call_split
-    call = Dense.call
 
 
 class _Pooling2D(Layer):

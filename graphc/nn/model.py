@@ -38,7 +38,7 @@ from ..runtime import (check_counter, check_savable, checkpoint_path, flatten_st
 from . import losses as L
 from . import metrics as M
 from .callbacks import Callback, CallbackList, History
-from .layers import CallNode, InputLayer, KerasTensor, Layer
+from .base import CallNode, InputLayer, KerasTensor, Layer
 from .progress import Progbar
 
 _NAN_POLICIES = ("raise", "warn", "ignore")

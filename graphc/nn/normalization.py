@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import dsl as F
 from . import regularizers as R
-from .layers import Layer, _fmt, _initializer
+from .base import Layer, _fmt, _initializer
 
 __all__ = ["BatchNormalization"]
 
