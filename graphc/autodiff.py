@@ -11,6 +11,7 @@ from typing import Sequence
 from . import dsl as F
 from .errors import DTypeError, ShapeError, user_location
 from .ir import Node, topo_order
+from .ops.control import out_types, vjp_multi
 
 
 def grad(y: Node, xs: Node | Sequence[Node]) -> list[Node] | Node:
@@ -43,14 +44,29 @@ def grad(y: Node, xs: Node | Sequence[Node]) -> list[Node] | Node:
             live.add(id(n))
 
     adj: dict[int, Node] = {id(y): F.ones_like(y)}
+    # a scan is one node with several results (read by scan_out nodes): the cotangents of
+    # its results are gathered here and its VJP takes them all at once
+    multi: dict[int, list] = {}
     for n in reversed(order):
-        g = adj.get(id(n))
-        if g is None or id(n) not in live or not n.inputs or n.dtype.kind != "f":
+        if n.op == "scan_out":
+            g = adj.get(id(n))
+            if g is not None and id(n) in live and n.dtype.kind == "f":
+                gs = multi.setdefault(id(n.inputs[0]), [None] * len(out_types(n.inputs[0])))
+                i = n.attrs["index"]
+                gs[i] = g if gs[i] is None else gs[i] + g
             continue
-        rule = n.opdef.vjp
-        if rule is None:
-            raise NotImplementedError(f"grad: op {n.op!r} has no VJP rule (node created at {n.src})")
-        contribs = rule(n, g)
+        if n.op == "scan":
+            if id(n) not in live or id(n) not in multi:
+                continue
+            contribs = vjp_multi(n, multi.pop(id(n)))
+        else:
+            g = adj.get(id(n))
+            if g is None or id(n) not in live or not n.inputs or n.dtype.kind != "f":
+                continue
+            rule = n.opdef.vjp
+            if rule is None:
+                raise NotImplementedError(f"grad: op {n.op!r} has no VJP rule (node created at {n.src})")
+            contribs = rule(n, g)
         for x, c in zip(n.inputs, contribs):
             if c is None or id(x) not in live or x.dtype.kind != "f":
                 continue

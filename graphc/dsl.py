@@ -992,6 +992,31 @@ def split(x, indices_or_sections, axis: int = 0) -> list:
     return [_index(x, lead + (builtins.slice(a, b),), "split") for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def scan(fn, init, xs=None, length: int | None = None, reverse: bool = False, unroll: int | bool = 1,
+         checkpoint: bool = True):
+    """A loop in the graph with ``jax.lax.scan``'s semantics: ``fn(carry, x) -> (carry, y)``
+    runs once per step over the leading axis of ``xs``; returns ``(final carry, ys)`` with the
+    ys stacked along a new leading axis. ``init``, ``xs`` and ``y`` are tensors or nested
+    tuples/lists/dicts of them (``xs`` or ``y`` may be None; with ``xs=None`` give ``length``).
+    ``reverse=True`` scans from the last step but stores ``ys`` in the original order.
+
+    ``fn`` is written with DSL ops and traced ONCE (on placeholder tensors): it must not branch
+    on values; params and other tensors it closes over become inputs of the loop. The carry
+    must keep its structure, shapes and dtypes (checked now: the mismatching leaf, its shapes
+    and dtypes and your line are named). Shapes may hold the batch dim (None), but not the
+    scanned axis.
+
+    Differentiable to any order: the adjoint is a reverse scan. ``checkpoint=True`` (default)
+    saves only the per-step carries and recomputes each step's forward in the reverse pass
+    (memory T x |carry|); ``checkpoint=False`` saves what the reverse pass reads from the
+    forward (memory T x |residuals|, no recomputation). The numpy target interprets the loop;
+    the compiled targets (cpu, parallel, cuda) currently unroll it into the step (T copies
+    of the body, whose identical kernels compile once), so compile time grows with T.
+    ``unroll`` is accepted as in JAX and does not change results."""
+    from .ops.control import scan as _scan
+    return _scan(fn, init, xs, length, reverse, unroll, checkpoint)
+
+
 def _not_iterable(x):
     raise TypeError(f"{x!r} is a symbolic graphc tensor and is not iterable: index it (x[i]) or use gc.split")
 

@@ -23,7 +23,8 @@ def evaluate_each(outputs: Sequence[Node], feeds: Mapping[str, np.ndarray], para
             v = params[n.name]
         else:
             v = n.opdef.evaluate([values[id(x)] for x in n.inputs], n.attrs, n)
-        v = values[id(n)] = np.asarray(v)
+        # a scan's value is the tuple of its results (ops/control.py), read by scan_out
+        v = values[id(n)] = v if n.op == "scan" else np.asarray(v)
         yield n, v
 
 

@@ -16,7 +16,7 @@ def with_float_dtype(outputs: Sequence[Node], dtype="float64") -> list[Node]:
     for n in topo_order(outputs):
         ins = [new[id(x)] for x in n.inputs]
         attrs = dict(n.attrs)
-        if n.op in ("input", "param") and n.dtype.kind == "f":
+        if n.op in ("input", "param", "scan_arg") and n.dtype.kind == "f":
             attrs["dtype"] = dtype
             if isinstance(attrs.get("init"), ArrayValue):
                 attrs["init"] = ArrayValue(attrs["init"].array.astype(dtype))
@@ -24,6 +24,8 @@ def with_float_dtype(outputs: Sequence[Node], dtype="float64") -> list[Node]:
             attrs["value"] = ArrayValue(attrs["value"].array.astype(dtype))
         elif n.op in ("cast", "dim_size") and attrs["dtype"].kind == "f":
             attrs["dtype"] = dtype
+        elif n.op == "scan":  # the loop body too (ops/control.py)
+            attrs["body"] = attrs["body"].mapped(lambda nodes: with_float_dtype(nodes, dtype))
         if n.op == "cast" and ins[0].dtype == attrs["dtype"]:
             new[id(n)] = ins[0]
             continue
