@@ -22,9 +22,10 @@ def lower(program: Program, batch: int | None, passes=None, in_place: bool = Tru
     """Specialize, optimize, fuse and plan (everything but code generation); ``in_place=False``
     (check_numerics) keeps new param/state values in scratch until the driver has checked them."""
     from .passes import run_pipeline, specialize  # (not imported for a program started from its manifest)
+    from .passes.unroll import unroll_scans
     from .schedule.fusion import fuse
     from .schedule.plan import build_plan
-    g = specialize(program.graph, batch)
+    g = specialize(unroll_scans(program.graph), batch)  # loops (gc.scan) unrolled first
     g = run_pipeline(g, passes)
     kernels = fuse(g)
     k = len(program.user_names)

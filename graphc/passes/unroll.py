@@ -1,0 +1,63 @@
+"""unroll_scans: every ``scan`` node (ops/control.py) replaced by T copies of its body.
+
+Run first in the native pipeline, before ``specialize`` (the body's shapes may hold the
+batch dim; the copies are ordinary nodes that specialize like any other), so fusion, the
+schedule and every backend (cpu, parallel, cuda) compile a scan with no change: x[t] is a
+``slice`` + ``reshape`` of each xs leaf, ys and the saved per-step carries are ``stack``ed
+(``concatenate``), the carry is threaded from one copy to the next, and nested scans unroll
+recursively. The T copies of a body fuse into textually identical kernels, which compile
+once (generated text carries no file:line). Each copied node's source location names the
+scan and the step: ``model.py:12 (scan @ model.py:20, step 3)``, which ``graph.dump()``,
+``step.source()`` and ``step.kernels()`` show.
+
+Not yet a loop in the generated code: compile time and the driver grow with T. The next
+step is a ``for t in range(T)`` driver loop over the body's kernels, with the input
+projections (what does not depend on the carry) hoisted out of it as one GEMM over all steps.
+"""
+from __future__ import annotations
+
+from ..ir import Graph, Node
+
+
+def unroll_scans(graph: Graph) -> Graph:
+    if not any(n.op == "scan" for n in graph.nodes):
+        return graph
+    from ..ops.control import replay
+    return Graph(replay(list(graph.outputs), {}, expand=_expand), graph.names)
+
+
+def _step(x: Node, t: int) -> Node:
+    """x[t] along the leading (scanned) axis; from a stack this pass built (the saved carries
+    an adjoint reads, the ys of an inner scan), the stacked tensor itself, not a copy."""
+    from .. import dsl as F
+    from ..ops.slicing import slice_node
+    if (x.op == "concatenate" and x.attrs["axis"] == 0 and len(x.inputs) == x.shape[0]
+            and all(p.shape[0] == 1 for p in x.inputs)):
+        p = x.inputs[t]
+        return p.inputs[0] if p.op == "reshape" and p.inputs[0].shape == x.shape[1:] else F.reshape(p, x.shape[1:])
+    if x.shape[0] != 1:
+        x = slice_node(x, [(t, t + 1, 1)] + [None] * (x.ndim - 1))
+    return F.reshape(x, x.shape[1:])
+
+
+def _expand(n: Node, ins: list):
+    """A scan node -> the list of its results; a scan_out -> its entry of that list."""
+    if n.op == "scan_out":
+        return ins[0][n.attrs["index"]]
+    from .. import dsl as F
+    from ..ops.control import replay
+    body, T, rev = n.attrs["body"], n.attrs["length"], n.attrs["reverse"]
+    nc, nx = body.n_carry, body.n_x
+    carry, xs, caps = list(ins[:nc]), ins[nc:nc + nx], list(ins[nc + nx:])
+    saved: list = [None] * T
+    ys: list = [None] * T
+    where = n.src.rsplit("/", 1)[-1]
+    for i in range(T):
+        t = T - 1 - i if rev else i
+        saved[t] = carry
+        args = carry + [_step(x, t) for x in xs] + caps
+        outs = replay(list(body.outputs), {id(a): v for a, v in zip(body.args, args)},
+                      src_suffix=f" (scan @ {where}, step {t})", expand=_expand)
+        carry, ys[t] = outs[:nc], outs[nc:]
+    return (carry + [F.stack([ys[t][j] for t in range(T)]) for j in range(body.n_y)]
+            + [F.stack([saved[t][j] for t in range(T)]) for j in range(nc)])
