@@ -415,23 +415,37 @@ def vjp_multi(node: Node, gs: list) -> list:
     saved = [result(node, nc + ny + i) for i in range(nc)]
     carry0 = ([g_final[i] if g_final[i] is not None else F.zeros_like(init[i]) for i in fc],
               [F.zeros_like(caps[j]) for j in fk])
-    bxs = (saved, list(xs), [g_ys[j] for j in fy], [g_saved[i] for i in fs])
+
+    # one step's VJP, built once on the body's own placeholders and new ones for the
+    # cotangents; grad is taken w.r.t. the captured tensors' placeholders, so that their
+    # cotangents are partial derivatives (a captured U and a captured U.T are independent
+    # arguments of the body)
+    cp, xp, kp = body.args[:nc], body.args[nc:nc + nx], body.args[nc + nx:]
+    gcp = [_placeholder(-1, cp[i].shape, cp[i].dtype) for i in fc]
+    gyp = [_placeholder(-1, body.outputs[nc + j].shape, body.outputs[nc + j].dtype) for j in fy]
+    terms = [F.sum(body.outputs[i] * gcp[k]) for k, i in enumerate(fc)] + [
+        F.sum(body.outputs[nc + j] * gyp[k]) for k, j in enumerate(fy)]
+    s = terms[0]
+    for t in terms[1:]:
+        s = s + t
+    step_vjp = grad(s, [cp[i] for i in fc] + [xp[j] for j in fx] + [kp[j] for j in fk])
+    residuals: list[Node] = []
+    stacked: list[Node] = []
+    if not node.attrs["checkpoint"]:
+        # save what the reverse step reads from the forward (computed once, by a forward scan
+        # that also returns them) instead of recomputing it
+        residuals = _residuals(step_vjp, {id(a) for a in cp + xp}, {id(a) for a in gcp + gyp})
+        aug = make("scan", ins, {**node.attrs, "body": Body(body.args, body.outputs + tuple(residuals), nc, nx,
+                                                            ("residuals", body.y_tree))}, src=node.src)
+        stacked = [result(aug, nc + ny + r) for r in range(len(residuals))]
+    bxs = (saved, list(xs), [g_ys[j] for j in fy], [g_saved[i] for i in fs], stacked)
 
     def backward(carry, x):
         gc, gk = carry
-        c, xt, gy, gsv = x
-        # the body on this step's carry and x; the captured tensors stay the body's own
-        # placeholders, so that their cotangents are partial derivatives (a captured U and a
-        # captured U.T are independent arguments), then they are replaced by the tensors
-        kp = body.args[nc + nx:]
-        outs = replay(body.outputs, {id(a): v for a, v in zip(body.args, list(c) + list(xt))})
-        terms = [F.sum(outs[i] * gc[k]) for k, i in enumerate(fc)] + [
-            F.sum(outs[nc + j] * gy[k]) for k, j in enumerate(fy)]
-        s = terms[0]
-        for t in terms[1:]:
-            s = s + t
-        wrt = [c[i] for i in fc] + [xt[j] for j in fx] + [kp[j] for j in fk]
-        g = replay(grad(s, wrt), {id(a): v for a, v in zip(kp, caps)})
+        c, xt, gy, gsv, res = x
+        pairs = list(zip(cp, c)) + list(zip(xp, xt)) + list(zip(kp, caps)) + list(zip(gcp, gc)) + list(
+            zip(gyp, gy)) + list(zip(residuals, res))
+        g = replay(step_vjp, {id(a): v for a, v in pairs})
         g_c = list(g[:len(fc)])
         for k, i in enumerate(fs):
             p = fc.index(i)
@@ -450,6 +464,24 @@ def vjp_multi(node: Node, gs: list) -> list:
     for k, j in enumerate(fk):
         out[nc + nx + j] = g_caps[k]
     return out
+
+
+def _residuals(outputs: list, fwd: set, cot: set) -> list[Node]:
+    """The forward values the reverse step reads: nodes of ``outputs``' graph that depend on a
+    forward argument (``fwd``: carry or x placeholders, themselves excluded) but on no
+    cotangent (``cot``), and feed a node that does (or are outputs)."""
+    order = topo_order(outputs)
+    on_f: dict[int, bool] = {}
+    on_c: dict[int, bool] = {}
+    for n in order:
+        on_f[id(n)] = id(n) in fwd or builtins.any(on_f[id(x)] for x in n.inputs)
+        on_c[id(n)] = id(n) in cot or builtins.any(on_c[id(x)] for x in n.inputs)
+    out: dict[int, Node] = {}
+    reads = [x for n in order if on_c[id(n)] for x in n.inputs] + list(outputs)
+    for x in reads:
+        if on_f[id(x)] and not on_c[id(x)] and id(x) not in fwd and x.op != "scan":
+            out.setdefault(id(x), x)
+    return list(out.values())
 
 
 __all__ = ["scan", "Body", "replay", "run_body", "vjp_multi", "result", "out_types", "flatten", "unflatten",
