@@ -489,13 +489,58 @@ def _unload(name: str, mod: ModuleType | None) -> None:
         return
     if sys.modules.get(name) is mod:
         del sys.modules[name]
+    cf = vars(mod).get("_cfunc")
+    libraries = [getattr(cf, "_library", None)]
+    if cf is not None:  # a kernel module: its exported entry is no longer called
+        from .cpu.program import unexport
+        unexport(name)
     for v in list(vars(mod).values()):
         if getattr(v, "__module__", None) == name and hasattr(v, "_reset_overloads"):
             try:
+                libraries += [cres.library for cres in v.overloads.values()]
                 v._make_finalizer()()
                 v._reset_overloads()
             except Exception:  # pragma: no cover - another Numba version: leave it loaded
                 pass
+    _forget_numba_functions(name, [lib for lib in libraries if lib is not None])
+
+
+def _forget_numba_functions(name: str, libraries: list) -> None:
+    """Remove from Numba's target context the functions compiled for module ``name`` that
+    no dispatcher's finalizer removes: the parfor gufuncs of its parallel kernels (each
+    compiled once, linked into its kernel alone) and its cfunc entry. Their registrations
+    hold their type-annotated IR and their code libraries, which hold copies of their LLVM
+    modules (with the exported cfuncs, ``program.unexport``: ~1 MB per dropped parallel
+    Adam step of a small MLP, measured). Only functions reached
+    from ``libraries`` (this module's compiled code) are touched, never a shared helper's
+    (views.py's, which later kernels call)."""
+    seen, todo = set(), list(libraries)
+    while todo:  # the libraries linked into this module's code, transitively
+        lib = todo.pop()
+        if id(lib) not in seen:
+            seen.add(id(lib))
+            todo += getattr(lib, "_linking_libraries", ())
+    try:
+        from numba.core.compiler_lock import global_compiler_lock
+        from numba.core.registry import cpu_target
+        with global_compiler_lock:  # not while another thread's compile reads them
+            defns = cpu_target.target_context._defns
+            for key, selector in list(defns.items()):
+                impls = [impl for _, impl in selector.versions]
+                if impls and all(_compiled_for(impl, name, seen) for impl in impls):
+                    del defns[key]
+    except Exception:  # pragma: no cover - another Numba version: they stay registered
+        pass
+
+
+def _compiled_for(impl, name: str, libraries: set) -> bool:
+    """Whether a target context entry (``imputils.user_function``) is a function of module
+    ``name`` or a parfor gufunc, compiled into one of ``libraries``."""
+    libs = getattr(impl, "libs", None)
+    if not libs or not all(id(lib) in libraries for lib in libs) or not impl.__closure__:
+        return False
+    fndesc = dict(zip(impl.__code__.co_freevars, (c.cell_contents for c in impl.__closure__))).get("fndesc")
+    return fndesc is not None and (fndesc.modname == name or fndesc.qualname.startswith("__numba_parfor_gufunc"))
 
 
 # ---- Numba: parfor reload hooks of callers of cached functions --------------------------------

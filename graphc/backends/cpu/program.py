@@ -21,7 +21,7 @@ from .native import RAISED_STATUS
 
 # ---- native kernel entries: bound to symbols the drivers call ----------------------------------
 
-_EXPORTED: dict[str, list] = {}  # symbol -> its cfuncs (the code a bound address points into stays alive)
+_EXPORTED: dict[str, list] = {}  # symbol -> the cfuncs of its loaded kernel modules (see unexport)
 
 
 def export(name: str, cf) -> Any:
@@ -38,6 +38,24 @@ def export(name: str, cf) -> Any:
     _EXPORTED.setdefault(sym, []).append(cf)
     args = [types.int64 if a == types.voidptr else a for a in cf._sig.args]  # the driver passes int64 addresses
     return types.ExternalFunction(sym, cf._sig.return_type(*args))
+
+
+def unexport(module: str) -> int:
+    """Forget the cfuncs that kernel module ``module`` exported (called when it is unloaded,
+    backends/cache.py): each holds its Numba code library, which holds the libraries it
+    linked (the parfor gufuncs of a parallel kernel) with their LLVM module copies (with the
+    target context's entries, cache._forget_numba_functions: ~1 MB per dropped parallel
+    Adam step of a small MLP, 0.3 MB for one fused kernel). The machine code a bound symbol
+    points into stays: Numba's JIT never removes a module. Returns how many were dropped."""
+    n = 0
+    for sym in list(_EXPORTED):
+        keep = [cf for cf in _EXPORTED[sym] if getattr(cf.__wrapped__, "__module__", None) != module]
+        n += len(_EXPORTED[sym]) - len(keep)
+        if keep:
+            _EXPORTED[sym] = keep
+        else:
+            del _EXPORTED[sym]
+    return n
 
 
 class CpuProgram:
