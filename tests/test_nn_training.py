@@ -122,9 +122,10 @@ def test_sample_weight_is_keras_sum_over_batch_size():
     for k, v in zip(m._weight_names(), m.get_weights()):
         np.testing.assert_allclose(v, step.params[k], rtol=1e-5, atol=1e-7, err_msg=k)
     # the unweighted step is still the unweighted graph: one store, two programs
-    assert m._train_fn is None and m._train_fn_w is not None
+    assert m._functions.get("train") is None and m._functions.get("train", weighted=True) is not None
     m.fit(x, y, epochs=1, verbose=0)
-    assert m.train_function.state_dict()["state"]["step"] == m._train_fn_w.state_dict()["state"]["step"] == 6 + 2
+    weighted = m._functions.get("train", weighted=True)
+    assert m.train_function.state_dict()["state"]["step"] == weighted.state_dict()["state"]["step"] == 6 + 2
 
 
 def test_class_weight_equals_the_matching_sample_weight():

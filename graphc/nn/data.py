@@ -202,3 +202,48 @@ def class_weight_to_sample_weight(class_weight, ys: list[np.ndarray]) -> np.ndar
     for k, v in class_weight.items():
         table[int(k)] = v
     return table[y]
+
+
+# ---- batching --------------------------------------------------------------------------------------------
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[(lo, hi)]`` of consecutive batches over ``n`` samples (the last one may be short)."""
+    return [(lo, min(n, lo + batch_size)) for lo in range(0, n, batch_size)]
+
+
+def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` with zero rows appended up to ``rows``: predict pads its last batch so one compiled
+    specialization (one batch size) serves every call."""
+    if len(a) >= rows:
+        return a
+    return np.concatenate([a, np.zeros((rows - len(a),) + a.shape[1:], a.dtype)])
+
+
+class EpochBatches:
+    """fit's batches: index arrays of ``batch_size`` samples out of ``n``, one pass over the data
+    in one order. Without ``steps_per_epoch`` an epoch is one pass. With it, an epoch takes that
+    many batches and the next epoch continues the same pass; a new pass (a new order) begins at
+    the start of an epoch once the data has run out, and an epoch that reaches the end of the
+    data mid-way gets ``None`` in place of its next batch (Keras' "ran out of data")."""
+
+    def __init__(self, n: int, batch_size: int, steps_per_epoch: int | None = None):
+        self.n, self.batch_size = n, batch_size
+        self.per_pass = -(-n // batch_size)
+        self.steps = steps_per_epoch or self.per_pass
+        self._continues = steps_per_epoch is not None
+        self._order: np.ndarray | None = None
+        self._pos = self.per_pass  # the next batch of the current pass
+
+    def epoch(self, new_order):
+        """Yield ``(batch index, sample indices or None)`` for one epoch. ``new_order()`` gives
+        the order of a new pass (a permutation of ``range(n)``, or None for the data's order);
+        it is called only when a pass begins."""
+        if not self._continues or self._pos >= self.per_pass:
+            self._order, self._pos = new_order(), 0
+        for b in range(self.steps):
+            if self._pos >= self.per_pass:
+                yield b, None
+                return
+            lo, hi = self._pos * self.batch_size, min(self.n, (self._pos + 1) * self.batch_size)
+            self._pos += 1
+            yield b, (np.arange(lo, hi) if self._order is None else self._order[lo:hi])

@@ -411,7 +411,7 @@ class Sequential(Model):
         return layer
 
     def _unbuild(self) -> None:
-        weights = self._current_weights() if self._owner() is not None else None
+        weights = self._current_weights() if self._functions.owner() is not None else None
         for layer in self.layers:
             layer.built = False
         self._built = False

@@ -23,7 +23,7 @@ def save_weights(model, filepath, include_optimizer: bool, overwrite: bool, allo
         raise FileExistsError(f"save_weights: {path} exists and overwrite=False")
     if include_optimizer:
         model._require_compiled()
-        fn = model._train_fn or model._train_fn_w or model.train_function
+        fn = model._functions.training_step() or model.train_function
         sd = fn.state_dict()
     else:
         sd = {"params": model._current_weights()}
@@ -66,9 +66,9 @@ def load_weights(model, filepath, allow_nonfinite: bool) -> None:
     if epochs_seen is not None:
         d["epochs_seen"] = epochs_seen
     d["allow_nonfinite"] = allow_nonfinite
-    if model.compiled and model.loss is not None and model._train_fn_w is None:
+    if model.compiled and model.loss is not None and model._functions.get("train", weighted=True) is None:
         model.train_function  # noqa: B018 - built now (no native compile) so everything is checked at once
-    if model._train_fn is not None or model._train_fn_w is not None:
+    if model._functions.training_step() is not None:
         load_optimizer_state(model, d)  # weights, state and hyper-parameters in one all-or-nothing load
     else:
         model._set_weights_by_name(given, allow_nonfinite)
@@ -77,7 +77,7 @@ def load_weights(model, filepath, allow_nonfinite: bool) -> None:
 
 def load_optimizer_state(model, d: dict) -> None:
     """Weights, state and hyper-parameters of a checkpoint into the training step, all or nothing."""
-    fn = model._train_fn or model._train_fn_w
+    fn = model._functions.training_step()
     try:
         fn.load_state_dict({k: d[k] for k in ("params", "state", "hyper") if k in d},
                            allow_nonfinite=d.get("allow_nonfinite", False))

@@ -11,7 +11,7 @@ model's ``_current_weights``/``weights``.
 The first ``fit`` compiles the total loss (plus the metrics, as extra outputs of the same
 step) with :func:`graphc.compile`. ``evaluate`` and ``predict`` use forward-only compiled
 functions that share the training step's weights (``params=step``): no copies, always
-current.
+current. All of them are kept in one memo, :class:`CompiledFunctions`, on the model.
 
 Sample weights (``sample_weight``/``class_weight``) follow Keras' default loss reduction
 ``sum_over_batch_size``: a batch's loss is ``sum_i w_i * loss_i / batch_size`` (NOT divided by
@@ -21,6 +21,7 @@ unweighted graph.
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 import sys
@@ -36,9 +37,9 @@ from ..api import compile as gc_compile
 from . import losses as L
 from . import metrics as M
 from .base import Layer
-from .callbacks import Callback, CallbackList, History
-from .data import (NAN_POLICIES, RAN_OUT, by_output, check_labels, check_sample_weights,
-                   class_weight_to_sample_weight, positive_int, verbose_arg)
+from .callbacks import Callback, CallbackList, CSVLogger, History, ModelCheckpoint
+from .data import (NAN_POLICIES, RAN_OUT, EpochBatches, batch_bounds, by_output, check_labels,
+                   check_sample_weights, class_weight_to_sample_weight, pad_rows, positive_int, verbose_arg)
 from .progress import Progbar
 from .saving import load_optimizer_state
 
@@ -52,6 +53,117 @@ def _ranks(distributed) -> tuple[int, int]:
             return 1, 0
     from .. import distributed as D
     return D.size(), D.rank()
+
+
+def _keras_result(logs: dict[str, float], return_dict: bool):
+    """evaluate's return value as Keras': the dict, or the loss alone, or ``[loss, *metrics]``."""
+    if return_dict:
+        return logs
+    vals = list(logs.values())
+    return vals[0] if len(vals) == 1 else vals
+
+
+@dataclasses.dataclass
+class _FitOptions:
+    """fit's arguments other than the data, checked."""
+    batch_size: int
+    epochs: int
+    verbose: int
+    shuffle: bool
+    initial_epoch: int
+    steps_per_epoch: int | None
+    validation_batch_size: int
+    validation_freq: int
+
+    @classmethod
+    def check(cls, batch_size, epochs, verbose, validation_split, shuffle, initial_epoch, steps_per_epoch,
+              validation_batch_size, validation_freq, nan_policy) -> "_FitOptions":
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy: expected one of {NAN_POLICIES}, got {nan_policy!r}")
+        verbose = verbose_arg(verbose)
+        batch_size = 32 if batch_size is None else positive_int(batch_size, "batch_size")
+        val_bs = batch_size if validation_batch_size is None else positive_int(validation_batch_size,
+                                                                                "validation_batch_size")
+        validation_freq = positive_int(validation_freq, "validation_freq")
+        if steps_per_epoch is not None:
+            steps_per_epoch = positive_int(steps_per_epoch, "steps_per_epoch")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise ValueError(f"shuffle: expected True or False, got {shuffle!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
+            raise ValueError(f"epochs: expected a non-negative int, got {epochs!r}")
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) or initial_epoch < 0:
+            raise ValueError(f"initial_epoch: expected a non-negative int, got {initial_epoch!r}")
+        if not isinstance(validation_split, numbers.Real) or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split: expected a float in [0, 1), got {validation_split!r}")
+        return cls(batch_size, int(epochs), verbose, bool(shuffle), int(initial_epoch), steps_per_epoch, val_bs,
+                   validation_freq)
+
+
+@dataclasses.dataclass
+class _FitRun:
+    """What one fit() call's epochs share."""
+    opts: _FitOptions
+    step: Any  # the compiled training step
+    data: dict
+    val: dict | None
+    batches: EpochBatches
+    cbs: CallbackList
+    ranks: int
+    out: Any  # the stream the progress bar writes to
+    names: list[str]  # the step's outputs in the logs: loss, per-output losses, metrics
+    fed_layers: list  # layers with a feeds() hook (extra per-step inputs)
+
+
+class CompiledFunctions:
+    """The memo of a model's compiled programs, each built on first use and kept until the model
+    changes (``compile``, a Sequential's ``add``/``pop``): the training step (``"train"``,
+    without and with sample weights, each also data-parallel for fit under mpirun), the
+    forward-only loss and metrics (``"test"``, without and with sample weights) and the
+    outputs (``"predict"``). Every program after the first is compiled with ``params=`` the
+    first, so all of them share one store: weights and optimizer state are never copied, and
+    any of them (``owner``) reads and writes the model's weights."""
+
+    KINDS = ("train", "test", "predict")
+
+    def __init__(self) -> None:
+        self._fns: dict[tuple[str, bool, bool], Any] = {}
+
+    def _key(self, kind: str, weighted: bool, distributed: bool) -> tuple[str, bool, bool]:
+        if kind not in self.KINDS:
+            raise ValueError(f"CompiledFunctions: unknown program {kind!r}; choose from {self.KINDS}")
+        if distributed and kind != "train":
+            raise ValueError(f"CompiledFunctions: only the training step is data-parallel, not {kind!r}")
+        if weighted and kind == "predict":
+            raise ValueError("CompiledFunctions: the predict function takes no sample weights")
+        return kind, bool(weighted), bool(distributed)
+
+    def get(self, kind: str, weighted: bool = False, distributed: bool = False):
+        """The program built for these arguments, or None."""
+        return self._fns.get(self._key(kind, weighted, distributed))
+
+    def put(self, kind: str, weighted: bool, distributed: bool, fn):
+        """Record ``fn`` (just compiled) and return it; a program is built once."""
+        key = self._key(kind, weighted, distributed)
+        if key in self._fns:
+            raise ValueError(f"CompiledFunctions: {key} is already built; clear() first")
+        self._fns[key] = fn
+        return fn
+
+    def owner(self):
+        """A program holding the shared store (a training step first), or None before any is built."""
+        order = sorted(self._fns, key=lambda k: (self.KINDS.index(k[0]), k[2], k[1]))
+        return self._fns[order[0]] if order else None
+
+    def training_step(self):
+        """The one-process training step (unweighted first), or None: the program whose
+        optimizer state checkpoints save and load."""
+        return self.get("train") or self.get("train", weighted=True)
+
+    def clear(self) -> None:
+        self._fns.clear()
+
+    def __len__(self) -> int:
+        return len(self._fns)
 
 
 class Trainer:
@@ -68,10 +180,9 @@ class Trainer:
         self.compiled = False
         self._target = "cpu"
         self._seed = 0
-        self._train_fn = self._train_fn_w = self._test_fn = self._test_fn_w = self._predict_fn = None
-        self._train_fn_dp: dict = {}  # data-parallel training steps (fit under mpirun), by weighted
-        self._initial_weights: dict | None = None
-        self._pending_opt_state: dict | None = None
+        self._functions = CompiledFunctions()
+        self._initial_weights: dict | None = None  # what the first program starts from (recompiled models)
+        self._pending_opt_state: dict | None = None  # a checkpoint's optimizer state for the next training step
         self._epochs_seen = 0
         self.stop_training = False
         self._stop_now = False
@@ -125,8 +236,8 @@ class Trainer:
                 self._resolve_metrics()
             finally:
                 self.loss, self._loss_weights_arg, self._metric_ids = saved
-        had_step = self._train_fn is not None or self._train_fn_w is not None
-        if self._owner() is not None:
+        had_step = self._functions.training_step() is not None
+        if self._functions.owner() is not None:
             self._initial_weights = self._current_weights()
         if had_step:
             self._pending_opt_state = None
@@ -217,16 +328,10 @@ class Trainer:
             raise ValueError("compile(loss=...): no loss was given; recompile with a loss to train or evaluate")
 
     # ---- the compiled programs --------------------------------------------------------------------------
-    def _owner(self):
-        return (self._train_fn or self._train_fn_w or next(iter(self._train_fn_dp.values()), None) or self._test_fn
-                or self._test_fn_w or self._predict_fn)
-
-    def _reset_functions(self) -> None:
-        self._train_fn = self._train_fn_w = self._test_fn = self._test_fn_w = self._predict_fn = None
-        self._train_fn_dp = {}
-
     def _params_arg(self):
-        owner = self._owner()
+        """``params=`` of the next program: the shared store (any program already built), or the
+        weights it starts from (kept across compile and a Sequential's add/pop), or None."""
+        owner = self._functions.owner()
         if owner is not None:
             return owner
         init = self._initial_weights
@@ -234,6 +339,9 @@ class Trainer:
             shapes = {w.name: w.shape for w in self.weights}
             init = {k: v for k, v in init.items() if shapes.get(k) == np.shape(v)}
         return init
+
+    def _reset_functions(self) -> None:
+        self._functions.clear()
 
     def _feed_nodes(self) -> list:
         return [F.input(n, (None,) + s, dtype=d) for n, s, d in zip(self._in_feeds, self._in_shapes, self._in_dtypes)]
@@ -283,8 +391,7 @@ class Trainer:
         return total, extras, updates
 
     def _train_function(self, weighted: bool = False, distributed: bool = False):
-        dp = self._train_fn_dp
-        fn = dp.get(weighted) if distributed else (self._train_fn_w if weighted else self._train_fn)
+        fn = self._functions.get("train", weighted, distributed)
         if fn is None:
             self._require_compiled()
             self._ensure_built()
@@ -293,12 +400,7 @@ class Trainer:
                             params=self._params_arg(), seed=self._seed, updates=updates or None,
                             check_finite=False,  # fit() applies nan_policy to the data once
                             data_parallel=distributed)
-            if distributed:
-                dp[weighted] = fn
-            elif weighted:
-                self._train_fn_w = fn
-            else:
-                self._train_fn = fn
+            self._functions.put("train", weighted, distributed, fn)
             self._initial_weights = None
             if self._pending_opt_state is not None:
                 pending, self._pending_opt_state = self._pending_opt_state, None
@@ -311,17 +413,14 @@ class Trainer:
         return self._train_function(False)
 
     def _test_function(self, weighted: bool = False):
-        fn = self._test_fn_w if weighted else self._test_fn
+        fn = self._functions.get("test", weighted)
         if fn is None:
             self._require_compiled("evaluat")
             self._ensure_built()
             loss, extras, _ = self._objective(False, weighted)  # inference: no state updates
-            fn = gc_compile({"loss": loss, **extras}, target=self._target, params=self._params_arg(),
-                            seed=self._seed, check_finite=False)
-            if weighted:
-                self._test_fn_w = fn
-            else:
-                self._test_fn = fn
+            fn = self._functions.put("test", weighted, False, gc_compile(
+                {"loss": loss, **extras}, target=self._target, params=self._params_arg(), seed=self._seed,
+                check_finite=False))
             self._initial_weights = None
         return fn
 
@@ -333,17 +432,20 @@ class Trainer:
     @property
     def predict_function(self):
         """Forward-only model outputs (dropout off), sharing the training step's weights."""
-        if self._predict_fn is None:
+        fn = self._functions.get("predict")
+        if fn is None:
             self._ensure_built()
             outs = [o for o, _, _ in self._traced_forward(False)[0]]
-            self._predict_fn = gc_compile(outs[0] if len(outs) == 1 else outs, target=self._target,
-                                          params=self._params_arg(), seed=self._seed, check_finite=False)
+            fn = self._functions.put("predict", False, False, gc_compile(
+                outs[0] if len(outs) == 1 else outs, target=self._target, params=self._params_arg(),
+                seed=self._seed, check_finite=False))
             self._initial_weights = None
-        return self._predict_fn
+        return fn
 
     def _store_owner(self):
+        """A program holding the model's weights (building the predict function if none is)."""
         self._ensure_built()
-        owner = self._owner()
+        owner = self._functions.owner()
         return owner if owner is not None else self.predict_function
 
     # ---- the checked feeds of a step (graphc/nn/data.py) ------------------------------------------------
@@ -397,126 +499,112 @@ class Trainer:
         a generator seeded the same way as the shuffling.
         """
         self._require_compiled()
-        if nan_policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy: expected one of {NAN_POLICIES}, got {nan_policy!r}")
-        verbose = verbose_arg(verbose)
-        batch_size = 32 if batch_size is None else positive_int(batch_size, "batch_size")
-        val_bs = batch_size if validation_batch_size is None else positive_int(validation_batch_size,
-                                                                                "validation_batch_size")
-        validation_freq = positive_int(validation_freq, "validation_freq")
-        if steps_per_epoch is not None:
-            steps_per_epoch = positive_int(steps_per_epoch, "steps_per_epoch")
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise ValueError(f"shuffle: expected True or False, got {shuffle!r}")
-        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
-            raise ValueError(f"epochs: expected a non-negative int, got {epochs!r}")
-        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) or initial_epoch < 0:
-            raise ValueError(f"initial_epoch: expected a non-negative int, got {initial_epoch!r}")
-        if not isinstance(validation_split, numbers.Real) or not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split: expected a float in [0, 1), got {validation_split!r}")
+        opts = _FitOptions.check(batch_size, epochs, verbose, validation_split, shuffle, initial_epoch,
+                                 steps_per_epoch, validation_batch_size, validation_freq, nan_policy)
         if x is None:
             raise ValueError("x: training data is required")
-        data = self._data(x, y, sample_weight, class_weight, "x", "y", "sample_weight", nan_policy)
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("validation_data: expected a tuple (x_val, y_val) or (x_val, y_val, sample_weight)")
-            vsw = validation_data[2] if len(validation_data) == 3 else None
-            val = self._data(validation_data[0], validation_data[1], vsw, None, "validation_data[0]",
-                             "validation_data[1]", "validation_data[2]", nan_policy)
-        elif validation_split > 0:
-            total = len(next(iter(data.values())))
-            split_at = int(np.floor(total * (1.0 - validation_split)))
-            if split_at == 0 or split_at == total:
-                raise ValueError(f"validation_split: {validation_split} of {total} samples leaves an empty "
-                                 "training or validation set")
-            val = {k: v[split_at:] for k, v in data.items()}
-            data = {k: v[:split_at] for k, v in data.items()}
+        data, val = self._fit_data(x, y, sample_weight, class_weight, validation_data, validation_split, nan_policy)
         user_cbs = list(callbacks or [])
         for c in user_cbs:
             if not isinstance(c, Callback):
                 raise ValueError(f"callbacks: expected graphc.nn.callbacks.Callback objects, got {c!r}")
-
         ranks, me = _ranks(distributed)
         if ranks > 1 or distributed:
-            verbose = verbose if me == 0 else 0
-            if me != 0:
-                from .callbacks import CSVLogger, ModelCheckpoint
+            opts.verbose = opts.verbose if me == 0 else 0
+            if me != 0:  # only rank 0 writes files
                 user_cbs = [c for c in user_cbs if not isinstance(c, (ModelCheckpoint, CSVLogger))]
         step = self._train_function(self._weighted(data), distributed=bool(ranks > 1 or distributed))
-        n = len(next(iter(data.values())))
-        per_pass = -(-n // batch_size)
-        steps = steps_per_epoch or per_pass
+        batches = EpochBatches(len(next(iter(data.values()))), opts.batch_size, opts.steps_per_epoch)
         history = History()
-        cbs = CallbackList(user_cbs + [history], self,
-                           {"epochs": epochs, "steps": steps, "verbose": verbose, "batch_size": batch_size})
+        cbs = CallbackList(user_cbs + [history], self, {"epochs": opts.epochs, "steps": batches.steps,
+                                                        "verbose": opts.verbose, "batch_size": opts.batch_size})
         self.history = history
         self.stop_training = self._stop_now = False
-        fed_layers = [l for l in self.layers if type(l).feeds is not Layer.feeds]  # custom layers' extra inputs
-        names = ["loss"] + ([f"{k}_loss" for k in self._out_names] if len(self._out_names) > 1 else []) \
-            + [m.name for m in self._metrics]
-        out = sys.stdout
-        order, pos = None, per_pass  # the current pass over the data: its order and next batch
+        run = _FitRun(opts, step, data, val, batches, cbs, ranks, sys.stdout,
+                      names=["loss"] + ([f"{k}_loss" for k in self._out_names] if len(self._out_names) > 1 else [])
+                      + [m.name for m in self._metrics],
+                      fed_layers=[l for l in self.layers if type(l).feeds is not Layer.feeds])
         cbs.on_train_begin({})
-        for epoch in range(initial_epoch, epochs):
-            if verbose:
-                out.write(f"Epoch {epoch + 1}/{epochs}\n")
-            bar = Progbar(steps, verbose, stream=out)
-            cbs.on_epoch_begin(epoch, {})
-            key = self._epochs_seen
-            drop_rng = np.random.default_rng([self._seed, 2, key])
-            sums = dict.fromkeys(names, 0.0)
-            seen = 0
-            b = 0
-            if steps_per_epoch is None or pos >= per_pass:
-                order = np.random.default_rng([self._seed, 1, key]).permutation(n) if shuffle else None
-                pos = 0
-            for b in range(steps):
-                if pos >= per_pass:
-                    warnings.warn(RAN_OUT, stacklevel=2)
-                    break
-                lo, hi = pos * batch_size, min(n, (pos + 1) * batch_size)
-                pos += 1
-                idx = np.arange(lo, hi) if order is None else order[lo:hi]
-                if ranks > 1:  # this rank's share of the global batch
-                    from ..distributed import shard
-                    idx = idx[shard(len(idx))]
-                feeds = {k: v[idx] for k, v in data.items()}
-                for layer in fed_layers:
-                    feeds.update(layer.feeds(len(idx), drop_rng))
-                cbs.on_train_batch_begin(b, {})
-                res = step(**feeds)
-                batch_logs = {k: float(res[k]) for k in names}
-                for k in names:
-                    sums[k] += batch_logs[k] * len(idx)
-                seen += len(idx)
-                cbs.on_train_batch_end(b, batch_logs)
-                bar.update(b + 1, {k: sums[k] / seen for k in names})
-                if self._stop_now:
-                    break
-            self._epochs_seen += 1
-            if ranks > 1:  # the epoch's metrics over every rank's samples
-                from ..distributed import world
-                tot = world().allreduce(np.array([sums[k] for k in names] + [seen], dtype=np.float64))
-                sums, seen = dict(zip(names, tot[:-1])), int(tot[-1])
-            logs = {k: sums[k] / max(seen, 1) for k in names}
-            if val is not None and (epoch + 1) % validation_freq == 0:
-                for k, v in self._evaluate_arrays(val, val_bs).items():
-                    logs["val_" + k] = v
-            bar.update(b + 1 if seen else 0, logs, finalize=True)
+        for epoch in range(opts.initial_epoch, opts.epochs):
+            logs = self._fit_epoch(run, epoch)
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
         cbs.on_train_end({})
         return history
 
+    def _fit_data(self, x, y, sample_weight, class_weight, validation_data, validation_split: float,
+                  nan_policy: str) -> tuple[dict, dict | None]:
+        """The checked training feeds and validation feeds (from ``validation_data``, or the last
+        ``validation_split`` of the samples, or None)."""
+        data = self._data(x, y, sample_weight, class_weight, "x", "y", "sample_weight", nan_policy)
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data: expected a tuple (x_val, y_val) or (x_val, y_val, sample_weight)")
+            vsw = validation_data[2] if len(validation_data) == 3 else None
+            val = self._data(validation_data[0], validation_data[1], vsw, None, "validation_data[0]",
+                             "validation_data[1]", "validation_data[2]", nan_policy)
+            return data, val
+        if validation_split > 0:
+            total = len(next(iter(data.values())))
+            split_at = int(np.floor(total * (1.0 - validation_split)))
+            if split_at == 0 or split_at == total:
+                raise ValueError(f"validation_split: {validation_split} of {total} samples leaves an empty "
+                                 "training or validation set")
+            return {k: v[:split_at] for k, v in data.items()}, {k: v[split_at:] for k, v in data.items()}
+        return data, None
+
+    def _fit_epoch(self, run: _FitRun, epoch: int) -> dict[str, float]:
+        """One epoch of fit: its batches through the training step, then the epoch's logs (the
+        mean of each output over the samples, over every rank; validation when it is due)."""
+        opts, names = run.opts, run.names
+        if opts.verbose:
+            run.out.write(f"Epoch {epoch + 1}/{opts.epochs}\n")
+        bar = Progbar(run.batches.steps, opts.verbose, stream=run.out)
+        run.cbs.on_epoch_begin(epoch, {})
+        key = self._epochs_seen
+        feeds_rng = np.random.default_rng([self._seed, 2, key])
+        sums, seen, b = dict.fromkeys(names, 0.0), 0, 0
+        new_order = (lambda: np.random.default_rng([self._seed, 1, key]).permutation(run.batches.n)) \
+            if opts.shuffle else (lambda: None)
+        for b, idx in run.batches.epoch(new_order):
+            if idx is None:
+                warnings.warn(RAN_OUT, stacklevel=3)  # at the user's fit() call
+                break
+            if run.ranks > 1:  # this rank's share of the global batch
+                from ..distributed import shard
+                idx = idx[shard(len(idx))]
+            feeds = {k: v[idx] for k, v in run.data.items()}
+            for layer in run.fed_layers:  # custom layers' extra inputs
+                feeds.update(layer.feeds(len(idx), feeds_rng))
+            run.cbs.on_train_batch_begin(b, {})
+            res = run.step(**feeds)
+            batch_logs = {k: float(res[k]) for k in names}
+            for k in names:
+                sums[k] += batch_logs[k] * len(idx)
+            seen += len(idx)
+            run.cbs.on_train_batch_end(b, batch_logs)
+            bar.update(b + 1, {k: sums[k] / seen for k in names})
+            if self._stop_now:
+                break
+        self._epochs_seen += 1
+        if run.ranks > 1:  # the epoch's metrics over every rank's samples
+            from ..distributed import world
+            tot = world().allreduce(np.array([sums[k] for k in names] + [seen], dtype=np.float64))
+            sums, seen = dict(zip(names, tot[:-1])), int(tot[-1])
+        logs = {k: sums[k] / max(seen, 1) for k in names}
+        if run.val is not None and (epoch + 1) % opts.validation_freq == 0:
+            for k, v in self._evaluate_arrays(run.val, opts.validation_batch_size).items():
+                logs["val_" + k] = v
+        bar.update(b + 1 if seen else 0, logs, finalize=True)
+        return logs
+
     def _evaluate_arrays(self, data: dict, batch_size: int, bar: Progbar | None = None) -> dict[str, float]:
         fn = self._test_function(self._weighted(data))
         sums: dict[str, float] = {}
         n = len(next(iter(data.values())))
-        steps = -(-n // batch_size)
-        for b in range(steps):
-            lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+        bounds = batch_bounds(n, batch_size)
+        for b, (lo, hi) in enumerate(bounds):
             res = fn(**{k: v[lo:hi] for k, v in data.items()})
             for k, v in res.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * (hi - lo)
@@ -524,7 +612,7 @@ class Trainer:
                 bar.update(b + 1, {k: v / hi for k, v in sums.items()})
         logs = {k: v / n for k, v in sums.items()}
         if bar is not None:
-            bar.update(steps, logs, finalize=True)
+            bar.update(len(bounds), logs, finalize=True)
         return logs
 
     def evaluate(self, x=None, y=None, batch_size: int | None = None, verbose="auto", sample_weight=None,
@@ -540,10 +628,7 @@ class Trainer:
         n = len(next(iter(data.values())))
         bar = Progbar(-(-n // batch_size), verbose) if verbose else None
         logs = self._evaluate_arrays(data, batch_size, bar)
-        if return_dict:
-            return logs
-        vals = list(logs.values())
-        return vals[0] if len(vals) == 1 else vals
+        return _keras_result(logs, return_dict)
 
     def _structure_outputs(self, arrays: list):
         if self._out_kind == "dict":
@@ -562,25 +647,17 @@ class Trainer:
         batch_size = 32 if batch_size is None else positive_int(batch_size, "batch_size")
         xs = self._check_x(x, "x", nan_policy)
         fn = self.predict_function
-        n = len(xs[0])
-        steps = -(-n // batch_size)
-        bar = Progbar(steps, verbose) if verbose else None
+        bounds = batch_bounds(len(xs[0]), batch_size)
+        bar = Progbar(len(bounds), verbose) if verbose else None
         chunks: list[list] = [[] for _ in self._out_names]
-        for b in range(steps):
-            feeds = {}
-            m = 0
-            for name, a in zip(self._in_feeds, xs):
-                xb = a[b * batch_size:(b + 1) * batch_size]
-                m = len(xb)
-                if m < batch_size and steps > 1:
-                    xb = np.concatenate([xb, np.zeros((batch_size - m,) + xb.shape[1:], xb.dtype)])
-                feeds[name] = xb
-            res = fn(**feeds)
+        for b, (lo, hi) in enumerate(bounds):
+            rows = batch_size if len(bounds) > 1 else hi - lo  # one call: no padding needed
+            res = fn(**{name: pad_rows(a[lo:hi], rows) for name, a in zip(self._in_feeds, xs)})
             res = [res] if len(self._out_names) == 1 else list(res)
             for i, r in enumerate(res):
-                chunks[i].append(np.asarray(r)[:m])
+                chunks[i].append(np.asarray(r)[:hi - lo])
             if bar is not None:
-                bar.update(b + 1, finalize=b + 1 == steps)
+                bar.update(b + 1, finalize=b + 1 == len(bounds))
         return self._structure_outputs([np.concatenate(c) for c in chunks])
 
     def predict_on_batch(self, x):
@@ -602,10 +679,7 @@ class Trainer:
         res = step(**feeds)
         logs = {"loss": float(res["loss"])}
         logs.update({k: float(v) for k, v in res.items() if k != "loss"})
-        if return_dict:
-            return logs
-        vals = list(logs.values())
-        return vals[0] if len(vals) == 1 else vals
+        return _keras_result(logs, return_dict)
 
     def test_on_batch(self, x, y, sample_weight=None, return_dict: bool = False):
         """Loss (and metrics) on one batch, dropout off."""
@@ -613,7 +687,4 @@ class Trainer:
         data = self._data(x, y, sample_weight, None, "x", "y", "sample_weight", "raise")
         n = len(next(iter(data.values())))
         logs = self._evaluate_arrays(data, n)
-        if return_dict:
-            return logs
-        vals = list(logs.values())
-        return vals[0] if len(vals) == 1 else vals
+        return _keras_result(logs, return_dict)
