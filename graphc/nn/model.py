@@ -63,7 +63,7 @@ class Model(Trainer):
         return kind, flat, keys
 
     def _init_graph(self, inputs, outputs) -> None:
-        self._in_kind, in_flat, in_keys = self._structure(inputs, "inputs")
+        _, in_flat, in_keys = self._structure(inputs, "inputs")
         self._out_kind, out_flat, out_keys = self._structure(outputs, "outputs")
         for i, t in enumerate(in_flat):
             if not isinstance(t._node.layer, InputLayer) or t._node.inputs:
@@ -376,7 +376,7 @@ class Sequential(Model):
         self._input_shape: tuple | None = None
         self._output_shape: tuple | None = None
         self._nodes = []
-        self._in_kind = self._out_kind = "single"
+        self._out_kind = "single"
         for layer in layers or []:
             self.add(layer)
 
