@@ -8,12 +8,10 @@ of the global batch; with equal shards the update equals one process's update on
 concatenated batch, and the returned loss is the global batch's.
 
 The all-reduce is an op (``allreduce_sum``, kernel kind "allreduce") inside the one compiled
-call. Its cpu lowering calls ``MPI_Allreduce`` from the generated Numba code through an
-external symbol, ``graphc_mpi_allreduce``: generated code stays cacheable (it holds no
-process-specific address), and the symbol is bound per process to a few lines of LLVM IR
-that hold this process's MPI handles (:func:`ensure_native`). The numpy target evaluates the op
-with mpi4py. (numba-mpi's ``allreduce`` is not used: it bakes addresses into the code, so
-nothing calling it could be cached, and it has no float32.)
+call. A target offers it through its backend's ``allreduce`` capability (the registry,
+graphc/backends/__init__.py): the cpu backend's lowering (graphc/backends/cpu/allreduce.py)
+calls ``MPI_Allreduce`` from the generated kernel through an external symbol bound per
+process; the numpy target evaluates the op with mpi4py.
 
 When the step is created: a hash of the program (graph, target, options, store layout) is
 compared across ranks (a mismatch is a GraphcError on every rank, before any collective that
@@ -38,10 +36,8 @@ rank) are not seen.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import sys
-import threading
 import traceback
 from typing import Any
 
@@ -51,8 +47,6 @@ from .errors import DTypeError, GraphcError, ShapeError
 from .ir import Node, make
 from .ops.base import OpDef, Structured, register
 from .runtime import CompiledStep
-
-TARGETS = ("cpu", "parallel", "numpy")  # the targets with an all-reduce lowering
 
 
 # ---- MPI --------------------------------------------------------------------------------------
@@ -101,109 +95,6 @@ def shard(n: int, rank_: int | None = None, size_: int | None = None) -> slice:
     q, m = divmod(int(n), s)
     start = r * q + min(r, m)
     return slice(start, start + q + (r < m))
-
-
-def _libmpi():
-    """The MPI library mpi4py loaded (its ``MPI_Allreduce`` is what the cfunc calls)."""
-    import ctypes.util
-    mpi()
-    try:
-        with open("/proc/self/maps") as f:
-            paths = [line.split()[-1] for line in f if ".so" in line]
-    except OSError:  # not Linux
-        paths = []
-    for p in paths:
-        base = p.rsplit("/", 1)[-1]
-        if base.startswith(("libmpi.", "libmpich.", "libmpi_")) and ".so" in base:
-            return ctypes.CDLL(p)
-    for name in ("mpi", "mpich"):
-        found = ctypes.util.find_library(name)
-        if found:
-            return ctypes.CDLL(found)
-    raise GraphcError("data_parallel=True: cannot find the MPI library mpi4py uses (libmpi / libmpich)")
-
-
-_native_lock = threading.Lock()
-_native = None
-
-
-def ensure_native() -> None:
-    """Bind the symbol ``graphc_mpi_allreduce`` (called by generated kernels) to a few lines
-    of LLVM IR holding this process's MPI handles, compiled in graphc's JIT (not cached: the
-    handles are addresses; no Numba either); must run before a kernel calling it is compiled
-    or loaded."""
-    global _native
-    if _native is not None:
-        return
-    with _native_lock:
-        if _native is not None:
-            return
-        from llvmlite import ir
-        from .backends.cpu.native import _jit
-        ll, _, engine = _jit()
-        MPI = mpi()
-        lib = _libmpi()
-        wide = MPI._sizeof(MPI.Comm) == ctypes.sizeof(ctypes.c_size_t)  # handles are pointers (Open MPI) or ints
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        handle = i64 if wide else i32
-        comm = MPI._handleof(MPI.COMM_WORLD)
-        f32, f64, op = MPI._handleof(MPI.FLOAT), MPI._handleof(MPI.DOUBLE), MPI._handleof(MPI.SUM)
-        m = ir.Module(name="graphc_mpi_allreduce")
-        m.triple = ll.get_process_triple()
-        f = ir.Function(m, ir.FunctionType(i32, [i64, i64, i64, i32]), "graphc_mpi_allreduce_impl")
-        send, recv, n, code = f.args
-        b = ir.IRBuilder(f.append_basic_block("entry"))
-        fnty = ir.FunctionType(i32, [i64, i64, i32, handle, handle, handle])
-        ll.add_symbol("graphc_MPI_Allreduce", ctypes.cast(lib.MPI_Allreduce, ctypes.c_void_p).value)
-        target = ir.Function(m, fnty, "graphc_MPI_Allreduce")
-        dtype = b.select(b.icmp_signed("==", code, ir.Constant(i32, 0)), ir.Constant(handle, f32),
-                         ir.Constant(handle, f64))
-        b.ret(b.call(target, [send, recv, b.trunc(n, i32), dtype, ir.Constant(handle, op), ir.Constant(handle, comm)]))
-        mod = ll.parse_assembly(str(m))
-        mod.verify()
-        engine.add_module(mod)
-        engine.finalize_object()
-        ll.add_symbol("graphc_mpi_allreduce", engine.get_function_address("graphc_mpi_allreduce_impl"))
-        _native = mod  # keeps the module (and its machine code) alive
-
-
-def _define_intrinsic():
-    from llvmlite import ir
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def mpi_allreduce_sum(typingctx, a, o):
-        """``MPI_Allreduce(a, o, a.size, dtype, MPI_SUM, MPI_COMM_WORLD)`` for contiguous
-        float32/float64 arrays; returns MPI's status (0: success)."""
-        if not (isinstance(a, types.Array) and a == o and a.dtype in (types.float32, types.float64)):
-            return None
-        sig = types.int32(a, o)
-
-        def codegen(context, builder, sig, args):
-            ensure_native()
-            x = context.make_array(sig.args[0])(context, builder, args[0])
-            y = context.make_array(sig.args[1])(context, builder, args[1])
-            i64 = ir.IntType(64)
-            fnty = ir.FunctionType(ir.IntType(32), [i64, i64, i64, ir.IntType(32)])
-            f = cgutils.get_or_insert_function(builder.module, fnty, "graphc_mpi_allreduce")
-            code = ir.Constant(ir.IntType(32), 0 if sig.args[0].dtype == types.float32 else 1)
-            return builder.call(f, [builder.ptrtoint(x.data, i64), builder.ptrtoint(y.data, i64), x.nitems, code])
-
-        return sig, codegen
-
-    return mpi_allreduce_sum
-
-
-def __getattr__(name: str):
-    # the intrinsic is built on first use (generated kernel modules import it): importing
-    # graphc does not import llvmlite's IR builder or mpi4py
-    if name == "mpi_allreduce_sum":
-        f = _define_intrinsic()
-        globals()[name] = f
-        return f
-    raise AttributeError(f"module 'graphc.distributed' has no attribute {name!r}")
 
 
 # ---- the op -----------------------------------------------------------------------------------
@@ -280,21 +171,6 @@ def data_parallel_gradients(optimizer, loss: Node, params: list[Node]) -> tuple[
     return grads, loss  # training_program reports what is wrong with them
 
 
-# ---- the cpu lowering (registered here: the emitter's KERNELS table is the only lookup) -------
-
-def _cpu_allreduce(em, k):
-    (n,) = k.nodes
-    # the kernel module imports the intrinsic
-    t = em.function(["a", "o"], ["    return mpi_allreduce_sum(a, o)  # MPI_Allreduce(MPI_SUM) over every rank"],
-                    False, imports="from graphc.distributed import mpi_allreduce_sum\n")
-    return t, [em.flat_expr(n.inputs[0]), em.flat_expr(n)], em._site(n), False
-
-
-def _register_lowering() -> None:
-    from .backends.cpu import emitter
-    emitter.KERNELS.setdefault("allreduce", _cpu_allreduce)
-
-
 # ---- the step -----------------------------------------------------------------------------------
 
 def program_hash(program, target: str, options: dict, store) -> str:
@@ -360,8 +236,8 @@ class DataParallelStep(CompiledStep):
             raise GraphcError(f"compile(data_parallel=True): the ranks compiled different programs "
                               f"(program hash -> ranks: {by}); every rank must build the same graph, "
                               f"optimizer, target and options, or their all-reduces would not pair up")
-        if target != "numpy":
-            ensure_native()
+        from . import backends
+        backends.get(target).allreduce()  # e.g. binds the MPI symbol the cpu kernels call
         self._header_key = None  # (optimizer version, store writes) the header was built for
         self.broadcast(0)  # every rank starts from rank 0's params, optimizer state and step counter
         _install_excepthook()
@@ -490,9 +366,10 @@ class DataParallelStep(CompiledStep):
 
 
 def check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise GraphcError(f"compile: data_parallel=True is available on targets {list(TARGETS)}, "
+    """A GraphcError unless ``target``'s backend lowers the all-reduce and mpi4py is present."""
+    from . import backends
+    if backends.get(target).allreduce is None:
+        able = [t for t in backends.targets() if backends.get(t).allreduce is not None]
+        raise GraphcError(f"compile: data_parallel=True is available on targets {able}, "
                           f"not {target!r} (its backend has no all-reduce lowering)")
     mpi()  # mpi4py present, or a GraphcError saying how to install it
-    if target != "numpy":
-        _register_lowering()

@@ -227,6 +227,7 @@ class Explanation:
     dtype: str = "float32"
     notes: list[str] = field(default_factory=list)
     footprint_bytes: int = 0  # params, state, scratch peak and feeds: picks the bandwidth roof
+    all_cores: bool = False  # the target's kernels use every core: the all-cores bandwidth roof
 
     # ---- derived totals -----------------------------------------------------------------------
     @property
@@ -305,7 +306,7 @@ def format_report(e: Explanation) -> str:
     lines = [f"{e.what} on target {e.target!r}, batch {e.batch}: {len(e.kernels)} kernels, "
              f"median of {e.runs} runs",
              f"roofs: GEMM {e.peak_gflops:.1f} GFLOP/s ({e.dtype}), streaming {e.bandwidth_gbps:.1f} GB/s "
-             f"({'all cores' if e.target == 'parallel' else '1 core'}, a {_si(e.footprint_bytes, 'B')} working set); "
+             f"({'all cores' if e.all_cores else '1 core'}, a {_si(e.footprint_bytes, 'B')} working set); "
              f"ridge {e.ridge:.1f} FLOP/B  [{e.peaks.machine}]"]
     hdr = (f"{'':<4} {'kind':<11} {'shape':<14} {'time':>9} {'share':>6} {'GFLOP/s':>8} {'GB/s':>7} "
            f"{'FLOP/B':>7} {'bound':<7} {'%roof':>6} {'FLOPs':>8} {'bytes':>8}  ops @ source")
@@ -365,7 +366,7 @@ def plot_roofline(e: Explanation, path, title: str | None = None) -> str:
     grid = np.geomspace(lo, hi, 200)
     ax.loglog(grid, np.minimum(P, grid * B), color="black", lw=2,
               label=f"roof: {P:.0f} GFLOP/s GEMM, {B:.0f} GB/s ({_si(e.footprint_bytes, 'B')} working set)")
-    other = e.peaks.stream(parallel=e.target == "parallel")  # without the footprint: from memory
+    other = e.peaks.stream(parallel=e.all_cores)  # without the footprint: from memory
     if abs(other - B) / B > 0.05:
         ax.loglog(grid, np.minimum(P, grid * other), color="gray", lw=1, ls="--",
                   label=f"{other:.0f} GB/s: streaming {e.peaks.stream_mib:.0f} MiB arrays")
@@ -568,11 +569,14 @@ def explain(fn, feeds: Mapping[str, Any] | None = None, *, batch: int | None = N
     calls this. ``feeds``: what a call takes (default: random feeds of ``batch`` rows, or of
     the batch size last compiled); ``runs``: timed runs (default: as many as fit in about
     half a second, 5 to 200). Prints the report when ``verbose``; returns it."""
+    from . import backends
     from .peaks import peaks as get_peaks
     target = fn.target
-    if target not in ("cpu", "parallel", "numpy"):
+    backend = backends.get(target)
+    if backend.profile is None:
+        able = ", ".join(t for t in backends.targets() if backends.get(t).profile is not None)
         raise NotImplementedError(f"explain() on target {target!r} is not supported yet "
-                                  f"(per-kernel timing exists for cpu, parallel and numpy)")
+                                  f"(per-kernel timing exists for {able})")
     if feeds is None:
         if batch is None and fn._programs:
             batch = next(reversed(fn._programs))
@@ -587,7 +591,7 @@ def explain(fn, feeds: Mapping[str, Any] | None = None, *, batch: int | None = N
     try:
         fn(**feeds)  # builds and compiles the program if needed
         prog = fn.program_for(batch)
-        if target == "numpy":
+        if backend.profile == "interpreter":
             timing = _time_numpy(fn, prog, feeds, arrays, batch, runs)
         else:
             timing = _time_cpu(fn, prog, feeds, arrays, runs)
@@ -596,7 +600,7 @@ def explain(fn, feeds: Mapping[str, Any] | None = None, *, batch: int | None = N
             for dt, a in saved.items():
                 np.copyto(store.arenas[dt], a)
     feed_bytes = sum(np.asarray(a).nbytes for a in arrays.values())
-    rep = _report(fn, target, batch, pk, feed_bytes=feed_bytes, **timing)
+    rep = _report(fn, target, batch, pk, feed_bytes=feed_bytes, all_cores=backend.all_cores, **timing)
     if verbose:
         print(rep)
     return rep
@@ -706,11 +710,11 @@ def _kernel_dtype(k) -> np.dtype:
 
 
 def _report(fn, target, batch, pk: Peaks, kernels, plan, runs, times, step_s, driver_call_s, native_s,
-            prologue_s, epilogue_s, names, notes, feed_bytes: int = 0) -> Explanation:
+            prologue_s, epilogue_s, names, notes, feed_bytes: int = 0, all_cores: bool = False) -> Explanation:
     # the bytes the step touches: the memory roof is the bandwidth of the level that holds them
     store = fn._store
     footprint = plan.peak_bytes + sum(a.nbytes for a in store.arenas.values()) + feed_bytes
-    B = pk.stream(parallel=target == "parallel", footprint=footprint)
+    B = pk.stream(parallel=all_cores, footprint=footprint)
     floats = Counter()
     rows = []
     for k, name, t in zip(kernels, names, times):
@@ -736,4 +740,4 @@ def _report(fn, target, batch, pk: Peaks, kernels, plan, runs, times, step_s, dr
     what = type(fn).__name__
     return Explanation(what, target, batch, runs, rows, pk, pk.gemm(main), B, step_s, native_s, driver_call_s,
                        prologue_s, epilogue_s, floor, gemm_floor, floor - gemm_floor, plan.peak_bytes,
-                       plan.no_reuse_bytes, main, list(notes), footprint)
+                       plan.no_reuse_bytes, main, list(notes), footprint, all_cores)

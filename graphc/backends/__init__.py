@@ -28,6 +28,17 @@ class Backend:
     - ``available``: raises a GraphcError saying why the target cannot run here.
     - ``warm(program, batch, store, options, relower)``: the runnable program from a stored
       manifest without lowering (``relower()`` lowers it, for inspection), or None.
+
+    Capabilities that the layers above ask for instead of reading target names:
+
+    - ``allreduce``: the target lowers ``allreduce_sum`` (data-parallel training,
+      graphc/distributed.py); calling it prepares this process (binds the MPI symbol the
+      kernels call). None: no ``data_parallel`` on this target.
+    - ``profile``: how ``explain`` times a step's kernels: ``"twin"`` (a profiling twin of the
+      native driver, a clock read after each kernel), ``"interpreter"`` (the native targets'
+      fusion groups evaluated one by one), None (not supported).
+    - ``all_cores``: kernels spread over every core, so the memory roof ``explain`` uses is the
+      all-cores streaming bandwidth (otherwise one core's).
     """
 
     name: str
@@ -38,6 +49,9 @@ class Backend:
     available: Callable[[], None] | None = None
     doc: str = ""
     warm: Callable[..., Any] | None = None
+    allreduce: Callable[[], None] | None = None
+    profile: str | None = None
+    all_cores: bool = False
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -83,6 +97,15 @@ def _cpu_warm(parallel: bool):
     return warm
 
 
+def _cpu_allreduce():
+    from .cpu.allreduce import enable
+    enable()
+
+
+def _interpreted_allreduce():
+    """The interpreter evaluates ``allreduce_sum`` with mpi4py: nothing to prepare."""
+
+
 def _cuda(lowered, store, options):
     from .cuda.program import CudaProgram
     return CudaProgram(lowered, store, options)
@@ -94,11 +117,13 @@ def _cuda_available():
 
 
 register(Backend("numpy", _numpy, lowered=False, options=frozenset({"check_numerics"}),
-                 doc="the reference interpreter (graphc/interpret.py): every test's oracle"))
+                 doc="the reference interpreter (graphc/interpret.py): every test's oracle",
+                 allreduce=_interpreted_allreduce, profile="interpreter"))
 register(Backend("cpu", _cpu(False), native_checks=True, options=frozenset({"check_numerics"}),
-                 doc="serial Numba: @njit kernels and one driver per program", warm=_cpu_warm(False)))
+                 doc="serial Numba: @njit kernels and one driver per program", warm=_cpu_warm(False),
+                 allreduce=_cpu_allreduce, profile="twin"))
 register(Backend("parallel", _cpu(True), native_checks=True, options=frozenset({"check_numerics"}),
                  doc="Numba parallel=True: prange over the outer loop of large fused loops",
-                 warm=_cpu_warm(True)))
+                 warm=_cpu_warm(True), allreduce=_cpu_allreduce, profile="twin", all_cores=True))
 register(Backend("cuda", _cuda, available=_cuda_available, options=frozenset({"cuda_graphs"}),
                  doc="numba.cuda kernels, cuBLAS GEMMs through CuPy, a device-resident store"))

@@ -2,12 +2,11 @@
 compiled-call interface; the oracle every other backend is tested against."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..store import Store
-from ..training import Program
 
 
 class NumpyProgram:
@@ -15,7 +14,8 @@ class NumpyProgram:
 
     target = "numpy"
 
-    def __init__(self, program: Program, batch: int | None, check_numerics: bool = False):
+    def __init__(self, program: Any, batch: int | None, check_numerics: bool = False):
+        # program: a training.Program (the layer above; only its graph, sources, names are read)
         self.program = program
         self.batch = batch
         self.check_numerics = check_numerics

@@ -29,8 +29,8 @@ class BoundCall:
 
     @classmethod
     def build(cls, prog, store, optimizer, specs, user_names, options) -> "BoundCall | None":
-        if options.get("check_numerics") or getattr(prog, "target", None) not in ("cpu", "parallel"):
-            return None  # numerics statuses, and device programs (store coherence), need prog.run
+        if options.get("check_numerics"):  # (prog is a CpuProgram: only its bound_call builds one)
+            return None  # numerics statuses need prog.run
         try:
             static, feed_keys = prog._static, prog._feed_keys
             out_specs, readers = prog._layout["outputs"], prog._readers

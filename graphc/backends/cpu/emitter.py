@@ -23,6 +23,7 @@ from ..base import (FunctionTable, KernelInfo, index_checks, local_names, out_by
                     with_provenance, without_provenance)
 from ..cache import numba_version
 from ..expr import leaf_index, literal, node_expr, reduce_init, reduce_step
+from . import allreduce
 from ...ops.indexing import around
 
 PRANGE_MIN = 16384  # elements: below this waking the thread pool costs more than it saves
@@ -1113,6 +1114,7 @@ KERNELS = {
     "pool2d": _Emitter.pool2d_kernel,  # pool2d (max / avg)
     "pool2d_grad": _Emitter.pool2d_grad_kernel,  # pool2d_grad
     "rng": _Emitter.rng_kernel,  # random_uniform (ops/random.py)
+    "allreduce": allreduce.lower,  # allreduce_sum (graphc/distributed.py): MPI, allreduce.py
 }
 
 

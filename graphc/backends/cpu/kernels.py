@@ -836,13 +836,13 @@ class _Kernel(_Lowering):
                 pred = self._compare(ast.Gt if name == "max" else ast.Lt, (y, t), (a, t))[0]
                 acc = b.select(pred, y, a), t
             return acc
-        if name == "mpi_allreduce_sum" and len(args) == 2:  # graphc/distributed.py's intrinsic
+        if name == "mpi_allreduce_sum" and len(args) == 2:  # allreduce.py's intrinsic
             a, o = self._array(args[0]), self._array(args[1])
             if not (a.kind == o.kind and a.kind in (F, D) and a.layout == o.layout == "C"
                     and len(a.dims) == len(o.dims)):
                 raise Unsupported("an all-reduce of these arrays")
-            from ...distributed import ensure_native
-            ensure_native()  # binds graphc_mpi_allreduce before this kernel's object is loaded
+            from .allreduce import bind
+            bind()  # binds graphc_mpi_allreduce before this kernel's object is loaded
             n = ir.Constant(self.i64, 1)
             for d in a.dims:
                 n = b.mul(n, d)

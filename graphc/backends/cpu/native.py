@@ -607,7 +607,9 @@ def image_of(module) -> tuple[str, str, bytes] | None:
     cf = getattr(module, "_cfunc", None)
     if cf is None:
         return None
-    sym = next((s for s, cfs in _exported().items() if any(c is cf for c in cfs)), None)
+    # the module's own ``name = export(name, _cfunc)``: the external function drivers call
+    ext = getattr(module, getattr(getattr(cf, "__wrapped__", None), "__name__", ""), None)
+    sym = getattr(ext, "symbol", None)
     try:
         obj = cf._library._compiled_object  # compiled in this process (the JIT consumes it on load)
         if obj is None:  # loaded from Numba's cache: the object code is in its cache file
@@ -619,11 +621,6 @@ def image_of(module) -> tuple[str, str, bytes] | None:
     except Exception:  # noqa: BLE001 - Numba's internals: no image then, not an error
         return None
     return (sym, cf.native_name, bytes(obj)) if sym and obj else None
-
-
-def _exported() -> dict:
-    from .program import _EXPORTED
-    return _EXPORTED
 
 
 def _load_extension(name: str, pattern: str):
