@@ -1,8 +1,8 @@
-"""step.explain() (graphc/explain.py), machine peaks (graphc/peaks.py), graphc.to_dot
+"""step.explain() (graphc/explain/), machine peaks (graphc/peaks.py), graphc.to_dot
 (graphc/dot.py) and GRAPHC_LOG (graphc/log.py).
 
 FLOP and byte counts are checked against hand-computed values from the formulas in
-graphc/explain.py (a GEMM (m, k) @ (k, n) is 2 m n k FLOPs, as every roofline tool counts it;
+graphc/explain/cost.py (a GEMM (m, k) @ (k, n) is 2 m n k FLOPs, as every roofline tool counts it;
 one FLOP per element per elementwise op; bytes = each tensor read once + each written)."""
 from __future__ import annotations
 
@@ -209,12 +209,26 @@ def test_profile_source_finds_every_call():
            "def step(a, b):\n    if a[0] < 0:\n        return 1\n    b1 = a[0:2]\n    # k0: loop\n"
            "    kernel_x(b1)  # v\n    # k1: loop\n    bad_k1 = kernel_y(b1)\n    return 0\n")
     out = E.profile_source(src, [("k0", "kernel_x"), ("k1", "kernel_y")])
-    assert "def step(a, b, _ticks):" in out and "from graphc.explain import clock_tick as _tick" in out
+    assert "def step(a, b, _ticks):" in out and "from graphc.explain.clock import clock_tick as _tick" in out
     order = [int(m) for m in re.findall(r"_tick\(_ticks, (\d+)\)", out)]
     assert order == [0, 1, 2, 3, 4]
     assert out.index("_tick(_ticks, 1)") < out.index("b1 = a[0:2]")
     with pytest.raises(gc.GraphcError, match="kernel_z"):
         E.profile_source(src, [("k0", "kernel_x"), ("k1", "kernel_z")])
+
+
+def test_explain_imports_no_numba_until_numba_compiles_a_twin():
+    """The cost model, the report and the profiler (whose twin is graphc's where the driver
+    is) load without Numba; only clock.py, the clock of a Numba-compiled twin, imports it."""
+    import subprocess
+    code = ("import sys, graphc.explain as E\n"
+            "src = 'from numba import njit\\n\\n\\n@njit(cache=True)\\ndef step(a):\\n    return 0\\n'\n"
+            "assert '_tick(_ticks, 2)' in E.profile_source(src, [])\n"
+            "assert 'numba' not in sys.modules, sorted(m for m in sys.modules if 'numba' in m)[:5]\n"
+            "import graphc.explain.clock\n"
+            "assert 'numba' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 # ---- peaks -------------------------------------------------------------------------------------
