@@ -250,12 +250,6 @@ class Graph:
             self._nodes = topo_order(self.outputs)
         return self._nodes
 
-    def with_outputs(self, outputs: Sequence[Node]) -> "Graph":
-        return Graph(list(outputs), self.names)
-
-    def output_map(self) -> dict[str, Node]:
-        return dict(zip(self.names, self.outputs))
-
     @property
     def inputs(self) -> list[Node]:
         return [n for n in self.nodes if n.op == "input"]

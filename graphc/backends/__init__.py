@@ -5,7 +5,8 @@ A backend is a folder (``numpy.py`` for the interpreter, ``cpu/``, ``cuda/``) wh
 ``build`` turns a lowered program (graph, kernels, plan: see graphc/compiler.py) into a
 runnable program with ``run(feeds, store)``; what every runnable program needs (stats,
 output readers, constant fill, node naming, kernel de-duplication) is in ``base.py``.
-Structured ops find their per-backend code through ``graphc/backends/lowering.py``.
+A structured op names a kernel kind (its ``Structured`` rule, ops/base.py); each native
+backend's emitter maps a kind to its lowering (``KERNELS`` in cpu/emitter.py, cuda/emitter.py).
 
 Adding a backend: write its folder, then ``register(Backend("name", build, ...))`` below.
 """
@@ -120,7 +121,7 @@ register(Backend("numpy", _numpy, lowered=False, options=frozenset({"check_numer
                  doc="the reference interpreter (graphc/interpret.py): every test's oracle",
                  allreduce=_interpreted_allreduce, profile="interpreter"))
 register(Backend("cpu", _cpu(False), native_checks=True, options=frozenset({"check_numerics"}),
-                 doc="serial Numba: @njit kernels and one driver per program", warm=_cpu_warm(False),
+                 doc="serial loops: kernels and driver compiled by graphc through LLVM (Numba where they do not translate)", warm=_cpu_warm(False),
                  allreduce=_cpu_allreduce, profile="twin"))
 register(Backend("parallel", _cpu(True), native_checks=True, options=frozenset({"check_numerics"}),
                  doc="Numba parallel=True: prange over the outer loop of large fused loops",

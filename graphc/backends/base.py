@@ -160,20 +160,14 @@ def host_scratch(plan: Plan, graph: Graph, sizes: dict | None = None) -> dict[np
     return scratch
 
 
-def output_reader(n: Node, plan: Plan, read_scratch: Callable | None = None,
-                  host_scratch: dict | None = None) -> Callable:
-    """``reader(feeds, before)`` -> the value of user output ``n`` after a run. Scratch
-    values come from ``host_scratch`` (the host arenas by dtype: read in place, then copied)
-    or, for device backends, ``read_scratch(buffer)`` (a flat host copy of the buffer);
-    ``before`` holds the pre-step values of params/state read as outputs."""
+def output_reader(n: Node, plan: Plan, read_scratch: Callable) -> Callable:
+    """``reader(feeds, before)`` -> the value of user output ``n`` after a run of a device
+    backend. Scratch values come from ``read_scratch(buffer)`` (a flat host copy of the
+    buffer); ``before`` holds the pre-step values of params/state read as outputs. (The cpu
+    program reads its host arenas with readers of its own, cpu/program.py.)"""
     b = plan.buffers[id(n)]
     shape = n.shape
     if b.kind == "scratch":
-        if host_scratch is not None:  # the hot path of every cpu step: no intermediate copies
-            arena, off, size = host_scratch[b.dtype], b.offset, b.size
-            if shape == ():
-                return lambda feeds, before: np.array(arena[off])
-            return lambda feeds, before: arena[off:off + size].reshape(shape).copy()
         if shape == ():
             return lambda feeds, before: np.array(read_scratch(b)[0])
         return lambda feeds, before: read_scratch(b).reshape(shape)

@@ -6,9 +6,12 @@ Why: on a cold start Numba spent ~0.45 s starting up (its import, its target reg
 typing and lowering, most of a medium MLP's first step. The kernels the emitter writes are a
 small language: views over addresses, ``range`` loops, ``if``, scalar arithmetic on numbers,
 ``math`` functions, a BLAS GEMM and a fill. That language is translated here, straight to IR,
-then optimized with the pipeline Numba uses (O3 with loop and SLP vectorization) for the
-same target machine, and emitted as object code: the object is what the native image stores
-(native.py), and loading it is how this process binds ``graphc_<name>`` too.
+then optimized by LLVM at O3 with loop and SLP vectorization (llvmlite's new pass manager)
+for the host CPU, and emitted as object code: the object is what the native image stores
+(native.py), and loading it is how this process binds ``graphc_<name>`` too. (Numba 0.68's
+own pipeline is O3 with loop vectorization and SLP vectorization off by default, and honours
+``NUMBA_OPT`` and ``NUMBA_CPU_NAME``; this compiler reads neither. The tests compare the two
+compilers' results bit for bit.)
 
 The results must be Numba's bit for bit (tests compare the two on every kind of kernel), so
 the typing follows Numba's rules, not NumPy's nor C's: ``int64 + float32`` is ``float64``,

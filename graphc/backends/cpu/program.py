@@ -1,5 +1,6 @@
 """The cpu and parallel targets' runnable program: emit (emitter.py), write to the cache,
-load, verify and call the Numba driver."""
+load, verify and call the driver (graphc's own, native.py, or Numba's where it does not
+translate)."""
 from __future__ import annotations
 
 import base64
@@ -60,7 +61,7 @@ def unexport(module: str) -> int:
 
 class CpuProgram:
     """A generated module (kernel modules + one driver) for one lowered program, and how
-    to call it: ``run`` is one call of the Numba driver.
+    to call it: ``run`` is one call of the driver.
 
     What a call needs (module names, argument layout, scratch sizes and constants, output
     readers) is a small JSON-able ``layout``; after a program's first successful call it is
