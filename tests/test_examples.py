@@ -25,6 +25,7 @@ def _run(args, timeout=300):
                           timeout=timeout)
 
 
+@pytest.mark.numba_kernels  # .ci/run: again with GRAPHC_NATIVE_KERNELS=0
 def test_mlp_example_trains_and_reports_accuracy():
     pytest.importorskip("sklearn")
     p = _run(["examples/mlp.py", "--epochs", "2"])
@@ -121,6 +122,7 @@ def test_bench_compile_smoke_writes_every_figure(tmp_path):
     assert "graphc cpu" in res["table"] and "edited" in res["table"]
 
 
+@pytest.mark.numba_kernels  # .ci/run: again with GRAPHC_NATIVE_KERNELS=0
 def test_cnn_example_trains_and_checks_against_the_interpreter():
     """examples/cnn.py on small settings: the loss falls, the accuracy is printed, and --check
     (numpy interpreter vs cpu, lock step, dropout masks included) agrees within float32 rounding."""
@@ -135,6 +137,7 @@ def test_cnn_example_trains_and_checks_against_the_interpreter():
     assert p.returncode == 0 and "same loss curve" in p.stdout, p.stdout + p.stderr[-2000:]
 
 
+@pytest.mark.numba_kernels  # .ci/run: again with GRAPHC_NATIVE_KERNELS=0
 def test_transformer_example_learns_to_sort():
     """examples/transformer.py on small settings: attention through batched GEMMs learns to sort
     6-digit sequences far above what position statistics alone give (about 0.3)."""

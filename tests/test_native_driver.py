@@ -31,6 +31,7 @@ def train(loss, target, monkeypatch, native_driver: bool, steps=4, **feeds):
     return step, losses, prog
 
 
+@pytest.mark.numba_kernels  # .ci/run: again with GRAPHC_NATIVE_KERNELS=0 (the driver over Numba's kernels)
 @pytest.mark.parametrize("target", ["cpu", "parallel"])
 def test_native_driver_trains_as_the_numba_driver_and_numpy(target, monkeypatch):
     feeds = {"nx": RNG.standard_normal((5, 6)).astype("f4"), "ny": RNG.integers(0, 3, 5)}
