@@ -62,7 +62,9 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
         raise GraphcError(f"compile: check_numerics=True is not available on target={target!r} yet; "
                           f"use one of {able} to find where the NaN comes from")
     if cuda_graphs and "cuda_graphs" not in backend.options:
-        raise GraphcError(f"compile: cuda_graphs=True needs target='cuda', got target={target!r}")
+        able = [t for t in backends.targets() if "cuda_graphs" in backends.get(t).options]
+        raise GraphcError(f"compile: cuda_graphs=True needs target={' or '.join(map(repr, able))}, "
+                          f"got target={target!r}")
     if isinstance(optimizer, str):
         from . import optim
         optimizer = optim.get(optimizer)
