@@ -20,7 +20,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .native import X86, mxcsr_flush, mxcsr_restore  # the native driver emits the same IR
+from .intrinsics import X86, mxcsr_flush, mxcsr_restore  # the native driver emits the same IR
 
 
 @intrinsic

@@ -33,6 +33,7 @@ import hashlib
 import os
 import re
 
+from .intrinsics import ALLREDUCE, XXGEMM, exp32_ir
 from .native import Unsupported, _callee, _dotted, _jit, _Lowering
 
 B, I, U, F, D = "b", "i", "u", "f", "d"  # bool, int64, uint64, float32, float64
@@ -152,37 +153,6 @@ def _kernel_tm(ll):
         _TM.append(target.create_target_machine(cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(),
                                                 opt=3, reloc="static", codemodel="jitdefault", jit=True))
     return _TM[0]
-
-
-def exp32_ir(b, v):
-    """Cephes' expf in arithmetic LLVM vectorizes (views.exp32 documents it): shared by the
-    Numba intrinsic and this translator, so that both compile the same instructions."""
-    from llvmlite import ir
-    f32, i32 = ir.FloatType(), ir.IntType(32)
-    c = lambda a: ir.Constant(f32, a)  # noqa: E731
-    hi, lo = 88.72283935546875, -103.97208404541016
-    log2e, c1, c2 = 1.44269504088896341, 0.693359375, -2.12194440e-4
-    poly = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
-    xc = b.select(b.fcmp_ordered(">", v, c(hi)), c(hi), v)
-    xc = b.select(b.fcmp_ordered("<", xc, c(lo)), c(lo), xc)
-    mod = b.module
-    floor = mod.globals.get("llvm.floor.f32") or ir.Function(mod, ir.FunctionType(f32, [f32]), "llvm.floor.f32")
-    fx = b.call(floor, [b.fadd(b.fmul(xc, c(log2e)), c(0.5))])
-    r = b.fsub(b.fsub(xc, b.fmul(fx, c(c1))), b.fmul(fx, c(c2)))
-    p = c(poly[0])
-    for coef in poly[1:]:
-        p = b.fadd(b.fmul(p, r), c(coef))
-    y = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), c(1.0))
-    n = b.fptosi(fx, i32)
-    n1 = b.ashr(n, ir.Constant(i32, 1))
-    n2 = b.sub(n, n1)
-
-    def pow2(k):
-        return b.bitcast(b.shl(b.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32)
-
-    out = b.fmul(b.fmul(y, pow2(n1)), pow2(n2))
-    out = b.select(b.fcmp_ordered(">", v, c(hi)), c(float("inf")), out)
-    return b.select(b.fcmp_ordered("<", v, c(lo)), c(0.0), out)
 
 
 class _Kernel(_Lowering):
@@ -542,8 +512,7 @@ class _Kernel(_Lowering):
                 and x.kind in (F, D) and x.layout in "CF" and y.layout in "CF" and o.layout == "C"):
             raise Unsupported("gemm operands")
         i8p = self.i8.as_pointer()
-        fn = self._decl("numba_xxgemm", self.i32, [self.i8, self.i8, self.i8, self.i64, self.i64, self.i64, i8p, i8p,
-                                                 self.i64, i8p, self.i64, i8p, i8p, self.i64])
+        fn = XXGEMM.declare(self.module_)
         m, k = x.dims
         n = y.dims[1]
         zero = ir.Constant(self.i64, 0)
@@ -849,7 +818,7 @@ class _Kernel(_Lowering):
             n = ir.Constant(self.i64, 1)
             for d in a.dims:
                 n = b.mul(n, d)
-            fn = self._decl("graphc_mpi_allreduce", self.i32, [self.i64, self.i64, self.i64, self.i32])
+            fn = ALLREDUCE.declare(self.module_)
             r = b.call(fn, [b.ptrtoint(a.ptr, self.i64), b.ptrtoint(o.ptr, self.i64), n,
                             ir.Constant(self.i32, 0 if a.kind == F else 1)])
             return b.sext(r, self.i64), I

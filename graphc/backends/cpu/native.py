@@ -24,7 +24,6 @@ import ast
 import ctypes
 import hashlib
 import os
-import platform
 import re
 import sys
 import threading
@@ -32,38 +31,14 @@ from typing import Callable
 
 import numpy as np
 
-X86 = platform.machine().lower() in ("x86_64", "amd64")
-FTZ_DAZ = 0x8040  # MXCSR bit 15 (flush to zero) | bit 6 (denormals are zero): see fpenv.py
+from .intrinsics import X86, XXGEMM, mxcsr_flush, mxcsr_restore
+
 RAISED_STATUS = 2_000_000  # above NUMERICS_STATUS's range: a kernel's raise, by message index
 FEED_MISMATCH = -2  # a feed's rank, shape, dtype or contiguity is not the program's: nothing ran
 
 _SIG = re.compile(r"@cfunc\('int64\(([^']*)\)'[^\n]*\)\ndef (\w+)\(")
 _INTS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16, "uint32": 32,
          "uint64": 64, "voidptr": 64}
-
-
-def mxcsr_flush(b):
-    """IR: set FTZ | DAZ in this thread's MXCSR; returns the i32 slot holding the previous
-    word (for ``mxcsr_restore``). Shared by the native driver and fpenv.py's intrinsics."""
-    from llvmlite import ir
-    i32 = ir.IntType(32)
-    old, new = b.alloca(i32), b.alloca(i32)
-    _mxcsr(b, "llvm.x86.sse.stmxcsr", old)
-    b.store(b.or_(b.load(old), ir.Constant(i32, FTZ_DAZ)), new)
-    _mxcsr(b, "llvm.x86.sse.ldmxcsr", new)
-    return old
-
-
-def mxcsr_restore(b, slot) -> None:
-    """IR: load MXCSR from ``slot`` (an i32 slot, e.g. ``mxcsr_flush``'s)."""
-    _mxcsr(b, "llvm.x86.sse.ldmxcsr", slot)
-
-
-def _mxcsr(b, name: str, slot) -> None:
-    from llvmlite import ir
-    i8p = ir.IntType(8).as_pointer()
-    fn = b.module.globals.get(name) or ir.Function(b.module, ir.FunctionType(ir.VoidType(), [i8p]), name)
-    b.call(fn, [b.bitcast(slot, i8p)])
 
 
 class Unsupported(Exception):
@@ -699,12 +674,11 @@ def _bind_gemm(ll) -> None:
     except (IndexError, OSError, AttributeError):
         return
     from llvmlite import ir
-    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    i8, i32 = ir.IntType(8), ir.IntType(32)
     p8, p32 = i8.as_pointer(), i32.as_pointer()
     m = ir.Module(name="graphc_xxgemm")
     m.triple = ll.get_process_triple()
-    f = ir.Function(m, ir.FunctionType(i32, [i8, i8, i8, i64, i64, i64, p8, p8, i64, p8, i64, p8, p8, i64]),
-                    "graphc_xxgemm")
+    f = XXGEMM.define(m, "graphc_xxgemm")
     kind, ta, tb, mm, nn, kk, alpha, a, lda, bb, ldb, beta, c, ldc = f.args
     b = ir.IRBuilder(f.append_basic_block("entry"))
     blas = ir.FunctionType(ir.VoidType(), [p8, p8, p32, p32, p32, p8, p8, p32, p8, p32, p8, p8, p32])
@@ -731,7 +705,7 @@ def _bind_gemm(ll) -> None:
     engine.add_module(mod)
     engine.finalize_object()
     _GEMM.append(mod)
-    ll.add_symbol("numba_xxgemm", engine.get_function_address("graphc_xxgemm"))
+    ll.add_symbol(XXGEMM.symbol, engine.get_function_address("graphc_xxgemm"))
 
 
 _GEMM: list = []  # the module of graphc_xxgemm (kept alive)

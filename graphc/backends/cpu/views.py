@@ -65,7 +65,7 @@ def fill(typingctx, arr, value):
 # polynomial, times 2^n as two exact powers of two (so that n = 128 and gradual underflow need
 # no special case); +inf above log(FLT_MAX), 0 below the smallest subnormal's log, NaN kept.
 # Relative error below 2e-7 against NumPy's float32 exp (tests/test_native_driver.py). The
-# instructions are kernels.exp32_ir's, which graphc's own kernel compiler emits too.
+# instructions are intrinsics.exp32_ir's, which graphc's own kernel compiler emits too.
 
 
 @intrinsic
@@ -75,7 +75,7 @@ def exp32(typingctx, x):
         return None
 
     def codegen(context, builder, sig, args):
-        from .kernels import exp32_ir
+        from .intrinsics import exp32_ir
         return exp32_ir(builder, args[0])
 
     return types.float32(x), codegen

@@ -1,0 +1,143 @@
+"""The intrinsics of the cpu kernels' dialect, defined once: their names, the module the
+generated text imports each from (the Numba path), and the C prototypes of the symbols they
+call, with the IR both compilers emit for them.
+
+Three compilers meet here: Numba compiles a kernel module's text (``views.py``, ``blas.py``
+and ``fpenv.py`` hold the Numba implementations), graphc's kernel compiler translates the
+same text (kernels.py) and graphc's driver translator the driver (driver.py). Each symbol
+below is declared from its ``Proto`` (``declare``) and each shared sequence of instructions
+is one function here, so the three cannot drift apart.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+FTZ_DAZ = 0x8040  # MXCSR bit 15 (flush to zero) | bit 6 (denormals are zero): see fpenv.py
+
+# ---- C prototypes ---------------------------------------------------------------------------------
+
+_IR = {"void": lambda ir: ir.VoidType(), "i1": lambda ir: ir.IntType(1), "i8": lambda ir: ir.IntType(8),
+       "i32": lambda ir: ir.IntType(32), "i64": lambda ir: ir.IntType(64), "f32": lambda ir: ir.FloatType(),
+       "f64": lambda ir: ir.DoubleType(), "i8*": lambda ir: ir.IntType(8).as_pointer()}
+
+
+@dataclass(frozen=True)
+class Proto:
+    """The C prototype of a symbol generated code calls: LLVM type names (``i64``, ``i8*``...)."""
+    symbol: str
+    ret: str
+    args: tuple
+
+    def fnty(self):
+        from llvmlite import ir
+        return ir.FunctionType(_IR[self.ret](ir), [_IR[a](ir) for a in self.args])
+
+    def declare(self, module):
+        """The symbol's declaration in llvmlite ``module`` (added once)."""
+        from llvmlite import ir
+        g = module.globals.get(self.symbol)
+        return g if g is not None else ir.Function(module, self.fnty(), self.symbol)
+
+    def define(self, module, name: str):
+        """A function ``name`` of this prototype in ``module``: an implementation that
+        ``llvmlite.binding.add_symbol`` then binds to ``symbol``."""
+        from llvmlite import ir
+        return ir.Function(module, self.fnty(), name)
+
+
+# ``numba_xxgemm(kind, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)``: Numba's
+# BLAS GEMM wrapper (numba/_helpermod.c), column-major, ``kind`` one of 's' 'd' 'c' 'z';
+# ``blas.gemm`` calls it through Numba's ``call_xxgemm``, kernels.py directly, and jit.py binds
+# it to SciPy's OpenBLAS for a process that does not import Numba.
+XXGEMM = Proto("numba_xxgemm", "i32", ("i8", "i8", "i8", "i64", "i64", "i64", "i8*", "i8*", "i64", "i8*", "i64",
+                                       "i8*", "i8*", "i64"))
+# ``graphc_mpi_allreduce(send address, receive address, count, 0 float32 | 1 float64)``: MPI's
+# all-reduce (sum over every rank) with this process's MPI handles, bound at run time; returns
+# MPI's status.
+ALLREDUCE = Proto("graphc_mpi_allreduce", "i32", ("i64", "i64", "i64", "i32"))
+# the x86 control/status register's store and load (its address as an i8*)
+STMXCSR = Proto("llvm.x86.sse.stmxcsr", "void", ("i8*",))
+LDMXCSR = Proto("llvm.x86.sse.ldmxcsr", "void", ("i8*",))
+
+
+# ---- the dialect: what a kernel may call -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Intrinsic:
+    name: str  # as the generated text calls it
+    module: str  # where the text imports it from (its Numba implementation)
+    calls: Proto | None = None  # the external symbol it calls, if any
+
+
+DIALECT = {i.name: i for i in (
+    Intrinsic("view", "graphc.backends.cpu.views"),  # view(address, dims, dtype): a C-ordered array
+    Intrinsic("fill", "graphc.backends.cpu.views"),  # fill(array, value): every item
+    Intrinsic("exp32", "graphc.backends.cpu.views"),  # exp of a float32, vectorizable (exp32_ir)
+    Intrinsic("gemm", "graphc.backends.cpu.blas", XXGEMM),  # gemm(a, b, out): out = a @ b
+    Intrinsic("mpi_allreduce_sum", "graphc.backends.cpu.allreduce", ALLREDUCE),  # mpi_allreduce_sum(a, out)
+    Intrinsic("flush_subnormals", "graphc.backends.cpu.fpenv"),  # the driver's fp environment
+    Intrinsic("restore_fpenv", "graphc.backends.cpu.fpenv"),
+)}
+
+
+def import_line(*names: str) -> str:
+    """``from <module> import <names>`` for intrinsics of one module, as generated text imports them."""
+    (module,) = {DIALECT[n].module for n in names}
+    return f"from {module} import {', '.join(names)}\n"
+
+
+# ---- IR shared by Numba's implementations and graphc's compilers ------------------------------------
+
+def mxcsr_flush(b):
+    """IR: set FTZ | DAZ in this thread's MXCSR; returns the i32 slot holding the previous
+    word (for ``mxcsr_restore``). The native driver and fpenv.flush_subnormals emit it."""
+    from llvmlite import ir
+    i32 = ir.IntType(32)
+    old, new = b.alloca(i32), b.alloca(i32)
+    _mxcsr(b, STMXCSR, old)
+    b.store(b.or_(b.load(old), ir.Constant(i32, FTZ_DAZ)), new)
+    _mxcsr(b, LDMXCSR, new)
+    return old
+
+
+def mxcsr_restore(b, slot) -> None:
+    """IR: load MXCSR from ``slot`` (an i32 slot, e.g. ``mxcsr_flush``'s)."""
+    _mxcsr(b, LDMXCSR, slot)
+
+
+def _mxcsr(b, proto: Proto, slot) -> None:
+    from llvmlite import ir
+    b.call(proto.declare(b.module), [b.bitcast(slot, ir.IntType(8).as_pointer())])
+
+
+def exp32_ir(b, v):
+    """Cephes' expf in arithmetic LLVM vectorizes (views.exp32 documents it): shared by the
+    Numba intrinsic and graphc's kernel compiler, so that both compile the same instructions."""
+    from llvmlite import ir
+    f32, i32 = ir.FloatType(), ir.IntType(32)
+    c = lambda a: ir.Constant(f32, a)  # noqa: E731
+    hi, lo = 88.72283935546875, -103.97208404541016
+    log2e, c1, c2 = 1.44269504088896341, 0.693359375, -2.12194440e-4
+    poly = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+    xc = b.select(b.fcmp_ordered(">", v, c(hi)), c(hi), v)
+    xc = b.select(b.fcmp_ordered("<", xc, c(lo)), c(lo), xc)
+    mod = b.module
+    floor = mod.globals.get("llvm.floor.f32") or ir.Function(mod, ir.FunctionType(f32, [f32]), "llvm.floor.f32")
+    fx = b.call(floor, [b.fadd(b.fmul(xc, c(log2e)), c(0.5))])
+    r = b.fsub(b.fsub(xc, b.fmul(fx, c(c1))), b.fmul(fx, c(c2)))
+    p = c(poly[0])
+    for coef in poly[1:]:
+        p = b.fadd(b.fmul(p, r), c(coef))
+    y = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), c(1.0))
+    n = b.fptosi(fx, i32)
+    n1 = b.ashr(n, ir.Constant(i32, 1))
+    n2 = b.sub(n, n1)
+
+    def pow2(k):
+        return b.bitcast(b.shl(b.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32)
+
+    out = b.fmul(b.fmul(y, pow2(n1)), pow2(n2))
+    out = b.select(b.fcmp_ordered(">", v, c(hi)), c(float("inf")), out)
+    return b.select(b.fcmp_ordered("<", v, c(lo)), c(0.0), out)
