@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import DTypeError, GraphcError, ShapeError, user_location
+from ..errors import DTypeError, ShapeError, user_location
 from ..ir import Graph, Node, _attr_fp, fmt_shape, make, rebuild, topo_order
 from .base import OpDef, register
 
@@ -484,5 +484,4 @@ def _residuals(outputs: list, fwd: set, cot: set) -> list[Node]:
     return list(out.values())
 
 
-__all__ = ["scan", "Body", "replay", "run_body", "vjp_multi", "result", "out_types", "flatten", "unflatten",
-           "GraphcError"]
+__all__ = ["scan", "Body", "replay", "run_body", "vjp_multi", "result", "out_types", "flatten", "unflatten"]
