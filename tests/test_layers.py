@@ -107,3 +107,24 @@ def test_only_the_registry_compares_target_names():
         bad += [f"{path.relative_to(ROOT)}:{line}: {src}" for line, src in target_comparisons(path.read_text())]
     assert not bad, ("target names are compared outside graphc/backends/__init__.py (ask the backend's "
                      "capabilities instead):\n" + "\n".join(bad))
+
+
+# imported only where the feature is used, each behind an ImportError that says what to install
+OPTIONAL = {"matplotlib", "mpi4py", "cupy", "h5py", "threadpoolctl", "cuda"}
+
+
+def test_every_module_graphc_needs_is_a_declared_dependency():
+    import re
+    import sys
+    import tomllib
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in deps}
+    imported = set()
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                imported.add(node.module.split(".")[0])
+    needed = {m for m in imported if m not in sys.stdlib_module_names and m != "graphc"} - OPTIONAL
+    assert "llvmlite" in needed and not needed - declared, f"imported but not declared: {needed - declared}"
