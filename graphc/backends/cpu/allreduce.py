@@ -2,7 +2,7 @@
 training, graphc/distributed.py) and the MPI symbol it calls.
 
 The kernel calls ``MPI_Allreduce`` through an external symbol, ``graphc_mpi_allreduce``
-(``ALLREDUCE`` below): generated code stays cacheable (it holds no process-specific
+(intrinsics.ALLREDUCE): generated code stays cacheable (it holds no process-specific
 address), and the symbol is bound per process to a few lines of LLVM IR that hold this
 process's MPI handles (``bind``). Numba compiles the kernel text's ``mpi_allreduce_sum`` with
 the intrinsic below, graphc's kernel compiler (kernels.py) translates the same call.
@@ -45,16 +45,6 @@ def _libmpi():
     raise GraphcError("data_parallel=True: cannot find the MPI library mpi4py uses (libmpi / libmpich)")
 
 
-# ``graphc_mpi_allreduce(send address, receive address, count, 0 float32 | 1 float64) -> i32``
-ALLREDUCE_SYMBOL = "graphc_mpi_allreduce"
-
-
-def _fnty():
-    from llvmlite import ir
-    i32, i64 = ir.IntType(32), ir.IntType(64)
-    return ir.FunctionType(i32, [i64, i64, i64, i32])
-
-
 _lock = threading.Lock()
 _bound = None
 
@@ -72,6 +62,7 @@ def bind() -> None:
             return
         from llvmlite import ir
 
+        from .intrinsics import ALLREDUCE
         from .native import _jit
         ll, _, engine = _jit()
         MPI = _mpi()
@@ -83,7 +74,7 @@ def bind() -> None:
         f32, f64, op = MPI._handleof(MPI.FLOAT), MPI._handleof(MPI.DOUBLE), MPI._handleof(MPI.SUM)
         m = ir.Module(name="graphc_mpi_allreduce")
         m.triple = ll.get_process_triple()
-        f = ir.Function(m, _fnty(), "graphc_mpi_allreduce_impl")
+        f = ALLREDUCE.define(m, "graphc_mpi_allreduce_impl")
         send, recv, n, code = f.args
         b = ir.IRBuilder(f.append_basic_block("entry"))
         fnty = ir.FunctionType(i32, [i64, i64, i32, handle, handle, handle])
@@ -96,7 +87,7 @@ def bind() -> None:
         mod.verify()
         engine.add_module(mod)
         engine.finalize_object()
-        ll.add_symbol(ALLREDUCE_SYMBOL, engine.get_function_address("graphc_mpi_allreduce_impl"))
+        ll.add_symbol(ALLREDUCE.symbol, engine.get_function_address("graphc_mpi_allreduce_impl"))
         _bound = mod  # keeps the module (and its machine code) alive
 
 
@@ -109,8 +100,9 @@ def enable() -> None:
 def _define_intrinsic():
     from llvmlite import ir
     from numba import types
-    from numba.core import cgutils
     from numba.extending import intrinsic
+
+    from .intrinsics import ALLREDUCE
 
     @intrinsic
     def mpi_allreduce_sum(typingctx, a, o):
@@ -125,7 +117,7 @@ def _define_intrinsic():
             x = context.make_array(sig.args[0])(context, builder, args[0])
             y = context.make_array(sig.args[1])(context, builder, args[1])
             i64 = ir.IntType(64)
-            f = cgutils.get_or_insert_function(builder.module, _fnty(), ALLREDUCE_SYMBOL)
+            f = ALLREDUCE.declare(builder.module)
             code = ir.Constant(ir.IntType(32), 0 if sig.args[0].dtype == types.float32 else 1)
             return builder.call(f, [builder.ptrtoint(x.data, i64), builder.ptrtoint(y.data, i64), x.nitems, code])
 
@@ -147,7 +139,8 @@ def __getattr__(name: str):
 def lower(em, k):
     """The emitter's lowering of an ``allreduce`` kernel (emitter.KERNELS): one call of the
     intrinsic over the flat operand and result."""
+    from .intrinsics import import_line
     (n,) = k.nodes
     t = em.function(["a", "o"], ["    return mpi_allreduce_sum(a, o)  # MPI_Allreduce(MPI_SUM) over every rank"],
-                    False, imports="from graphc.backends.cpu.allreduce import mpi_allreduce_sum\n")
+                    False, imports=import_line("mpi_allreduce_sum"))
     return t, [em.flat_expr(n.inputs[0]), em.flat_expr(n)], em._site(n), False
