@@ -18,7 +18,7 @@ from .ir import ArrayValue, Node, make
 Tensor = Node
 DEFAULT_FLOAT = np.dtype("float32")
 INITIALIZERS = ("zeros", "ones", "normal", "uniform", "glorot_uniform", "glorot_normal",
-                "he_uniform", "he_normal")
+                "he_uniform", "he_normal", "orthogonal")
 
 
 # ---- sources ----------------------------------------------------------------------------
@@ -61,6 +61,8 @@ def param(name: str, shape: Sequence, init: Any = None, dtype: Any = "float32") 
     if isinstance(init, str):
         if init not in INITIALIZERS:
             raise ValueError(f"param {name!r}: unknown initializer {init!r}; choose from {INITIALIZERS}")
+        if init == "orthogonal" and len(shape) < 2:
+            raise ValueError(f"param {name!r}: the orthogonal initializer needs a shape of rank >= 2, got {shape}")
     else:
         arr = np.asarray(init)
         if arr.shape != shape:

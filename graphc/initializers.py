@@ -34,6 +34,18 @@ def truncated_normal(rng: np.random.Generator, stddev: float, shape: tuple) -> n
     return v
 
 
+def orthogonal(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """Keras' Orthogonal(gain=1): the Q of a normal matrix's QR (signs fixed by R's diagonal,
+    so Q is uniform over orthogonal matrices), over the rows ``prod(shape[:-1])`` and columns
+    ``shape[-1]`` (transposed when there are fewer rows, so the smaller side is orthonormal)."""
+    if len(shape) < 2:
+        raise ValueError(f"the orthogonal initializer needs a shape of rank >= 2, got {shape}")
+    rows, cols = int(np.prod(shape[:-1])), int(shape[-1])
+    q, r = np.linalg.qr(rng.normal(0.0, 1.0, (max(rows, cols), min(rows, cols))))
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)
+    return (q.T if rows < cols else q).reshape(shape)
+
+
 def init_value(node: Node, seed: int = 0) -> np.ndarray:
     """The initial value of a param node (a fresh, writable array)."""
     init, shape, dtype = node.attrs["init"], node.shape, node.dtype
@@ -59,6 +71,8 @@ def init_value(node: Node, seed: int = 0) -> np.ndarray:
         v = rng.uniform(-lim, lim, shape)
     elif init == "he_normal":
         v = truncated_normal(rng, np.sqrt(2.0 / fan_in) / TRUNCATED_STDDEV_CORRECTION, shape)
+    elif init == "orthogonal":
+        v = orthogonal(rng, shape)
     else:  # pragma: no cover - rejected by gc.param
         raise ValueError(f"unknown initializer {init!r}")
     return np.array(v, dtype=dtype, order="C")  # a fresh array; keeps 0-d shapes (ascontiguousarray does not)

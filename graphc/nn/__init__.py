@@ -20,16 +20,19 @@ from .callbacks import (  # noqa: F401
     ReduceLROnPlateau, TerminateOnNaN,
 )
 from .layers import (  # noqa: F401
-    Activation, Add, Average, AveragePooling2D, BatchNormalization, Concatenate, Conv2D, Dense, Dropout, Embedding,
-    Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, Input, InputLayer, KerasTensor, Layer, LayerNormalization,
-    MaxPooling2D, Maximum, Minimum, MultiHeadAttention, Multiply, PositionEmbedding, Reshape, Subtract,
+    GRU, LSTM, Activation, Add, Average, AveragePooling1D, AveragePooling2D, BatchNormalization, Bidirectional,
+    Concatenate, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten, GlobalAveragePooling1D, GlobalAveragePooling2D,
+    GlobalMaxPooling1D, GlobalMaxPooling2D, Input, InputLayer, KerasTensor, Layer, LayerNormalization, Masking,
+    MaxPooling1D, MaxPooling2D, Maximum, Minimum, MultiHeadAttention, Multiply, PositionEmbedding, Reshape,
+    SimpleRNN, Subtract,
 )
 from .model import Model, Sequential  # noqa: F401
 
 __all__ = ["Model", "Sequential", "Dense", "Activation", "Dropout", "Flatten", "Reshape", "Input", "InputLayer",
            "KerasTensor", "Layer", "LayerNormalization", "Embedding", "Conv2D", "MaxPooling2D", "AveragePooling2D",
            "GlobalAveragePooling2D", "GlobalMaxPooling2D", "BatchNormalization", "MultiHeadAttention",
-           "PositionEmbedding",
+           "PositionEmbedding", "Masking", "SimpleRNN", "LSTM", "GRU", "Bidirectional", "Conv1D", "MaxPooling1D",
+           "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D",
            "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
            "Callback", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "History",
            "TerminateOnNaN", "LambdaCallback", "ModelCheckpoint", "CSVLogger",

@@ -122,6 +122,7 @@ class CallNode:
         self.layer, self.args, self.inputs = layer, args, list(inputs)
         self.kwargs = dict(kwargs or {})
         self.output = KerasTensor(out_shape, out_dtype, self)
+        self.extra_outputs: list[KerasTensor] = []  # a multi-output layer's outputs after the first
 
     def __repr__(self) -> str:
         return f"<CallNode {self.layer.name or self.layer.default_name} #{self.id}>"
@@ -159,6 +160,10 @@ class Layer:
     min_ndim: int | None = None
     merge = False
     output_dtype = "float32"
+    # Keras' masking: a layer that supports it passes its input's mask on (``compute_mask``);
+    # one that does not drops it. A ``call`` with a ``mask`` parameter receives the mask of
+    # its (first) input, a boolean (batch, time) tensor (False: a padded step), or None.
+    supports_masking = False
 
     def __init__(self, name: str | None = None, input_shape=None, trainable: bool = True, **kwargs: Any):
         if "input_dim" in kwargs:
@@ -288,6 +293,15 @@ class Layer:
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
 
+    def compute_mask(self, x, mask):
+        """The output's mask given the input ``x`` and its ``mask`` (Keras' ``compute_mask``)."""
+        return mask if self.supports_masking else None
+
+    def _extra_output_shapes(self) -> list[tuple]:
+        """Per-sample shapes of the outputs after the first, for a layer that returns several
+        tensors (a recurrent layer's ``return_state``); its ``call`` then returns a list."""
+        return []
+
     # ---- applying ------------------------------------------------------------------------
     def __call__(self, inputs, training: bool = False):
         """On symbolic tensors (``graphc.nn.Input`` or layer outputs): record the call and
@@ -316,6 +330,10 @@ class Layer:
         out_shape = self._build(self._build_shapes(shapes, kwargs))
         node = CallNode(self, args, flat, out_shape, self.output_dtype, kwargs)
         self._inbound_nodes.append(node)
+        extra = self._extra_output_shapes()
+        if extra:
+            node.extra_outputs = [KerasTensor(s, self.output_dtype, node) for s in extra]
+            return [node.output] + node.extra_outputs
         return node.output
 
     def _check_arity(self, shapes) -> None:

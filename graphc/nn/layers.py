@@ -21,7 +21,11 @@ from .base import (  # noqa: F401 (Layer, Input, ...: keras.layers exports them 
 from .convolutional import (  # noqa: F401
     AveragePooling2D, Conv2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D,
 )
+from .conv1d import (  # noqa: F401
+    AveragePooling1D, Conv1D, GlobalAveragePooling1D, GlobalMaxPooling1D, MaxPooling1D,
+)
 from .normalization import BatchNormalization  # noqa: F401
+from .recurrent import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: F401
 
 
 class Dense(_Affine, Layer):
@@ -30,6 +34,7 @@ class Dense(_Affine, Layer):
     ``kernel_regularizer``/``bias_regularizer`` add ``l1*sum|w| + l2*sum w^2`` to the loss."""
 
     min_ndim = 2
+    supports_masking = True  # a mask passes through, as in Keras
 
     def __init__(self, units: int, activation=None, use_bias: bool = True, input_shape=None,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
@@ -63,6 +68,8 @@ class Dense(_Affine, Layer):
 
 class Activation(Layer):
     """Applies an activation (by name or callable)."""
+
+    supports_masking = True
 
     def __init__(self, activation, name: str | None = None, **kwargs: Any):
         super().__init__(name=name, **kwargs)
@@ -130,6 +137,8 @@ class Dropout(Layer):
     Dropout layer called twice on tensors of one shape draws the same mask for both calls.
     """
 
+    supports_masking = True
+
     def __init__(self, rate: float, noise_shape=None, seed: int | None = None, name: str | None = None,
                  **kwargs: Any):
         super().__init__(name=name, **kwargs)
@@ -152,7 +161,10 @@ class Embedding(Layer):
     """``keras.layers.Embedding``: integer ids ``(batch, ...)`` -> vectors ``(batch, ..., output_dim)``
     through ``gc.take`` (ids must lie in [0, input_dim): checked before each step runs; the
     gradient is a scatter-add in which repeated ids accumulate). Keras' default initializer
-    is uniform in [-0.05, 0.05]. A model whose first layer is an Embedding is fed int64 ids."""
+    is uniform in [-0.05, 0.05]. A model whose first layer is an Embedding is fed int64 ids.
+    ``mask_zero=True``: id 0 is padding; the output carries the mask ``ids != 0`` to the layers
+    after it (recurrent layers skip masked steps, GlobalAveragePooling1D averages the others),
+    so ``input_dim`` should count id 0."""
 
     input_dtype = "int64"
 
@@ -163,8 +175,7 @@ class Embedding(Layer):
         for what, v in (("input_dim", input_dim), ("output_dim", output_dim)):
             if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Embedding: {what} must be a positive int, got {v!r}")
-        if mask_zero:
-            raise NotImplementedError("Embedding(mask_zero=True): masking is not supported yet")
+        self.mask_zero = self.supports_masking = bool(mask_zero)
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.embeddings_initializer = _initializer(embeddings_initializer, "Embedding(embeddings_initializer=...)")
         self.embeddings_regularizer = R.get(embeddings_regularizer, "Embedding(embeddings_regularizer=...)")
@@ -179,6 +190,38 @@ class Embedding(Layer):
 
     def call(self, x, training=False):
         return F.take(self.embeddings, x, axis=0)
+
+    def get_config(self):
+        return {**super().get_config(), "input_dim": self.input_dim, "output_dim": self.output_dim,
+                "embeddings_initializer": _serialize_initializer(self.embeddings_initializer),
+                "embeddings_regularizer": R.serialize(self.embeddings_regularizer,
+                                                      "Embedding(embeddings_regularizer=...)"),
+                "activity_regularizer": None, "embeddings_constraint": None,
+                "mask_zero": bool(getattr(self, "mask_zero", False)), "quantization_config": None}
+
+    def compute_mask(self, x, mask):
+        return F.not_equal(x, 0) if self.mask_zero else None
+
+
+class Masking(Layer):
+    """``keras.layers.Masking(mask_value=0.0)``: a step whose features all equal ``mask_value``
+    is masked for the layers after it (recurrent layers, GlobalAveragePooling1D) and set to 0."""
+
+    supports_masking = True
+
+    def __init__(self, mask_value: float = 0.0, name: str | None = None, **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        if isinstance(mask_value, bool) or not isinstance(mask_value, numbers.Real):
+            raise ValueError(f"Masking: mask_value must be a number, got {mask_value!r}")
+        self.mask_value = float(mask_value)
+
+    def compute_mask(self, x, mask):
+        keep = F.max(F.cast(F.not_equal(x, self.mask_value), "float32"), axis=-1)
+        return F.greater(keep, 0.0)
+
+    def call(self, x, training=False):
+        keep = F.reshape(self.compute_mask(x, None), tuple(x.shape[:-1]) + (1,))
+        return F.where(keep, x, 0.0)
 
 
 class PositionEmbedding(Layer):
@@ -214,6 +257,8 @@ class LayerNormalization(Layer):
     """``keras.layers.LayerNormalization``: normalize each sample over ``axis`` (mean and
     population variance), then scale by ``gamma`` and shift by ``beta``. Keras' defaults:
     ``epsilon=1e-3``, ``gamma`` ones, ``beta`` zeros, weights in the order [gamma, beta]."""
+
+    supports_masking = True
 
     def __init__(self, axis=-1, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
                  beta_initializer="zeros", gamma_initializer="ones", name: str | None = None, **kwargs: Any):

@@ -12,6 +12,7 @@ the special case of a chain, built lazily from the first data it sees.
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -22,6 +23,11 @@ from .base import CallNode, InputLayer, KerasTensor, Layer
 from .data import as_numeric, check_inputs, conform
 from .summary import summary
 from .trainer import Trainer
+
+
+def _takes_mask(layer: Layer) -> bool:
+    """Whether ``layer.call`` has a ``mask`` parameter (Keras passes masks to such calls only)."""
+    return "mask" in inspect.signature(layer.call).parameters
 
 
 class Model(Trainer):
@@ -126,7 +132,9 @@ class Model(Trainer):
         if out_keys:
             self._out_names = list(out_keys)
         else:
-            self._out_names = [t._node.layer.name for t in out_flat]
+            # a multi-output layer's later outputs (return_state) are named <layer>_1, <layer>_2, ...
+            self._out_names = [t._node.layer.name + "".join(f"_{i + 1}" for i, e in enumerate(t._node.extra_outputs)
+                                                            if e is t) for t in out_flat]
             dup = sorted({n for n in self._out_names if self._out_names.count(n) > 1})
             if dup:
                 raise ValueError(f"Model(outputs=...): outputs {dup} come from the same layer; pass outputs as a dict "
@@ -161,15 +169,31 @@ class Model(Trainer):
                 return x
             return [v(t) for t in node.args] if isinstance(node.args, list) else v(node.args)
 
+        masks: dict[int, object] = {}  # Keras' masks: id(KerasTensor) -> boolean (batch, time) tensor
+
+        def mask_kwargs(node):
+            m = masks.get(id(node.inputs[0])) if node.inputs else None
+            return {"mask": m} if m is not None and _takes_mask(node.layer) else {}
+
         for node in self._nodes:
-            values[id(node.output)] = node.layer.call(arg_of(node), training, **node.kwargs)
+            x = arg_of(node)
+            out = node.layer.call(x, training, **node.kwargs, **mask_kwargs(node))
+            if node.extra_outputs:  # a layer returning several tensors (return_state)
+                for t, v in zip([node.output] + node.extra_outputs, out):
+                    values[id(t)] = v
+            else:
+                values[id(node.output)] = out
+            m = masks.get(id(node.inputs[0])) if node.inputs else None
+            m = node.layer.compute_mask(x, m) if m is not None or node.layer.supports_masking else None
+            if m is not None and not node.extra_outputs:
+                masks[id(node.output)] = m
         outs = []
         for t in self._out_tensors:
             node = t._node
-            if id(t) in {id(i) for i in self._in_tensors}:
+            if id(t) in {id(i) for i in self._in_tensors} or node.extra_outputs:
                 outs.append((values[id(t)], values[id(t)], "linear"))
                 continue
-            pre, act = node.layer.call_split(arg_of(node), training, **node.kwargs)
+            pre, act = node.layer.call_split(arg_of(node), training, **node.kwargs, **mask_kwargs(node))
             outs.append((values[id(t)], pre, act))
         return outs
 
@@ -481,12 +505,20 @@ class Sequential(Model):
         return [self._output_shape]
 
     def _forward(self, feeds: list, training: bool) -> list:
-        h = feeds[0]
+        h, mask = feeds[0], None
+        for layer in self.layers:
+            if layer._extra_output_shapes():
+                raise ValueError(f"Sequential: layer {layer.name!r} ({type(layer).__name__}) returns several tensors "
+                                 "(return_state=True or merge_mode=None); use the functional API "
+                                 "(graphc.nn.Model(inputs, outputs))")
         for layer in self.layers[:-1]:
-            h = layer.call(h, training)
+            kw = {"mask": mask} if mask is not None and _takes_mask(layer) else {}
+            x, h = h, layer.call(h, training, **kw)
+            mask = layer.compute_mask(x, mask) if mask is not None or layer.supports_masking else None
         last = self.layers[-1]
-        pre, act = last.call_split(h, training)
-        return [(last.call(h, training), pre, act)]
+        kw = {"mask": mask} if mask is not None and _takes_mask(last) else {}
+        pre, act = last.call_split(h, training, **kw)
+        return [(last.call(h, training, **kw), pre, act)]
 
     def _input_dtype(self) -> str:
         """What the model is fed: float32, an InputLayer's dtype, or int64 ids when the first

@@ -1,0 +1,375 @@
+"""Recurrent layers (``keras.layers.SimpleRNN``, ``LSTM``, ``GRU``, ``Bidirectional``) on
+``gc.scan``, with Keras 3's arguments, defaults, weight names and layouts and formulas
+(keras/src/layers/rnn/): weights ``<layer>/<cell>/kernel`` ``(features, gates*units)``,
+``recurrent_kernel`` ``(units, gates*units)`` and ``bias``, gates in Keras' order (LSTM: i, f,
+c, o; GRU: z, r, h), so Keras weights load as they are.
+
+The input projection of every time step is hoisted out of the loop: ``x @ kernel (+ bias)``
+over ``(batch, time, features)`` is ONE GEMM over ``batch*time`` rows; the scan body keeps
+only ``h @ recurrent_kernel`` and the gate arithmetic. Gradients come from the scan's adjoint.
+
+Masking as Keras does it (``Embedding(mask_zero=True)``, ``Masking``): at a masked step the
+state is carried through unchanged and, with ``return_sequences``, the step outputs the
+carried output (zeros under ``Bidirectional``, which sets Keras' ``zero_output_for_mask``).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .. import dsl as F
+from . import activations
+from . import regularizers as R
+from .base import Layer, _initializer, _layer_seed
+
+__all__ = ["SimpleRNN", "LSTM", "GRU", "Bidirectional"]
+
+
+def _unsupported(what: str, **given: Any) -> None:
+    bad = sorted(k for k, v in given.items() if v is not None)
+    if bad:
+        raise NotImplementedError(f"{what}: {', '.join(bad)} are not supported yet")
+
+
+def _rate(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= float(v) < 1.0:
+        raise ValueError(f"{what}: expected a float in [0, 1), got {v!r}")
+    return float(v)
+
+
+class _RNN(Layer):
+    """The loop shared by SimpleRNN, LSTM and GRU. A subclass sets ``_cell`` (Keras' cell
+    name, the weights' middle name), ``_gates`` and ``_n_states`` and implements
+    ``_bias_init`` and ``_step(h_and_states, xp_t) -> (new states, output)``."""
+
+    ndim = 3
+    supports_masking = True
+    _cell = ""
+    _gates = 1
+    _n_states = 1
+
+    def _setup(self, units, activation, recurrent_activation, use_bias, kernel_initializer, recurrent_initializer,
+               bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer, activity_regularizer,
+               kernel_constraint, recurrent_constraint, bias_constraint, dropout, recurrent_dropout, seed,
+               return_sequences, return_state, go_backwards, stateful, unroll, name, kwargs) -> None:
+        kwargs.pop("use_cudnn", None)  # graphc has its own kernels; Keras' switch changes nothing here
+        kwargs.pop("zero_output_for_mask", None)
+        what = type(self).__name__
+        super().__init__(name=name, **kwargs)
+        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
+            raise ValueError(f"{what}: units must be a positive int, got {units!r}")
+        _unsupported(what, activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
+                     recurrent_constraint=recurrent_constraint, bias_constraint=bias_constraint)
+        if stateful:
+            raise NotImplementedError(f"{what}(stateful=True): states kept across batches are not supported; "
+                                      "graphc's compiled steps start every batch from zero states")
+        self.dropout = _rate(dropout, f"{what}(dropout=...)")
+        if _rate(recurrent_dropout, f"{what}(recurrent_dropout=...)") != 0.0:
+            raise NotImplementedError(f"{what}(recurrent_dropout={recurrent_dropout!r}): dropout on the recurrent "
+                                      "state is not supported yet; use recurrent_dropout=0 (dropout= on the inputs "
+                                      "is supported)")
+        self.recurrent_dropout = 0.0
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ValueError(f"{what}: seed must be an int or None, got {seed!r}")
+        self.units = int(units)
+        self.activation_name, self.activation = activations.get(activation)
+        if recurrent_activation is not None:
+            self.recurrent_activation_name, self.recurrent_activation = activations.get(recurrent_activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = _initializer(kernel_initializer, f"{what}(kernel_initializer=...)")
+        self.recurrent_initializer = _initializer(recurrent_initializer, f"{what}(recurrent_initializer=...)")
+        self.bias_initializer = _initializer(bias_initializer, f"{what}(bias_initializer=...)")
+        self.kernel_regularizer = R.get(kernel_regularizer, f"{what}(kernel_regularizer=...)")
+        self.recurrent_regularizer = R.get(recurrent_regularizer, f"{what}(recurrent_regularizer=...)")
+        self.bias_regularizer = R.get(bias_regularizer, f"{what}(bias_regularizer=...)")
+        self.seed = seed
+        self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
+        self.go_backwards, self.stateful, self.unroll = bool(go_backwards), False, bool(unroll)
+        self.zero_output_for_mask = False  # Bidirectional sets it to return_sequences, as Keras does
+        self.kernel = self.recurrent_kernel = self.bias = None
+
+    # ---- weights --------------------------------------------------------------------------
+    def build(self, input_shape):
+        self._declare(self.add_weight, f"{self._cell}/", input_shape)
+
+    def _declare(self, add, prefix: str, input_shape) -> None:
+        """Declare the weights through ``add`` (this layer's add_weight, or a Bidirectional's)."""
+        n = self._gates * self.units
+        self.kernel = add(prefix + "kernel", (input_shape[-1], n), self.kernel_initializer, self.kernel_regularizer)
+        self.recurrent_kernel = add(prefix + "recurrent_kernel", (self.units, n), self.recurrent_initializer,
+                                    self.recurrent_regularizer)
+        self.bias = (add(prefix + "bias", self._bias_shape(), self._bias_init(), self.bias_regularizer)
+                     if self.use_bias else None)
+
+    def _bias_shape(self) -> tuple:
+        return (self._gates * self.units,)
+
+    def _bias_init(self):
+        return self.bias_initializer
+
+    # ---- shapes ---------------------------------------------------------------------------
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units) if self.return_sequences else (self.units,)
+
+    def _extra_output_shapes(self):
+        return [(self.units,)] * self._n_states if self.return_state else []
+
+    def compute_mask(self, x, mask):
+        return mask if self.return_sequences else None
+
+    # ---- the loop -------------------------------------------------------------------------
+    def _input_projection(self, x):
+        """``x @ kernel (+ input bias)`` for all steps at once: (batch, time, gates*units)."""
+        xp = x @ self.kernel  # (B, T, F) @ (F, n): one GEMM over B*T rows
+        b = self._input_bias()
+        return xp + b if b is not None else xp
+
+    def _input_bias(self):
+        return self.bias
+
+    def call(self, x, training=False, mask=None):
+        return self._run(x, training, mask, self.zero_output_for_mask)
+
+    def _run(self, x, training, mask, zero_output: bool):
+        if training and self.dropout > 0.0:
+            # one mask per sequence, shared by all steps (Keras' DropoutRNNCell)
+            keep = F.dropout(F.ones_like(x[:, 0, :]), self.dropout, seed=_layer_seed(self, self.seed))
+            x = x * F.reshape(keep, (keep.shape[0], 1, keep.shape[1]))
+        xp = F.transpose(self._input_projection(x), (1, 0, 2))  # time first, as gc.scan steps
+        h0 = F.zeros_like(xp[0, :, :self.units])
+        init = tuple([h0] * self._n_states)
+        xs = xp if mask is None else (xp, F.expand_dims(F.transpose(mask, (1, 0)), -1))
+
+        def body(states, inp):
+            xt, mt = (inp, None) if mask is None else inp
+            new, out = self._step(states, xt)
+            if mt is None:
+                return new, out
+            new = tuple(F.where(mt, n, s) for n, s in zip(new, states))
+            return new, (F.where(mt, out, 0.0) if zero_output else new[0])
+
+        final, ys = F.scan(body, init, xs, reverse=self.go_backwards, unroll=self.unroll)
+        if self.return_sequences:
+            out = ys[::-1] if self.go_backwards else ys  # Keras: the steps in processing order
+            out = F.transpose(out, (1, 0, 2))
+        else:
+            out = final[0]  # the last step's output is its h (carried through masked steps)
+        return [out] + list(final) if self.return_state else out
+
+
+class SimpleRNN(_RNN):
+    """``keras.layers.SimpleRNN``: ``h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)``."""
+
+    _cell = "simple_rnn_cell"
+
+    def __init__(self, units: int, activation="tanh", use_bias: bool = True, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", bias_initializer="zeros", kernel_regularizer=None,
+                 recurrent_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, recurrent_constraint=None, bias_constraint=None, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, stateful: bool = False, unroll: bool = False, seed=None,
+                 name: str | None = None, **kwargs: Any):
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
+        self._setup(units, activation, None, use_bias, kernel_initializer, recurrent_initializer, bias_initializer,
+                    kernel_regularizer, recurrent_regularizer, bias_regularizer, activity_regularizer,
+                    kernel_constraint, recurrent_constraint, bias_constraint, dropout, recurrent_dropout, seed,
+                    return_sequences, return_state, go_backwards, stateful, unroll, name, kwargs)
+
+    def _step(self, states, xt):
+        h = self.activation(xt + states[0] @ self.recurrent_kernel)
+        return (h,), h
+
+
+class LSTM(_RNN):
+    """``keras.layers.LSTM``: gates ``i, f, c, o`` in that order along the ``4*units`` axis;
+    ``c_t = f*c + i*activation(z_c)``, ``h_t = o*activation(c_t)`` with i, f, o through
+    ``recurrent_activation``. ``unit_forget_bias`` starts the forget gate's bias at 1.
+    ``return_state`` returns ``[output, h, c]``."""
+
+    _cell = "lstm_cell"
+    _gates = 4
+    _n_states = 2
+
+    def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid", use_bias: bool = True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 unit_forget_bias: bool = True, kernel_regularizer=None, recurrent_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
+                 recurrent_constraint=None, bias_constraint=None, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, seed=None, return_sequences: bool = False,
+                 return_state: bool = False, go_backwards: bool = False, stateful: bool = False,
+                 unroll: bool = False, use_cudnn="auto", name: str | None = None, **kwargs: Any):
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
+        self._setup(units, activation, recurrent_activation, use_bias, kernel_initializer, recurrent_initializer,
+                    bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer,
+                    activity_regularizer, kernel_constraint, recurrent_constraint, bias_constraint, dropout,
+                    recurrent_dropout, seed, return_sequences, return_state, go_backwards, stateful, unroll, name,
+                    kwargs)
+        self.unit_forget_bias = bool(unit_forget_bias)
+
+    def _bias_init(self):
+        if not self.unit_forget_bias or not isinstance(self.bias_initializer, str):
+            return self.bias_initializer
+        if self.bias_initializer not in ("zeros", "ones"):
+            raise NotImplementedError(f"LSTM(unit_forget_bias=True): bias_initializer={self.bias_initializer!r} "
+                                      "with unit_forget_bias is not supported; use 'zeros'/'ones', an array, or "
+                                      "unit_forget_bias=False")
+        u = self.units
+        b = np.full(4 * u, 1.0 if self.bias_initializer == "ones" else 0.0, np.float32)
+        b[u:2 * u] = 1.0  # Keras: concat(init(u), ones(u), init(2u))
+        return b
+
+    def _step(self, states, xt):
+        h, c = states
+        u = self.units
+        z = xt + h @ self.recurrent_kernel
+        ra, act = self.recurrent_activation, self.activation
+        i, f, g, o = ra(z[:, :u]), ra(z[:, u:2 * u]), act(z[:, 2 * u:3 * u]), ra(z[:, 3 * u:])
+        c = f * c + i * g
+        h = o * act(c)
+        return (h, c), h
+
+
+class GRU(_RNN):
+    """``keras.layers.GRU``: gates ``z, r, h`` along the ``3*units`` axis,
+    ``h_t = z*h_{t-1} + (1-z)*hh``. ``reset_after=True`` (Keras' default) has ``bias`` of shape
+    ``(2, 3*units)`` (input and recurrent biases) and ``hh = activation(x W_h + b_ih + r*(h U_h
+    + b_rh))``; ``reset_after=False`` has ``bias`` ``(3*units,)`` and
+    ``hh = activation(x W_h + b_h + (r*h) U_h)``."""
+
+    _cell = "gru_cell"
+    _gates = 3
+
+    def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid", use_bias: bool = True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 kernel_regularizer=None, recurrent_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, kernel_constraint=None, recurrent_constraint=None,
+                 bias_constraint=None, dropout: float = 0.0, recurrent_dropout: float = 0.0, seed=None,
+                 return_sequences: bool = False, return_state: bool = False, go_backwards: bool = False,
+                 stateful: bool = False, unroll: bool = False, reset_after: bool = True, use_cudnn="auto",
+                 name: str | None = None, **kwargs: Any):
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
+        self._setup(units, activation, recurrent_activation, use_bias, kernel_initializer, recurrent_initializer,
+                    bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer,
+                    activity_regularizer, kernel_constraint, recurrent_constraint, bias_constraint, dropout,
+                    recurrent_dropout, seed, return_sequences, return_state, go_backwards, stateful, unroll, name,
+                    kwargs)
+        self.reset_after = bool(reset_after)
+
+    def _bias_shape(self):
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+
+    def _input_bias(self):
+        if self.bias is None or not self.reset_after:
+            return self.bias
+        return self.bias[0]
+
+    def _step(self, states, xt):
+        (h,) = states
+        u = self.units
+        ra, act = self.recurrent_activation, self.activation
+        if self.reset_after:
+            inner = h @ self.recurrent_kernel
+            if self.bias is not None:
+                inner = inner + self.bias[1]
+            z = ra(xt[:, :u] + inner[:, :u])
+            r = ra(xt[:, u:2 * u] + inner[:, u:2 * u])
+            hh = act(xt[:, 2 * u:] + r * inner[:, 2 * u:])
+        else:
+            inner = h @ self.recurrent_kernel[:, :2 * u]
+            z = ra(xt[:, :u] + inner[:, :u])
+            r = ra(xt[:, u:2 * u] + inner[:, u:])
+            hh = act(xt[:, 2 * u:] + (r * h) @ self.recurrent_kernel[:, 2 * u:])
+        h = z * h + (1.0 - z) * hh
+        return (h,), h
+
+
+class Bidirectional(Layer):
+    """``keras.layers.Bidirectional(layer, merge_mode='concat', backward_layer=None)``: runs a
+    copy of ``layer`` forwards (named ``forward_<name>``) and one with ``go_backwards=True``
+    (``backward_<name>``, or ``backward_layer``), flips the backward sequence back to input
+    order and merges: ``concat`` (default), ``sum``, ``mul``, ``ave`` or ``None`` (both outputs,
+    as a list). Weights as Keras names them: ``<bidirectional>/forward_lstm/lstm_cell/kernel``,
+    ..., the forward layer's first. With ``return_state`` the states follow the output:
+    forward ones, then backward ones."""
+
+    ndim = 3
+    supports_masking = True
+
+    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None, name: str | None = None,
+                 **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        if not isinstance(layer, _RNN):
+            raise ValueError(f"Bidirectional: expected a recurrent layer (SimpleRNN, LSTM, GRU), got {layer!r}")
+        if backward_layer is not None and not isinstance(backward_layer, _RNN):
+            raise ValueError(f"Bidirectional: backward_layer must be a recurrent layer, got {backward_layer!r}")
+        if merge_mode not in ("sum", "mul", "ave", "concat", None):
+            raise ValueError(f"Bidirectional: invalid merge_mode {merge_mode!r}; choose from 'sum', 'mul', 'ave', "
+                             "'concat' or None")
+        if weights is not None:
+            raise NotImplementedError("Bidirectional(weights=...): set the weights after building instead")
+        base = layer._given_name or layer.default_name
+        self.forward_layer = type(layer)(**dict(layer._config, name=f"forward_{base.removeprefix('forward_')}"))
+        if backward_layer is None:
+            self.backward_layer = type(layer)(**dict(layer._config, go_backwards=not layer.go_backwards,
+                                                     name=f"backward_{base.removeprefix('backward_')}"))
+        else:
+            self.backward_layer = backward_layer
+            if backward_layer._given_name is None:
+                backward_layer.name = f"backward_{backward_layer.default_name}"
+        fwd, bwd = self.forward_layer, self.backward_layer
+        if fwd.go_backwards == bwd.go_backwards:
+            raise ValueError(f"Bidirectional: the forward and backward layers must have different go_backwards, "
+                             f"got {fwd.go_backwards} for both")
+        for a in ("return_sequences", "return_state"):
+            if getattr(fwd, a) != getattr(bwd, a):
+                raise ValueError(f"Bidirectional: the forward and backward layers must agree on {a}, got "
+                                 f"{getattr(fwd, a)} and {getattr(bwd, a)}")
+        for lay in (fwd, bwd):
+            lay.zero_output_for_mask = lay.return_sequences  # as Keras' Bidirectional forces it
+        self.merge_mode = merge_mode
+        self.return_sequences, self.return_state = fwd.return_sequences, fwd.return_state
+
+    def build(self, input_shape):
+        for lay in (self.forward_layer, self.backward_layer):
+            lay._declare(self.add_weight, f"{lay.name or lay.default_name}/{lay._cell}/", input_shape)
+
+    def _one_shape(self, lay, input_shape):
+        return lay.compute_output_shape(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        f = self.forward_layer.compute_output_shape(input_shape)
+        if self.merge_mode == "concat":
+            return f[:-1] + (f[-1] + self.backward_layer.compute_output_shape(input_shape)[-1],)
+        return f
+
+    def _extra_output_shapes(self):
+        extra = [self.backward_layer.compute_output_shape(self.input_shape)] if self.merge_mode is None else []
+        return extra + self.forward_layer._extra_output_shapes() + self.backward_layer._extra_output_shapes()
+
+    def compute_mask(self, x, mask):
+        return mask if self.return_sequences and self.merge_mode is not None else None
+
+    def call(self, x, training=False, mask=None):
+        outs = []
+        for lay in (self.forward_layer, self.backward_layer):
+            lay._model = self._model  # the model's seed for input dropout
+            r = lay._run(x, training, mask, lay.zero_output_for_mask)
+            outs.append(r if self.return_state else [r])
+        y, y_rev = outs[0][0], outs[1][0]
+        if self.return_sequences:
+            y_rev = y_rev[:, ::-1, :]
+        mode = self.merge_mode
+        if mode == "concat":
+            merged = [F.concatenate([y, y_rev], axis=-1)]
+        elif mode == "sum":
+            merged = [y + y_rev]
+        elif mode == "ave":
+            merged = [(y + y_rev) * 0.5]
+        elif mode == "mul":
+            merged = [y * y_rev]
+        else:
+            merged = [y, y_rev]
+        res = merged + outs[0][1:] + outs[1][1:]
+        return res[0] if len(res) == 1 else res
