@@ -77,259 +77,27 @@ and dropout 36 (51) and 38 (51), a one-block attention step 26 (45) and 33 (45)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from dataclasses import replace
+from typing import Mapping
 
 import numpy as np
 
 from ...errors import CompileError
 from ...ir import Graph, Node
-from ...schedule.fusion import Kernel, View, contiguous_strides
+from ...schedule.fusion import Kernel, View
 from ...schedule.plan import Plan
 from ...store import aligned
 from ..base import FunctionTable, KernelInfo, local_names, numel as _size, out_bytes, site
-from ..expr import literal, node_expr, reduce_init, reduce_step
+from ..expr import literal, reduce_init
 from .compat import numba_cuda, simulator_active
-from ...ops.indexing import around
+from .kernels import conv, indexing, loops, rng, sce, slicing
+from .kernels.common import view_strides
+from .kernels.loops import LoopText
+from .launch import REAL, SIM, CudaModule, Fn, Hosted, Launch, LaunchParams, dtname, launch_params
 
+__all__ = ["REAL", "SIM", "CudaModule", "Launch", "LaunchParams", "launch_params", "KERNELS", "MERGES",
+           "merge_option", "emit_module", "emit_for", "compile_ptx"]
 
-@dataclass(frozen=True)
-class LaunchParams:
-    block: int  # threads per block of loop / reduction / sce kernels (a power of two)
-    max_grid: int  # blocks of a grid-stride loop
-    gemm: tuple  # fallback GEMM tile: (BM, BN, BK, TM, TN)
-    chunk: int = 2048  # elements per block-sized piece of a multi-tensor launch (a table row)
-
-
-REAL = LaunchParams(block=256, max_grid=2048, gemm=(64, 64, 16, 4, 4), chunk=2048)
-# the simulator runs every thread as a Python thread: tiny blocks keep the tests fast (and
-# small chunks let small tensors span several)
-SIM = LaunchParams(block=16, max_grid=4, gemm=(8, 8, 4, 2, 2), chunk=32)
-
-
-def launch_params() -> LaunchParams:
-    return SIM if simulator_active() else REAL
-
-
-def _dt(dt) -> str:
-    return np.dtype(dt).name
-
-
-# ---- the random generator's uint64 arithmetic ---------------------------------------------
-# ops/random.kernel_lines' hash multiplies and adds uint64 values that wrap modulo 2**64. A
-# compiled kernel wraps them silently, but the simulator runs the kernel's Python on NumPy
-# scalars, which warn "overflow encountered in scalar multiply" once per thread. So on this
-# target every product and sum is done in 32-bit halves, whose partial products and sums fit
-# in 64 bits: exact on the device and in the simulator alike, the same bits, no warning.
-
-_M32, _S32 = f"np.uint64({0xFFFFFFFF})", "np.uint64(32)"
-
-
-def _wrap_mul(ind: str, z: str, c: int) -> list[str]:
-    """``z = z * c`` modulo 2**64 for a constant ``c``: the low halves' product, plus the two
-    cross products' low halves shifted up (the high halves' product is a multiple of 2**64)."""
-    lo, hi = c & 0xFFFFFFFF, c >> 32
-    return [f"{ind}w_t = ({z} & {_M32}) * np.uint64({lo})",
-            f"{ind}w_u = ((({z} >> {_S32}) * np.uint64({lo})) & {_M32}) + ((({z} & {_M32}) * np.uint64({hi})) & {_M32})"
-            f" + (w_t >> {_S32})",
-            f"{ind}{z} = ((w_u & {_M32}) << {_S32}) | (w_t & {_M32})"]
-
-
-def _wrap_add(ind: str, z: str, a: str, b: str) -> list[str]:
-    """``z = a + b`` modulo 2**64 (a carry from the low halves into the high ones)."""
-    return [f"{ind}w_t = ({a} & {_M32}) + ({b} & {_M32})",
-            f"{ind}{z} = (((({a} >> {_S32}) + ({b} >> {_S32}) + (w_t >> {_S32})) & {_M32}) << {_S32}) | (w_t & {_M32})"]
-
-
-def _rng_lines(key: str, seed: str, index: str, store: str, loop: str, dtype) -> list[str]:
-    """ops/random.kernel_lines (the same hash, the same arguments) with wrapping products and
-    sums: the stream constant ``mix(seed + GOLDEN * (mix(key) + 1))``, then per element
-    ``mix(stream + index * GOLDEN)``."""
-    from ...ops.random import GOLDEN, M1, M2
-
-    def mix(ind):
-        return ([f"{ind}z = z ^ (z >> np.uint64(30))"] + _wrap_mul(ind, "z", M1)
-                + [f"{ind}z = z ^ (z >> np.uint64(27))"] + _wrap_mul(ind, "z", M2)
-                + [f"{ind}z = z ^ (z >> np.uint64(31))"])
-    value = ("np.float32(z >> np.uint64(40)) * np.float32(5.960464477539063e-08)"  # 2**-24
-             if np.dtype(dtype) == np.float32 else "np.float64(z >> np.uint64(11)) * 1.1102230246251565e-16")  # 2**-53
-    return ([f"    z = np.uint64({key})"] + mix("    ")
-            + _wrap_add("    ", "z", "z", "np.uint64(1)") + _wrap_mul("    ", "z", GOLDEN)
-            + _wrap_add("    ", "z", f"np.uint64({seed})", "z") + mix("    ")
-            + ["    base = z", f"    {loop}", f"        z = np.uint64({index})"] + _wrap_mul("        ", "z", GOLDEN)
-            + _wrap_add("        ", "z", "base", "z") + mix("        ")
-            + [f"        {store.format(value)}  # random_uniform"])
-
-
-# ---- launch descriptions (device-free: also what the PTX check compiles) -------------------
-
-@dataclass
-class Launch:
-    name: str  # the schedule's kernel name (k0, k1 ...); a GEMM prologue adds ".gemm"
-    kind: str  # "kernel" | "cublas"
-    function: str  # generated function name (kernel), or "cupy.matmul"
-    grid: Any
-    block: Any
-    args: list  # ("arena", "S_float32") | ("int", v) | ("scalar", feed name, dtype)
-    gemm: tuple | None = None  # cublas: ((arena, off, shape, perm) for A, B, C)
-    comment: str = ""
-    merged: tuple = ()  # the schedule's launches this one does the work of, when more than its own
-    # emitter bookkeeping for merging launches (not part of the launch itself): what it reads
-    # and writes as (arena, first, end) element ranges, the kernel it is listed under, and the
-    # text it was generated from ((_Fn, body lines, tag); ``ew``: an elementwise loop's pieces)
-    reads: list = field(default_factory=list, repr=False, compare=False)
-    writes: list = field(default_factory=list, repr=False, compare=False)
-    anchor: int = field(default=-1, repr=False, compare=False)
-    src: Any = field(default=None, repr=False, compare=False)
-    ew: Any = field(default=None, repr=False, compare=False)
-    folds: int = field(default=0, repr=False, compare=False)
-    covers: set = field(default_factory=set, repr=False, compare=False)  # indices of the kernels it runs
-    tiny: Any = field(default=None, repr=False, compare=False)  # a one-element loop's Kernel (foldable)
-
-
-@dataclass
-class CudaModule:
-    source: str  # the driver: imports the kernels, lists the launches (replayed from Python)
-    launches: list
-    infos: list
-    functions: dict  # name -> parameter count
-    feed_offsets: dict  # feed name -> (dtype, offset, size)
-    scratch_sizes: dict  # dtype -> elements of the device scratch arena (plan + consts + feeds)
-    params: LaunchParams
-    gemm: str  # "cublas" | "numba-fallback"
-    copies: list  # deferred store writes: (arena key, offset, size, dtype, source)
-    kernel_modules: dict  # module name -> source: one generated kernel each, imported by the driver
-    function_modules: dict  # kernel function name -> its module name
-    tables: list = field(default_factory=list)  # (dtype, offset, values): constant tables in device scratch
-    merge_note: str = ""  # what merging did, for kernel_listing()
-
-
-class _Fn:
-    """Parameters of one generated kernel, in first-use order (so identical kernels get
-    identical text and are emitted once)."""
-
-    def __init__(self, ip: str = "o", sp: str = "s"):
-        self.ip, self.sp = ip, sp  # parameter name prefixes (a kernel folded into another gets its own)
-        self.arrays: list[str] = []
-        self.ints: list[tuple[str, int]] = []
-        self.scalars: list[tuple[str, str, np.dtype]] = []
-
-    def arr(self, key: str) -> str:
-        if key not in self.arrays:
-            self.arrays.append(key)
-        return key
-
-    def int(self, value: int) -> str:
-        p = f"{self.ip}{len(self.ints)}"
-        self.ints.append((p, int(value)))
-        return p
-
-    def scalar(self, name: str, dtype) -> str:
-        for p, nm, _ in self.scalars:
-            if nm == name:
-                return p
-        p = f"{self.sp}{len(self.scalars)}"
-        self.scalars.append((p, name, np.dtype(dtype)))
-        return p
-
-    def params(self) -> list[str]:
-        return self.arrays + [p for p, _ in self.ints] + [p for p, _, _ in self.scalars]
-
-    def args(self) -> list:
-        return ([("arena", a) for a in self.arrays] + [("int", v) for _, v in self.ints]
-                + [("scalar", nm, dt) for _, nm, dt in self.scalars])
-
-
-class _LoopText:
-    """The text of one loop kernel's element: value names, loads, stores. Parameters are taken
-    from ``fn`` at first use, so two kernels of the same structure get the same text whatever
-    the order of their leaves (every parameter's optimizer update is one function). ``subst``
-    maps a node (by id) to the text that stands for its value at the current element (a GEMM
-    epilogue reads the GEMM's accumulator, a bias update the column sum just computed);
-    ``vp`` prefixes the value names and ``idx`` is the flat element index (two loops in one
-    function)."""
-
-    def __init__(self, em: "_Emitter", k: Kernel, fn: "_Fn", subst: dict | None = None, vp: str = "v",
-                 idx: str = "i"):
-        self.em, self.k, self.fn, self.subst, self.vp, self.idx = em, k, fn, dict(subst or {}), vp, idx
-        L = tuple(k.shape)
-        self.L, self.r = L, len(L)
-        used = {id(x) for n in k.prelude + k.nodes + k.reductions for x in n.inputs}
-        self.leaves = {nid: v for nid, v in k.leaves.items() if nid in used}
-        if k.matmul is not None and id(k.matmul) in used:  # the prologue GEMM's result, read in place
-            self.leaves[id(k.matmul)] = View(k.matmul, k.matmul.shape)
-        flat = all(v.size == 1 or v.is_identity_for(L) for v in self.leaves.values())
-        axes_sets = {tuple(sorted(rd.attrs["axes"])) for rd in k.reductions}
-        if not k.reductions:
-            self.mode = "ew"
-        elif len(axes_sets) == 1 and self.r > 0:
-            self.mode = "block"
-        else:
-            self.mode = "serial"
-        self.red_axes = next(iter(axes_sets)) if self.mode == "block" else ()
-        all_reduced = self.mode == "block" and set(self.red_axes) == set(range(self.r))
-        self.flat_index = flat and (self.mode == "ew" or all_reduced)
-        self.names: dict[int, str] = {}
-        self.vmap: list[str] = []
-        self._arena: dict[int, tuple[str, str]] = {}
-
-    def _slot(self, n: Node) -> tuple[str, str]:
-        if id(n) not in self._arena:
-            w = self.em.where(n)
-            self._arena[id(n)] = (self.fn.arr(w[1]), self.fn.int(w[2]))
-        return self._arena[id(n)]
-
-    def load(self, x: Node) -> str:
-        nid = id(x)
-        if nid in self.names:
-            return self.names[nid]
-        v = self.leaves[nid]
-        if id(v.base) in self.subst:
-            return self.subst[id(v.base)]
-        w = self.em.where(v.base)
-        if w[0] == "literal":
-            self.names[nid] = w[1]
-            return w[1]
-        if w[0] == "scalar":
-            self.names[nid] = self.fn.scalar(w[1], v.base.dtype)
-            return self.names[nid]
-        arr, off = self._slot(v.base)
-        if v.size == 1:
-            return f"{arr}[{off}]"
-        return f"{arr}[{off} + {self.idx if self.flat_index else self.em._leaf_index(v, self.L)}]"
-
-    def _fresh(self, n: Node) -> str:
-        nm = f"{self.vp}{len(self.vmap)}"
-        self.names[id(n)] = nm
-        self.vmap.append(f"{nm}={self.em._site(n)}")
-        return nm
-
-    def prelude(self, ind: str) -> list[str]:
-        lines = []
-        for n in self.k.prelude:
-            ops = [self.load(x) for x in n.inputs]
-            lines.append(f"{ind}{self._fresh(n)} = {node_expr(n, ops)}  # {n.op} (prelude)")
-        return lines
-
-    def element(self, ind: str) -> list[str]:
-        lines = []
-        for n in self.k.nodes:
-            ops = [self.load(x) for x in n.inputs]
-            lines.append(f"{ind}{self._fresh(n)} = {node_expr(n, ops)}  # {n.op}")
-        return lines
-
-    def stores(self, ind: str) -> list[str]:
-        """Last: an in-place output reads its operand first."""
-        out = []
-        for o in self.k.outputs:
-            if o in self.k.reductions:
-                continue
-            arr, off = self._slot(o)
-            out.append(f"{ind}{arr}[{off} + {self.idx}] = {self.names[id(o)]}  # store {o.op}")
-        return out
-
-    def reds(self) -> list[tuple[Node, str, str]]:
-        return [(rd, *self._slot(rd)) for rd in self.k.reductions]
 
 
 class _Emitter:
@@ -341,12 +109,9 @@ class _Emitter:
         self.tables: list = []
         self.relocated: dict[int, int] = {}  # id(node) -> its own offset in the scratch arena (_relocate)
         self._col_fp: tuple = ([], [])
-        self._col = None  # the column work of the softmax-CE kernel being lowered (_plan_colsums)  # _plan_colsums: the footprint of the column work last checked
         # id(reduction kernel) -> the loops it runs on its sums (_plan_red_epilogues)
         self._red_epi: dict[int, list] = {}
-        self._epi: list = []  # those loops, while their host is being lowered
         self._epi_as: dict[int, Kernel] = {}  # id(such a loop) -> what of it runs there (its sums moved away)
-        self._last_src = None
         self.functions = FunctionTable()
         self.local = local_names(graph)  # nodes named by graph position: one text in every process
         self.launches: list[Launch] = []
@@ -373,611 +138,22 @@ class _Emitter:
             if n.shape == ():
                 return ("scalar", b.name)
             dt, off, _ = self.feed_offsets[b.name]
-            return ("arena", f"T_{_dt(dt)}", off)
+            return ("arena", f"T_{dtname(dt)}", off)
         if b.kind == "store":
             dt, off, _ = self.layout[b.name]
-            return ("arena", f"S_{_dt(dt)}", off)
+            return ("arena", f"S_{dtname(dt)}", off)
         if b.kind == "scratch" and id(n) in self.relocated:
-            return ("arena", f"T_{_dt(b.dtype)}", self.relocated[id(n)])
+            return ("arena", f"T_{dtname(b.dtype)}", self.relocated[id(n)])
         if b.kind in ("scratch", "const"):
-            return ("arena", f"T_{_dt(b.dtype)}", b.offset)
+            return ("arena", f"T_{dtname(b.dtype)}", b.offset)
         raise AssertionError(b.kind)
 
-    def function(self, fn: _Fn, body: list[str], tag: str) -> str:
+    def function(self, fn: Fn, body: list[str], tag: str) -> str:
         name = self.functions.add(self.deco, fn.params(), body, tag)
-        self._last_src = (name, (fn, body, tag))
         return name
 
-    def _site(self, n: Node) -> str:
+    def site(self, n: Node) -> str:
         return site(n, self.local)
-
-    # ---- loops ----------------------------------------------------------------------------------
-    @staticmethod
-    def _leaf_index(v: View, L: tuple) -> str:
-        vs, r = v.view_shape, len(L)
-        k = len(vs)
-        st = contiguous_strides(tuple(v.shape))
-        terms = []
-        for j in range(k):
-            if vs[j] == 1:
-                continue
-            s = st[v.perm[j] if v.perm is not None else j]
-            terms.append(f"i{r - k + j}" if s == 1 else f"i{r - k + j} * {s}")
-        return " + ".join(terms) or "0"
-
-    @staticmethod
-    def _decompose(var: str, dims: list[int], L: tuple, ind: str) -> list[str]:
-        """Loop indices i<d> for ``dims`` (row-major) from the flat index ``var``."""
-        lines, q = [], var
-        for pos in range(len(dims) - 1, -1, -1):
-            d = dims[pos]
-            if pos == 0:
-                lines.append(f"{ind}i{d} = {q}")
-            elif L[d] == 1:
-                lines.append(f"{ind}i{d} = 0")
-            else:
-                lines.append(f"{ind}i{d} = {q} % {L[d]}")
-                lines.append(f"{ind}q = {q} // {L[d]}")
-                q = "q"
-        return lines
-
-    def loop_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        lp = self.lp
-        fn = _Fn()
-        t = _LoopText(self, k, fn)
-        L, r, mode, red_axes = t.L, t.r, t.mode, t.red_axes
-        n_total = _size(L)
-        body = t.prelude("    ")  # scalars: recomputed by every thread
-
-        Lst = contiguous_strides(L)
-
-        def flat_of(dims) -> str:
-            terms = [f"i{d}" if Lst[d] == 1 else f"i{d} * {Lst[d]}" for d in dims if L[d] != 1]
-            return " + ".join(terms) or "0"
-
-        # loop extents are arguments (o<k>), never literals: with the batch dimension leading
-        # (the usual case) the text of a kernel does not depend on the batch size, so another
-        # batch size imports the same kernel modules (strides and index moduli stay literals:
-        # they involve only the trailing dims, and a division by a constant is cheaper)
-        ew = None
-        if mode == "ew":
-            ntot = fn.int(n_total)
-            head = f"    for i in range(cuda.grid(1), {ntot}, cuda.gridsize(1)):"
-            inner = [] if t.flat_index else self._decompose("i", list(range(r)), L, "        ")
-            inner += t.element("        ") + t.stores("        ")
-            ew = (list(body), ntot, inner)  # what a multi-tensor launch of this function re-uses
-            body += [head] + inner
-            grid = max(1, min(-(-n_total // lp.block), lp.max_grid))
-            block = lp.block
-        elif mode == "block":
-            kept = [d for d in range(r) if d not in red_axes]
-            nk, nr = _size([L[d] for d in kept]), _size([L[d] for d in red_axes])
-            for j, rd in enumerate(k.reductions):
-                body.insert(0, f"    sh{j} = cuda.shared.array({lp.block}, numba.{_dt(rd.dtype)})")
-            body += ["    t = cuda.threadIdx.x",
-                     f"    for b in range(cuda.blockIdx.x, {fn.int(nk)}, cuda.gridDim.x):"]
-            if not t.flat_index:
-                body += self._decompose("b", kept, L, "        ")
-            for j, rd in enumerate(k.reductions):
-                body.append(f"        acc{j} = {reduce_init(rd.op, rd.dtype)}  # {rd.op}")
-            body.append(f"        for {'i' if t.flat_index else 'j'} in range(t, {fn.int(nr)}, {lp.block}):")
-            if not t.flat_index:
-                body += self._decompose("j", list(red_axes), L, "            ")
-                body.append(f"            i = {flat_of(range(r))}")
-            body += t.element("            ")
-            for j, rd in enumerate(k.reductions):
-                body.append(f"            acc{j} = {reduce_step(rd.op, f'acc{j}', t.load(rd.inputs[0]))}  # {rd.op}")
-            body += t.stores("            ")
-            for j, _ in enumerate(k.reductions):
-                body.append(f"        sh{j}[t] = acc{j}")
-            body += ["        cuda.syncthreads()", f"        s = {lp.block // 2}", "        while s > 0:",
-                     "            if t < s:"]
-            for j, rd in enumerate(k.reductions):
-                body.append(f"                sh{j}[t] = {reduce_step(rd.op, f'sh{j}[t]', f'sh{j}[t + s]')}")
-            body += ["            cuda.syncthreads()", "            s //= 2", "        if t == 0:"]
-            for j, (rd, arr, off) in enumerate(t.reds()):
-                body.append(f"            {arr}[{off} + b] = sh{j}[0]  # {rd.op} (tree)")
-            for q, e in enumerate(self._epi):  # elementwise loops over the sums, by the thread that wrote them
-                et = _LoopText(self, e, fn, vp=f"e{q}v", idx="b")
-                # its scalar prelude here too: it may read the sums (a loop over one element)
-                body += et.prelude("            ") + et.element("            ") + et.stores("            ")
-                t.vmap += ["then:"] + et.vmap
-            body.append("        cuda.syncthreads()")
-            grid, block = max(1, min(nk, lp.max_grid)), lp.block
-        else:  # serial fallback: one thread, reductions accumulate in place (CPU order)
-            body.append("    if cuda.grid(1) == 0:")
-            ind = "        "
-            for rd, arr, off in t.reds():
-                body += [f"{ind}for q in range({fn.int(_size(rd.shape))}):",
-                         f"{ind}    {arr}[{off} + q] = {reduce_init(rd.op, rd.dtype)}  # {rd.op} init"]
-            for d in range(r):
-                body.append(f"{ind}for i{d} in range({fn.int(L[d])}):")
-                ind += "    "
-            body.append(f"{ind}i = {flat_of(range(r))}")
-            body += t.element(ind)
-            for rd, arr, off in t.reds():
-                kept = [d for d in range(r) if d not in rd.attrs["axes"]]
-                kst = contiguous_strides(tuple(L[d] for d in kept))
-                terms = [f"i{d} * {s}" for d, s in zip(kept, kst) if L[d] != 1]
-                tgt = f"{arr}[{off} + {' + '.join(terms) or '0'}]"
-                body.append(f"{ind}{tgt} = {reduce_step(rd.op, tgt, t.load(rd.inputs[0]))}  # {rd.op}")
-            body += t.stores(ind)
-            grid, block = 1, 1
-        name = self.function(fn, body, f"{mode}")
-        ln = Launch(k.name, "kernel", name, grid, block, fn.args(), comment=" ".join(t.vmap))
-        ln.src = (fn, body, mode)
-        ln.ew = ew
-        return name, ln
-
-    def copy_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        (n,) = k.nodes
-        (v,) = k.leaves.values()
-        L = tuple(k.shape)
-        fn = _Fn()
-        wo = self.where(n)
-        oarr, ooff = fn.arr(wo[1]), fn.int(wo[2])
-        wi = self.where(v.base)
-        flat = v.is_identity_for(L) or v.size == 1
-        if wi[0] == "literal":
-            src = wi[1]
-        elif wi[0] == "scalar":
-            src = fn.scalar(wi[1], v.base.dtype)
-        else:
-            iarr, ioff = fn.arr(wi[1]), fn.int(wi[2])
-            src = f"{iarr}[{ioff}]" if v.size == 1 else f"{iarr}[{ioff} + {'i' if flat else self._leaf_index(v, L)}]"
-        total = _size(L)
-        body = [f"    for i in range(cuda.grid(1), {fn.int(total)}, cuda.gridsize(1)):"]
-        if not flat:
-            body += self._decompose("i", list(range(len(L))), L, "        ")
-        body.append(f"        {oarr}[{ooff} + i] = {src}  # {n.op} (copy)")
-        name = self.function(fn, body, "copy")
-        grid = max(1, min(-(-total // self.lp.block), self.lp.max_grid))
-        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=self._site(n))
-
-    # ---- softmax cross-entropy ---------------------------------------------------------------------
-    def _strides(self, v: View, L: tuple) -> list[int]:
-        """Element strides of view ``v`` along each loop dim of ``L`` (0 where broadcast)."""
-        vs, r = v.view_shape, len(L)
-        k = len(vs)
-        st = contiguous_strides(tuple(v.shape))
-        out = [0] * r
-        for j in range(k):
-            if vs[j] != 1:
-                out[r - k + j] = st[v.perm[j] if v.perm is not None else j]
-        return out
-
-    def sce_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        z, y = k.nodes[0].inputs
-        loss = next((n for n in k.nodes if n.op == "softmax_cross_entropy"), None)
-        grad = next((n for n in k.nodes if n.op == "sce_grad"), None)
-        nrow, ncls = z.shape
-        fn = _Fn()
-        vz, vy = k.leaves[id(z)], k.leaves[id(y)]
-        wz, wy = self.where(vz.base), self.where(vy.base)
-        if wz[0] != "arena" or wy[0] != "arena":
-            raise CompileError(f"cuda: softmax_cross_entropy operands must be arrays ({self._site(k.nodes[0])})")
-        Z, oz = fn.arr(wz[1]), fn.int(wz[2])
-        zs0, zs1 = (fn.int(s) for s in self._strides(vz, tuple(z.shape)))
-        Y, oy = fn.arr(wy[1]), fn.int(wy[2])
-        (ys,) = (fn.int(s) for s in self._strides(vy, tuple(y.shape)))
-        if loss is not None:
-            wl = self.where(loss)
-            LA, ol = fn.arr(wl[1]), fn.int(wl[2])
-        if grad is not None:
-            wg = self.where(grad)
-            G, og = fn.arr(wg[1]), fn.int(wg[2])
-        n, c = fn.int(nrow), fn.int(ncls)
-        dt = z.dtype
-        B = self.lp.block
-        body = [
-            f"    sh = cuda.shared.array({B}, numba.float64)",
-            "    t = cuda.threadIdx.x",
-            f"    total = {literal(0, np.float64)}",
-            f"    inv = {literal(1, dt)} / {n}",
-            f"    for i in range(t, {n}, {B}):",
-            f"        zb = {oz} + i * {zs0}",
-            f"        m = {Z}[zb]",
-            f"        for j in range(1, {c}):",
-            f"            zj = {Z}[zb + j * {zs1}]",
-            "            m = zj if zj > m else m",
-            f"        s = {literal(0, dt)}",
-            f"        for j in range({c}):",
-            f"            s += math.exp({Z}[zb + j * {zs1}] - m)",
-            "        lse = math.log(s) + m",
-            f"        lab = {Y}[{oy} + i * {ys}]",
-        ]
-        if loss is not None:
-            body.append(f"        total += lse - {Z}[zb + lab * {zs1}]  # softmax_cross_entropy")
-        if grad is not None:
-            body += [f"        for j in range({c}):",
-                     f"            {G}[{og} + i * {c} + j] = math.exp({Z}[zb + j * {zs1}] - lse) * inv  # sce_grad",
-                     f"        {G}[{og} + i * {c} + lab] -= inv"]
-        if loss is not None:
-            # (locals never look like parameters, o<k> / s<k>: a bias update may run in here)
-            body += ["    sh[t] = total", "    cuda.syncthreads()", f"    half = {B // 2}", "    while half > 0:",
-                     "        if t < half:", "            sh[t] = sh[t] + sh[t + half]",
-                     "        cuda.syncthreads()", "        half //= 2",
-                     "    if t == 0:", f"        {LA}[{ol}] = sh[0] / {n}  # mean loss (tree)"]
-        comment = " ".join(self._site(x) for x in k.nodes)
-        if self._col is not None:  # column sums of the gradient (the bias gradient), then its update
-            rd, U, store = self._col
-            body += ["    cuda.syncthreads()  # every row of the gradient is written",
-                     f"    for j in range(t, {c}, {B}):", f"        cs = {reduce_init('sum', rd.dtype)}",
-                     f"        for i in range({n}):", f"            cs += {G}[{og} + i * {c} + j]"]
-            if store:
-                w = self.where(rd)
-                body.append(f"        {fn.arr(w[1])}[{fn.int(w[2])} + j] = cs  # sum over rows: {self._site(rd)}")
-            comment += f" column sums: {self._site(rd)}"
-            if U is not None:
-                u = _LoopText(self, U, fn, subst={id(rd): "cs"}, vp="u")
-                body = u.prelude("    ") + body + ["        i = j", "        i0 = j"]
-                body += u.element("        ") + u.stores("        ")
-                comment += " then: " + " ".join(u.vmap)
-        name = self.function(fn, body, "sce")
-        return name, Launch(k.name, "kernel", name, 1, B, fn.args(), comment=comment)
-
-    # ---- take / scatter-add (ops/indexing.py): operands are row-major arrays --------------------------
-    def _dense(self, fn: _Fn, k: Kernel, x: Node) -> tuple[str, str]:
-        """(arena, offset) of operand or output ``x``."""
-        w = self.where(k.leaves[id(x)].base if id(x) in k.leaves else x)
-        if w[0] != "arena":
-            raise CompileError(f"cuda: operand {self._site(x)} of {self._site(k.nodes[0])} "
-                               "is not an array in device memory")
-        return fn.arr(w[1]), fn.int(w[2])
-
-    def _index(self, fn: _Fn, k: Kernel, y: Node) -> str:
-        """Index ``i`` of the flattened indices as an int64 (a rank-0 feed is a kernel argument)."""
-        w = self.where(k.leaves[id(y)].base)
-        if w[0] == "scalar":
-            return f"numba.int64({fn.scalar(w[1], y.dtype)})"
-        Y, oy = self._dense(fn, k, y)
-        return f"numba.int64({Y}[{oy} + i])"
-
-    def take_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """take: a grid-stride loop over the result (A, m, D), params read as (A, n, D)."""
-        (t,) = k.nodes
-        p, y = t.inputs
-        A, n, D = around(p.shape, t.attrs["axis"])
-        m = _size(y.shape)
-        fn = _Fn()
-        P, op = self._dense(fn, k, p)
-        O, oo = self._dense(fn, k, t)
-        j = self._index(fn, k, y)
-        total, Dp, mp, nq = fn.int(A * m * D), fn.int(D), fn.int(m), fn.int(n)
-        body = [f"    for e in range(cuda.grid(1), {total}, cuda.gridsize(1)):",
-                f"        q = e // {Dp}",
-                f"        c = e - q * {Dp}",
-                f"        a = q // {mp}",
-                f"        i = q - a * {mp}",
-                f"        j = {j}",
-                f"        if j >= 0 and j < {nq}:",
-                f"            {O}[{oo} + e] = {P}[{op} + (a * {nq} + j) * {Dp} + c]  # take",
-                "        else:  # a computed index out of range reads 0 (TensorFlow's gather on GPU does too)",
-                f"            {O}[{oo} + e] = {literal(0, t.dtype)}"]
-        name = self.function(fn, body, "take")
-        grid = max(1, min(-(-(A * m * D) // self.lp.block), self.lp.max_grid))
-        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=self._site(t))
-
-    def scatter_add_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """take_grad without atomics: each thread owns one column ``c`` of a block of output rows,
-        zero-fills it, then adds ``g`` for the indices in that block in index order, so the
-        sums are deterministic (and equal to the cpu's). The rows are split into about n / m
-        blocks (a thread then does about as much zero-filling as scanning), as far as threads allow."""
-        (t,) = k.nodes
-        g, y = t.inputs
-        A, n, D = around(t.shape, t.attrs["axis"])
-        m = _size(y.shape)
-        lanes = A * D
-        nb = max(1, min(-(-n // max(m, 1)), (self.lp.block * self.lp.max_grid) // max(lanes, 1)))
-        rows = -(-n // nb)
-        fn = _Fn()
-        G, og = self._dense(fn, k, g)
-        O, oo = self._dense(fn, k, t)
-        j = self._index(fn, k, y)
-        total, lp, Dp, mp, nq, R = (fn.int(v) for v in (lanes * nb, lanes, D, m, n, rows))
-        body = [f"    for e in range(cuda.grid(1), {total}, cuda.gridsize(1)):",
-                f"        b = e // {lp}  # row block",
-                f"        q = e - b * {lp}",
-                f"        a = q // {Dp}",
-                f"        c = q - a * {Dp}  # neighbouring threads: neighbouring columns",
-                f"        j0 = b * {R}",
-                f"        j1 = j0 + {R} if j0 + {R} < {nq} else {nq}",
-                f"        ob = {oo} + a * {nq} * {Dp} + c",
-                "        for r in range(j0, j1):",
-                f"            {O}[ob + r * {Dp}] = {literal(0, t.dtype)}",
-                f"        gb = {og} + a * {mp} * {Dp} + c",
-                f"        for i in range({mp}):  # in index order",
-                f"            j = {j}",
-                "            if j >= j0 and j < j1:  # (a computed index out of range is skipped)",
-                f"                {O}[ob + j * {Dp}] += {G}[gb + i * {Dp}]  # take_grad: scatter-add"]
-        name = self.function(fn, body, "scatter")
-        grid = max(1, min(-(-(lanes * nb) // self.lp.block), self.lp.max_grid))
-        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=self._site(t))
-
-    # ---- slice / pad / concatenate (ops/slicing.py): a grid-stride loop over the output -------------
-    def _strided(self, fn: _Fn, v: View, shape: tuple):
-        """How a kernel reads operand view ``v`` of logical ``shape``: (arena param, element
-        offset, element strides per axis, 0 where broadcast), or (None, text, None) for a scalar
-        feed (a kernel argument) or a literal."""
-        w = self.where(v.base)
-        if w[0] == "literal":
-            return None, w[1], None
-        if w[0] == "scalar":
-            return None, fn.scalar(w[1], v.base.dtype), None
-        return fn.arr(w[1]), w[2], self._strides(v, tuple(shape))
-
-    @staticmethod
-    def _coords(fn: _Fn, shape: tuple, ind: str) -> list[str]:
-        """Output coordinates c<d> from the flat index ``i`` (extents are arguments)."""
-        lines, q = [], "i"
-        for d in range(len(shape) - 1, 0, -1):
-            e = fn.int(shape[d])
-            lines += [f"{ind}c{d} = {q} % {e}", f"{ind}q = {q} // {e}"]
-            q = "q"
-        return lines + [f"{ind}c0 = {q}"]
-
-    def _grid_loop(self, fn: _Fn, n: Node) -> tuple[str, str, list[str]]:
-        w = self.where(n)
-        O, oo = fn.arr(w[1]), fn.int(w[2])
-        body = [f"    for i in range(cuda.grid(1), {fn.int(_size(n.shape))}, cuda.gridsize(1)):"]
-        return O, oo, body + self._coords(fn, n.shape, "        ")
-
-    def _launch(self, k: Kernel, n: Node, fn: _Fn, body: list[str], tag: str) -> tuple[str, Launch]:
-        name = self.function(fn, body, tag)
-        grid = max(1, min(-(-_size(n.shape) // self.lp.block), self.lp.max_grid))
-        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(), comment=self._site(n))
-
-    def slice_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """slice: output coordinate c reads the operand at ``start + c * step`` per axis, i.e. at
-        element ``base + sum(c_d * step_d * stride_d)`` (negative steps need nothing else)."""
-        (n,) = k.nodes
-        x = n.inputs[0]
-        fn = _Fn()
-        O, oo, body = self._grid_loop(fn, n)
-        A, base, st = self._strided(fn, k.leaves[id(x)], x.shape)
-        if A is None:
-            src = base
-        else:
-            ents = [(0, 1) if e is None else (e[0], e[2]) for e in n.attrs["slices"]]
-            b = fn.int(base + sum(s * t for (s, _), t in zip(ents, st)))
-            terms = [f"c{d} * {fn.int(step * t)}" for d, ((_, step), t) in enumerate(zip(ents, st))]
-            src = f"{A}[{b} + {' + '.join(terms)}]"
-        body.append(f"        {O}[{oo} + i] = {src}  # slice")
-        return self._launch(k, n, fn, body, "slice")
-
-    def pad_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """pad: output coordinate c reads the operand at ``(c - before) / (interior + 1)`` per
-        axis where that is a whole number inside it, else the fill value."""
-        (n,) = k.nodes
-        x = n.inputs[0]
-        fn = _Fn()
-        O, oo, body = self._grid_loop(fn, n)
-        A, base, st = self._strided(fn, k.leaves[id(x)], x.shape)
-        conds, terms = [], []
-        for d, ((b, _), inner, size) in enumerate(zip(n.attrs["pad_width"], n.attrs["interior"], x.shape)):
-            bp, sp, npar = fn.int(b), fn.int(inner + 1), fn.int(size)
-            body += [f"        j{d} = c{d} - {bp}", f"        p{d} = j{d} // {sp}"]
-            conds.append(f"j{d} >= 0 and p{d} * {sp} == j{d} and p{d} < {npar}")
-            if A is not None:
-                terms.append(f"p{d} * {fn.int(st[d])}")
-        src = base if A is None else f"{A}[{fn.int(base)} + {' + '.join(terms)}]"
-        body += [f"        if {' and '.join(conds)}:",
-                 f"            {O}[{oo} + i] = {src}  # pad: the operand",
-                 "        else:",
-                 f"            {O}[{oo} + i] = {literal(n.attrs['value'], n.dtype)}  # pad: the constant"]
-        return self._launch(k, n, fn, body, "pad")
-
-    def concat_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """concatenate: the output coordinate along the axis picks the operand (an if-chain over
-        the operands' boundaries), which is read at that coordinate less its start."""
-        (n,) = k.nodes
-        ax = n.attrs["axis"]
-        fn = _Fn()
-        O, oo, body = self._grid_loop(fn, n)
-        start = 0
-        for j, x in enumerate(n.inputs):
-            A, base, st = self._strided(fn, k.leaves[id(x)], x.shape)
-            if A is None:
-                src = base
-            else:
-                coord = [f"c{d}" if d != ax or start == 0 else f"(c{d} - {fn.int(start)})" for d in range(n.ndim)]
-                src = f"{A}[{fn.int(base)} + {' + '.join(f'{c} * {fn.int(s)}' for c, s in zip(coord, st))}]"
-            start += x.shape[ax]
-            last = j == len(n.inputs) - 1
-            if last:
-                head = "if True:" if j == 0 else "else:"
-            else:
-                head = f"{'if' if j == 0 else 'elif'} c{ax} < {fn.int(start)}:"
-            body += [f"        {head}", f"            {O}[{oo} + i] = {src}  # concatenate: operand {j}"]
-        return self._launch(k, n, fn, body, "concat")
-
-    # ---- im2col / col2im / pooling (ops/conv.py): NHWC images, one thread per element -------------
-    def _geometry(self, fn: _Fn, n: Node, image: tuple, out: tuple) -> dict:
-        """Window geometry and extents as kernel arguments (named by their role), so one
-        generated function serves every image size, batch and window of a kind."""
-        from ...ops.conv import geometry
-        kh, kw, sh, sw, dh, dw, pt, _, pl, _ = geometry(n.attrs)
-        vals = dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, H=image[1], W=image[2],
-                    C=image[3], OH=out[1], OW=out[2])
-        return {k: fn.int(v) for k, v in vals.items()}
-
-    @staticmethod
-    def _pixel(g: dict, what: str) -> list[str]:
-        """(b, y, z, c) of the image pixel ``e`` (what="image") or (b, i, j, c) of the output
-        position ``e`` (what="out"), C innermost."""
-        H, W = (g["H"], g["W"]) if what == "image" else (g["OH"], g["OW"])
-        r, s = ("y", "z") if what == "image" else ("i", "j")
-        return [f"        q = e // {g['C']}", f"        c = e - q * {g['C']}", f"        {s} = q % {W}",
-                f"        q = q // {W}", f"        {r} = q % {H}", f"        b = q // {H}"]
-
-    @staticmethod
-    def _covering(g: dict, ind: str) -> list[str]:
-        """Loops over the output positions (i, j) whose window covers image pixel (y, z), with
-        the window offset (u, v) that lands on it, in row-major (i, j) order: the order in
-        which the cpu kernel accumulates, so the sums are deterministic and equal to its."""
-        return [f"{ind}for uu in range({g['kh']}):",
-                f"{ind}    u = {g['kh']} - 1 - uu  # u descending: i ascending",
-                f"{ind}    ty = y + {g['pt']} - u * {g['dh']}",
-                f"{ind}    if ty >= 0:",
-                f"{ind}        i = ty // {g['sh']}",
-                f"{ind}        if i * {g['sh']} == ty and i < {g['OH']}:",
-                f"{ind}            for vv in range({g['kw']}):",
-                f"{ind}                v = {g['kw']} - 1 - vv",
-                f"{ind}                tz = z + {g['pl']} - v * {g['dw']}",
-                f"{ind}                if tz >= 0:",
-                f"{ind}                    j = tz // {g['sw']}",
-                f"{ind}                    if j * {g['sw']} == tz and j < {g['OW']}:"]
-
-    @staticmethod
-    def _window_pixels(g: dict, ind: str, s: str = "") -> list[str]:
-        """Loops over window (i, j)'s pixels (y<s>, z<s>) inside the image, row-major."""
-        return [f"{ind}for u{s} in range({g['kh']}):",
-                f"{ind}    y{s} = i * {g['sh']} - {g['pt']} + u{s} * {g['dh']}",
-                f"{ind}    if y{s} >= 0 and y{s} < {g['H']}:",
-                f"{ind}        for v{s} in range({g['kw']}):",
-                f"{ind}            z{s} = j * {g['sw']} - {g['pl']} + v{s} * {g['dw']}",
-                f"{ind}            if z{s} >= 0 and z{s} < {g['W']}:"]
-
-    @staticmethod
-    def _img(g: dict, y: str, z: str) -> str:
-        """Element offset of pixel (b, y, z, c) in an NHWC image."""
-        return f"((b * {g['H']} + {y}) * {g['W']} + {z}) * {g['C']} + c"
-
-    @staticmethod
-    def _recip(count: str, dt) -> str:
-        """1 / count in the kernel's float dtype (float32 arithmetic stays float32)."""
-        return f"(1.0 / {count})" if np.dtype(dt) == np.float64 else f"np.{_dt(dt)}(1.0 / {count})"
-
-    def _window_loop(self, fn: _Fn, n: Node, size: int) -> tuple[str, str, list[str]]:
-        w = self.where(n)
-        O, oo = fn.arr(w[1]), fn.int(w[2])
-        return O, oo, [f"    for e in range(cuda.grid(1), {fn.int(size)}, cuda.gridsize(1)):"]
-
-    def _launch_over(self, k: Kernel, n: Node, fn: _Fn, body: list[str], tag: str, size: int):
-        vmap = []
-        for q, e in enumerate(self._epi):  # an elementwise loop on the element just written (_plan_struct_epilogues)
-            et = _LoopText(self, self._epi_as.get(id(e), e), fn, vp=f"e{q}v", idx="e")
-            body = body + et.prelude("        ") + et.element("        ") + et.stores("        ")
-            vmap += ["then:"] + et.vmap
-        name = self.function(fn, body, tag)
-        grid = max(1, min(-(-size // self.lp.block), self.lp.max_grid))
-        return name, Launch(k.name, "kernel", name, grid, self.lp.block, fn.args(),
-                            comment=" ".join([self._site(n)] + vmap))
-
-    def im2col_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """im2col: a thread per output element (b, i, j, (u, v, c)): the image pixel under
-        window offset (u, v) of output position (i, j), or 0 in the padding."""
-        (n,) = k.nodes
-        x = n.inputs[0]
-        fn = _Fn()
-        O, oo, body = self._window_loop(fn, n, _size(n.shape))
-        X, ox = self._dense(fn, k, x)
-        g = self._geometry(fn, n, x.shape, n.shape)
-        kc = fn.int(n.shape[3])
-        body += [f"        q = e // {kc}", f"        r = e - q * {kc}", f"        j = q % {g['OW']}",
-                 f"        q = q // {g['OW']}", f"        i = q % {g['OH']}", f"        b = q // {g['OH']}",
-                 f"        t = r // {g['C']}", f"        c = r - t * {g['C']}", f"        u = t // {g['kw']}",
-                 f"        v = t - u * {g['kw']}",
-                 f"        y = i * {g['sh']} - {g['pt']} + u * {g['dh']}",
-                 f"        z = j * {g['sw']} - {g['pl']} + v * {g['dw']}",
-                 f"        if y >= 0 and y < {g['H']} and z >= 0 and z < {g['W']}:",
-                 f"            {O}[{oo} + e] = {X}[{ox} + {self._img(g, 'y', 'z')}]  # im2col",
-                 "        else:",
-                 f"            {O}[{oo} + e] = {literal(0, n.dtype)}  # im2col: padding"]
-        return self._launch_over(k, n, fn, body, "im2col", _size(n.shape))
-
-    def col2im_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """col2im without atomics: a thread per image pixel gathers the patch values of the
-        output positions whose window covers it (at most kh * kw of them)."""
-        (n,) = k.nodes
-        cols = n.inputs[0]
-        fn = _Fn()
-        O, oo, body = self._window_loop(fn, n, _size(n.shape))
-        G, og = self._dense(fn, k, cols)
-        g = self._geometry(fn, n, n.shape, cols.shape)
-        kc = fn.int(cols.shape[3])
-        body += self._pixel(g, "image") + [f"        acc = {literal(0, n.dtype)}"]
-        body += self._covering(g, "        ")
-        body += [f"                                acc += {G}[{og} + ((b * {g['OH']} + i) * {g['OW']} + j) * {kc} "
-                 f"+ (u * {g['kw']} + v) * {g['C']} + c]  # col2im: gather",
-                 f"        {O}[{oo} + e] = acc"]
-        return self._launch_over(k, n, fn, body, "col2im", _size(n.shape))
-
-    def rng_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """random_uniform (ops/random.py): the CPU's counter-based hash, a thread per element,
-        so the draw is bit-identical to the other targets' (its products and sums written to
-        wrap by construction: ``_rng_lines``)."""
-        (n,) = k.nodes
-        size = _size(n.shape)
-        fn = _Fn()
-        O, oo = self._dense(fn, k, n)
-        w = self.where(k.leaves[id(n.inputs[0])].base)
-        key = fn.scalar(w[1], n.inputs[0].dtype) if w[0] == "scalar" else "{}[{}]".format(*self._dense(fn, k, n.inputs[0]))
-        seed = fn.int(n.attrs["seed"])
-        body = _rng_lines(key, seed, "e", f"{O}[{oo} + e] = {{}}",
-                          f"for e in range(cuda.grid(1), {fn.int(size)}, cuda.gridsize(1)):", n.dtype)
-        return self._launch_over(k, n, fn, body, "rng", size)
-
-    def pool2d_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """pool2d: a thread per output element: the max (padding never wins; NaN does) or the
-        mean over the window's pixels inside the image."""
-        (n,) = k.nodes
-        x = n.inputs[0]
-        mx = n.attrs["mode"] == "max"
-        fn = _Fn()
-        O, oo, body = self._window_loop(fn, n, _size(n.shape))
-        X, ox = self._dense(fn, k, x)
-        g = self._geometry(fn, n, x.shape, n.shape)
-        body += self._pixel(g, "out") + [f"        acc = {literal(-np.inf if mx else 0, n.dtype)}", "        cnt = 0"]
-        body += self._window_pixels(g, "        ")
-        body += ["                        cnt += 1",
-                 f"                        xv = {X}[{ox} + {self._img(g, 'y', 'z')}]"]
-        if mx:
-            body += ["                        if xv > acc or xv != xv:  # max_pool2d (NaN wins)",
-                     "                            acc = xv",
-                     f"        {O}[{oo} + e] = acc"]
-        else:
-            body += ["                        acc += xv  # avg_pool2d",
-                     f"        {O}[{oo} + e] = acc * {self._recip('cnt', n.dtype)}"]
-        return self._launch_over(k, n, fn, body, "pool", _size(n.shape))
-
-    def pool2d_grad_kernel(self, k: Kernel) -> tuple[str, Launch]:
-        """pool2d_grad without atomics: a thread per image pixel gathers the gradient of every
-        output position whose window covers it: max pooling where the pixel is that window's
-        first maximum (row-major; the window's maximum is searched again), average pooling
-        times one over the window's pixel count inside the image."""
-        (n,) = k.nodes
-        x, gr = n.inputs
-        mx = n.attrs["mode"] == "max"
-        fn = _Fn()
-        O, oo, body = self._window_loop(fn, n, _size(n.shape))
-        G, og = self._dense(fn, k, gr)
-        g = self._geometry(fn, n, x.shape, gr.shape)
-        body += self._pixel(g, "image") + [f"        acc = {literal(0, n.dtype)}"]
-        body += self._covering(g, "        ")
-        ind = " " * 32  # inside _covering's loops
-        body.append(f"{ind}gv = {G}[{og} + ((b * {g['OH']} + i) * {g['OW']} + j) * {g['C']} + c]")
-        if mx:
-            X, ox = self._dense(fn, k, x)
-            body += [f"{ind}best = {literal(-np.inf, n.dtype)}", f"{ind}by = -1", f"{ind}bz = -1"]
-            body += self._window_pixels(g, ind, "2")
-            body += [f"{ind}                xv = {X}[{ox} + {self._img(g, 'y2', 'z2')}]",
-                     f"{ind}                if by < 0 or xv > best or (xv != xv and best == best):",
-                     f"{ind}                    best = xv",
-                     f"{ind}                    by = y2",
-                     f"{ind}                    bz = z2",
-                     f"{ind}if by == y and bz == z:",
-                     f"{ind}    acc += gv  # max_pool2d grad: the first maximum"]
-        else:
-            body += [f"{ind}cy = 0", f"{ind}for u2 in range({g['kh']}):",
-                     f"{ind}    y2 = i * {g['sh']} - {g['pt']} + u2 * {g['dh']}",
-                     f"{ind}    if y2 >= 0 and y2 < {g['H']}:", f"{ind}        cy += 1",
-                     f"{ind}cz = 0", f"{ind}for v2 in range({g['kw']}):",
-                     f"{ind}    z2 = j * {g['sw']} - {g['pl']} + v2 * {g['dw']}",
-                     f"{ind}    if z2 >= 0 and z2 < {g['W']}:", f"{ind}        cz += 1",
-                     f"{ind}acc += gv * {self._recip('(cy * cz)', n.dtype)}  # avg_pool2d grad"]
-        body.append(f"        {O}[{oo} + e] = acc")
-        return self._launch_over(k, n, fn, body, "pool_grad", _size(n.shape))
 
     # ---- GEMM -------------------------------------------------------------------------------------------
     _GEMM_ROLES = ("A", "B", "C", "oa", "sa0", "sa1", "ob", "sb0", "sb1", "oc", "M", "N", "K")
@@ -988,7 +164,7 @@ class _Emitter:
         BM, BN, BK, TM, TN = self.lp.gemm
         TX, TY = BN // TN, BM // TM
         NT = TX * TY
-        t = f"numba.{_dt(dt)}"
+        t = f"numba.{dtname(dt)}"
         zero = literal(0, dt)
         A, B, oa, sa0, sa1, ob, sb0, sb1, M, N, K = (
             (nm or {}).get(r, r) for r in ("A", "B", "oa", "sa0", "sa1", "ob", "sb0", "sb1", "M", "N", "K"))
@@ -1055,7 +231,7 @@ class _Emitter:
             body = ("    for z in range(cuda.blockIdx.z, NB, cuda.gridDim.z):\n        za = oa + z * sab\n"
                     "        zb = ob + z * sbb\n        zc = oc + z * M * N\n" + body)
             params += ["NB", "sab", "sbb"]
-        name = f"{'bgemm' if batched else 'gemm'}_{_dt(dt)}"
+        name = f"{'bgemm' if batched else 'gemm'}_{dtname(dt)}"
         body = head + body
         if name not in self.functions.sources:
             self.functions.sources[name] = f"{self.deco}\ndef {name}({', '.join(params)}):\n{body}\n"
@@ -1068,7 +244,7 @@ class _Emitter:
         for v in (k.leaves[id(a)], k.leaves[id(b)], View(mm, mm.shape)):
             w = self.where(v.base)
             if w[0] != "arena":
-                raise CompileError(f"cuda: matmul operand {self._site(v.base)} is not an array in device memory")
+                raise CompileError(f"cuda: matmul operand {self.site(v.base)} is not an array in device memory")
             parts.append((w[1], w[2], tuple(v.shape), v.perm))
         return parts
 
@@ -1078,13 +254,13 @@ class _Emitter:
         M, K = a.shape
         N = b.shape[1]
         parts = self._gemm_operands(k, mm)
-        site = f"{self._site(mm)} ({M}x{K} @ {K}x{N})"
+        site = f"{self.site(mm)} ({M}x{K} @ {K}x{N})"
         if self.use_cublas:
             return Launch(f"{k.name}.gemm" if k.kind == "loop" else k.name, "cublas", "cupy.matmul", None, None,
                           [], gemm=tuple(parts), comment=site)
         name = self._gemm_function(mm.dtype)
         BM, BN, BK, TM, TN = self.lp.gemm
-        (sa0, sa1), (sb0, sb1) = self._strides(va, (M, K)), self._strides(vb, (K, N))
+        (sa0, sa1), (sb0, sb1) = view_strides(va, (M, K)), view_strides(vb, (K, N))
         args = [("arena", parts[0][0]), ("arena", parts[1][0]), ("arena", parts[2][0]),
                 ("int", parts[0][1]), ("int", sa0), ("int", sa1), ("int", parts[1][1]), ("int", sb0),
                 ("int", sb1), ("int", parts[2][1]), ("int", M), ("int", N), ("int", K)]
@@ -1107,8 +283,8 @@ class _Emitter:
         M, K = a.shape
         N = b.shape[1]
         parts = self._gemm_operands(k, mm)
-        fn = _Fn()
-        (sa0, sa1), (sb0, sb1) = self._strides(va, (M, K)), self._strides(vb, (K, N))
+        fn = Fn()
+        (sa0, sa1), (sb0, sb1) = view_strides(va, (M, K)), view_strides(vb, (K, N))
         nm = {"A": fn.arr(parts[0][0]), "oa": fn.int(parts[0][1]), "sa0": fn.int(sa0), "sa1": fn.int(sa1),
               "B": fn.arr(parts[1][0]), "ob": fn.int(parts[1][1]), "sb0": fn.int(sb0), "sb1": fn.int(sb1),
               "M": fn.int(M), "N": fn.int(N), "K": fn.int(K)}
@@ -1116,9 +292,9 @@ class _Emitter:
         pre: list[str] = []
         tail = self._gemm_tile_loop(nm["M"], nm["N"])
         ind = " " * 20
-        comment = f"{self._site(mm)} ({M}x{K} @ {K}x{N})"
+        comment = f"{self.site(mm)} ({M}x{K} @ {K}x{N})"
         if epilogue:
-            t = _LoopText(self, k, fn, subst={id(mm): "acc[m, n]"})
+            t = LoopText(self, k, fn, subst={id(mm): "acc[m, n]"})
             pre += t.prelude("    ")
             tail += [f"{ind}i0 = gr", f"{ind}i1 = gc", f"{ind}i = gr * {nm['N']} + gc"]
             tail += t.element(ind) + t.stores(ind)
@@ -1138,10 +314,10 @@ class _Emitter:
             if store:
                 w = self.where(rd)
                 R, orr = fn.arr(w[1]), fn.int(w[2])
-                tail.append(f"{ind}{R}[{orr} + gc] = cs  # sum over K: {self._site(rd)}")
-            comment += f" column sums: {self._site(rd)}"
+                tail.append(f"{ind}{R}[{orr} + gc] = cs  # sum over K: {self.site(rd)}")
+            comment += f" column sums: {self.site(rd)}"
             if U is not None:
-                u = _LoopText(self, U, fn, subst={id(rd): "cs"}, vp="u")
+                u = LoopText(self, U, fn, subst={id(rd): "cs"}, vp="u")
                 pre += u.prelude("    ")
                 tail += [f"{ind}i = gc", f"{ind}i0 = gc"] + u.element(ind) + u.stores(ind)
                 comment += " then: " + " ".join(u.vmap)
@@ -1153,7 +329,7 @@ class _Emitter:
         ln.src = (fn, body, "gemm_fused")
         return ln
 
-    def bmm_kernel(self, k: Kernel) -> tuple[str, Launch]:
+    def bmm_kernel(self, k: Kernel, hosted: Hosted) -> Launch:
         """batch_matmul: ``op(a[z]) @ op(b[z])`` for every z. cuBLAS: ``cupy.matmul`` on 3-D
         views (a transposed operand is a swapaxes view, read in place). Fallback: the tiled
         GEMM with the batch over ``blockIdx.z``."""
@@ -1166,12 +342,11 @@ class _Emitter:
         for x, t in ((a, ta), (b, tb), (n, False)):
             w = self.where(k.leaves[id(x)].base if id(x) in k.leaves else x)
             if w[0] != "arena":
-                raise CompileError(f"cuda: batch_matmul operand {self._site(x)} is not an array in device memory")
+                raise CompileError(f"cuda: batch_matmul operand {self.site(x)} is not an array in device memory")
             parts.append((w[1], w[2], tuple(x.shape), (0, 2, 1) if t else None))
-        site = f"{self._site(n)} ({NB} x {M}x{K} @ {K}x{N})"
+        site = f"{self.site(n)} ({NB} x {M}x{K} @ {K}x{N})"
         if self.use_cublas:
-            return "cupy.matmul", Launch(k.name, "cublas", "cupy.matmul", None, None, [], gemm=tuple(parts),
-                                         comment=site)
+            return Launch(k.name, "cublas", "cupy.matmul", None, None, [], gemm=tuple(parts), comment=site)
         name = self._gemm_function(n.dtype, batched=True)
         BM, BN, BK, TM, TN = self.lp.gemm
         sa0, sa1 = (1, M) if ta else (K, 1)  # element (m, k) of op(a[z]) at a[z] + m * sa0 + k * sa1
@@ -1180,8 +355,8 @@ class _Emitter:
                 ("int", parts[0][1]), ("int", sa0), ("int", sa1), ("int", parts[1][1]), ("int", sb0),
                 ("int", sb1), ("int", parts[2][1]), ("int", M), ("int", N), ("int", K),
                 ("int", NB), ("int", M * K), ("int", K * N)]
-        return name, Launch(k.name, "kernel", name, (-(-N // BN), -(-M // BM), max(1, min(NB, 65535))),
-                            (BN // TN, BM // TM), args, comment=site)
+        return Launch(k.name, "kernel", name, (-(-N // BN), -(-M // BM), max(1, min(NB, 65535))),
+                      (BN // TN, BM // TM), args, comment=site)
 
     # ---- fewer launches --------------------------------------------------------------------------------
     def _ranges(self, nodes) -> list:
@@ -1214,7 +389,7 @@ class _Emitter:
     def _epilogue_ok(self, k: Kernel, fp: tuple) -> bool:
         """A loop whose prologue GEMM it reads at the same element only, with no reductions, and
         writing nothing the GEMM reads, can run on the GEMM's output tiles."""
-        t = _LoopText(self, k, _Fn())
+        t = LoopText(self, k, Fn())
         if t.mode != "ew" or any(v.base is k.matmul and not v.is_identity_for(k.matmul.shape)
                                  for v in t.leaves.values()):
             return False
@@ -1287,7 +462,7 @@ class _Emitter:
                 U, ui = None, -1
                 if len(users) == 1 and users[0] not in (gi, ei):
                     cand = ks[users[0]]
-                    ct = _LoopText(self, cand, _Fn())
+                    ct = LoopText(self, cand, Fn())
                     if (cand.kind == "loop" and ct.mode == "ew" and cand.matmul is None and ct.flat_index
                             and _size(cand.shape) == N and id(cand) not in absorbed
                             and all(v.is_identity_for(tuple(cand.shape)) for v in cand.leaves.values()
@@ -1351,7 +526,7 @@ class _Emitter:
             reds = [r for r in H.reductions if id(r) not in drop.get(id(H), ())]
             if not reds:
                 continue
-            ht = _LoopText(self, H, _Fn())
+            ht = LoopText(self, H, Fn())
             if ht.mode != "block":
                 continue
             nk = _size([d for i, d in enumerate(H.shape) if i not in ht.red_axes])
@@ -1364,7 +539,7 @@ class _Emitter:
                         or not any(id(v.base) in avail for v in E.leaves.values())
                         or any(self.plan.buffers[id(o)].kind != "scratch" for o in E.outputs)):
                     continue
-                et = _LoopText(self, E, _Fn())
+                et = LoopText(self, E, Fn())
                 if et.mode != "ew" or not et.flat_index:
                     continue
                 inplace = [w for w in fp[id(E)][1] if any(w[0] == o[0] and w[1] == o[1] and w[2] <= o[2]
@@ -1415,7 +590,7 @@ class _Emitter:
                 kk = E
                 if E.reductions:
                     kk = replace(E, reductions=[], outputs=[o for o in E.outputs if id(o) not in drop[id(E)]])
-                et = _LoopText(self, kk, _Fn())
+                et = LoopText(self, kk, Fn())
                 if (et.mode != "ew" or not et.flat_index or not kk.nodes
                         or not any(v.base is n for v in et.leaves.values())
                         or any(self.plan.buffers[id(o)].kind != "scratch" for o in kk.outputs)):
@@ -1477,17 +652,13 @@ class _Emitter:
             lowering = KERNELS.get(k.kind)
             if lowering is None:
                 raise CompileError(f"the cuda backend has no lowering for kernel kind {k.kind!r} "
-                                   f"({', '.join(self._site(n) for n in k.nodes)})")
-            self._col = col if k.kind == "sce" else None
-            self._epi = self._red_epi.get(id(k), []) if k.kind in ("loop",) + self._STRUCT_EPI else []
-            ln = lowering(self, k)[1]
-            self._col, self._epi = None, []
-            last = self._last_src
-            if ln.kind == "kernel" and ln.src is None and last is not None and last[0] == ln.function:
-                ln.src = last[1]
+                                   f"({', '.join(self.site(n) for n in k.nodes)})")
+            epi = self._red_epi.get(id(k), []) if k.kind in ("loop",) + self._STRUCT_EPI else []
+            hosted = Hosted(col=col if k.kind == "sce" else None, epi=[self._epi_as.get(id(e), e) for e in epi])
+            ln = lowering(self, k, hosted)
             ln.reads, ln.writes = list(fp[0]), list(fp[1])
             if k.matmul is not None and k.kind == "loop":  # the GEMM's operands are its launch's reads only
-                used = _LoopText(self, k, _Fn()).leaves.values()
+                used = LoopText(self, k, Fn()).leaves.values()
                 ln.reads = self._ranges({id(v.base): v.base for v in used}.values())
             if col is not None and k.kind == "sce":
                 self._add_col_footprint(ln, col)
@@ -1520,7 +691,7 @@ class _Emitter:
                 continue
             if not any(self.plan.buffers[id(o)].kind == "store" for o in k.outputs):
                 continue
-            used = [v.base for v in _LoopText(self, k, _Fn()).leaves.values()]
+            used = [v.base for v in LoopText(self, k, Fn()).leaves.values()]
             for x in used:
                 b = self.plan.buffers.get(id(x))
                 if (b is None or b.kind != "scratch" or id(x) in keep or id(x) in self.relocated
@@ -1592,7 +763,7 @@ class _Emitter:
             for lo in range(0, vals[ti], ch):
                 rows += vals + [lo, min(lo + ch, vals[ti])]
         nrows = len(rows) // (n + 2)
-        fn = _Fn(ip="m")
+        fn = Fn(ip="m")
         fn.arrays = list(fn0.arrays) + ([] if "T_int64" in fn0.arrays else ["T_int64"])
         tab, nch = fn.int(self._table(rows)), fn.int(nrows)
         fn.scalars = list(fn0.scalars)
@@ -1647,11 +818,11 @@ class _Emitter:
 
     def _fold(self, x: Launch, y: Launch, barrier: bool = False) -> Launch:
         f = y.folds
-        xfn = _Fn(ip=f"f{f}o", sp=f"f{f}s")  # its own parameter and value names inside y's function
-        t = _LoopText(self, x.tiny, xfn, vp=f"f{f}v", idx="0")
+        xfn = Fn(ip=f"f{f}o", sp=f"f{f}s")  # its own parameter and value names inside y's function
+        t = LoopText(self, x.tiny, xfn, vp=f"f{f}v", idx="0")
         lines = t.prelude("        ") + t.element("        ") + t.stores("        ")
         yfn, ybody, tag = y.src
-        fn = _Fn()
+        fn = Fn()
         fn.arrays = yfn.arrays + [a for a in xfn.arrays if a not in yfn.arrays]
         fn.ints, fn.scalars = yfn.ints + xfn.ints, yfn.scalars + xfn.scalars
         guard = ("    if (cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0 and cuda.blockIdx.x == 0 and "
@@ -1757,7 +928,7 @@ class _Emitter:
             dt, off, shape = self.layout[slot]
             b = self.plan.buffers[id(node)]
             src = ("literal", b.value.reshape(-1)[0]) if b.kind == "literal" else self.where(node)
-            out.append((f"S_{_dt(dt)}", off, _size(shape), np.dtype(dt), src))
+            out.append((f"S_{dtname(dt)}", off, _size(shape), np.dtype(dt), src))
         return out
 
 
@@ -1833,22 +1004,23 @@ def compile_ptx(module: CudaModule, cc=(9, 0)) -> dict[str, str]:
     return out
 
 
-# The cuda lowering of each kernel kind: ``(emitter, kernel) -> (function, Launch)``; GEMMs
-# (matmul kernels and loop prologues) are launched by ``gemm``. A structured op's rule
-# (ops/base.py ``Structured``) names its kind.
+# The cuda lowering of each kernel kind, a rule table:
+# ``(emitter, kernel, hosted) -> Launch``, ``hosted`` the work of other kernels it runs
+# (launch.Hosted); GEMMs (matmul kernels and loop prologues) are launched by ``gemm``. A
+# structured op's rule (ops/base.py ``Structured``) names its kind.
 KERNELS = {
-    "loop": _Emitter.loop_kernel,
-    "copy": _Emitter.copy_kernel,
-    "slice": _Emitter.slice_kernel,  # slice (ops/slicing.py)
-    "pad": _Emitter.pad_kernel,  # pad
-    "concat": _Emitter.concat_kernel,  # concatenate
-    "sce": _Emitter.sce_kernel,  # softmax_cross_entropy / sce_grad
-    "take": _Emitter.take_kernel,  # take (ops/indexing.py)
-    "scatter_add": _Emitter.scatter_add_kernel,  # take_grad
+    "loop": loops.loop_kernel,
+    "copy": loops.copy_kernel,
+    "slice": slicing.slice_kernel,  # slice (ops/slicing.py)
+    "pad": slicing.pad_kernel,  # pad
+    "concat": slicing.concat_kernel,  # concatenate
+    "sce": sce.sce_kernel,  # softmax_cross_entropy / sce_grad
+    "take": indexing.take_kernel,  # take (ops/indexing.py)
+    "scatter_add": indexing.scatter_add_kernel,  # take_grad
     "bmm": _Emitter.bmm_kernel,  # batch_matmul (ops/linalg.py)
-    "im2col": _Emitter.im2col_kernel,  # im2col (ops/conv.py): conv2d's patches
-    "col2im": _Emitter.col2im_kernel,  # col2im: their adjoint (gather, no atomics)
-    "pool2d": _Emitter.pool2d_kernel,  # pool2d (max / avg)
-    "pool2d_grad": _Emitter.pool2d_grad_kernel,  # pool2d_grad (gather, no atomics)
-    "rng": _Emitter.rng_kernel,  # random_uniform (ops/random.py)
+    "im2col": conv.im2col_kernel,  # im2col (ops/conv.py): conv2d's patches
+    "col2im": conv.col2im_kernel,  # col2im: their adjoint (gather, no atomics)
+    "pool2d": conv.pool2d_kernel,  # pool2d (max / avg)
+    "pool2d_grad": conv.pool2d_grad_kernel,  # pool2d_grad (gather, no atomics)
+    "rng": rng.rng_kernel,  # random_uniform (ops/random.py)
 }

@@ -21,7 +21,9 @@ from ..cache import load_program, release_program, write_program
 from .compat import check_cuda_available, cupy_or_none, numba_cuda, simulator_active
 from .device import DeviceStore
 from .graphs import GraphReplay, describe as describe_replay, requested as graphs_requested
-from .emitter import _dt, _size, emit_for
+from ..base import numel as _size
+from .emitter import emit_for
+from .launch import dtname as _dt
 
 
 def _sim_launch(disp, grid, block, *args) -> None:
