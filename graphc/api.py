@@ -1,6 +1,7 @@
 """graphc.compile: the one entry point from a graph to a callable."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping
 
 from . import backends
@@ -8,7 +9,7 @@ from .errors import GraphcError
 from .ir import Node
 from .optim.base import Optimizer
 from .runtime import CompiledStep, Function, Store, _Compiled, _flatten
-from .training import forward_program, training_program
+from .training import forward_program, multi_step_program, training_program
 
 TARGETS = backends.targets()  # the registered backends (graphc/backends/__init__.py)
 
@@ -17,7 +18,8 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
             outputs: Mapping[str, Node] | None = None, params: Any = None, seed: int = 0,
             passes: Any = None, check_finite: bool = True,
             check_numerics: bool = False, data_parallel: bool = False,
-            updates: Mapping[Node, Any] | None = None, cuda_graphs: bool = False) -> CompiledStep | Function:  # noqa: A001
+            updates: Mapping[Node, Any] | None = None, cuda_graphs: bool = False,
+            steps_per_execution: int = 1) -> CompiledStep | Function:  # noqa: A001
     """Compile a training step (with ``optimizer``) or a forward-only function (without).
 
     - With an optimizer, ``loss_or_outputs`` is the scalar loss; a call runs forward,
@@ -52,6 +54,16 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
       and replay it (one graph launch per step instead of one launch per kernel); falls back
       to plain launches, saying why in ``step.kernels()``, wherever capture is not possible
       (see graphc/backends/cuda/graphs.py). ``GRAPHC_CUDA_GRAPHS=1`` does the same.
+    - ``steps_per_execution=K`` (a training step, default 1): one call runs K full training
+      steps (forward, backward, update, in-step random draws, model state updates) on K
+      batches, each feed stacked along a new leading axis: ``step(x=xb[K, B, ...], y=yb[K, B])``.
+      Outputs come back stacked the same way (``loss`` of shape (K,)); params, optimizer
+      state and the step counter end exactly as after K single calls (bit for bit: the same
+      graph on each step's values, see training.multi_step_program). Hyper-parameters are
+      read once per call. Feed checks cover all K batches; with ``check_numerics`` a
+      non-finite loss or update at any of the K steps refuses the whole call and writes
+      nothing, as for one step (an intermediate step's params are checked through the
+      losses of the steps after it).
     """
     try:
         backend = backends.get(target)
@@ -68,6 +80,14 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
     if isinstance(optimizer, str):
         from . import optim
         optimizer = optim.get(optimizer)
+    if (isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, numbers.Integral)
+            or steps_per_execution < 1):
+        raise GraphcError(f"compile: steps_per_execution must be a positive int (training steps per call), "
+                          f"got {steps_per_execution!r}")
+    if steps_per_execution != 1 and (optimizer is None or data_parallel):
+        raise GraphcError(f"compile: steps_per_execution={steps_per_execution} runs several training steps per "
+                          f"call, so it needs an optimizer" + (" and is not available with data_parallel=True yet"
+                                                               if data_parallel else ""))
     if data_parallel:
         if optimizer is None:
             raise GraphcError("compile: data_parallel=True averages gradients, so it needs an optimizer")
@@ -76,6 +96,7 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
     if optimizer is not None:
         program = training_program(loss_or_outputs, optimizer, outputs, data_parallel=data_parallel,
                                    model_updates=updates)
+        program = multi_step_program(program, int(steps_per_execution))
         rebuild = None
     else:
         if outputs is not None:

@@ -175,3 +175,33 @@ def training_program(loss: Node, optimizer: Optimizer, extra: Mapping[str, Node]
               if any(n.op == "input" and n.name == feed for n in g.nodes)}
     structure = {k: hp[k] != 0.0 for k in optimizer.structural_hyperparameters if k in hp}
     return Program(g, list(outs), [k for k, _ in updates], tuple(declared), hypers, structure)
+
+
+def multi_step_program(program: Program, k: int) -> Program:
+    """``program`` run ``k`` times in one call (``compile(steps_per_execution=k)``), as a
+    ``gc.scan`` whose carry is every value the program writes (params, optimizer state, the
+    step counter, model state) and whose xs are the stacked feeds: each input gets a new
+    leading axis of size ``k`` (step ``i`` reads ``x[i]``), hyper-parameter feeds are read
+    once per call. User outputs come back stacked along that axis; the store receives the
+    ``k``-th step's values. Step ``i`` computes exactly what the ``i``-th of ``k`` single
+    calls would: the same graph on the previous step's values, the in-step random
+    generator keyed by the carried counter. The compiled targets unroll the scan
+    (passes/unroll.py), the numpy target interprets it."""
+    from .substitution import substitute
+    if k == 1:
+        return program
+    graph, n_user = program.graph, len(program.user_names)
+    by_name = {n.name: n for n in program.sources}
+    carried = [by_name[name] for name in program.updates]
+    feeds = [n for n in graph.inputs if n.name not in program.hypers]
+    stacked = [F.input(n.name, (k,) + tuple(n.shape), n.dtype) for n in feeds]
+
+    def one_step(carry, xs):
+        outs = substitute(list(graph.outputs), {**dict(zip(carried, carry)), **dict(zip(feeds, xs))})
+        return list(outs[n_user:]), list(outs[:n_user])
+
+    final, ys = F.scan(one_step, list(carried), stacked)
+    g = Graph(list(ys) + list(final), list(graph.names))
+    check_unique_names(g.nodes)
+    return Program(g, list(program.user_names), list(program.updates), program.declared, dict(program.hypers),
+                   dict(program.structure))

@@ -186,12 +186,37 @@ def index_checks(graph: Graph) -> list[tuple[str, int, str]]:
     op uses as indices (class labels, embedding ids): values must lie in [0, bound) before
     any kernel runs. Each op declares its index operands in its rule (ops/base.py)."""
     out: dict[str, tuple[int, set]] = {}
-    for n in graph.nodes:
+    _index_uses(graph.nodes, {}, out)
+    return [(k, b, " and ".join(sorted(u))) for k, (b, u) in sorted(out.items())]
+
+
+def _fed(x, alias: dict):
+    """The fed input whose elements ``x`` holds: the input itself, a reshape of it, one
+    leading-axis entry of it (``x[t]``: one step's batch of stacked feeds, a scan's x slice
+    once unrolled), or a scan body's placeholder standing for one (``alias``); else None.
+    The whole input is checked (every entry is read when a scan or K steps unroll)."""
+    while id(x) not in alias and (x.op == "reshape" or (x.op == "slice" and _one_row(x.attrs["slices"]))):
+        x = x.inputs[0]
+    return x if x.op == "input" else alias.get(id(x))
+
+
+def _one_row(slices) -> bool:
+    first, rest = slices[0], slices[1:]
+    return first is not None and first[1] - first[0] == 1 and all(r is None for r in rest)
+
+
+def _index_uses(nodes, alias: dict, out: dict) -> None:
+    for n in nodes:
+        if n.op == "scan":  # the body's index operands, its placeholders mapped to what they read
+            body = n.attrs["body"]
+            inner = {id(a): f for a, x in zip(body.args, n.inputs) if (f := _fed(x, alias)) is not None}
+            _index_uses(body.order(), inner, out)
+            continue
         rule = n.opdef.structured
         if rule is None or rule.index_operands is None:
             continue
         for idx, bound in rule.index_operands(n):
-            if idx.op == "input":
-                b, users = out.get(idx.name, (bound, set()))
-                out[idx.name] = (min(b, bound), users | {n.op})
-    return [(k, b, " and ".join(sorted(u))) for k, (b, u) in sorted(out.items())]
+            fed = _fed(idx, alias)
+            if fed is not None:
+                b, users = out.get(fed.name, (bound, set()))
+                out[fed.name] = (min(b, bound), users | {n.op})
