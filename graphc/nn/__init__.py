@@ -27,6 +27,9 @@ from .layers import (  # noqa: F401
     SimpleRNN, Subtract,
 )
 from .model import Model, Sequential  # noqa: F401
+from . import models, saving  # noqa: F401,E402
+from .keras_format import KerasFormatError  # noqa: F401
+from .saving import load_model  # noqa: F401
 
 __all__ = ["Model", "Sequential", "Dense", "Activation", "Dropout", "Flatten", "Reshape", "Input", "InputLayer",
            "KerasTensor", "Layer", "LayerNormalization", "Embedding", "Conv2D", "MaxPooling2D", "AveragePooling2D",
@@ -36,4 +39,5 @@ __all__ = ["Model", "Sequential", "Dense", "Activation", "Dropout", "Flatten", "
            "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
            "Callback", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "History",
            "TerminateOnNaN", "LambdaCallback", "ModelCheckpoint", "CSVLogger",
-           "activations", "callbacks", "layers", "losses", "metrics", "optimizers", "regularizers"]
+           "activations", "callbacks", "layers", "losses", "metrics", "optimizers", "regularizers",
+           "models", "saving", "load_model", "KerasFormatError"]

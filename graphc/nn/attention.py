@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import dsl as F
 from . import regularizers as R
-from .base import KerasTensor, Layer, _fmt, _initializer, _layer_seed
+from .base import KerasTensor, Layer, _fmt, _initializer, _layer_seed, _serialize_initializer
 
 __all__ = ["MultiHeadAttention"]
 
@@ -178,6 +178,27 @@ class MultiHeadAttention(Layer):
         if self.output_bias is not None:
             out = out + self.output_bias
         return out
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "key_dim": self.key_dim,
+                "value_dim": self.value_dim, "dropout": self.dropout, "use_bias": self.use_bias, "use_gate": False,
+                "output_shape": self._output_dim_arg, "attention_axes": [1], "sliding_window": None,
+                "kernel_initializer": _serialize_initializer(self.kernel_initializer),
+                "bias_initializer": _serialize_initializer(self.bias_initializer),
+                "kernel_regularizer": R.serialize(self.kernel_regularizer, "MultiHeadAttention(kernel_regularizer=...)"),
+                "bias_regularizer": R.serialize(self.bias_regularizer, "MultiHeadAttention(bias_regularizer=...)"),
+                "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None, "seed": self.seed}
+
+    def _keras_weight_groups(self):
+        """Keras builds the projections as EinsumDense sub-layers (h5 paths ``query_dense``, ...)."""
+        name = self.name or self.default_name
+        by_short = {n.name.split("/", 1)[1]: n for n in self.weights}
+        groups = [("", name, [])]
+        for sub, part in (("query_dense", "query"), ("key_dense", "key"), ("value_dense", "value"),
+                          ("output_dense", "attention_output")):
+            groups.append((sub, part, [by_short[f"{part}/{w}"] for w in ("kernel", "bias")
+                                       if f"{part}/{w}" in by_short]))
+        return groups + [("_dropout_layer", "dropout", []), ("_softmax", "softmax", [])]
 
     def _check_rank(self, input_shape) -> None:
         for s in input_shape:

@@ -51,7 +51,56 @@ def _shape_arg(shape, what: str) -> tuple | None:
     return tuple(int(d) for d in shape)
 
 
+# Keras 3's initializer classes for graphc's initializer names, with Keras' default arguments
+# (graphc's "uniform"/"normal" are Keras' RandomUniform/RandomNormal defaults: +-0.05, 0.05)
+_KERAS_INITIALIZERS = {
+    "zeros": ("Zeros", {}), "ones": ("Ones", {}),
+    "uniform": ("RandomUniform", {"seed": None, "minval": -0.05, "maxval": 0.05}),
+    "normal": ("RandomNormal", {"seed": None, "mean": 0.0, "stddev": 0.05}),
+    "glorot_uniform": ("GlorotUniform", {"seed": None}), "glorot_normal": ("GlorotNormal", {"seed": None}),
+    "he_uniform": ("HeUniform", {"seed": None}), "he_normal": ("HeNormal", {"seed": None}),
+    "orthogonal": ("Orthogonal", {"seed": None, "gain": 1.0}),
+}
+_DTYPE_POLICY = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": None}
+
+
+def _keras_object(module: str, class_name: str, config: dict) -> dict:
+    """An object as Keras 3's ``serialize_keras_object`` writes it in a config."""
+    return {"module": module, "class_name": class_name, "config": config, "registered_name": None}
+
+
+def _serialize_initializer(init) -> dict:
+    """A layer's initializer (a graphc name) as Keras writes it in ``get_config``. An array
+    initializer has no Keras form: it is written as Zeros (a loaded model's weights come from
+    the saved file, so only a model rebuilt from the config alone would differ)."""
+    if isinstance(init, str) and init in _KERAS_INITIALIZERS:
+        cls, cfg = _KERAS_INITIALIZERS[init]
+        return _keras_object("keras.initializers", cls, dict(cfg))
+    return _keras_object("keras.initializers", "Zeros", {})
+
+
+def _initializer_from_keras(init: dict, what: str, lenient: bool = False) -> str:
+    """A serialized Keras initializer (``{"class_name": ..., "config": ...}``) as a graphc
+    name. Arguments other than Keras' defaults are refused (graphc's initializers take none),
+    unless ``lenient`` (loading a saved model, whose weights replace the initial values)."""
+    cls = init.get("class_name")
+    by_class = {c: n for n, (c, _) in _KERAS_INITIALIZERS.items()}
+    name = by_class.get(cls) or _INIT_ALIASES.get(_camel_to_snake(str(cls)), _camel_to_snake(str(cls)))
+    if name not in _KERAS_INITIALIZERS:
+        raise ValueError(f"{what}: the Keras initializer {cls!r} is not supported; graphc has "
+                         f"{sorted(by_class)}")
+    defaults = _KERAS_INITIALIZERS[name][1]
+    given = {k: v for k, v in (init.get("config") or {}).items() if k != "seed" and v is not None}
+    bad = {k: v for k, v in given.items() if k in defaults and v != defaults[k]}
+    if bad and not lenient:
+        raise NotImplementedError(f"{what}: {cls}({', '.join(f'{k}={v!r}' for k, v in bad.items())}) is not "
+                                  f"supported: graphc's {name!r} uses Keras' defaults {defaults}")
+    return name
+
+
 def _initializer(init, what: str):
+    if isinstance(init, dict):
+        return _initializer_from_keras(init, what)
     if isinstance(init, str):
         name = _INIT_ALIASES.get(init.lower(), init.lower())
         if name not in F.INITIALIZERS:
@@ -404,8 +453,60 @@ class Layer:
             raise ValueError(f"layer {self.name!r}: set_weights expects {len(names)} arrays, got {len(weights)}")
         self._model._set_weights_by_name(dict(zip(names, weights)))
 
+    # ---- Keras config (graphc/nn/keras_format.py writes and reads it) ---------------------
+    def get_config(self) -> dict:
+        """The constructor arguments as Keras 3 names and serializes them (config.json of a
+        .keras file): ``name``, ``trainable`` and ``dtype`` here, each layer adds its own."""
+        return {"name": self.name or self.default_name, "trainable": True, "dtype": dict(_DTYPE_POLICY)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        """The layer ``get_config`` (or Keras 3) described. Keras-only arguments at their
+        defaults (``kernel_constraint=None``, ``quantization_config=None``, ...) are dropped;
+        any other value graphc cannot honour is an error naming the argument."""
+        return cls(**_config_kwargs(cls, config))
+
+    def _keras_weight_groups(self) -> list[tuple[str, str, list]]:
+        """Where Keras' h5 layout keeps the weights: ``[(sub-path, group name, weight nodes)]``,
+        one group at the layer's own path unless Keras builds the layer from sub-layers."""
+        return [("", self.name or self.default_name, self.weights)]
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r}>"
+
+
+# Keras arguments graphc's layers do not take, dropped by from_config at these values
+# (also at None/False, Keras' "off")
+_KERAS_ONLY_DEFAULTS = {"data_format": "channels_last", "renorm_momentum": 0.99, "attention_axes": [1]}
+
+
+def _init_params(cls) -> set[str]:
+    import inspect
+    out: set[str] = set()
+    for k in cls.__mro__:
+        if "__init__" in vars(k) and k is not object:
+            out |= {n for n, p in inspect.signature(k.__init__).parameters.items()
+                    if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+    return out
+
+
+def _config_kwargs(cls, config: dict) -> dict:
+    """``from_config``'s constructor arguments from a (Keras) layer config."""
+    params = _init_params(cls)
+    out = {}
+    for k, v in config.items():
+        if k == "dtype":
+            name = v.get("config", {}).get("name") if isinstance(v, dict) else v
+            if name not in (None, "float32"):
+                raise NotImplementedError(f"{cls.__name__}: dtype policy {name!r} is not supported (graphc.nn layers "
+                                          "compute in float32)")
+            continue
+        if k not in params:
+            if v is None or v is False or _KERAS_ONLY_DEFAULTS.get(k, object()) == v:
+                continue
+            raise NotImplementedError(f"{cls.__name__}: the Keras argument {k}={v!r} is not supported by graphc")
+        out[k] = v
+    return out
 
 
 def _layer_seed(layer: "Layer", seed: int | None) -> int:
@@ -460,6 +561,20 @@ class InputLayer(Layer):
 
     def call(self, x, training=False):
         return x
+
+    def get_config(self) -> dict:
+        shape = self.input_shape_arg if self.input_shape_arg is not None else self.input_shape
+        return {"batch_shape": [None, *shape], "dtype": self.dtype or "float32", "sparse": False, "ragged": False,
+                "name": self.name or self.default_name, "optional": False}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "InputLayer":
+        bad = sorted(k for k in ("sparse", "ragged", "optional") if config.get(k))
+        if bad:
+            raise NotImplementedError(f"InputLayer: {', '.join(f'{k}=True' for k in bad)} is not supported by graphc")
+        shape = config.get("batch_shape")
+        shape = list(shape)[1:] if shape is not None else config.get("shape")
+        return cls(shape=shape, dtype=config.get("dtype"), name=config.get("name"))
 
 
 def Input(shape=None, dtype=None, name: str | None = None, batch_shape=None) -> KerasTensor:  # noqa: N802 (Keras)

@@ -13,7 +13,7 @@ from typing import Any
 from .. import dsl as F
 from . import activations
 from . import regularizers as R
-from .base import Layer, _Affine, _fmt, _initializer
+from .base import Layer, _Affine, _fmt, _initializer, _serialize_initializer
 
 __all__ = ["Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D"]
 
@@ -121,6 +121,16 @@ class Conv2D(_Affine, Layer):
     def linear(self, x):  # then bias and activation (_Affine's call_split/call, as Dense)
         return F.conv2d(x, self.kernel, strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate)
 
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding, "data_format": self.data_format,
+                "dilation_rate": list(self.dilation_rate), "groups": 1, "activation": self.activation_name,
+                "use_bias": self.use_bias, "kernel_initializer": _serialize_initializer(self.kernel_initializer),
+                "bias_initializer": _serialize_initializer(self.bias_initializer),
+                "kernel_regularizer": R.serialize(self.kernel_regularizer, "Conv2D(kernel_regularizer=...)"),
+                "bias_regularizer": R.serialize(self.bias_regularizer, "Conv2D(bias_regularizer=...)"),
+                "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None}
+
 
 class _Pooling2D(Layer):
     ndim = 4
@@ -142,6 +152,10 @@ class _Pooling2D(Layer):
 
     def call(self, x, training=False):
         return type(self)._fn(x, self.pool_size, self.strides, self.padding)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size), "padding": self.padding,
+                "strides": list(self.strides), "data_format": self.data_format}
 
 
 class MaxPooling2D(_Pooling2D):
@@ -173,6 +187,9 @@ class _GlobalPooling2D(Layer):
 
     def call(self, x, training=False):
         return type(self)._fn(x, keepdims=self.keepdims)
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format, "keepdims": self.keepdims}
 
 
 class GlobalAveragePooling2D(_GlobalPooling2D):

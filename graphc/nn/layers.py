@@ -16,7 +16,7 @@ from . import activations
 from . import regularizers as R
 from .attention import MultiHeadAttention  # noqa: F401
 from .base import (  # noqa: F401 (Layer, Input, ...: keras.layers exports them too)
-    CallNode, Input, InputLayer, KerasTensor, Layer, _Affine, _fmt, _initializer, _layer_seed,
+    CallNode, Input, InputLayer, KerasTensor, Layer, _Affine, _fmt, _initializer, _layer_seed, _serialize_initializer,
 )
 from .convolutional import (  # noqa: F401
     AveragePooling2D, Conv2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D,
@@ -62,6 +62,14 @@ class Dense(_Affine, Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation_name,
+                "use_bias": self.use_bias, "kernel_initializer": _serialize_initializer(self.kernel_initializer),
+                "bias_initializer": _serialize_initializer(self.bias_initializer),
+                "kernel_regularizer": R.serialize(self.kernel_regularizer, "Dense(kernel_regularizer=...)"),
+                "bias_regularizer": R.serialize(self.bias_regularizer, "Dense(bias_regularizer=...)"),
+                "kernel_constraint": None, "bias_constraint": None, "quantization_config": None}
+
     def linear(self, x):
         return x @ self.kernel
 
@@ -81,6 +89,9 @@ class Activation(Layer):
     def call(self, x, training=False):
         return self.activation(x)
 
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation_name}
+
 
 class Flatten(Layer):
     """Flattens each sample to one dimension: ``(batch, a, b, ...) -> (batch, a*b*...)``."""
@@ -90,6 +101,9 @@ class Flatten(Layer):
 
     def call(self, x, training=False):
         return F.reshape(x, (None, int(np.prod(x.shape[1:], dtype=np.int64))))
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": "channels_last"}
 
 
 class Reshape(Layer):
@@ -124,6 +138,9 @@ class Reshape(Layer):
     def call(self, x, training=False):
         return F.reshape(x, (None,) + self.output_shape)
 
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
 
 class Dropout(Layer):
     """Inverted dropout as ``keras.layers.Dropout``: in training, each unit is zeroed with
@@ -155,6 +172,9 @@ class Dropout(Layer):
         if not training or self.rate == 0.0:
             return x
         return F.dropout(x, self.rate, seed=_layer_seed(self, self.seed))
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed, "noise_shape": None}
 
 
 class Embedding(Layer):
@@ -252,6 +272,13 @@ class PositionEmbedding(Layer):
         pos = self.embeddings if n == self.sequence_length else self.embeddings[:n]
         return F.broadcast_like(pos, x)
 
+    # keras_hub's class, as keras_hub registers it
+    keras_module, keras_registered_name = "keras_hub.src.layers.modeling.position_embedding", "keras_hub>PositionEmbedding"
+
+    def get_config(self):
+        return {**super().get_config(), "sequence_length": self.sequence_length,
+                "initializer": _serialize_initializer(self.initializer)}
+
 
 class LayerNormalization(Layer):
     """``keras.layers.LayerNormalization``: normalize each sample over ``axis`` (mean and
@@ -297,6 +324,13 @@ class LayerNormalization(Layer):
 
     def call(self, x, training=False):
         return F.layer_normalization(x, self._param(self.gamma), self._param(self.beta), self._axes, self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": list(self.axis), "epsilon": self.epsilon, "center": self.center,
+                "scale": self.scale, "rms_scaling": False,
+                "beta_initializer": _serialize_initializer(self.beta_initializer),
+                "gamma_initializer": _serialize_initializer(self.gamma_initializer), "beta_regularizer": None,
+                "gamma_regularizer": None, "beta_constraint": None, "gamma_constraint": None}
 
 
 # ---- merge layers --------------------------------------------------------------------------------------
@@ -428,6 +462,9 @@ class Concatenate(Layer):
     def call(self, xs, training=False):
         xs = list(xs)
         return xs[0] if len(xs) == 1 else F.concatenate(xs, axis=self.axis % xs[0].ndim)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
 
 
 def add(inputs, **kwargs):

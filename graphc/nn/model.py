@@ -366,8 +366,20 @@ class Model(Trainer):
         hyper-parameters and the epoch counter) to an .npz file, atomically: a crash mid-save
         leaves any previous file intact. Weights or state holding NaN/infinity are refused (a
         StateError, the old file kept) unless ``allow_nonfinite``. Returns the path written
-        (``.npz`` is appended if missing)."""
+        (``.npz`` is appended if missing). A ``.weights.h5`` (``.h5``) name writes Keras 3's h5
+        layout instead (h5py), which ``keras.Model.load_weights`` reads; with
+        ``include_optimizer`` the optimizer's variables go under ``optimizer/`` as Keras puts them."""
         return saving.save_weights(self, filepath, include_optimizer, overwrite, allow_nonfinite)
+
+    def save(self, filepath, overwrite: bool = True, zipped=None, **kwargs) -> str:
+        """Write the whole model to a ``.keras`` file in Keras 3's format (config.json with the
+        layers' Keras configs and the compile config, metadata.json, model.weights.h5 with the
+        weights and the compiled optimizer's state): ``keras.models.load_model`` and
+        ``graphc.nn.models.load_model`` read it. Returns the path written."""
+        if zipped is False or kwargs:
+            raise ValueError(f"save: only zipped .keras files are written (got zipped={zipped!r}, "
+                             f"options {sorted(kwargs)})")
+        return saving.save_model(self, filepath, overwrite)
 
     def load_weights(self, filepath, allow_nonfinite: bool = False) -> None:
         """Load what ``save_weights`` wrote (``filepath`` as given to it: ``ckpt`` finds
@@ -375,7 +387,8 @@ class Model(Trainer):
         names and shapes, and, for a checkpoint with optimizer state in a compiled model, that
         state against this model's optimizer (an Adam checkpoint does not load into an SGD
         model). Values holding NaN/infinity are refused unless ``allow_nonfinite``. In a model
-        not compiled yet, the optimizer state is restored when the training step is built."""
+        not compiled yet, the optimizer state is restored when the training step is built.
+        ``.weights.h5``/``.h5`` files (and ``.keras`` files) are read in Keras 3's h5 layout."""
         saving.load_weights(self, filepath, allow_nonfinite)
 
     # ---- summary -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import dsl as F
 from . import regularizers as R
-from .base import Layer, _fmt, _initializer
+from .base import Layer, _fmt, _initializer, _serialize_initializer
 
 __all__ = ["BatchNormalization"]
 
@@ -98,3 +98,15 @@ class BatchNormalization(Layer):
             mean, var = self.moving_mean, self.moving_variance
         return F.batch_normalization(x, mean, var, axis=self._ax, offset=self.beta, scale=self.gamma,
                                      epsilon=self.epsilon)
+
+    def get_config(self):
+        init = _serialize_initializer
+        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale, "beta_initializer": init(self.beta_initializer),
+                "gamma_initializer": init(self.gamma_initializer),
+                "moving_mean_initializer": init(self.moving_mean_initializer),
+                "moving_variance_initializer": init(self.moving_variance_initializer),
+                "beta_regularizer": R.serialize(self.beta_regularizer, "BatchNormalization(beta_regularizer=...)"),
+                "gamma_regularizer": R.serialize(self.gamma_regularizer, "BatchNormalization(gamma_regularizer=...)"),
+                "beta_constraint": None, "gamma_constraint": None, "synchronized": False, "renorm": False,
+                "renorm_clipping": None, "renorm_momentum": 0.99}

@@ -92,10 +92,30 @@ def l1_l2(l1: float = 0.01, l2: float = 0.01) -> L1L2:  # noqa: D103
 _BY_NAME: dict[str, Callable[[], Regularizer]] = {"l1": L1, "l2": L2, "l1_l2": l1_l2, "l1l2": l1_l2}
 
 
+_KERAS_CLASSES = {"L1": L1, "L2": L2, "L1L2": L1L2}
+
+
+def serialize(reg: Any, what: str = "regularizer") -> dict | None:
+    """A regularizer as Keras 3 writes it in a layer config (``{"class_name": "L2", ...}``)."""
+    if reg is None:
+        return None
+    if type(reg) not in _KERAS_CLASSES.values():
+        raise ValueError(f"{what}: {reg!r} has no Keras form (only L1, L2 and L1L2 can be saved)")
+    return {"module": "keras.regularizers", "class_name": type(reg).__name__, "config": reg.get_config(),
+            "registered_name": None}
+
+
 def get(identifier: Any, what: str = "regularizer") -> Callable | None:
-    """A regularizer from None, a name, a Regularizer or a function ``fn(weight) -> scalar``."""
+    """A regularizer from None, a name, a Regularizer, a function ``fn(weight) -> scalar``
+    or a Keras config (``{"class_name": "L2", "config": {"l2": 0.01}}``)."""
     if identifier is None:
         return None
+    if isinstance(identifier, dict):
+        cls = _KERAS_CLASSES.get(identifier.get("class_name"))
+        if cls is None:
+            raise ValueError(f"{what}: the Keras regularizer {identifier.get('class_name')!r} is not supported; "
+                             f"graphc has {sorted(_KERAS_CLASSES)}")
+        return cls(**(identifier.get("config") or {}))
     if isinstance(identifier, str):
         make = _BY_NAME.get(identifier.lower())
         if make is None:

@@ -1,8 +1,10 @@
-"""Checkpoints of a graphc.nn model: ``save_weights``/``load_weights`` as .npz files (the
-runtime's format: ``graphc.runtime`` flattens the state dict), written atomically, with the
-optimizer's state, step count, hyper-parameters and the epoch counter when asked. Loading
-checks everything (names, shapes, finiteness, the optimizer's state layout) before it
-changes anything."""
+"""Saving graphc.nn models. Whole models: ``save_model``/``load_model`` write and read Keras 3's
+``.keras`` format (graphc/nn/keras_format.py), so Keras opens graphc's files and graphc
+Keras'. Weights: ``save_weights``/``load_weights`` use Keras' h5 layout for ``.weights.h5``
+(``.h5``) names and otherwise .npz files (the runtime's format: ``graphc.runtime`` flattens
+the state dict), written atomically, with the optimizer's state, step count,
+hyper-parameters and the epoch counter when asked. Loading checks everything (names, shapes,
+finiteness, the optimizer's state layout) before it changes anything."""
 from __future__ import annotations
 
 import os
@@ -16,8 +18,31 @@ from ..runtime import (check_counter, check_savable, checkpoint_path, flatten_st
 _META = "nn::"  # model-level entries (the epoch counter) beside the runtime's state dict
 
 
+def _is_h5(filepath) -> bool:
+    return os.fspath(filepath).endswith((".h5", ".hdf5"))
+
+
+def save_model(model, filepath, overwrite: bool = True) -> str:
+    """``Model.save``: the .keras file (config, weights and the compiled optimizer's state)."""
+    from . import keras_format
+    return keras_format.save_model(model, filepath, overwrite)
+
+
+def load_model(filepath, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True,
+               target: str = "cpu"):
+    """``keras.saving.load_model``: a graphc.nn model from a .keras file written by graphc or
+    by Keras 3, compiled as saved (``compile_config``) for ``target`` with the optimizer's
+    state restored, so training continues where it stopped. A layer class graphc lacks is a
+    KerasFormatError naming it (pass ``custom_objects={"Name": cls}`` for your own layers)."""
+    from . import keras_format
+    return keras_format.load_model(filepath, custom_objects, compile, safe_mode, target)
+
+
 def save_weights(model, filepath, include_optimizer: bool, overwrite: bool, allow_nonfinite: bool) -> str:
     """``Model.save_weights``."""
+    if _is_h5(filepath):
+        from . import keras_format
+        return keras_format.save_weights_h5(model, os.fspath(filepath), include_optimizer, overwrite, allow_nonfinite)
     path = checkpoint_path(filepath)
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"save_weights: {path} exists and overwrite=False")
@@ -37,6 +62,9 @@ def save_weights(model, filepath, include_optimizer: bool, overwrite: bool, allo
 
 def load_weights(model, filepath, allow_nonfinite: bool) -> None:
     """``Model.load_weights``."""
+    if _is_h5(filepath) or os.fspath(filepath).endswith(".keras"):
+        from . import keras_format
+        return keras_format.load_weights_h5(model, os.fspath(filepath), allow_nonfinite)
     path, flat = read_checkpoint(filepath, "load_weights")
     where = f"load_weights: {path}"
     meta = {k[len(_META):]: v for k, v in flat.items() if k.startswith(_META)}
