@@ -461,7 +461,7 @@ def _pair_arg(op: str, name: str, v, x: Node) -> tuple[int, int]:
     """An int or a pair of positive ints (Keras' ``strides``, ``pool_size``, ``dilation_rate``)."""
     t = (v, v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else tuple(v) if isinstance(
         v, (tuple, list)) else None
-    if t is None or len(t) != 2 or not all(isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= 1
+    if t is None or len(t) != 2 or not builtins.all(isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= 1
                                            for e in t):
         raise _fail(ValueError, op, f"{name} must be a positive int or a pair of them, got {v!r}", x)
     return int(t[0]), int(t[1])
@@ -711,6 +711,174 @@ def ones_like(x: Node) -> Node:
     return broadcast_like(const(np.ones((), x.dtype)), x)
 
 
+# ---- NumPy's elementwise math, logic and Keras' activations (ops/numeric.py) ---------------
+
+def _float_unary(op: str, x, attrs=None) -> Node:
+    x = _lift(x)
+    if x.dtype.kind != "f":
+        raise _fail(DTypeError, op, f"needs a floating-point operand, got {x.dtype} (cast it first: "
+                    "graphc does not promote integers to float64 as NumPy does)", x)
+    return make(op, (x,), attrs or {})
+
+
+def sin(x) -> Node: return _float_unary("sin", x)
+def cos(x) -> Node: return _float_unary("cos", x)
+def tan(x) -> Node: return _float_unary("tan", x)
+def arcsin(x) -> Node: return _float_unary("arcsin", x)
+def arccos(x) -> Node: return _float_unary("arccos", x)
+def arctan(x) -> Node: return _float_unary("arctan", x)
+def sinh(x) -> Node: return _float_unary("sinh", x)
+def cosh(x) -> Node: return _float_unary("cosh", x)
+def arcsinh(x) -> Node: return _float_unary("arcsinh", x)
+def arccosh(x) -> Node: return _float_unary("arccosh", x)
+def arctanh(x) -> Node: return _float_unary("arctanh", x)
+def exp2(x) -> Node: return _float_unary("exp2", x)
+def expm1(x) -> Node: return _float_unary("expm1", x)
+def log2(x) -> Node: return _float_unary("log2", x)
+def log10(x) -> Node: return _float_unary("log10", x)
+def reciprocal(x) -> Node: return _float_unary("reciprocal", x)
+
+
+def rsqrt(x) -> Node:
+    """``1 / sqrt(x)`` (``jax.lax.rsqrt``; NumPy has no such function)."""
+    return _float_unary("rsqrt", x)
+
+
+def erf(x) -> Node:
+    """The error function (``scipy.special.erf``, ``jax.scipy.special.erf``)."""
+    return _float_unary("erf", x)
+
+
+def erfc(x) -> Node:
+    """``1 - erf(x)``, accurate where erf(x) is near 1."""
+    return _float_unary("erfc", x)
+
+
+def arctan2(x1, x2) -> Node:
+    """The angle of the point ``(x2, x1)``, elementwise (``np.arctan2(y, x)``)."""
+    a, b = _pair(x1, x2, "arctan2")
+    return make("arctan2", (a, b))
+
+
+def _rounding(op: str, x) -> Node:
+    from .ops.numeric import _rounding_attrs
+    x = _lift(x)
+    if x.dtype.kind in "iu":
+        return x  # integers are integral already (NumPy's round keeps the dtype)
+    if x.dtype.kind != "f":
+        raise _fail(DTypeError, op, f"needs a numeric operand, got {x.dtype}", x)
+    return make(op, (x,), _rounding_attrs(x.dtype))
+
+
+def round(x, decimals: int = 0) -> Node:  # noqa: A001 (NumPy's name)
+    """``np.round``: half to even (2.5 -> 2.0, -0.5 -> -0.0). ``decimals`` other than 0 scales
+    by ``10**decimals`` first, as NumPy does (so inexact as NumPy's). Zero gradient."""
+    x = _lift(x)
+    if not isinstance(decimals, numbers.Integral) or isinstance(decimals, bool):
+        raise _fail(TypeError, "round", f"decimals must be an int, got {decimals!r}", x)
+    if decimals == 0 or x.dtype.kind != "f":
+        return _rounding("round", x)
+    s = 10.0 ** int(decimals)
+    return _rounding("round", x * s) / s
+
+
+def floor(x) -> Node:
+    """``np.floor`` (floats; integers are returned as they are). Zero gradient, as JAX's."""
+    return _rounding("floor", x)
+
+
+def ceil(x) -> Node:
+    """``np.ceil`` (floats; integers are returned as they are). Zero gradient, as JAX's."""
+    return _rounding("ceil", x)
+
+
+def trunc(x) -> Node:
+    """``np.trunc``: rounds toward zero. Zero gradient, as JAX's."""
+    return _rounding("trunc", x)
+
+
+def mod(x1, x2) -> Node:
+    """``np.mod`` / ``np.remainder``: Python's ``%``, the result has the divisor's sign; a zero
+    divisor gives NaN for floats and 0 for integers. Gradients as JAX's: 1 for ``x1``,
+    ``-floor(x1 / x2)`` for ``x2``."""
+    a, b = _pair(x1, x2, "mod")
+    return make("mod", (a, b))
+
+
+remainder = mod
+
+
+def floor_divide(x1, x2) -> Node:
+    """``np.floor_divide`` (Python's ``//``): ``floor(x1 / x2)`` computed as NumPy does for
+    floats (with the remainder, so ``x1 == x2 * q + mod(x1, x2)``); zero gradient."""
+    a, b = _pair(x1, x2, "floor_divide")
+    return make("floor_divide", (a, b))
+
+
+def isnan(x) -> Node: return make("isnan", (_lift(x),))
+def isinf(x) -> Node: return make("isinf", (_lift(x),))
+def isfinite(x) -> Node: return make("isfinite", (_lift(x),))
+
+
+def logical_not(x) -> Node:
+    """``np.logical_not``: a boolean tensor, True where ``x`` is zero/False."""
+    return make("logical_not", (_lift(x),))
+
+
+def _logical(op: str, a, b) -> Node:
+    if not isinstance(a, Node) and not isinstance(b, Node):
+        raise _no_tensor(op, a, b)
+    a2 = _lift(a) if isinstance(a, Node) else const(np.asarray(a))
+    b2 = _lift(b) if isinstance(b, Node) else const(np.asarray(b))
+    return make(op, (a2, b2))
+
+
+def logical_and(x1, x2) -> Node: return _logical("logical_and", x1, x2)
+def logical_or(x1, x2) -> Node: return _logical("logical_or", x1, x2)
+def logical_xor(x1, x2) -> Node: return _logical("logical_xor", x1, x2)
+
+
+def silu(x) -> Node:
+    """``x * sigmoid(x)`` (Keras' silu / swish)."""
+    return _float_unary("silu", x)
+
+
+swish = silu
+
+
+def selu(x) -> Node:
+    """``scale * elu(x, alpha)`` with Keras' (Klambauer et al.'s) alpha and scale."""
+    return _float_unary("selu", x)
+
+
+def relu6(x) -> Node:
+    """``min(max(x, 0), 6)``; NaN propagates; gradient 1 on (0, 6) only (jax.nn.relu6)."""
+    return _float_unary("relu6", x)
+
+
+def hard_sigmoid(x) -> Node:
+    """``relu6(x + 3) / 6`` (Keras 3's and jax.nn's hard_sigmoid)."""
+    return _float_unary("hard_sigmoid", x)
+
+
+def hard_swish(x) -> Node:
+    """``x * relu6(x + 3) / 6`` (Keras' hard_silu / hard_swish)."""
+    return _float_unary("hard_swish", x)
+
+
+hard_silu = hard_swish
+
+
+def mish(x) -> Node:
+    """``x * tanh(softplus(x))`` (Keras' mish)."""
+    return _float_unary("mish", x)
+
+
+def log_sigmoid(x) -> Node:
+    """``-softplus(-x)``, stable for any x (Keras' log_sigmoid)."""
+    return _float_unary("log_sigmoid", x)
+
+
 # ---- Python operators on tensors ----------------------------------------------------------
 
 def _install_operators() -> None:
@@ -721,6 +889,8 @@ def _install_operators() -> None:
         "__truediv__": lambda a, b: divide(a, b), "__rtruediv__": lambda a, b: divide(b, a),
         "__matmul__": lambda a, b: matmul(a, b), "__rmatmul__": lambda a, b: matmul(b, a),
         "__pow__": lambda a, p: power(a, p),
+        "__mod__": lambda a, b: mod(a, b), "__rmod__": lambda a, b: mod(b, a),
+        "__floordiv__": lambda a, b: floor_divide(a, b), "__rfloordiv__": lambda a, b: floor_divide(b, a),
         "__neg__": lambda a: negative(a), "__pos__": lambda a: a, "__abs__": lambda a: abs(a),
         "__gt__": lambda a, b: greater(a, b), "__ge__": lambda a, b: greater_equal(a, b),
         "__lt__": lambda a, b: less(a, b), "__le__": lambda a, b: less_equal(a, b),
@@ -940,9 +1110,9 @@ def concatenate(xs: Sequence, axis: int | None = 0) -> Node:
     if axis is None:
         xs = [reshape(x, (-1,)) for x in xs]
         axis = 0
-    if any(x.ndim == 0 for x in xs):
+    if builtins.any(x.ndim == 0 for x in xs):
         raise _fail(ShapeError, "concatenate", "zero-dimensional tensors cannot be concatenated", *xs)
-    if any(x.ndim != xs[0].ndim for x in xs):
+    if builtins.any(x.ndim != xs[0].ndim for x in xs):
         raise _fail(ShapeError, "concatenate", "all tensors must have the same rank", *xs)
     (ax,) = _checked_axes("concatenate", xs[0], axis)
     from .ops.base import promote
@@ -956,7 +1126,7 @@ def concatenate(xs: Sequence, axis: int | None = 0) -> Node:
 def stack(xs: Sequence, axis: int = 0) -> Node:
     """``np.stack``: tensors of one shape joined along a new axis ``axis``."""
     xs = _sequence("stack", xs)
-    if any(x.shape != xs[0].shape for x in xs):
+    if builtins.any(x.shape != xs[0].shape for x in xs):
         raise _fail(ShapeError, "stack", "all tensors must have the same shape", *xs)
     nd = xs[0].ndim + 1
     if not isinstance(axis, numbers.Integral) or not -nd <= axis < nd:
@@ -984,7 +1154,7 @@ def split(x, indices_or_sections, axis: int = 0) -> list:
                         f"{n} elements along axis {ax} into {s} sections", x)
         points = [n // s * i for i in range(1, s)]
     else:
-        if isinstance(s, Node) or not isinstance(s, (list, tuple, np.ndarray)) or any(
+        if isinstance(s, Node) or not isinstance(s, (list, tuple, np.ndarray)) or builtins.any(
                 not isinstance(p, numbers.Integral) or isinstance(p, bool) for p in s):
             raise _fail(TypeError, "split", "indices_or_sections must be an int or a list of static ints, "
                         f"got {s!r}", x)

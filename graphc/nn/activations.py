@@ -10,10 +10,6 @@ from typing import Callable
 
 from .. import dsl as F
 
-_SELU_ALPHA = 1.6732632423543772
-_SELU_SCALE = 1.0507009873554805
-
-
 def linear(x):
     return x
 
@@ -44,7 +40,7 @@ def elu(x):
 
 
 def selu(x):
-    return _SELU_SCALE * F.elu(x, _SELU_ALPHA)
+    return F.selu(x)
 
 
 def leaky_relu(x):
@@ -57,13 +53,35 @@ def softplus(x):
 
 
 def swish(x):
-    return x * F.sigmoid(x)
+    return F.silu(x)
+
+
+def relu6(x):
+    return F.relu6(x)
+
+
+def hard_sigmoid(x):
+    """``relu6(x + 3) / 6`` (Keras 3's; Keras 2's was ``0.2 * x + 0.5`` clipped)."""
+    return F.hard_sigmoid(x)
+
+
+def hard_silu(x):
+    return F.hard_swish(x)
+
+
+def mish(x):
+    return F.mish(x)
+
+
+def log_sigmoid(x):
+    return F.log_sigmoid(x)
 
 
 ACTIVATIONS: dict[str, Callable] = {
     "linear": linear, "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "softmax": softmax,
     "gelu": gelu, "elu": elu, "selu": selu, "leaky_relu": leaky_relu, "softplus": softplus,
-    "swish": swish, "silu": swish,
+    "swish": swish, "silu": swish, "relu6": relu6, "hard_sigmoid": hard_sigmoid, "hard_silu": hard_silu,
+    "hard_swish": hard_silu, "mish": mish, "log_sigmoid": log_sigmoid,
 }
 
 

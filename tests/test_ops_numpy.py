@@ -1,0 +1,236 @@
+"""The op set a NumPy user writes: elementwise math, logic, activations, reductions, tensor
+methods, shape helpers and constants, each against NumPy (or Keras' formula) on the numpy,
+cpu and parallel targets, and each gradient against float64 finite differences and jax.grad.
+
+Compiling is the expensive part, so every target compiles ONE program holding all the ops of
+a group (built once per module); hypothesis (derandomized, as tests/test_properties.py's quick
+suite) then feeds it values with NaN, infinities and signed zeros among them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import graphc as gc
+
+TARGETS = ("numpy", "cpu", "parallel")
+QUICK = settings(max_examples=4, derandomize=True, deadline=None)
+SHAPE_X, SHAPE_Y = (3, 1, 4), (1, 2, 4)  # size-1 dims that broadcast against each other
+_erf = np.vectorize(math.erf, otypes=[float])
+_erfc = np.vectorize(math.erfc, otypes=[float])
+SELU_A, SELU_S = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def _relu6(x):
+    return np.minimum(np.maximum(x, 0), 6)
+
+
+def _softplus(x):
+    return np.logaddexp(x, 0)
+
+
+# name: (graphc function, NumPy / Keras reference, gradient-check domain (lo, hi))
+UNARY = {
+    "sin": (gc.sin, np.sin, (-3, 3)), "cos": (gc.cos, np.cos, (-3, 3)), "tan": (gc.tan, np.tan, (-1.2, 1.2)),
+    "arcsin": (gc.arcsin, np.arcsin, (-0.9, 0.9)), "arccos": (gc.arccos, np.arccos, (-0.9, 0.9)),
+    "arctan": (gc.arctan, np.arctan, (-3, 3)), "sinh": (gc.sinh, np.sinh, (-3, 3)),
+    "cosh": (gc.cosh, np.cosh, (-3, 3)), "arcsinh": (gc.arcsinh, np.arcsinh, (-3, 3)),
+    "arccosh": (gc.arccosh, np.arccosh, (1.1, 4)), "arctanh": (gc.arctanh, np.arctanh, (-0.9, 0.9)),
+    "exp2": (gc.exp2, np.exp2, (-3, 3)), "expm1": (gc.expm1, np.expm1, (-3, 3)),
+    "log2": (gc.log2, np.log2, (0.1, 4)), "log10": (gc.log10, np.log10, (0.1, 4)),
+    "reciprocal": (gc.reciprocal, lambda x: 1 / x, (0.3, 3)),
+    "rsqrt": (gc.rsqrt, lambda x: 1 / np.sqrt(x), (0.3, 3)),
+    "erf": (gc.erf, _erf, (-2, 2)), "erfc": (gc.erfc, _erfc, (-2, 2)),
+    "floor": (gc.floor, np.floor, None), "ceil": (gc.ceil, np.ceil, None),
+    "round": (gc.round, np.round, None), "trunc": (gc.trunc, np.trunc, None),
+    "silu": (gc.silu, lambda x: x / (1 + np.exp(-x)), (-4, 4)),
+    "selu": (gc.selu, lambda x: SELU_S * np.where(x > 0, x, SELU_A * np.expm1(np.minimum(x, 0))), (-3, 3)),
+    "relu6": (gc.relu6, _relu6, (-2, 8)),
+    "hard_sigmoid": (gc.hard_sigmoid, lambda x: _relu6(x + 3) / 6, (-5, 5)),
+    "hard_swish": (gc.hard_swish, lambda x: x * _relu6(x + 3) / 6, (-5, 5)),
+    "mish": (gc.mish, lambda x: x * np.tanh(_softplus(x)), (-4, 4)),
+    "log_sigmoid": (gc.log_sigmoid, lambda x: -_softplus(-x), (-4, 4)),
+}
+# boolean results
+PREDICATES = {"isnan": (gc.isnan, np.isnan), "isinf": (gc.isinf, np.isinf),
+              "isfinite": (gc.isfinite, np.isfinite), "logical_not": (gc.logical_not, np.logical_not)}
+BINARY = {
+    "arctan2": (gc.arctan2, np.arctan2, True), "mod": (gc.mod, np.mod, True),
+    "remainder": (gc.remainder, np.remainder, False), "floor_divide": (gc.floor_divide, np.floor_divide, False),
+    "logical_and": (gc.logical_and, np.logical_and, False), "logical_or": (gc.logical_or, np.logical_or, False),
+    "logical_xor": (gc.logical_xor, np.logical_xor, False),
+}
+# jax.numpy / jax.nn names of the same functions, for the gradient comparison
+JAX_NAMES = {"silu": "nn.silu", "selu": "nn.selu", "relu6": "nn.relu6", "hard_sigmoid": "nn.hard_sigmoid",
+             "hard_swish": "nn.hard_swish", "mish": "nn.mish", "log_sigmoid": "nn.log_sigmoid",
+             "erf": "scipy.special.erf", "erfc": "scipy.special.erfc", "rsqrt": "lax.rsqrt"}
+
+_PROGRAMS: dict = {}
+
+
+def _elementwise_program(target, dtype):
+    key = ("elementwise", target, dtype)
+    if key not in _PROGRAMS:
+        x, y = gc.input("x", SHAPE_X, dtype=dtype), gc.input("y", SHAPE_Y, dtype=dtype)
+        outs = [f(x) for f, _, _ in UNARY.values()] + [f(x) for f, _ in PREDICATES.values()]
+        outs += [f(x, y) for f, _, _ in BINARY.values()]
+        _PROGRAMS[key] = gc.compile(outs, target=target, check_finite=False)
+    return _PROGRAMS[key]
+
+
+def _values(draw_shape):
+    special = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, -0.5, 1.5, 2.5, -2.5, 3.0, -3.0, 6.0])
+    finite = st.floats(-8, 8, allow_nan=False, width=32)
+    n = int(np.prod(draw_shape))
+    return st.lists(st.one_of(special, finite), min_size=n, max_size=n).map(
+        lambda v: np.asarray(v, dtype=np.float64).reshape(draw_shape))
+
+
+def _expected(xv, yv):
+    with np.errstate(all="ignore"):
+        out = [ref(xv) for _, ref, _ in UNARY.values()] + [ref(xv) for _, ref in PREDICATES.values()]
+        out += [ref(xv, yv) for _, ref, _ in BINARY.values()]
+    return out
+
+
+NAMES = list(UNARY) + list(PREDICATES) + list(BINARY)
+
+
+def _compare(got, want, dtype, names):
+    tol = {"float64": 1e-12, "float32": 2e-6}[dtype]
+    for name, g, w in zip(names, got, want):
+        assert g.shape == np.shape(w), name
+        if np.asarray(w).dtype == bool:
+            assert g.dtype == bool and np.array_equal(g, w), name
+            continue
+        assert g.dtype == np.dtype(dtype), name
+        np.testing.assert_allclose(g, np.asarray(w).astype(dtype), rtol=tol, atol=tol, equal_nan=True,
+                                   err_msg=name)
+        # infinities and NaN in the same places, exactly
+        assert np.array_equal(np.isnan(g), np.isnan(np.asarray(w, dtype=dtype))), name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@QUICK
+@given(xv=_values(SHAPE_X), yv=_values(SHAPE_Y))
+def test_elementwise_math_matches_numpy_float64(target, xv, yv):
+    got = _elementwise_program(target, "float64")(x=xv, y=yv)
+    _compare(got, _expected(xv, yv), "float64", NAMES)
+
+
+@pytest.mark.parametrize("target", ("cpu", "parallel"))
+def test_elementwise_math_matches_numpy_float32(target):
+    rng = np.random.default_rng(3)
+    xv = rng.uniform(-5, 5, SHAPE_X).astype(np.float32)
+    yv = rng.uniform(-5, 5, SHAPE_Y).astype(np.float32)
+    xv.flat[:6] = [np.nan, np.inf, -np.inf, 2.5, -0.5, 0.5]
+    got = _elementwise_program(target, "float32")(x=xv, y=yv)
+    want = _elementwise_program("numpy", "float32")(x=xv, y=yv)
+    _compare(got, want, "float32", NAMES)
+    # the rounding trick's constants are float32's: half-to-even on float32 values
+    np.testing.assert_array_equal(got[NAMES.index("round")], np.round(xv))
+
+
+def test_rounding_edge_cases_are_numpy_s():
+    x = gc.input("x", (10,), dtype="float64")
+    v = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -0.2, 2.0 ** 52 + 1, -(2.0 ** 53), 4.4e15 + 0.5, 1e300])
+    f = gc.compile([gc.round(x), gc.floor(x), gc.ceil(x), gc.trunc(x)], target="cpu")
+    for got, ref in zip(f(x=v), (np.round, np.floor, np.ceil, np.trunc)):
+        np.testing.assert_array_equal(got, ref(v))
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(ref(v)))  # -0.0 where NumPy has it
+
+
+def test_mod_and_floor_divide_follow_the_divisor_sign_and_int_rules():
+    a, b = gc.input("a", (6,), dtype="int64"), gc.input("b", (6,), dtype="int64")
+    f = gc.compile([gc.mod(a, b), gc.floor_divide(a, b), a % b, a // b, 7 % b, 7 // b], target="cpu")
+    av, bv = np.array([7, -7, 7, -7, 0, 5]), np.array([3, 3, -3, -3, 2, 1])
+    m, q, m2, q2, m3, q3 = f(a=av, b=bv)
+    for got, want in ((m, np.mod(av, bv)), (q, av // bv), (m2, av % bv), (q2, av // bv), (m3, 7 % bv), (q3, 7 // bv)):
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, want)
+
+
+def test_float_only_ops_reject_integers_with_a_typed_error():
+    i = gc.input("i", (3,), dtype="int32")
+    with pytest.raises(gc.DTypeError, match=r"sin.*int32.*test_ops_numpy.py"):
+        gc.sin(i)
+    assert gc.floor(i) is i  # integers are integral: NumPy's floor keeps their values
+
+
+@pytest.mark.parametrize("name", [n for n, v in UNARY.items() if v[2] is not None])
+def test_unary_gradients_match_finite_differences(name):
+    fn, _, (lo, hi) = UNARY[name]
+    x = gc.input("x", (2, 3), dtype="float64")
+    xv = np.random.default_rng(7).uniform(lo, hi, (2, 3))
+    if name == "relu6":  # away from the kinks at 0 and 6
+        xv = np.array([[-1.0, 0.5, 3.0], [5.5, 7.0, 2.0]])
+    if name in ("hard_sigmoid", "hard_swish"):
+        xv = np.array([[-4.0, -2.5, 0.3], [1.0, 2.5, 4.0]])
+    rep = gc.check_grads(gc.sum(fn(x) * np.arange(1.0, 7.0).reshape(2, 3)), [x], feeds={"x": xv})
+    assert max(rep.values()) < 1e-6
+
+
+def test_binary_gradients_match_finite_differences():
+    a, b = gc.input("a", (2, 3), dtype="float64"), gc.input("b", (1, 3), dtype="float64")
+    rng = np.random.default_rng(8)
+    av, bv = rng.uniform(-3, 3, (2, 3)), rng.uniform(0.7, 2, (1, 3)) * np.array([1, -1, 1])
+    for fn in (gc.arctan2, gc.mod):
+        rep = gc.check_grads(gc.sum(fn(a, b) * np.arange(1.0, 7.0).reshape(2, 3)), [a, b],
+                             feeds={"a": av, "b": bv})
+        assert max(rep.values()) < 1e-6, fn
+
+
+def _gc_grad(fn, *vals):
+    xs = [gc.input(f"x{i}", v.shape, dtype="float64") for i, v in enumerate(vals)]
+    gs = gc.grad(gc.sum(fn(*xs)), xs)
+    return gc.evaluate(gs, {f"x{i}": v for i, v in enumerate(vals)}, {})
+
+
+def _jax_fn(name):
+    import jax
+    obj = jax.numpy
+    for part in JAX_NAMES.get(name, name).split("."):
+        obj = getattr(jax if part in ("nn", "scipy", "lax") and obj is jax.numpy else obj, part)
+    return obj
+
+
+def test_gradients_match_jax_grad_including_the_kinks():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    kinks = np.array([-3.0, -2.0, -0.5, 0.0, 0.5, 1.5, 2.5, 3.0, 6.0, 7.0, 0.7, -0.7])
+    names = list(UNARY)
+    vals = np.stack([np.linspace(*UNARY[n][2], 12) if n in ("tan", "arcsin", "arccos", "arccosh", "arctanh", "log2",
+                                                            "log10", "reciprocal", "rsqrt") else kinks
+                     for n in names])
+    fns = [_jax_fn(n) for n in names]
+    # one jax.grad over all the ops (row i of the operand feeds op i): one trace, not thirty
+    want = np.asarray(jax.jit(jax.grad(lambda t: sum(jnp.sum(f(t[i])) for i, f in enumerate(fns))))(jnp.asarray(vals)))
+    for i, name in enumerate(names):
+        (got,) = _gc_grad(UNARY[name][0], vals[i])
+        np.testing.assert_allclose(got, want[i], rtol=1e-10, atol=1e-12, err_msg=name)
+    a, b = np.array([3.5, -3.5, 3.5, -3.5, 1.0]), np.array([2.0, 2.0, -2.0, -2.0, 0.3])
+    for name in ("arctan2", "mod", "remainder"):
+        jf = _jax_fn(name)
+        want = jax.jit(jax.grad(lambda p, q: jnp.sum(jf(p, q)), argnums=(0, 1)))(jnp.asarray(a), jnp.asarray(b))
+        got = _gc_grad(BINARY[name][0], a, b)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, np.asarray(w), rtol=1e-10, err_msg=name)
+
+
+def test_activations_by_name_in_graphc_nn():
+    from graphc.nn import activations
+    x = gc.input("x", (5,), dtype="float64")
+    v = np.array([-4.0, -1.0, 0.0, 1.0, 4.0])
+    names = ["relu6", "hard_sigmoid", "hard_silu", "hard_swish", "mish", "log_sigmoid", "silu", "swish", "selu"]
+    f = gc.compile([activations.get(n)[1](x) for n in names], target="numpy")
+    ref = {"relu6": _relu6, "hard_sigmoid": lambda t: _relu6(t + 3) / 6, "hard_silu": lambda t: t * _relu6(t + 3) / 6,
+           "mish": lambda t: t * np.tanh(_softplus(t)), "log_sigmoid": lambda t: -_softplus(-t),
+           "silu": lambda t: t / (1 + np.exp(-t)), "selu": UNARY["selu"][1]}
+    ref["hard_swish"], ref["swish"] = ref["hard_silu"], ref["silu"]
+    for n, got in zip(names, f(x=v)):
+        np.testing.assert_allclose(got, ref[n](v), rtol=1e-12, err_msg=n)
