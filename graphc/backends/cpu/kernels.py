@@ -41,7 +41,10 @@ W = "w"  # int32: an array's items; it widens to int64 in every operator but abs
 _DTYPES = {"float32": F, "float64": D, "int64": I, "int32": W, "bool": B, "bool_": B, "uint64": U}
 _EXTERN = {"math.sqrt": ("sqrtf", "sqrt"), "math.tanh": ("tanhf", "tanh"), "math.log1p": ("log1pf", "log1p"),
            "math.expm1": ("expm1f", "expm1"), "math.erf": ("erff", "erf"), "math.tan": ("tanf", "tan"),
-           "math.sinh": ("sinhf", "sinh"), "math.cosh": ("coshf", "cosh"), "math.atan": ("atanf", "atan")}
+           "math.sinh": ("sinhf", "sinh"), "math.cosh": ("coshf", "cosh"), "math.atan": ("atanf", "atan"),
+           "math.asin": ("asinf", "asin"), "math.acos": ("acosf", "acos"), "math.asinh": ("asinhf", "asinh"),
+           "math.acosh": ("acoshf", "acosh"), "math.atanh": ("atanhf", "atanh"), "math.erfc": ("erfcf", "erfc"),
+           "math.log2": ("log2f", "log2"), "math.log10": ("log10f", "log10")}
 _INTRINSIC = {"math.exp": "llvm.exp", "math.log": "llvm.log", "math.sin": "llvm.sin", "math.cos": "llvm.cos",
               "math.fabs": "llvm.fabs"}
 _SIG = re.compile(r"@cfunc\('int64\(([^']*)\)'[^\n]*\)\ndef (\w+)\(")
