@@ -215,6 +215,10 @@ def test_keras_models_load_in_graphc_with_the_same_predictions(tmp_path, keras_r
     assert isinstance(f.optimizer, SGD) and f.optimizer.momentum == pytest.approx(0.9)
     np.testing.assert_allclose(f.predict(np.load(tmp_path / "kx_cnn.npy")), np.load(tmp_path / "kp_cnn.npy"),
                                atol=1e-6)
+    # compiled in Keras but never trained (no optimizer slots saved): training starts fresh
+    xi = np.load(tmp_path / "kx_cnn.npy")
+    f.fit(xi, np.eye(2, dtype="float32")[np.arange(len(xi)) % 2], batch_size=len(xi), verbose=0)
+    assert int(f.train_function.state_dict()["state"]["step"]) == 1
     t = nn.load_model(tmp_path / "katt.keras", target="numpy")
     p = t.predict([np.load(tmp_path / "kx_att0.npy"), np.load(tmp_path / "kx_att1.npy")])
     np.testing.assert_allclose(p["a"], np.load(tmp_path / "kp_att_a.npy"), atol=1e-6)

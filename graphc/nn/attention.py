@@ -185,7 +185,8 @@ class MultiHeadAttention(Layer):
                 "output_shape": self._output_dim_arg, "attention_axes": [1], "sliding_window": None,
                 "kernel_initializer": _serialize_initializer(self.kernel_initializer),
                 "bias_initializer": _serialize_initializer(self.bias_initializer),
-                "kernel_regularizer": R.serialize(self.kernel_regularizer, "MultiHeadAttention(kernel_regularizer=...)"),
+                "kernel_regularizer": R.serialize(self.kernel_regularizer,
+                                                  "MultiHeadAttention(kernel_regularizer=...)"),
                 "bias_regularizer": R.serialize(self.bias_regularizer, "MultiHeadAttention(bias_regularizer=...)"),
                 "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None, "seed": self.seed}
 

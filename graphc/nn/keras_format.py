@@ -295,7 +295,7 @@ _OPT_EXTRA = {"Adam": ("beta_1", "beta_2", "epsilon"), "AdamW": ("beta_1", "beta
 def _optimizer_config(opt, hyper: dict) -> dict:
     name = type(opt).__name__
     _slots(opt)  # refuses optimizers Keras lacks
-    cfg = {"name": _camel_to_snake(name) if name != "RMSprop" else "rmsprop",
+    cfg = {"name": name.lower(),  # Keras' default optimizer names: adam, adamw, sgd, rmsprop, ...
            "learning_rate": float(hyper["learning_rate"]),
            "weight_decay": float(hyper["weight_decay"]) if hyper.get("weight_decay") else None,
            "clipnorm": None, "global_clipnorm": opt.global_clipnorm, "clipvalue": None, "use_ema": False,
@@ -690,7 +690,8 @@ def model_from_config(cfg: dict, custom_objects=None):
 
 def load_model(filepath, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True,
                target: str = "cpu"):
-    """``keras.models.load_model`` for .keras files (graphc's or Keras 3's)."""
+    """``keras.models.load_model`` for .keras files (graphc's or Keras 3's). ``safe_mode`` is
+    accepted for Keras' signature: nothing in a .keras file is executed or unpickled here."""
     path = os.fspath(filepath)
     where = f"load_model: {path}"
     if not path.endswith(".keras"):

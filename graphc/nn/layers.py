@@ -273,7 +273,8 @@ class PositionEmbedding(Layer):
         return F.broadcast_like(pos, x)
 
     # keras_hub's class, as keras_hub registers it
-    keras_module, keras_registered_name = "keras_hub.src.layers.modeling.position_embedding", "keras_hub>PositionEmbedding"
+    keras_module = "keras_hub.src.layers.modeling.position_embedding"
+    keras_registered_name = "keras_hub>PositionEmbedding"
 
     def get_config(self):
         return {**super().get_config(), "sequence_length": self.sequence_length,
