@@ -328,6 +328,16 @@ m.save("noise.keras")
 """, tmp_path)
     with pytest.raises(nn.KerasFormatError, match=r"'noisy' is a GaussianNoise"):
         nn.load_model(tmp_path / "noise.keras")
+    # an optimizer graphc lacks stops the compile, not the model
+    keras_run("""
+m = keras.Sequential([keras.Input((3,)), L.Dense(2)])
+m.compile(keras.optimizers.Ftrl(), "mse")
+m.save("ftrl.keras")
+""", tmp_path)
+    with pytest.raises(nn.KerasFormatError, match=r"optimizer 'Ftrl' is not supported.*compile=False"):
+        nn.load_model(tmp_path / "ftrl.keras")
+    m = nn.load_model(tmp_path / "ftrl.keras", compile=False)
+    assert not m.compiled and m.get_weights()[0].shape == (3, 2)
 
 
 def test_save_refuses_other_names_and_bad_files(tmp_path):

@@ -700,9 +700,13 @@ def load_model(filepath, custom_objects: dict | None = None, compile: bool = Tru
     model = model_from_config(cfg, custom_objects)
     cc = cfg.get("compile_config") if compile else None
     if cc:
-        model.compile(optimizer=_optimizer_from_config(cc["optimizer"]), loss=_loss_from_config(cc.get("loss")),
-                      loss_weights=cc.get("loss_weights"), metrics=_metrics_from_config(cc.get("metrics")),
-                      target=target)
+        try:
+            model.compile(optimizer=_optimizer_from_config(cc["optimizer"]), loss=_loss_from_config(cc.get("loss")),
+                          loss_weights=cc.get("loss_weights"), metrics=_metrics_from_config(cc.get("metrics")),
+                          target=target)
+        except (KeyError, TypeError, ValueError) as e:
+            raise KerasFormatError(f"{where}: the saved compile config cannot be restored ({e}); pass compile=False "
+                                   "to load the model uncompiled") from None
     weights, opt = read_weights_h5(model, io.BytesIO(h5), where)
     restore(model, weights, opt, where)
     return model
