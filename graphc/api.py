@@ -121,5 +121,7 @@ def compile(loss_or_outputs: Any, optimizer: Optimizer | str | None = None, targ
         from .distributed import DataParallelStep
         return DataParallelStep(program, target, store, optimizer, options)
     if optimizer is not None:
-        return CompiledStep(program, target, store, optimizer, options)
+        step = CompiledStep(program, target, store, optimizer, options)
+        step.steps_per_execution = int(steps_per_execution)
+        return step
     return Function(program, target, store, options, rebuild)

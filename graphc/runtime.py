@@ -390,7 +390,11 @@ class CompiledStep(_Compiled):
     """One training step (forward + backward + update) as one call: ``step(x=..., y=...)``
     returns ``{'loss': ..., **extras}`` and updates params and optimizer state in place.
     Feeds may also be positional, in the order the inputs were declared
-    (``step.input_names``): ``step(xb, yb)``, or mixed as ``step(xb, y=yb)``."""
+    (``step.input_names``): ``step(xb, yb)``, or mixed as ``step(xb, y=yb)``.
+    Compiled with ``steps_per_execution=K``, a call takes K batches stacked along a new
+    leading axis and runs K steps (outputs stacked the same way)."""
+
+    steps_per_execution = 1  # training steps per call (compile(steps_per_execution=K))
 
     def __call__(self, *args: Any, **feeds: Any) -> dict[str, np.ndarray]:
         if args:

@@ -105,6 +105,7 @@ def test_stacked_feeds_are_checked_before_anything_runs():
     for k, v in before["params"].items():
         assert np.array_equal(v, after["params"][k])
     assert many.iterations == 2 * K and many.fast_calls > calls  # the driver refused them
+    assert (one.steps_per_execution, many.steps_per_execution) == (1, K)
 
 
 @pytest.mark.parametrize("target", ["numpy", "cpu"])
@@ -130,3 +131,52 @@ def test_bad_arguments_are_typed_errors():
             gc.compile(loss, gc.optim.SGD(0.1), steps_per_execution=bad)
     with pytest.raises(GraphcError, match="steps_per_execution.*optimizer"):
         gc.compile(loss, steps_per_execution=2)
+
+
+# ---- graphc.nn: model.compile(steps_per_execution=K) -----------------------------------------
+
+class Record(gc.nn.Callback):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.calls.append(("begin", batch))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(("end", batch, dict(logs)))
+
+
+def nn_fit(k: int):
+    from graphc.nn import BatchNormalization, Dense, Dropout, Sequential
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((50, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 50)
+    model = Sequential([Dense(8, activation="relu", input_shape=(6,)), BatchNormalization(), Dropout(0.25),
+                        Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"], seed=2,
+                  steps_per_execution=k)
+    rec = Record()
+    hist = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[rec])  # 7 batches: 6 of 8, 1 of 2
+    return model, hist, rec
+
+
+def test_nn_fit_with_steps_per_execution_is_fit_one_batch_per_call():
+    """fit with K=3 trains exactly as with K=1 (weights, moving statistics, optimizer state,
+    epoch logs); callbacks see each group of 3 batches once, Keras 3's way: begin with the
+    first batch index, end with the last one and its logs; the short tail runs one step per call."""
+    m1, h1, r1 = nn_fit(1)
+    m3, h3, r3 = nn_fit(3)
+    assert m3._functions.get("train_k") is not None and m3._functions.get("train_k").steps_per_execution == 3
+    w1, w3 = m1.get_weights(), m3.get_weights()
+    assert len(w1) == len(w3) and all(np.array_equal(a, b) for a, b in zip(w1, w3))
+    assert m1.train_function.iterations == m3.train_function.iterations == 14
+    assert h1.history == h3.history
+    per_batch = {c[1]: c[2] for c in r1.calls[:14] if c[0] == "end"}  # K=1, first epoch: every batch
+    first_epoch = r3.calls[:6]
+    assert [c[:2] for c in first_epoch] == [("begin", 0), ("end", 2), ("begin", 3), ("end", 5), ("begin", 6),
+                                            ("end", 6)]
+    for c in first_epoch[1::2]:
+        assert c[2] == per_batch[c[1]]
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        m3.compile(optimizer="adam", loss="mse", steps_per_execution=0)

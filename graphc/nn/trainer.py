@@ -13,6 +13,12 @@ step) with :func:`graphc.compile`. ``evaluate`` and ``predict`` use forward-only
 functions that share the training step's weights (``params=step``): no copies, always
 current. All of them are kept in one memo, :class:`CompiledFunctions`, on the model.
 
+Frozen weights (a layer with ``trainable=False`` when the model was compiled) are constants
+of the programs: each is substituted by a ``gc.state`` of the same name, so the training
+step neither differentiates nor updates it and the optimizer keeps no slots for it. As in
+Keras, ``trainable`` is read at ``compile()``: changing it later takes effect at the next
+``compile()`` (fit warns until then).
+
 Sample weights (``sample_weight``/``class_weight``) follow Keras' default loss reduction
 ``sum_over_batch_size``: a batch's loss is ``sum_i w_i * loss_i / batch_size`` (NOT divided by
 the sum of the weights). Steps with and without weights are two compiled programs sharing
@@ -34,6 +40,8 @@ from .. import backends
 from .. import dsl as F
 from .. import optim
 from ..api import compile as gc_compile
+from ..ir import ArrayValue
+from ..substitution import substitute
 from . import losses as L
 from . import metrics as M
 from .base import Layer
@@ -112,6 +120,26 @@ class _FitRun:
     out: Any  # the stream the progress bar writes to
     names: list[str]  # the step's outputs in the logs: loss, per-output losses, metrics
     fed_layers: list  # layers with a feeds() hook (extra per-step inputs)
+    multi: Any = None  # the step compiled with steps_per_execution=K (K > 1), else None
+    k: int = 1  # batches per call of ``multi``
+
+
+def _groups(batches, k: int):
+    """fit's batches in groups of ``k`` (the calls of a ``steps_per_execution=k`` step); a group
+    ends early at the data's end, where the batch iterator yields ``(b, None)``, which stays
+    in the group (the caller warns that the data ran out)."""
+    group: list = []
+    for b, idx in batches:
+        group.append((b, idx))
+        if idx is None:
+            group.pop()
+            yield group + [(b, None)]
+            return
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 class CompiledFunctions:
@@ -121,9 +149,11 @@ class CompiledFunctions:
     forward-only loss and metrics (``"test"``, without and with sample weights) and the
     outputs (``"predict"``). Every program after the first is compiled with ``params=`` the
     first, so all of them share one store: weights and optimizer state are never copied, and
-    any of them (``owner``) reads and writes the model's weights."""
+    any of them (``owner``) reads and writes the model's weights. ``"train_k"`` is the training
+    step compiled with ``steps_per_execution=K`` (built after ``"train"``, which runs the
+    groups of fewer than K batches)."""
 
-    KINDS = ("train", "test", "predict")
+    KINDS = ("train", "test", "predict", "train_k")
 
     def __init__(self) -> None:
         self._fns: dict[tuple[str, bool, bool], Any] = {}
@@ -180,27 +210,39 @@ class Trainer:
         self.compiled = False
         self._target = "cpu"
         self._seed = 0
+        self._steps_per_execution = 1
         self._functions = CompiledFunctions()
         self._initial_weights: dict | None = None  # what the first program starts from (recompiled models)
         self._pending_opt_state: dict | None = None  # a checkpoint's optimizer state for the next training step
         self._epochs_seen = 0
+        self._trainable_at_compile: dict[int, bool] | None = None  # id(layer) -> its trainable flag at compile()
         self.stop_training = False
         self._stop_now = False
         self.history: History | None = None
 
     # ---- compile ----------------------------------------------------------------------------------------
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights=None, metrics=None,
-                target: str = "cpu", seed: int = 0) -> None:
+                target: str = "cpu", seed: int = 0, steps_per_execution: int = 1) -> None:
         """Choose optimizer (name or graphc.optim.Optimizer), loss (name, Loss or function; for
         several outputs one for all, a list or a dict by output name), ``loss_weights`` (the
         total loss is ``sum_i loss_weights[i] * loss_i`` plus the weight regularizers),
         metrics (a list; for several outputs a list of lists or a dict by output name), the
         graphc ``target`` and the ``seed`` of weight initialization, shuffling and dropout
-        masks. Recompiling keeps the current weights and resets optimizer state."""
+        masks. Recompiling keeps the current weights and resets optimizer state.
+        ``steps_per_execution=K`` (Keras 3): fit runs K batches per compiled call (K training
+        steps in one native call, bit-identical to K calls); callbacks' ``on_train_batch_begin``
+        and ``on_train_batch_end`` run once per K batches, with the index of the first and of
+        the last batch and the last batch's logs, as in Keras 3 (whose ``end`` index of a final
+        short group is first + K - 1 even when fewer batches ran; here it is the last batch
+        that ran). Batches that do not fill a group of K equal-sized batches (the end of an
+        epoch, a short last batch) run one step per call. evaluate/predict are unchanged."""
         if target not in backends.targets():
             raise ValueError(f"compile(target=...): unknown target {target!r}; choose from {backends.targets()}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"compile(seed=...): expected a non-negative int, got {seed!r}")
+        if (isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, numbers.Integral)
+                or steps_per_execution < 1):
+            raise ValueError(f"compile(steps_per_execution=...): expected a positive int, got {steps_per_execution!r}")
         if isinstance(optimizer, type) and issubclass(optimizer, optim.Optimizer):
             optimizer = optimizer()
         try:
@@ -246,7 +288,9 @@ class Trainer:
         self.loss = new_loss
         self._loss_weights_arg = loss_weights
         self._target, self._seed = target, int(seed)
+        self._steps_per_execution = int(steps_per_execution)
         self._metrics, self._metric_out = [], []
+        self._trainable_at_compile = {id(layer): layer.trainable for layer in self._flat_layers()}
         self.compiled = True
 
     @staticmethod
@@ -343,19 +387,60 @@ class Trainer:
     def _reset_functions(self) -> None:
         self._functions.clear()
 
+    # ---- layers and frozen weights ---------------------------------------------------------------------
+    def _flat_layers(self) -> list:
+        """Every layer: the model's and, depth first, the sublayers of custom layers."""
+        out: list = []
+        for layer in self.layers:
+            out.extend(x for x in layer._flat_layers() if not any(x is o for o in out))
+        return out
+
+    def _frozen_names(self) -> set[str]:
+        """Names of the params of the layers frozen at compile() (before it: frozen now)."""
+        snap = self._trainable_at_compile or {}
+        return {n.name for layer in self._flat_layers() if not snap.get(id(layer), layer.trainable)
+                for _, n in layer._weights}
+
+    def _check_trainable_unchanged(self) -> None:
+        snap = self._trainable_at_compile
+        if snap is None:
+            return
+        changed = [layer.name or layer.default_name for layer in self._flat_layers()
+                   if id(layer) in snap and snap[id(layer)] != layer.trainable]
+        if changed:
+            warnings.warn(f"the trainable attribute of layer(s) {changed} changed after compile(); the compiled step "
+                          "keeps the setting it was compiled with: call compile() again to apply it (as in Keras)",
+                          UserWarning, stacklevel=3)
+
+    def _freeze(self, nodes: list) -> list:
+        """``nodes`` with each frozen param replaced by a ``gc.state`` of the same name, shape
+        and initializer: a constant of the program (not differentiated, not updated)."""
+        frozen = self._frozen_names()
+        if not frozen:
+            return nodes
+        repl = {}
+        for layer in self._flat_layers():
+            for _, p in layer._weights:
+                if p.name in frozen:
+                    init = p.attrs["init"]
+                    repl[p] = F.state(p.name, p.shape, init=init.array if isinstance(init, ArrayValue) else init,
+                                      dtype=p.dtype)
+        return substitute(list(nodes), repl)
+
     def _feed_nodes(self) -> list:
         return [F.input(n, (None,) + s, dtype=d) for n, s, d in zip(self._in_feeds, self._in_shapes, self._in_dtypes)]
 
     def _traced_forward(self, training: bool) -> tuple[list, dict]:
         """``_forward`` on the feed nodes, and the state updates its layers recorded
         (``{state: new value}``: BatchNormalization's moving statistics in training)."""
-        for layer in self.layers:
+        layers = self._flat_layers()
+        for layer in layers:
             layer._reset_updates()
         try:
             outs = self._forward(self._feed_nodes(), training)
-            updates = {s: v for layer in self.layers for s, v in layer._collected_updates()}
+            updates = {s: v for layer in layers for s, v in layer._collected_updates()}
         finally:
-            for layer in self.layers:
+            for layer in layers:
                 layer._reset_updates()
         return outs, updates
 
@@ -379,7 +464,7 @@ class Trainer:
         total = parts[0]
         for p in parts[1:]:
             total = total + p
-        for layer in self.layers:
+        for layer in self._flat_layers():
             for r in layer.regularization_losses():
                 total = total + r
         self._metrics = self._resolve_metrics()
@@ -388,9 +473,20 @@ class Trainer:
             extras.update({f"{n}_loss": p for n, p in zip(self._out_names, parts)})
         for m, i in zip(self._metrics, self._metric_out):
             extras[m.name] = m.build(ys[i], *outs[i])
-        return total, extras, updates
+        total, *vals = self._freeze([total, *extras.values(), *updates.values()])  # frozen weights: constants
+        return total, dict(zip(extras, vals[:len(extras)])), dict(zip(updates, vals[len(extras):]))
 
-    def _train_function(self, weighted: bool = False, distributed: bool = False):
+    def _train_function(self, weighted: bool = False, distributed: bool = False, multi: bool = False):
+        if multi:  # the K-step program, built after the one-step program (it owns the checkpoints)
+            fn = self._functions.get("train_k", weighted)
+            if fn is None:
+                self._train_function(weighted)
+                loss, extras, updates = self._objective(True, weighted)
+                fn = self._functions.put("train_k", weighted, False, gc_compile(
+                    loss, optimizer=self.optimizer, target=self._target, outputs=extras or None,
+                    params=self._params_arg(), seed=self._seed, updates=updates or None, check_finite=False,
+                    steps_per_execution=self._steps_per_execution))
+            return fn
         fn = self._functions.get("train", weighted, distributed)
         if fn is None:
             self._require_compiled()
@@ -435,7 +531,7 @@ class Trainer:
         fn = self._functions.get("predict")
         if fn is None:
             self._ensure_built()
-            outs = [o for o, _, _ in self._traced_forward(False)[0]]
+            outs = self._freeze([o for o, _, _ in self._traced_forward(False)[0]])
             fn = self._functions.put("predict", False, False, gc_compile(
                 outs[0] if len(outs) == 1 else outs, target=self._target, params=self._params_arg(),
                 seed=self._seed, check_finite=False))
@@ -446,7 +542,9 @@ class Trainer:
         """A program holding the model's weights (building the predict function if none is)."""
         self._ensure_built()
         owner = self._functions.owner()
-        return owner if owner is not None else self.predict_function
+        owner = owner if owner is not None else self.predict_function
+        owner._store.ensure(self._freeze(list(self.weights)))  # weights no program reads are in the store too
+        return owner
 
     # ---- the checked feeds of a step (graphc/nn/data.py) ------------------------------------------------
     def _data(self, x, y, sample_weight, class_weight, xarg, yarg, swarg, nan_policy) -> dict[str, np.ndarray]:
@@ -499,6 +597,7 @@ class Trainer:
         a generator seeded the same way as the shuffling.
         """
         self._require_compiled()
+        self._check_trainable_unchanged()
         opts = _FitOptions.check(batch_size, epochs, verbose, validation_split, shuffle, initial_epoch,
                                  steps_per_epoch, validation_batch_size, validation_freq, nan_policy)
         if x is None:
@@ -513,7 +612,13 @@ class Trainer:
             opts.verbose = opts.verbose if me == 0 else 0
             if me != 0:  # only rank 0 writes files
                 user_cbs = [c for c in user_cbs if not isinstance(c, (ModelCheckpoint, CSVLogger))]
-        step = self._train_function(self._weighted(data), distributed=bool(ranks > 1 or distributed))
+        distributed = bool(ranks > 1 or distributed)
+        if distributed and self._steps_per_execution > 1:
+            raise ValueError(f"fit: steps_per_execution={self._steps_per_execution} is not available with "
+                             f"distributed (data-parallel) training yet; compile with steps_per_execution=1")
+        step = self._train_function(self._weighted(data), distributed=distributed)
+        multi = (self._train_function(self._weighted(data), multi=True)
+                 if self._steps_per_execution > 1 else None)
         batches = EpochBatches(len(next(iter(data.values()))), opts.batch_size, opts.steps_per_epoch)
         history = History()
         cbs = CallbackList(user_cbs + [history], self, {"epochs": opts.epochs, "steps": batches.steps,
@@ -523,7 +628,8 @@ class Trainer:
         run = _FitRun(opts, step, data, val, batches, cbs, ranks, sys.stdout,
                       names=["loss"] + ([f"{k}_loss" for k in self._out_names] if len(self._out_names) > 1 else [])
                       + [m.name for m in self._metrics],
-                      fed_layers=[l for l in self.layers if type(l).feeds is not Layer.feeds])
+                      fed_layers=[l for l in self._flat_layers() if type(l).feeds is not Layer.feeds],
+                      multi=multi, k=self._steps_per_execution)
         cbs.on_train_begin({})
         for epoch in range(opts.initial_epoch, opts.epochs):
             logs = self._fit_epoch(run, epoch)
@@ -567,24 +673,41 @@ class Trainer:
         sums, seen, b = dict.fromkeys(names, 0.0), 0, 0
         new_order = (lambda: np.random.default_rng([self._seed, 1, key]).permutation(run.batches.n)) \
             if opts.shuffle else (lambda: None)
-        for b, idx in run.batches.epoch(new_order):
-            if idx is None:
+        for group in _groups(run.batches.epoch(new_order), run.k):
+            feeds = []
+            for b, idx in group:
+                if idx is None:  # the data ran out (the group's last entry)
+                    break
+                if run.ranks > 1:  # this rank's share of the global batch
+                    from ..distributed import shard
+                    idx = idx[shard(len(idx))]
+                f = {k: v[idx] for k, v in run.data.items()}
+                for layer in run.fed_layers:  # custom layers' extra inputs
+                    f.update(layer.feeds(len(idx), feeds_rng))
+                feeds.append((len(idx), f))
+            if not feeds:  # the data ran out at the start of a group
                 warnings.warn(RAN_OUT, stacklevel=3)  # at the user's fit() call
                 break
-            if run.ranks > 1:  # this rank's share of the global batch
-                from ..distributed import shard
-                idx = idx[shard(len(idx))]
-            feeds = {k: v[idx] for k, v in run.data.items()}
-            for layer in run.fed_layers:  # custom layers' extra inputs
-                feeds.update(layer.feeds(len(idx), feeds_rng))
-            run.cbs.on_train_batch_begin(b, {})
-            res = run.step(**feeds)
-            batch_logs = {k: float(res[k]) for k in names}
-            for k in names:
-                sums[k] += batch_logs[k] * len(idx)
-            seen += len(idx)
-            run.cbs.on_train_batch_end(b, batch_logs)
+            run.cbs.on_train_batch_begin(group[0][0], {})
+            if run.multi is not None and len(feeds) == run.k and len({n for n, _ in feeds}) == 1:
+                res = run.multi(**{k: np.stack([f[k] for _, f in feeds]) for k in feeds[0][1]})
+                per_batch = [{k: float(res[k][i]) for k in names} for i in range(run.k)]
+            else:  # a short group: one step per call
+                per_batch = []
+                for _, f in feeds:
+                    res = run.step(**f)
+                    per_batch.append({k: float(res[k]) for k in names})
+            for (n, _), batch_logs in zip(feeds, per_batch):
+                for k in names:
+                    sums[k] += batch_logs[k] * n
+                seen += n
+            b = group[len(feeds) - 1][0]
+            run.cbs.on_train_batch_end(b, per_batch[-1])
             bar.update(b + 1, {k: sums[k] / seen for k in names})
+            if len(feeds) < len(group):  # the data ran out within the group
+                warnings.warn(RAN_OUT, stacklevel=3)
+                b = group[-1][0]
+                break
             if self._stop_now:
                 break
         self._epochs_seen += 1
@@ -674,7 +797,7 @@ class Trainer:
         n = len(next(iter(data.values())))
         feeds = dict(data)
         rng = np.random.default_rng([self._seed, 3, step.iterations])
-        for layer in self.layers:
+        for layer in self._flat_layers():
             feeds.update(layer.feeds(n, rng))
         res = step(**feeds)
         logs = {"loss": float(res["loss"])}
