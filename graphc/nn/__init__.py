@@ -14,7 +14,7 @@ Each fit() batch runs ONE compiled graphc training step (forward, backward, upda
 metrics). ``compile(target=...)`` picks the backend ("cpu" by default; "parallel", "numpy",
 "cuda"); ``seed`` makes weight init, shuffling and dropout reproducible.
 """
-from . import activations, callbacks, layers, losses, metrics, optimizers, regularizers  # noqa: F401
+from . import activations, callbacks, initializers, layers, losses, metrics, optimizers, regularizers  # noqa: F401
 from .callbacks import (  # noqa: F401
     Callback, CSVLogger, EarlyStopping, History, LambdaCallback, LearningRateScheduler, ModelCheckpoint,
     ReduceLROnPlateau, TerminateOnNaN,
@@ -22,7 +22,7 @@ from .callbacks import (  # noqa: F401
 from .layers import (  # noqa: F401
     GRU, LSTM, Activation, Add, Average, AveragePooling1D, AveragePooling2D, BatchNormalization, Bidirectional,
     Concatenate, Conv1D, Conv2D, Dense, Dropout, Embedding, Flatten, GlobalAveragePooling1D, GlobalAveragePooling2D,
-    GlobalMaxPooling1D, GlobalMaxPooling2D, Input, InputLayer, KerasTensor, Layer, LayerNormalization, Masking,
+    GlobalMaxPooling1D, GlobalMaxPooling2D, Input, InputLayer, KerasTensor, Lambda, Layer, LayerNormalization, Masking,
     MaxPooling1D, MaxPooling2D, Maximum, Minimum, MultiHeadAttention, Multiply, PositionEmbedding, Reshape,
     SimpleRNN, Subtract,
 )
@@ -32,12 +32,13 @@ from .keras_format import KerasFormatError  # noqa: F401
 from .saving import load_model  # noqa: F401
 
 __all__ = ["Model", "Sequential", "Dense", "Activation", "Dropout", "Flatten", "Reshape", "Input", "InputLayer",
-           "KerasTensor", "Layer", "LayerNormalization", "Embedding", "Conv2D", "MaxPooling2D", "AveragePooling2D",
+           "KerasTensor", "Lambda", "Layer", "LayerNormalization", "Embedding", "Conv2D", "MaxPooling2D",
+           "AveragePooling2D",
            "GlobalAveragePooling2D", "GlobalMaxPooling2D", "BatchNormalization", "MultiHeadAttention",
            "PositionEmbedding", "Masking", "SimpleRNN", "LSTM", "GRU", "Bidirectional", "Conv1D", "MaxPooling1D",
            "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D",
            "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
            "Callback", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "History",
            "TerminateOnNaN", "LambdaCallback", "ModelCheckpoint", "CSVLogger",
-           "activations", "callbacks", "layers", "losses", "metrics", "optimizers", "regularizers",
+           "activations", "callbacks", "initializers", "layers", "losses", "metrics", "optimizers", "regularizers",
            "models", "saving", "load_model", "KerasFormatError"]

@@ -17,6 +17,7 @@ A layer called twice shares its weights: both calls use the same param nodes.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import numbers
 import re
@@ -26,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from .. import dsl as F
+from ..ir import Node
+from . import initializers as I
+
 _INIT_ALIASES = {"random_normal": "normal", "random_uniform": "uniform", "zero": "zeros", "one": "ones"}
 _NODE_IDS = itertools.count()
 
@@ -76,6 +80,8 @@ def _serialize_initializer(init) -> dict:
     if isinstance(init, str) and init in _KERAS_INITIALIZERS:
         cls, cfg = _KERAS_INITIALIZERS[init]
         return _keras_object("keras.initializers", cls, dict(cfg))
+    if isinstance(init, I.Initializer):
+        return I.serialize(init)
     return _keras_object("keras.initializers", "Zeros", {})
 
 
@@ -99,13 +105,17 @@ def _initializer_from_keras(init: dict, what: str, lenient: bool = False) -> str
 
 
 def _initializer(init, what: str):
+    """A layer argument's initializer: a graphc name, a graphc.nn.initializers object (one
+    with arguments, or a Keras name graphc has no built-in for: ``truncated_normal``,
+    ``lecun_normal``, ...), or an array."""
+    if isinstance(init, I.Initializer):
+        return init._as_graphc_name() or init
     if isinstance(init, dict):
         return _initializer_from_keras(init, what)
     if isinstance(init, str):
         name = _INIT_ALIASES.get(init.lower(), init.lower())
         if name not in F.INITIALIZERS:
-            raise ValueError(f"{what}: unknown initializer {init!r}; choose from "
-                             f"{sorted(set(F.INITIALIZERS) | set(_INIT_ALIASES))} or pass an array")
+            return _initializer(I.get(init, what), what)
         return name
     return np.asarray(init)
 
@@ -122,6 +132,120 @@ def _norm_shape(shape):
     if isinstance(shape, list) or (isinstance(shape, tuple) and shape and isinstance(shape[0], (tuple, list))):
         return tuple(tuple(s) for s in shape)
     return tuple(shape)
+
+
+# ---- calling a layer's ``call`` as Keras does ---------------------------------------------------------
+# Keras passes ``training`` (and ``mask``) to ``call`` by keyword, and only when its signature
+# names them; a layer called inside another layer's (or a subclassed Model's) ``call`` without
+# ``training`` inherits the outer call's value. ``_CONTEXT`` holds the calls being traced.
+
+class _CallContext:
+    def __init__(self) -> None:
+        self.training: list[bool] = []  # the training flag of each call being traced, innermost last
+        self.layers: list = []  # the layers whose call is being traced, innermost last
+        self.probing = 0  # > 0 while call is traced only to read its output shape
+        # id(output) -> (layer, x, training, kwargs), recorded while a subclassed Model's call is
+        # traced (None otherwise): its losses take logits from the output layer's call_split
+        self.splits: dict[int, tuple] | None = None
+
+
+_CONTEXT = _CallContext()
+_SIGNATURES: dict = {}
+
+
+def _call_takes(layer) -> tuple[bool, bool]:
+    """(takes ``training``, takes ``mask``) by name, as Keras reads ``call``'s signature."""
+    fn = type(layer).call
+    got = _SIGNATURES.get(fn)
+    if got is None:
+        ps = inspect.signature(fn).parameters
+        got = _SIGNATURES[fn] = ("training" in ps, "mask" in ps)
+    return got
+
+
+def current_training() -> bool:
+    """The training flag of the innermost call being traced (False outside any)."""
+    return _CONTEXT.training[-1] if _CONTEXT.training else False
+
+
+def call_layer(layer, x, training: bool = False, **kwargs: Any):
+    """``layer.call(x, ...)`` with ``training`` and ``mask`` passed by keyword when ``call``
+    takes them (a ``call(self, inputs)`` gets neither), under the call context that nested
+    calls inherit ``training`` from and that ``state.assign(...)`` records updates in."""
+    takes_training, takes_mask = _call_takes(layer)
+    given = dict(kwargs)
+    if takes_training:
+        kwargs["training"] = bool(training)
+    if not takes_mask or kwargs.get("mask", 0) is None:
+        kwargs.pop("mask", None)
+    _CONTEXT.training.append(bool(training))
+    _CONTEXT.layers.append(layer)
+    try:
+        out = layer.call(x, **kwargs)
+    finally:
+        _CONTEXT.training.pop()
+        _CONTEXT.layers.pop()
+    if _CONTEXT.splits is not None and isinstance(out, Node) and isinstance(layer, Layer) \
+            and type(layer).call_split is not Layer.call_split:
+        given.pop("mask", None) if not takes_mask else None
+        _CONTEXT.splits[id(out)] = (layer, x, training, given)
+    return out
+
+
+def _assign(op: str):
+    def method(self: Node, value):
+        """Keras' ``variable.{op}(value)`` on a non-trainable weight inside a layer's ``call``:
+        records the new value as the layer's update, written at the end of the training
+        step (reads of the weight within the step see the value it started with). Returns
+        the new value."""
+        owner = next((lay for lay in reversed(_CONTEXT.layers) if isinstance(lay, Layer)
+                      and any(n is self for lay2 in lay._flat_layers() for _, n in lay2._state_weights)), None)
+        if owner is None:
+            raise ValueError(f"{op}: {self!r} is not a non-trainable weight (add_weight(..., trainable=False)) of a "
+                             "layer whose call is running; graphc tensors are values, only such weights take "
+                             f"{op} (trainable weights change through the optimizer)")
+        owner = next(lay2 for lay2 in owner._flat_layers() if any(n is self for _, n in lay2._state_weights))
+        v = F._lift(value, self)
+        new = v if op == "assign" else owner.current_value(self) + v if op == "assign_add" \
+            else owner.current_value(self) - v
+        if new.shape != self.shape:
+            raise ValueError(f"{owner._label}: {op} of weight {self.name!r} of shape {self.shape} with a value of "
+                             f"shape {v.shape}")
+        new = F.cast(new, self.dtype) if new.dtype != self.dtype else new
+        if not _CONTEXT.probing:
+            owner.add_update(self, new)
+        return new
+    method.__name__ = op
+    return method
+
+
+for _op in ("assign", "assign_add", "assign_sub"):
+    type.__setattr__(Node, _op, _assign(_op))
+
+
+def _unique_layer_name(base: str) -> str:
+    """A process-wide unique name, as Keras names layers when they are made (used for a
+    layer that creates weights in ``__init__``, before any model names it)."""
+    k = _NAME_COUNTS.get(base, 0)
+    _NAME_COUNTS[base] = k + 1
+    return base if k == 0 else f"{base}_{k}"
+
+
+_NAME_COUNTS: dict[str, int] = {}
+
+
+def _tracked_layers(obj, skip: tuple = ()) -> list:
+    """The layers held in ``obj``'s attributes (directly, or in lists, tuples and dicts), in
+    the order they were set: Keras' tracked sublayers."""
+    out: list = []
+    for k, v in vars(obj).items():
+        if k in skip:
+            continue
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else [v]
+        for item in items:
+            if isinstance(item, Layer) and not any(item is o for o in out):
+                out.append(item)
+    return out
 
 
 # ---- symbolic tensors (the functional API) --------------------------------------------------------
@@ -214,7 +338,8 @@ class Layer:
     # its (first) input, a boolean (batch, time) tensor (False: a padded step), or None.
     supports_masking = False
 
-    def __init__(self, name: str | None = None, input_shape=None, trainable: bool = True, **kwargs: Any):
+    def __init__(self, name: str | None = None, input_shape=None, trainable: bool = True, dtype=None,
+                 **kwargs: Any):
         if "input_dim" in kwargs:
             input_dim = kwargs.pop("input_dim")
             if input_shape is None and input_dim is not None:
@@ -225,8 +350,9 @@ class Layer:
                 input_shape = tuple(bis)[1:]
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) {sorted(kwargs)}")
-        if not trainable:
-            raise NotImplementedError(f"{type(self).__name__}: trainable=False (frozen layers) is not supported yet")
+        policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if policy not in (None, "float32"):
+            raise NotImplementedError(f"{type(self).__name__}(dtype={dtype!r}): graphc.nn layers compute in float32")
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"{type(self).__name__}(name=...): expected a non-empty string without '/', got {name!r}")
         self._given_name = name
@@ -242,6 +368,10 @@ class Layer:
         self._built_name: str | None = None
         self._inbound_nodes: list[CallNode] = []
         self._model = None
+        self._trainable = bool(trainable)
+        self._building = False
+        self._early: tuple[list, list, list] = ([], [], [])  # weights made outside build (in __init__)
+        self._output_batchless = False  # call returned a tensor without the batch dim
 
     # ---- building ------------------------------------------------------------------------
     @property
@@ -252,21 +382,84 @@ class Layer:
     def _label(self) -> str:
         return f"{type(self).__name__} {self.name or self.default_name!r}"
 
-    def add_weight(self, short: str, shape: tuple, initializer, regularizer=None, trainable: bool = True) -> Any:
+    def add_weight(self, *args, shape=None, initializer=None, dtype=None, trainable: bool = True, autocast=True,
+                   regularizer=None, constraint=None, aggregation="none", overwrite_with_gradient=False,
+                   name: str | None = None) -> Any:
+        """Keras 3's ``add_weight``: a weight of ``shape`` drawn by ``initializer`` (a Keras
+        name, a graphc.nn.initializers object or an array; default ``glorot_uniform``), named
+        ``<layer>/<name>`` (``variable``, ``variable_1``, ... when not given). Trainable, it is
+        a ``gc.param``; with ``trainable=False`` a ``gc.state`` that changes only through
+        ``add_update`` or ``weight.assign(...)`` in ``call``. Shape, initializer and dtype may
+        also come positionally (Keras 2's order). Arguments graphc cannot honour (a
+        ``constraint``, a non-float32 dtype, an aggregation) are errors naming the layer.
+        graphc's own layers call it as ``add_weight(short name, shape, initializer,
+        regularizer, trainable=...)``."""
+        if args and isinstance(args[0], str):  # graphc's layers: (short, shape, initializer[, regularizer])
+            return self._add_weight(*args, trainable=trainable, **({"regularizer": regularizer} if regularizer
+                                                                     is not None else {}))
+        what = f"{self._label}.add_weight"
+        if len(args) > 3:
+            raise TypeError(f"{what}: takes at most 3 positional arguments (shape, initializer, dtype), "
+                            f"got {len(args)}")
+        for given, (arg, cur) in zip(args, (("shape", shape), ("initializer", initializer), ("dtype", dtype))):
+            if cur is not None:
+                raise ValueError(f"{what}: {arg} was passed both positionally and as a keyword argument")
+        shape, initializer, dtype = (list(args) + [shape, initializer, dtype][len(args):])[:3]
+        if constraint is not None:
+            raise NotImplementedError(f"{what}(constraint={constraint!r}): weight constraints are not supported by "
+                                      "graphc")
+        if aggregation not in (None, "none", "mean", "sum", "only_first_replica") or overwrite_with_gradient:
+            raise NotImplementedError(f"{what}: aggregation={aggregation!r}/overwrite_with_gradient="
+                                      f"{overwrite_with_gradient!r} are not supported by graphc")
+        if dtype is not None and str(np.dtype(dtype)) != "float32":
+            raise NotImplementedError(f"{what}(dtype={dtype!r}): graphc.nn weights are float32")
+        shape = () if shape is None else shape
+        try:
+            shape = tuple(int(d) for d in ((shape,) if isinstance(shape, numbers.Integral) else shape))
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}(shape={shape!r}): expected a tuple of ints") from None
+        if any(d <= 0 for d in shape):
+            raise ValueError(f"{what}(shape={shape!r}): dimensions must be positive")
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(f"{what}(name={name!r}): expected a non-empty string without '/'")
+        taken = {s for s, _ in self._weights} | {s for s, _ in self._state_weights}
+        short, k = name or "variable", 0
+        while short in taken:
+            k += 1
+            short = f"{name or 'variable'}_{k}"
+        if not self._building and self.name is None:  # made in __init__: its name is fixed now (as Keras')
+            self.name = self._given_name = _unique_layer_name(self.default_name)
+        if regularizer is not None:
+            from . import regularizers as R
+            regularizer = R.get(regularizer, f"{what}(regularizer=...)")
+        init = I.resolve("glorot_uniform" if initializer is None else initializer, shape, np.float32,
+                         f"{self.name or self.default_name}/{short}", f"{what}(initializer=...)")
+        return self._add_weight(short, shape, init, regularizer, trainable=trainable)
+
+    def _add_weight(self, short: str, shape: tuple, initializer, regularizer=None, trainable: bool = True) -> Any:
         """A weight named ``<layer>/<short>``: a ``gc.param`` the optimizer trains, or with
         ``trainable=False`` a ``gc.state`` (float32) that only ``add_update`` changes."""
         name = f"{self.name or self.default_name}/{short}"
+        if isinstance(initializer, I.Initializer):  # an initializer with arguments, drawn now
+            initializer = I.resolve(initializer, shape, np.float32, name, f"{self._label}: weight {short!r}")
+        early = not self._building
         if not trainable:
             if regularizer is not None:
                 raise ValueError(f"{self._label}: weight {short!r} is not trainable and cannot take a regularizer")
             init = initializer if isinstance(initializer, str) else np.asarray(initializer, np.float32)
             node = F.state(name, shape, init=init, dtype="float32")
             self._state_weights.append((short, node))
+            if early:
+                self._early[2].append((short, node))
             return node
         node = F.param(name, shape, init=initializer)
         self._weights.append((short, node))
+        if early:
+            self._early[0].append((short, node))
         if regularizer is not None:
             self._penalties.append((regularizer, node))
+            if early:
+                self._early[1].append((regularizer, node))
         return node
 
     def add_update(self, state, value) -> None:
@@ -325,10 +518,16 @@ class Layer:
             return self.output_shape
         self._check_rank(input_shape)
         self.input_shape = input_shape
-        self._weights, self._penalties, self._state_weights = [], [], []
+        self._weights, self._penalties, self._state_weights = (list(e) for e in self._early)
         self._built_name = self.name or self.default_name
-        self.build(self.input_shape)
-        self.output_shape = tuple(self.compute_output_shape(self.input_shape))
+        self._building = True
+        try:
+            self.build(self.input_shape)
+        finally:
+            self._building = False
+        self._output_batchless = False
+        out = self.compute_output_shape(self.input_shape)
+        self.output_shape = tuple(out) if out is not None else None
         self.built = True
         return self.output_shape
 
@@ -340,7 +539,33 @@ class Layer:
             self._build(self.input_shape)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return input_shape
+        """The per-sample output shape. Unless a layer defines it, it is read from ``call``
+        traced on a symbolic input of ``input_shape`` (as Keras' ``compute_output_spec``):
+        never assumed equal to the input's."""
+        return self._traced_output_shape(input_shape)
+
+    def _traced_output_shape(self, input_shape):
+        dt = getattr(self, "input_dtype", "float32")
+        if isinstance(input_shape, tuple) and input_shape and isinstance(input_shape[0], tuple):
+            x = [F.input(f"{self._built_name}/probe_{i}", (None,) + tuple(s), dtype=dt) for i, s in
+                 enumerate(input_shape)]
+        else:
+            x = F.input(f"{self._built_name}/probe", (None,) + tuple(input_shape), dtype=dt)
+        saved = [(lay, lay._updates) for lay in self._flat_layers()]
+        _CONTEXT.probing += 1
+        try:
+            out = call_layer(self, x, False)
+        finally:
+            _CONTEXT.probing -= 1
+            for lay, ups in saved:
+                lay._updates = ups
+        if not isinstance(out, Node):
+            self._output_batchless = True  # several tensors: only nested calls can use it
+            return None
+        if out.ndim == 0 or out.shape[0] is not None:
+            self._output_batchless = True
+            return tuple(out.shape)
+        return tuple(out.shape[1:])
 
     def compute_mask(self, x, mask):
         """The output's mask given the input ``x`` and its ``mask`` (Keras' ``compute_mask``)."""
@@ -352,10 +577,12 @@ class Layer:
         return []
 
     # ---- applying ------------------------------------------------------------------------
-    def __call__(self, inputs, training: bool = False):
+    def __call__(self, inputs, training: bool | None = None, **kwargs: Any):
         """On symbolic tensors (``graphc.nn.Input`` or layer outputs): record the call and
-        return the output KerasTensor. On graphc tensors: build if needed and apply."""
-        return self._apply(inputs, training, {})
+        return the output KerasTensor. On graphc tensors: build if needed and apply; without
+        ``training``, a call inside another layer's (or a subclassed Model's) ``call``
+        inherits its flag (as in Keras). Other keyword arguments go to ``call``."""
+        return self._apply(inputs, current_training() if training is None else training, kwargs)
 
     def _build_shapes(self, shapes, kwargs: dict):
         """The shapes the layer is built from, given the call's input shapes (all of them by
@@ -372,11 +599,12 @@ class Layer:
                 shapes, xs = tuple(inputs.shape[1:]), inputs
             self._check_arity(shapes)
             self._build(self._build_shapes(shapes, kwargs))
-            return self.call(xs, training, **kwargs)
+            return call_layer(self, xs, training, **kwargs)
         args, flat = sym
         shapes = [tuple(t.shape[1:]) for t in flat] if isinstance(args, list) else tuple(args.shape[1:])
         self._check_arity(shapes)
         out_shape = self._build(self._build_shapes(shapes, kwargs))
+        self._check_batched_output()
         node = CallNode(self, args, flat, out_shape, self.output_dtype, kwargs)
         self._inbound_nodes.append(node)
         extra = self._extra_output_shapes()
@@ -384,6 +612,13 @@ class Layer:
             node.extra_outputs = [KerasTensor(s, self.output_dtype, node) for s in extra]
             return [node.output] + node.extra_outputs
         return node.output
+
+    def _check_batched_output(self) -> None:
+        if self._output_batchless:
+            got = "several tensors" if self.output_shape is None else f"a tensor of shape {self.output_shape}"
+            raise ValueError(f"{self._label}: call returns {got}, not one tensor whose first dim is the batch; the "
+                             "functional API and Sequential need per-sample outputs (use this layer inside another "
+                             "layer's call or a subclassed Model)")
 
     def _check_arity(self, shapes) -> None:
         if self.merge and not isinstance(shapes, list):
@@ -400,14 +635,15 @@ class Layer:
     def call_split(self, x, training: bool = False, **kwargs: Any):
         """``(pre, activation name)`` such that the output is ``activation(pre)``. Losses use it
         to compute cross-entropies stably from logits; the default is ``(call(x), 'linear')``."""
-        return self.call(x, training, **kwargs), "linear"
+        return call_layer(self, x, training, **kwargs), "linear"
 
     def feeds(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Extra per-step inputs for training (random masks); none by default."""
         return {}
 
     def regularization_losses(self) -> list:
-        """The scalar penalties of this layer's weight regularizers (added to the loss)."""
+        """The scalar penalties of this layer's own weight regularizers (added to the loss;
+        a model adds its sublayers' too)."""
         out = []
         for reg, node in self._penalties:
             v = reg(node)
@@ -416,20 +652,71 @@ class Layer:
         return out
 
     # ---- weights -------------------------------------------------------------------------
+    def _sublayers(self) -> list:
+        """The layers this one holds as attributes (Keras' tracked sublayers: an MLP block's
+        Dense layers), whose weights are this layer's too. graphc's own layers declare
+        their sub-layers' weights themselves (Bidirectional), so only user-defined layer
+        classes are searched."""
+        if type(self).__module__.startswith("graphc."):
+            return []
+        return _tracked_layers(self, skip=("_model", "_inbound_nodes"))
+
+    def _flat_layers(self) -> list:
+        """This layer and its sublayers, depth first, each once (a layer held twice, or a
+        cycle of references, is visited once)."""
+        out: list = []
+
+        def visit(layer):
+            if any(layer is o for o in out):
+                return
+            out.append(layer)
+            for lay in layer._sublayers():
+                visit(lay)
+        visit(self)
+        return out
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the optimizer trains this layer's weights. Setting it sets it for the
+        sublayers too; as in Keras it takes effect at the next ``compile()`` (the compiled
+        step keeps what it was compiled with). A frozen layer's weights are constants of the
+        training step; a frozen BatchNormalization runs in inference mode."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        for lay in self._flat_layers():
+            lay._trainable = bool(value)
+
+    @staticmethod
+    def _dedup(nodes) -> list:
+        out, seen = [], set()
+        for n in nodes:
+            if id(n) not in seen:
+                seen.add(id(n))
+                out.append(n)
+        return out
+
     @property
     def weights(self) -> list:
-        """The weight nodes of this layer (names ``<layer>/<weight>``): trainable first, then
-        non-trainable, as Keras orders them."""
-        return self.trainable_weights + self.non_trainable_weights
+        """The weight nodes of this layer (names ``<layer>/<weight>``): its own trainable ones,
+        its own non-trainable ones, then its sublayers' (Keras' order, whatever is frozen)."""
+        return self._dedup([n for lay in self._flat_layers() for n in
+                            [n for _, n in lay._weights] + [n for _, n in lay._state_weights]])
 
     @property
     def trainable_weights(self) -> list:
-        return [n for _, n in self._weights]
+        """The params of this layer and of its sublayers that are not frozen ([] if this one is)."""
+        if not self.trainable:
+            return []
+        return self._dedup([n for lay in self._flat_layers() if lay.trainable for _, n in lay._weights])
 
     @property
     def non_trainable_weights(self) -> list:
-        """Weights the optimizer does not update (moving statistics: ``gc.state`` tensors)."""
-        return [n for _, n in self._state_weights]
+        """Weights the optimizer does not update: moving statistics (``gc.state`` tensors) and
+        the weights of frozen layers."""
+        train = {id(n) for n in self.trainable_weights}
+        return [n for n in self.weights if id(n) not in train]
 
     @property
     def weight_names(self) -> list[str]:
@@ -457,7 +744,7 @@ class Layer:
     def get_config(self) -> dict:
         """The constructor arguments as Keras 3 names and serializes them (config.json of a
         .keras file): ``name``, ``trainable`` and ``dtype`` here, each layer adds its own."""
-        return {"name": self.name or self.default_name, "trainable": True, "dtype": dict(_DTYPE_POLICY)}
+        return {"name": self.name or self.default_name, "trainable": self.trainable, "dtype": dict(_DTYPE_POLICY)}
 
     @classmethod
     def from_config(cls, config: dict) -> "Layer":

@@ -25,6 +25,7 @@ from .conv1d import (  # noqa: F401
     AveragePooling1D, Conv1D, GlobalAveragePooling1D, GlobalMaxPooling1D, MaxPooling1D,
 )
 from .normalization import BatchNormalization  # noqa: F401
+from .lambda_layer import Lambda  # noqa: F401
 from .recurrent import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: F401
 
 

@@ -8,7 +8,10 @@ programs: graphc/nn/trainer.py, mixed in as Keras' Trainer is), data checks and 
 (data.py), checkpoints (saving.py) and the summary table (summary.py). The weights
 themselves live in the compiled programs' store and are read and written here.
 ``Model(inputs, outputs)`` walks the layer calls recorded on KerasTensors; ``Sequential`` is
-the special case of a chain, built lazily from the first data it sees.
+the special case of a chain, built lazily from the first data it sees. A subclass of
+``Model`` that defines ``call`` (Keras' subclassing API) is built from the first data it
+sees by tracing ``call`` on a symbolic input of the data's shape; its layers are the ones
+it holds as attributes.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import numpy as np
 
 from .. import dsl as F
 from . import saving
-from .base import CallNode, InputLayer, KerasTensor, Layer
+from .base import _CONTEXT, CallNode, InputLayer, KerasTensor, Layer, _camel_to_snake, _tracked_layers, call_layer
 from .data import as_numeric, check_inputs, conform
 from .summary import summary
 from .trainer import Trainer
@@ -35,14 +38,53 @@ class Model(Trainer):
     and output tensors (single tensors, lists or dicts of them), trained by one compiled
     graphc step per batch. A layer called several times shares its weights."""
 
-    def __init__(self, inputs=None, outputs=None, name: str | None = None):
+    def __init__(self, inputs=None, outputs=None, name: str | None = None, trainable: bool = True, **kwargs):
+        if inputs is None and outputs is None and type(self) is not Model:  # Keras' subclassing API
+            if kwargs:
+                raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) {sorted(kwargs)}")
+            self._subclassed = True
+            self.name = name or _camel_to_snake(type(self).__name__)
+            self._init_trainer()
+            self._built = False
+            self._nodes = []
+            self._trainable = bool(trainable)
+            return
         if inputs is None or outputs is None:
             raise TypeError("Model: pass inputs= and outputs= (symbolic tensors from graphc.nn.Input and layer "
-                            "calls); subclassed models are not supported")
+                            "calls), or subclass Model and define call(self, inputs, training=None)")
+        if kwargs:
+            raise TypeError(f"Model: unexpected keyword argument(s) {sorted(kwargs)}")
         self.name = name or "functional"
         self.layers: list[Layer] = []
         self._init_trainer()
+        self._trainable = bool(trainable)
         self._init_graph(inputs, outputs)
+
+    _subclassed = False
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The model's layers: the graph's (functional), the stack (Sequential), or the layers a
+        subclassed model holds as attributes, in the order they were set."""
+        if self._subclassed:
+            return _tracked_layers(self)
+        return self._layer_list
+
+    @layers.setter
+    def layers(self, value: list[Layer]) -> None:
+        self._layer_list = value
+
+    @property
+    def trainable(self) -> bool:
+        """Setting it sets every layer's ``trainable`` (Keras); it takes effect at the next
+        ``compile()``, as in Keras."""
+        return getattr(self, "_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        self._trainable = bool(value)
+        for layer in self.layers:
+            layer.trainable = value
 
     # ---- the functional graph -------------------------------------------------------------------
     @staticmethod
@@ -120,7 +162,7 @@ class Model(Trainer):
     def _describe(self, in_flat, out_flat, in_keys, out_keys) -> None:
         """Name the layers (weights get their final names) and record the feeds and outputs."""
         self._assign_names()
-        for layer in self.layers:
+        for layer in self._flat_layers():
             layer._model = self
             layer._rebuild()
         self.inputs, self.outputs = in_flat, out_flat
@@ -158,6 +200,8 @@ class Model(Trainer):
 
     def _forward(self, feeds: list, training: bool) -> list:
         """``[(out, pre, activation)]`` per output, applying the recorded calls in order."""
+        if self._subclassed:
+            return self._subclassed_forward(feeds, training)
         values = {id(t): f for t, f in zip(self._in_tensors, feeds)}
 
         def arg_of(node):
@@ -177,7 +221,7 @@ class Model(Trainer):
 
         for node in self._nodes:
             x = arg_of(node)
-            out = node.layer.call(x, training, **node.kwargs, **mask_kwargs(node))
+            out = call_layer(node.layer, x, training, **node.kwargs, **mask_kwargs(node))
             if node.extra_outputs:  # a layer returning several tensors (return_state)
                 for t, v in zip([node.output] + node.extra_outputs, out):
                     values[id(t)] = v
@@ -198,20 +242,88 @@ class Model(Trainer):
         return outs
 
     def _ensure_built(self, feature_shape: tuple | None = None, arg: str = "x") -> None:
-        """A functional model is built when it is made; Sequential overrides this."""
+        """A functional model is built when it is made; a subclassed one from the first data's
+        shape; Sequential overrides this."""
+        if not self._subclassed:
+            return
+        if self._built:
+            if feature_shape is not None and tuple(feature_shape) != self._in_shapes[0]:
+                raise ValueError(f"{arg}: the model was built for samples of shape {self._in_shapes[0]}, got samples "
+                                 f"of shape {tuple(feature_shape)}")
+            return
+        if feature_shape is None:
+            raise ValueError(f"{type(self).__name__} is not built: call build((None, ...)), or fit/predict with data "
+                             "first")
+        self._build_subclassed(tuple(feature_shape))
+
+    def build(self, input_shape=None) -> None:
+        """Build for inputs of ``input_shape`` (with the batch dim, as Keras: ``(None, 10)``)."""
+        if input_shape is not None:
+            self._ensure_built(tuple(input_shape)[1:])
 
     @property
     def built(self) -> bool:
-        return True
+        return self._built if self._subclassed else True
+
+    # ---- the subclassing API --------------------------------------------------------------------
+    def _build_subclassed(self, shape: tuple, dtype: str = "float32") -> None:
+        """Trace ``call`` on a symbolic input of ``shape``: this builds the layers it calls and
+        gives the outputs' structure and shapes."""
+        if not callable(getattr(self, "call", None)):
+            raise NotImplementedError(f"{type(self).__name__}: a subclassed Model must define call(self, inputs, "
+                                      "training=None)")
+        layers = self._flat_layers()
+        for layer in layers:
+            if layer._model is not None and layer._model is not self:
+                raise ValueError(f"{type(self).__name__}: layer {layer.name!r} already belongs to model "
+                                 f"{layer._model.name!r}; graphc models do not share layers")
+        self._assign_names()
+        for layer in layers:
+            layer._model = self
+        self._in_feeds, self._in_names, self._in_shapes, self._in_dtypes = ["x"], ["x"], [shape], [dtype]
+        saved = [(lay, lay._updates) for lay in layers]
+        _CONTEXT.probing += 1
+        try:
+            out = call_layer(self, F.input("x", (None,) + shape, dtype=dtype), False)
+        finally:
+            _CONTEXT.probing -= 1
+            for lay, ups in saved:
+                lay._updates = ups
+        kind = "dict" if isinstance(out, dict) else "list" if isinstance(out, (list, tuple)) else "single"
+        flat = list(out.values()) if kind == "dict" else list(out) if kind == "list" else [out]
+        for i, o in enumerate(flat):
+            if not hasattr(o, "shape") or not o.shape or o.shape[0] is not None:
+                raise ValueError(f"{type(self).__name__}.call: output {i} is {o!r}, not a tensor whose first dim is "
+                                 "the batch")
+        self._out_kind = kind
+        self._out_names = list(out) if kind == "dict" else [f"output_{i + 1}" for i in range(len(flat))]
+        self._out_shapes = [tuple(o.shape[1:]) for o in flat]
+        self._built = True
+
+    def _subclassed_forward(self, feeds: list, training: bool) -> list:
+        _CONTEXT.splits = {}
+        try:
+            out = call_layer(self, feeds[0], training)
+            flat = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (list, tuple)) \
+                else [out]
+            res = []
+            for o in flat:  # an output layer's call_split gives the losses its logits
+                rec = _CONTEXT.splits.get(id(o))
+                pre, act = rec[0].call_split(rec[1], rec[2], **rec[3]) if rec is not None else (o, "linear")
+                res.append((o, pre, act))
+        finally:
+            _CONTEXT.splits = None
+        return res
 
     def _assign_names(self) -> None:
-        given = [l._given_name for l in self.layers if l._given_name]
+        """Unique layer names within the model (sublayers of custom layers included)."""
+        given = [l._given_name for l in self._flat_layers() if l._given_name]
         if len(set(given)) != len(given):
             dup = sorted({n for n in given if given.count(n) > 1})
             raise ValueError(f"{type(self).__name__}: layer names must be unique, {dup} repeat")
         taken = set(given)
         counters: dict[str, int] = {}
-        for layer in self.layers:
+        for layer in self._flat_layers():
             if layer._given_name:
                 layer.name = layer._given_name
                 continue
@@ -270,6 +382,13 @@ class Model(Trainer):
     # ---- data checks (graphc/nn/data.py) -----------------------------------------------------------
     def _check_x(self, x, arg: str, nan_policy: str) -> list[np.ndarray]:
         """One checked array per input, from an array (one input), a list or a dict by name."""
+        if self._subclassed and not self._built:
+            if isinstance(x, (list, tuple, dict)):
+                raise NotImplementedError(f"{arg}: a subclassed graphc Model takes one input array")
+            a = as_numeric(x, arg)
+            if a.ndim < 2 or len(a) == 0:
+                raise ValueError(f"{arg}: expected a batch of samples of shape (n, features...), got shape {a.shape}")
+            self._build_subclassed(tuple(a.shape[1:]), "int64" if a.dtype.kind in "iu" else "float32")
         return check_inputs(x, arg, nan_policy, self._in_names, self._in_shapes, self._in_dtypes)
 
     # ---- weights -----------------------------------------------------------------------------------
@@ -278,19 +397,23 @@ class Model(Trainer):
         return [n for layer in self.layers for n in layer.weight_names]
 
     def _state_names(self) -> list[str]:
-        """The model's non-trainable weights (``gc.state`` tensors such as moving statistics)."""
-        return [n.name for layer in self.layers for n in layer.non_trainable_weights]
+        """The weights that are ``gc.state`` tensors in the model's programs: moving statistics
+        and the weights of the layers frozen when it was compiled."""
+        frozen = self._frozen_names()
+        return [n.name for n in self.weights if n.op == "state" or n.name in frozen]
 
     def _current_weights(self) -> dict[str, np.ndarray]:
         """Copies of every weight by name: the params and the model's state (moving
-        statistics), read in one consistent snapshot. Optimizer state is not included."""
+        statistics, frozen weights), read in one consistent snapshot. Optimizer state is
+        not included."""
         owner = self._store_owner()
-        names = self._state_names()
+        kinds = owner._store.kinds
+        names = [n for n in self._weight_names() if kinds.get(n) == "state"]
         if not names:
             return owner.params
         sd = owner.state_dict()
         vals = sd["params"]
-        vals.update({k: sd["state"][k] for k in names if k in sd["state"]})
+        vals.update({k: sd["state"][k] for k in names})
         return vals
 
     def _weights_by_name(self) -> dict[str, np.ndarray]:
@@ -309,7 +432,7 @@ class Model(Trainer):
             if a.dtype.kind not in "biuf":
                 raise ValueError(f"set_weights: weight {k!r} must be numeric, got dtype {a.dtype}")
             checked[k] = a if a.dtype.kind == current[k].dtype.kind else a.astype(current[k].dtype)
-        states = set(self._state_names())
+        states = {k for k in checked if owner._store.kinds.get(k) == "state"}
         if not states & set(checked):
             owner.set_params(checked, allow_nonfinite=allow_nonfinite)  # casts, then checks the values
             return
@@ -327,12 +450,15 @@ class Model(Trainer):
     @property
     def trainable_weights(self) -> list:
         self._ensure_built()
+        if not self.trainable:
+            return []
         return [n for layer in self.layers for n in layer.trainable_weights]
 
     @property
     def non_trainable_weights(self) -> list:
         self._ensure_built()
-        return [n for layer in self.layers for n in layer.non_trainable_weights]
+        train = {id(n) for n in self.trainable_weights}
+        return [n for n in self.weights if id(n) not in train]
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of the weights, in layer order (as Keras: kernel, bias, kernel, bias, ...)."""
@@ -405,9 +531,10 @@ class Sequential(Model):
     """A linear stack of layers (the special case of a Model that is a chain), built from
     the first layer's ``input_shape`` or, lazily, from the first data it sees."""
 
-    def __init__(self, layers=None, name: str | None = None):
+    def __init__(self, layers=None, name: str | None = None, trainable: bool = True):
         self.name = name or "sequential"
         self.layers: list[Layer] = []
+        self._trainable = bool(trainable)
         self._init_trainer()
         self._built = False
         self._input_shape: tuple | None = None
@@ -479,9 +606,12 @@ class Sequential(Model):
             raise ValueError("the model is not built: give the first layer input_shape=..., call build((None, ...)), "
                              "or call fit/predict with data first")
         self._assign_names()
+        for layer in self._flat_layers():
+            layer._model = self
         s = tuple(shape)
         for layer in self.layers:
             s = layer._build(s)
+            layer._check_batched_output()
         self._input_shape, self._output_shape = tuple(shape), s
         self._built = True
 
@@ -526,12 +656,12 @@ class Sequential(Model):
                                  "(graphc.nn.Model(inputs, outputs))")
         for layer in self.layers[:-1]:
             kw = {"mask": mask} if mask is not None and _takes_mask(layer) else {}
-            x, h = h, layer.call(h, training, **kw)
+            x, h = h, call_layer(layer, h, training, **kw)
             mask = layer.compute_mask(x, mask) if mask is not None or layer.supports_masking else None
         last = self.layers[-1]
         kw = {"mask": mask} if mask is not None and _takes_mask(last) else {}
         pre, act = last.call_split(h, training, **kw)
-        return [(last.call(h, training, **kw), pre, act)]
+        return [(call_layer(last, h, training, **kw), pre, act)]
 
     def _input_dtype(self) -> str:
         """What the model is fed: float32, an InputLayer's dtype, or int64 ids when the first

@@ -85,7 +85,7 @@ class BatchNormalization(Layer):
                                                trainable=False)
 
     def call(self, x, training=False):
-        if training:
+        if training and self.trainable:  # a frozen BatchNormalization runs in inference mode (Keras 3)
             mean, var = F.moments(x, self._reduce)
             # the model may apply its output layer twice to the same tensor (call, call_split):
             # that is one call, so one update; a second call on another tensor chains on the first
