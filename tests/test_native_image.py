@@ -177,7 +177,8 @@ def test_an_unresolvable_symbol_is_refused_before_anything_is_loaded(private_cac
     sym, native_name, obj = _objects(p)[-1]
     if kernels_by == "graphc":  # that object is loaded already: the same kernel under another name is not
         from graphc.backends.cpu import kernels
-        sym, native_name, obj, _ = kernels.compile_kernel("graphc_probe_unresolvable", p.kernel_paths[-1].read_text())
+        sym, native_name, obj, _ = kernels.compile_kernel("graphc_probe_unresolvable", p.kernel_paths[-1].read_text(),
+                                                       p.entries[p.kernel_paths[-1].stem])
     import hashlib
     monkeypatch.setattr(native, "undefined_symbols", lambda o: ["graphc_no_such_symbol_anywhere"])
     why = native.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)])

@@ -202,6 +202,21 @@ KERNEL = textwrap.dedent('''
 ''')
 
 
+def describe(src: str):
+    """The entry description (entry.EntryDesc) of a kernel text written here by hand (the
+    emitter hands its own kernels' descriptions to the compilers)."""
+    import ast
+    from graphc.backends.cpu.entry import EntryDesc
+    from graphc.backends.cpu.intrinsics import DIALECT
+    (fn,) = [n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.decorator_list]
+    sig = fn.decorator_list[0].args[0].value  # 'int64(voidptr, int64, ...)'
+    ctypes_ = [t.strip() for t in sig[sig.index("(") + 1:-1].split(",") if t.strip()]
+    calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    dtypes = tuple((c.args[0].id, ast.unparse(c.args[2]).removeprefix("np.")) for c in calls if c.func.id == "view")
+    return EntryDesc(fn.name, tuple(zip((a.arg for a in fn.args.args), ctypes_)), "int64", dtypes,
+                     tuple(sorted({c.func.id for c in calls if c.func.id in DIALECT})))
+
+
 def both(tmp_path, module: str, src: str):
     """The kernel entry of ``src`` compiled by graphc (kernels.py) and by Numba, each as a
     ctypes function of its C signature: (ours, theirs); None where graphc refuses it."""
@@ -211,7 +226,8 @@ def both(tmp_path, module: str, src: str):
     import llvmlite.binding as ll
     from graphc.backends.cpu import native
     try:
-        sym, native_name, obj, _ = kernels.compile_kernel(module, src)
+        desc = describe(src)
+        sym, native_name, obj, _ = kernels.compile_kernel(module, src, desc)
     except Unsupported:
         return None
     assert native.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)]) is None
@@ -220,10 +236,9 @@ def both(tmp_path, module: str, src: str):
     spec = importlib.util.spec_from_file_location(module, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    entry, params = kernels.entry_of(src)
     c = {"voidptr": ctypes.c_void_p, "int64": ctypes.c_int64, "float32": ctypes.c_float, "float64": ctypes.c_double}
-    proto = ctypes.CFUNCTYPE(ctypes.c_int64, *(c[p] for p in params))
-    return proto(ll.address_of_symbol(sym)), proto(getattr(mod, entry).address)
+    proto = ctypes.CFUNCTYPE(ctypes.c_int64, *(c[p] for p in desc.ctypes))
+    return proto(ll.address_of_symbol(sym)), proto(getattr(mod, desc.name).address)
 
 
 def test_odd_values_give_numbas_bits(tmp_path):
@@ -253,7 +268,7 @@ def test_forms_outside_the_subset_are_refused(body, why):
     src = ("@cfunc('int64(voidptr, int64)', cache=True, error_model='numpy')\n"
            "def kernel_x(x_ptr, x_n0):\n    x = view(x_ptr, (x_n0,), np.float32)\n" + body + "    return 0\n")
     with pytest.raises(Unsupported, match=why):
-        kernels.compile_kernel("graphc_refused", src)
+        kernels.compile_kernel("graphc_refused", src, describe(src))
 
 
 @pytest.fixture

@@ -95,14 +95,8 @@ def profiler(prog, args: list) -> tuple[Callable, int]:
     infos = prog.module.kernels
     n = len(infos)
     if getattr(prog, "native", False):  # graphc's own driver: its twin calls the very kernels that run
-        from ..backends.cpu import native
         text = profile_source(prog.module.source, [(k.name, k.function) for k in infos], "clock_tick")
-        kinds, expect = prog.native_kinds()
-        sigs = native.entry_signatures([p.read_text() for p in prog.kernel_paths])
-        try:
-            twin, _ = native.native_driver(text, [*kinds, "p"], sigs, [*expect, None])
-        except native.Unsupported:
-            twin = None
+        twin = prog.native_twin(text)
         if twin is not None:
             status = twin(*args, np.zeros(n + 5, np.int64))
             if status:

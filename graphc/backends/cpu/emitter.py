@@ -24,11 +24,13 @@ from ..base import (FunctionTable, KernelInfo, index_checks, local_names, out_by
 from ..cache import numba_version
 from ..expr import leaf_index, literal, node_expr, reduce_init, reduce_step
 from . import allreduce
+from .entry import EntryDesc
+from .intrinsics import DIALECT, import_line
 from ...ops.indexing import around
 
 PRANGE_MIN = 16384  # elements: below this waking the thread pool costs more than it saves
-# GEMMs call BLAS through graphc's own intrinsic, not np.dot (blas.py says why)
-GEMM_IMPORT = "from graphc.backends.cpu.blas import gemm\n"
+# what every kernel module imports (intrinsics.py; the others are imported where used)
+HEADER_INTRINSICS = ("exp32", "fill", "view")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Module:
     kernels: list[KernelInfo] = field(default_factory=list)
     functions: int = 0
     kernel_modules: dict = field(default_factory=dict)  # module name -> source, imported by the driver
+    entries: dict = field(default_factory=dict)  # module name -> its entry's description (entry.EntryDesc)
     # check_numerics: status NUMERICS_STATUS + i means that a value of numerics[i] =
     # ([(label, output index, node), ...], kernel description) is not finite (the values of
     # one kernel share a check; checks run in the order the kernels computed the values)
@@ -90,7 +93,13 @@ class Template:
     params: tuple
     body: tuple
     parallel: bool
-    imports: str = ""  # lines its module needs (the all-reduce's intrinsic)
+    imports: str = ""  # lines its module needs (intrinsics imported from elsewhere than views.py)
+    intrinsics: tuple = ()  # the dialect's intrinsics its body calls (intrinsics.DIALECT)
+    raises: tuple = ()  # messages of its error path: the body returns -1 there and the driver raises
+
+
+# an intrinsic's import line (as given to ``function`` instead of its name) -> its name
+_IMPORTED = {import_line(n): (n,) for n in DIALECT}
 
 
 def _literal_dtype(text: str) -> np.dtype:
@@ -114,6 +123,7 @@ class _Emitter:
         self.layout = store_layout
         self.functions = FunctionTable()
         self._exported: set[str] = set()
+        self.entries: dict[str, EntryDesc] = {}  # function name -> its native entry's description
         self.lines: list[str] = []
         self.flat: dict[int, str] = {}  # id(node) -> driver expression of its flat 1-D buffer
         self.args: list[tuple[str, object]] = []
@@ -186,10 +196,17 @@ class _Emitter:
         return e
 
     # ---- kernel functions ------------------------------------------------------------------------
-    def function(self, params: list[str], body: list[str], parallel: bool, imports: str = "") -> "Template":
+    def function(self, params: list[str], body: list[str], parallel: bool, imports: str = "",
+                 intrinsics: tuple = (), raises: tuple = ()) -> "Template":
         """A kernel's text over its parameters (arrays of any layout, scalars); ``entry``
-        makes it a native function for the operands of a call."""
-        return Template(tuple(params), tuple(body), parallel, imports)
+        makes it a native function for the operands of a call. ``intrinsics``: those its body
+        calls (their import lines are written here); ``imports``: an intrinsic's import line
+        given as text instead; ``raises``: the messages of the ``return -1`` lines of its body."""
+        uses = tuple(intrinsics) + _IMPORTED.get(imports, ())
+        if imports and not _IMPORTED.get(imports):
+            raise AssertionError(f"imports {imports!r} are not an intrinsic's (intrinsics.DIALECT)")
+        imports = imports or "".join(import_line(n) for n in uses if n not in HEADER_INTRINSICS)
+        return Template(tuple(params), tuple(body), parallel, imports, tuple(sorted(set(uses))), tuple(raises))
 
     def entry(self, t: "Template", args: list, tag: str = "kernel") -> tuple[str, list[str]]:
         """The native entry of template ``t`` for operands ``args``: a ``cfunc`` with an
@@ -200,7 +217,7 @@ class _Emitter:
         arguments)."""
         if len(args) != len(t.params):
             raise AssertionError(f"{len(args)} operands for the parameters {t.params}")
-        params, sig, prologue, call = [], [], [], []
+        params, sig, prologue, call, dtypes = [], [], [], [], []
         for p, a in zip(t.params, args):
             if isinstance(a, str):  # a literal (loop extents, strides, fill values)
                 a = Val(a, _literal_dtype(a))
@@ -208,6 +225,7 @@ class _Emitter:
                 dims = [f"{p}_n{i}" for i in range(len(a.shape))]
                 params += [f"{p}_ptr", *dims]
                 sig += ["voidptr"] + ["int64"] * len(dims)
+                dtypes.append((f"{p}_ptr", _dtname(a.dtype)))
                 call += [a.ptr, *map(str, a.shape)]
                 e = f"view({p}_ptr, ({', '.join(dims)},), np.{_dtname(a.dtype)})"
                 if a.perm == (1, 0):
@@ -218,6 +236,7 @@ class _Emitter:
             elif isinstance(a, At):
                 params.append(f"{p}_ptr")
                 sig.append("voidptr")
+                dtypes.append((f"{p}_ptr", _dtname(a.dtype)))
                 call.append(a.ptr)
                 prologue.append(f"    {p} = view({p}_ptr, (1,), np.{_dtname(a.dtype)})[0]")
             elif isinstance(a, Full):
@@ -265,6 +284,8 @@ class _Emitter:
         name = self.functions.add(deco, params, text, tag)
         if name not in self._exported:
             self._exported.add(name)
+            uses = tuple(sorted(set(t.intrinsics) | ({"view"} if dtypes else set())))
+            self.entries[name] = EntryDesc(name, tuple(zip(params, sig)), "int64", tuple(dtypes), uses, t.raises)
             # the module binds the entry's address to its symbol; the driver imports the name
             # as the external function it calls
             self.functions.sources[name] += f"\n\n_cfunc = {name}\n{name} = export({name!r}, _cfunc)\n"
@@ -441,13 +462,14 @@ class _Emitter:
             body.append("    pass")
         if chk:
             body.append("    return bad")
-        fn = self.function(params, body, par, GEMM_IMPORT if mm is not None else "")
+        uses = (("gemm",) if mm is not None else ()) + (("fill",) if k.reductions and suffix is None else ())
+        fn = self.function(params, body, par, intrinsics=uses)
         return fn, args, " ".join(vmap), par
 
     def matmul_kernel(self, k: Kernel):
         mm = k.matmul
         a, b = (k.leaves[id(x)] for x in mm.inputs)
-        fn = self.function(["ma", "mb", "mo"], ["    gemm(ma, mb, mo)  # matmul (BLAS)"], False, GEMM_IMPORT)
+        fn = self.function(["ma", "mb", "mo"], ["    gemm(ma, mb, mo)  # matmul (BLAS)"], False, intrinsics=("gemm",))
         return fn, [self.view_arg(a), self.view_arg(b), self.nd(mm, mm.shape)], self._site(mm), False
 
     def sce_kernel(self, k: Kernel):
@@ -495,7 +517,7 @@ class _Emitter:
             args.append(self.flat_expr(loss))
         if grad is not None:
             args.append(self.nd(grad, grad.shape))
-        fn = self.function(params, body, par)
+        fn = self.function(params, body, par, intrinsics=("exp32",) if exp == "exp32" else ())
         return fn, args, " ".join(self._site(n) for n in k.nodes), par
 
     # ---- take / scatter-add (ops/indexing.py): operands are row-major arrays ------------------------
@@ -510,13 +532,14 @@ class _Emitter:
         return e if len(shape) == 1 else Arr(e.ptr, e.dtype, tuple(shape))
 
     @staticmethod
-    def _computed_index_check(op: str) -> list[str]:
+    def _computed_index_check(op: str) -> tuple[list[str], tuple]:
         """Fed and constant indices were checked before the step; one computed in the step
-        raises here, before this kernel writes anything (outside any prange loop, which
-        must have a single exit)."""
-        return ["    for i in range(m):",
-                "        if y[i] < 0 or y[i] >= n:",
-                f"            raise ValueError('{op}: an index computed in the step is out of range')"]
+        makes the entry return -1 here, before this kernel writes anything (outside any prange
+        loop, which must have a single exit), and the driver raise the message (a native
+        entry cannot raise). Returns (lines, the messages for ``function``'s ``raises``)."""
+        return (["    for i in range(m):",
+                 "        if y[i] < 0 or y[i] >= n:",
+                 "            return -1"], (f"{op}: an index computed in the step is out of range",))
 
     def take_kernel(self, k: Kernel):
         """take: ``o[a, i] = p[a, y[i]]`` with params as (A, n, D) around the axis, the indices
@@ -526,8 +549,9 @@ class _Emitter:
         A, n, D = around(p.shape, t.attrs["axis"])
         m = int(np.prod(y.shape, dtype=np.int64))
         par = self.parallel and A * m > 1 and A * m * D >= PRANGE_MIN
+        check, raises = self._computed_index_check("take")
         body = ["    A, n, D = p.shape",
-                "    m = y.shape[0]"] + self._computed_index_check("take") + [
+                "    m = y.shape[0]"] + check + [
                 f"    for q in {'prange' if par else 'range'}(A * m):",
                 "        a = q // m",
                 "        i = q - a * m",
@@ -535,7 +559,7 @@ class _Emitter:
                 "        for c in range(D):",
                 "            o[a, i, c] = p[a, j, c]  # take"]
         args = [self._dense_arg(k, p, (A, n, D)), self._dense_arg(k, y, (m,)), self.nd(t, (A, m, D))]
-        return self.function(["p", "y", "o"], body, par), args, self._site(t), par
+        return self.function(["p", "y", "o"], body, par, raises=raises), args, self._site(t), par
 
     def scatter_add_kernel(self, k: Kernel):
         """take_grad: zero-fill, then ``o[a, y[i]] += g[a, i]`` in index order (duplicates
@@ -545,8 +569,9 @@ class _Emitter:
         A, n, D = around(t.shape, t.attrs["axis"])
         m = int(np.prod(y.shape, dtype=np.int64))
         par = self.parallel and A > 1 and A * n * D >= PRANGE_MIN
+        check, raises = self._computed_index_check("take_grad")
         body = ["    A, n, D = o.shape",
-                "    m = y.shape[0]"] + self._computed_index_check("take_grad") + [
+                "    m = y.shape[0]"] + check + [
                 f"    for a in {'prange' if par else 'range'}(A):",
                 "        for j in range(n):",
                 "            for c in range(D):",
@@ -556,7 +581,7 @@ class _Emitter:
                 "            for c in range(D):",
                 "                o[a, j, c] += g[a, i, c]  # take_grad: scatter-add in index order"]
         args = [self._dense_arg(k, g, (A, m, D)), self._dense_arg(k, y, (m,)), self.nd(t, (A, n, D))]
-        return self.function(["g", "y", "o"], body, par), args, self._site(t), par
+        return self.function(["g", "y", "o"], body, par, raises=raises), args, self._site(t), par
 
     # ---- slice / pad / concatenate (ops/slicing.py): one pass, operands read through views ---------
     def _view_operand(self, v: View):
@@ -667,7 +692,7 @@ class _Emitter:
         body = ["    for i in range(o.shape[0]):",
                 f"        gemm(a[i]{ta}, b[i]{tb}, o[i])  # batch_matmul (BLAS)"]
         args = [self._dense_arg(k, a, a.shape), self._dense_arg(k, b, b.shape), self.nd(n, n.shape)]
-        return self.function(["a", "b", "o"], body, False, GEMM_IMPORT), args, self._site(n), False
+        return self.function(["a", "b", "o"], body, False, intrinsics=("gemm",)), args, self._site(n), False
 
     def _window_loops(self, n: Node, what: str, size: int) -> tuple[list[str], bool]:
         """The loop nest shared by the window kernels: images in parallel (prange) when large,
@@ -1011,7 +1036,7 @@ class _Emitter:
                 raise CompileError(f"the cpu backend has no lowering for kernel kind {k.kind!r} "
                                    f"({', '.join(site(n, self.local) for n in k.nodes)})")
             t, args, vmap, par = lowering(self, k)
-            t, raises = _status_raises(t)
+            raises = sorted(set(t.raises))
             fn, call = self.entry(t, args)
             fused = [n.op for n in k.all_nodes]
             self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
@@ -1022,7 +1047,7 @@ class _Emitter:
                 counters[k.name] = f"bad_{k.name}"
                 self.lines.append(f"    bad_{k.name} = {fn}({', '.join(call)})  # {vmap}")
                 for msg in raises:
-                    self.lines += [f"    if bad_{k.name} < 0:", f"        raise ValueError({msg})"]
+                    self.lines += [f"    if bad_{k.name} < 0:", f"        raise ValueError({msg!r})"]
             else:
                 self.lines.append(f"    {fn}({', '.join(call)})  # {vmap}")
             self.infos.append(KernelInfo(k.name, fn, k.kind, tuple(k.shape), fused, k.all_nodes, k.outputs,
@@ -1050,7 +1075,7 @@ class _Emitter:
             "import numpy as np",
             "from numba import cfunc, njit, prange",
             "from graphc.backends.cpu.program import export",
-            "from graphc.backends.cpu.views import exp32, fill, view",
+            import_line(*HEADER_INTRINSICS).rstrip("\n"),
             "",
         ]
         # each kernel is a module of its own, named by the hash of its text: programs that
@@ -1068,29 +1093,14 @@ class _Emitter:
                 body.append(line[:len(line) - len(stmt)] + "restore_fpenv(fpcsr)")
             body.append(line)
         driver = ["@njit(cache=True, nogil=True, error_model='numpy')", f"def step({', '.join(params)}):"] + body
-        dheader = header[:4] + ["from numba import njit", "from graphc.backends.cpu.fpenv import flush_subnormals, restore_fpenv", ""]
+        dheader = header[:4] + ["from numba import njit", import_line("flush_subnormals", "restore_fpenv").rstrip("\n"), ""]
         annotated = "\n".join(dheader + imports) + "\n\n\n" + "\n".join(driver) + "\n"
         # the user's file:line stays out of the written text: editing their script above the
         # model changes neither the driver's name nor its Numba cache entry
         functions = len({info.function for info in self.infos})
-        return Module(without_provenance(annotated), self.args, self.infos, functions, kernel_modules,
+        entries = {owner[name]: desc for name, desc in self.entries.items()}
+        return Module(without_provenance(annotated), self.args, self.infos, functions, kernel_modules, entries,
                       checks, with_provenance(annotated))
-
-
-def _status_raises(t: Template) -> tuple[Template, list[str]]:
-    """A kernel's ``raise ValueError('...')`` lines become ``return -1`` (a native entry
-    cannot raise); returns the template and the messages, which the driver raises."""
-    body, msgs = [], []
-    for line in t.body:
-        s = line.strip()
-        if s.startswith("raise ValueError(") and s.endswith(")"):
-            msgs.append(s[len("raise ValueError("):-1])
-            body.append(line[:len(line) - len(line.lstrip())] + "return -1")
-        else:
-            body.append(line)
-    if not msgs:
-        return t, []
-    return Template(t.params, tuple(body), t.parallel, t.imports), sorted(set(msgs))
 
 
 # The cpu lowering of each kernel kind: ``(emitter, kernel) -> (template, operands, value map

@@ -31,9 +31,9 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
-import re
 
-from .intrinsics import ALLREDUCE, XXGEMM, exp32_ir
+from .entry import EntryDesc
+from .intrinsics import ALLREDUCE, DIALECT, XXGEMM, exp32_ir
 from .native import Unsupported, _callee, _dotted, _jit, _Lowering
 
 B, I, U, F, D = "b", "i", "u", "f", "d"  # bool, int64, uint64, float32, float64
@@ -47,7 +47,6 @@ _EXTERN = {"math.sqrt": ("sqrtf", "sqrt"), "math.tanh": ("tanhf", "tanh"), "math
            "math.log2": ("log2f", "log2"), "math.log10": ("log10f", "log10")}
 _INTRINSIC = {"math.exp": "llvm.exp", "math.log": "llvm.log", "math.sin": "llvm.sin", "math.cos": "llvm.cos",
               "math.fabs": "llvm.fabs"}
-_SIG = re.compile(r"@cfunc\('int64\(([^']*)\)'[^\n]*\)\ndef (\w+)\(")
 
 
 def enabled() -> bool:
@@ -103,15 +102,6 @@ class Arr:
         self.ptr, self.kind, self.ety, self.dims, self.strides, self.layout = ptr, kind, ety, dims, strides, layout
 
 
-def entry_of(source: str) -> tuple[str, list[str]]:
-    """(entry name, C parameter types) of a kernel module's ``cfunc`` entry."""
-    found = _SIG.findall(source)
-    if len(found) != 1:
-        raise Unsupported("not one cfunc entry")
-    params, name = found[0]
-    return name, [p.strip() for p in params.split(",") if p.strip()]
-
-
 def native_name(module: str) -> str:
     return f"graphc_native_{module}"
 
@@ -119,11 +109,11 @@ def native_name(module: str) -> str:
 _OBJECTS: dict[str, bytes] = {}  # digest of module name and text -> object code (compiled once per process)
 
 
-def compile_kernel(module: str, source: str) -> tuple[str, str, bytes, bool]:
+def compile_kernel(module: str, source: str, desc: EntryDesc) -> tuple[str, str, bytes, bool]:
     """(symbol, native name, object code, whether it was compiled now rather than earlier in
-    this process) of the kernel module ``module`` (its text ``source``); raises
-    ``Unsupported`` for a kernel outside the translated subset."""
-    name, ctypes_ = entry_of(source)
+    this process) of the kernel module ``module`` (its text ``source``, its entry described
+    by ``desc``: the emitter's signature, operand dtypes and intrinsics, which the text is
+    checked against); raises ``Unsupported`` for a kernel outside the translated subset."""
     ll = _jit()[0]
     if not hasattr(ll, "create_pass_builder"):  # an older llvmlite: Numba compiles the kernels
         raise Unsupported("this llvmlite has no bindings of the new pass manager")
@@ -131,7 +121,7 @@ def compile_kernel(module: str, source: str) -> tuple[str, str, bytes, bool]:
     obj = _OBJECTS.get(key)
     fresh = obj is None
     if fresh:
-        ir_text = _Kernel(source, name, ctypes_).module(native_name(module))
+        ir_text = _Kernel(source, desc).module(native_name(module))
         mod = ll.parse_assembly(ir_text)
         mod.verify()
         tm = _kernel_tm(ll)
@@ -141,7 +131,7 @@ def compile_kernel(module: str, source: str) -> tuple[str, str, bytes, bool]:
         pb = ll.create_pass_builder(tm, pto)
         pb.getModulePassManager().run(mod, pb)
         obj = _OBJECTS[key] = tm.emit_object(mod)
-    return f"graphc_{name}", native_name(module), obj, fresh
+    return desc.symbol, native_name(module), obj, fresh
 
 
 _TM: list = []
@@ -161,11 +151,11 @@ def _kernel_tm(ll):
 class _Kernel(_Lowering):
     """One ``cfunc`` entry's ``def`` -> an LLVM module (text) defining it as a C function."""
 
-    def __init__(self, source: str, name: str, ctypes_: list[str]):
+    def __init__(self, source: str, desc: EntryDesc):
         from llvmlite import ir
         self.ir = ir
         tree = ast.parse(source)
-        fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+        fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == desc.name]
         if len(fns) != 1 or not fns[0].decorator_list or _callee(fns[0].decorator_list[0]) != "cfunc":
             raise Unsupported("no single cfunc entry")
         deco = fns[0].decorator_list[0]
@@ -173,9 +163,9 @@ class _Kernel(_Lowering):
             raise Unsupported("an error model other than numpy")
         self.fn_ast = fns[0]
         self.params = [a.arg for a in self.fn_ast.args.args]
-        if len(self.params) != len(ctypes_):
-            raise Unsupported("parameters and signature differ")
-        self.ctypes = ctypes_
+        if self.params != [p for p, _ in desc.args] or desc.ret != "int64":
+            raise Unsupported("the entry's parameters are not its description's")
+        self.desc, self.ctypes = desc, desc.ctypes
         self.i1, self.i8, self.i32, self.i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
         self.f32, self.f64 = ir.FloatType(), ir.DoubleType()
         self.irtype = {B: self.i1, I: self.i64, U: self.i64, F: self.f32, D: self.f64, W: self.i32}
@@ -292,7 +282,7 @@ class _Kernel(_Lowering):
                 raise Unsupported("continue/break outside a loop")
             b.branch(self.loops[-1][0 if isinstance(s, ast.Continue) else 1])
         elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
-            name = _callee(s.value)
+            name = self._intrinsic(_callee(s.value))
             if name == "fill" and len(s.value.args) == 2:
                 self._fill(self._array(s.value.args[0]), self._expr(s.value.args[1]))
             elif name == "gemm" and len(s.value.args) == 3:
@@ -387,16 +377,25 @@ class _Kernel(_Lowering):
             raise Unsupported("an array expected")
         return v
 
+    def _intrinsic(self, name: str) -> str:
+        """``name``, checked: a dialect intrinsic the entry's description does not list is refused."""
+        if name in DIALECT and name not in self.desc.intrinsics:
+            raise Unsupported(f"{name} is not among the entry's intrinsics {self.desc.intrinsics}")
+        return name
+
     def _view(self, e) -> Arr:
         if len(e.args) != 3 or e.keywords:
             raise Unsupported("view arguments")
         p, shape, dt = e.args
         if not (isinstance(p, ast.Name) and self.env.get(p.id, ("",))[0] == "ptr"):
             raise Unsupported("view of something else than a pointer parameter")
-        dtname = _dotted(dt).removeprefix("np.")
+        self._intrinsic("view")
+        dtname = self.desc.dtype_of(p.id)  # the operand's dtype as the emitter described it
+        if _dotted(dt) != f"np.{dtname}":
+            raise Unsupported(f"view of {p.id} as {ast.unparse(dt)}, described as {dtname}")
         kind = _DTYPES.get(dtname)
         if kind is None:
-            raise Unsupported(f"view dtype {ast.unparse(dt)}")
+            raise Unsupported(f"view dtype {dtname}")
         dims = self._value(shape)
         if not isinstance(dims, list) or not dims:
             raise Unsupported("view shape")
@@ -770,6 +769,7 @@ class _Kernel(_Lowering):
             if cast == B:
                 return self._truth(v), B
             return self._cast(v, cast), cast
+        name = self._intrinsic(name)
         if name == "exp32" and len(args) == 1:
             v = self._expr(args[0])
             if v[1] != F:

@@ -24,19 +24,18 @@ import ast
 import ctypes
 import hashlib
 import os
-import re
 import sys
 import threading
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
+from .entry import EntryDesc
 from .intrinsics import X86, XXGEMM, mxcsr_flush, mxcsr_restore
 
 RAISED_STATUS = 2_000_000  # above NUMERICS_STATUS's range: a kernel's raise, by message index
 FEED_MISMATCH = -2  # a feed's rank, shape, dtype or contiguity is not the program's: nothing ran
 
-_SIG = re.compile(r"@cfunc\('int64\(([^']*)\)'[^\n]*\)\ndef (\w+)\(")
 _INTS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64, "uint8": 8, "uint16": 16, "uint32": 32,
          "uint64": 64, "voidptr": 64}
 
@@ -47,15 +46,6 @@ class Unsupported(Exception):
 
 def enabled() -> bool:
     return os.environ.get("GRAPHC_NATIVE_DRIVER", "1") != "0"
-
-
-def entry_signatures(kernel_sources: list[str]) -> dict[str, list[str]]:
-    """``{entry name: [C parameter types]}`` of every ``cfunc`` entry in these modules."""
-    out = {}
-    for text in kernel_sources:
-        for params, name in _SIG.findall(text):
-            out[name] = [p.strip() for p in params.split(",") if p.strip()]
-    return out
 
 
 # ---- one LLVM JIT for the process -----------------------------------------------------------------
@@ -119,17 +109,19 @@ def expect_of(dtype, shape) -> tuple:
     return (id(dt), tuple(nums), swapped, tuple(int(d) for d in shape))
 
 
-def native_driver(source: str, kinds: list[str], sigs: dict[str, list[str]],
+def native_driver(source: str, kinds: list[str], entries: Mapping[str, EntryDesc],
                   expect: list | None = None) -> tuple[Callable, list[str]]:
     """The driver of ``source`` (its ``def step(...)``) as a builtin callable, and the
     messages of its raise statuses. ``kinds``: each parameter's argument kind, in order ("p"
-    an ndarray, "d" a float, "i" an int, "b" a bool). ``expect``: per parameter, None or
+    an ndarray, "d" a float, "i" an int, "b" a bool). ``entries``: the kernel entries it may
+    call, by name (the emitter's descriptions: their C signatures). ``expect``: per parameter, None or
     ``expect_of(dtype, shape)`` an ndarray argument must have, C-contiguous: checked on the
     array object itself (its ``nd``, ``dimensions``, ``descr`` and ``flags``), anything else
     returns ``FEED_MISMATCH`` before anything runs. Compiled once per process and text
     (the dtype's address makes the code this process's own)."""
     _check_abi()
     expect = list(expect) if expect is not None else [None] * len(kinds)
+    sigs = {name: d.ctypes for name, d in entries.items()}
     key = hashlib.sha256(repr((source, kinds, sorted(sigs.items()), expect)).encode()).hexdigest()
     with _LOCK:
         hit = _DRIVERS.get(key)

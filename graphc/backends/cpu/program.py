@@ -17,6 +17,7 @@ from ...errors import CompileError
 from ...ir import fmt_shape
 from ...numerics import NUMERICS_STATUS, checked_values, numerics_error
 from ..base import CompileStats, Lowered, describe_modules
+from .entry import EntryDesc
 from .native import RAISED_STATUS
 
 
@@ -126,6 +127,9 @@ class CpuProgram:
         self._layout = layout
         self.path = d / f"{layout['driver']}.py"
         self.kernel_paths = [d / f"{k}.py" for k in layout["kernels"]]
+        # each kernel module's entry as the emitter described it (signature, operand dtypes,
+        # intrinsics): what graphc's compilers take instead of reading them from the text
+        self.entries = {m: EntryDesc.from_json(e) for m, e in layout["entries"].items()}
         self._args = [(kind, np.dtype(key) if kind in ("store", "scratch") else key) for kind, key in layout["args"]]
         self._any_parallel = layout["parallel"]
         self.scratch = {np.dtype(dt): np.zeros(max(int(n), 1), dtype=dt) for dt, n in layout["scratch"].items()}
@@ -248,6 +252,21 @@ class CpuProgram:
             expect.append(expect_of(spec[0], spec[1]) if spec else None)
         return kinds, expect
 
+    def entry_names(self) -> dict:
+        """The kernel entries the driver calls, by name (native.native_driver's ``entries``)."""
+        return {e.name: e for e in self.entries.values()}
+
+    def native_twin(self, text: str):
+        """Driver text ``text`` with one more parameter (an int64 array: graphc/explain's
+        profiling twin, which writes its clock reads there) compiled by graphc's translator
+        over this program's kernel entries; None where it is not translated."""
+        from . import native
+        kinds, expect = self.native_kinds()
+        try:
+            return native.native_driver(text, [*kinds, "p"], self.entry_names(), [*expect, None])[0]
+        except native.Unsupported:
+            return None
+
     def _native_driver(self) -> bool:
         """Compile the driver text with graphc's own translator (native.py) instead of Numba;
         False (the Numba driver is used) where it meets a form it does not translate."""
@@ -256,8 +275,7 @@ class CpuProgram:
             return False
         kinds, expect = self.native_kinds()
         try:
-            sigs = native.entry_signatures([p.read_text() for p in self.kernel_paths])
-            self._driver, self._raised = native.native_driver(self.path.read_text(), kinds, sigs, expect)
+            self._driver, self._raised = native.native_driver(self.path.read_text(), kinds, self.entry_names(), expect)
         except native.Unsupported as e:
             from ...logs import enabled, log
             if enabled("cache"):
@@ -283,7 +301,7 @@ class CpuProgram:
         compiled, through_numba, fresh = {}, [], 0
         for p in self.kernel_paths:
             try:
-                compiled[p.stem] = kernels.compile_kernel(p.stem, p.read_text())
+                compiled[p.stem] = kernels.compile_kernel(p.stem, p.read_text(), self.entries[p.stem])
                 fresh += compiled[p.stem][3]
             except native.Unsupported as e:
                 if enabled("cache"):
@@ -526,6 +544,7 @@ def runtime_layout(module, lowered: Lowered, path, kernel_paths) -> dict:
              and all(isinstance(d, (int, np.integer)) for d in inputs[key].shape)}
     outputs = [_reader_spec(n, plan) for n in graph.outputs[:k]]
     return {"driver": path.stem, "kernels": [p.stem for p in kernel_paths],
+            "entries": {m: e.to_json() for m, e in module.entries.items()},
             "args": [[kind, np.dtype(key).str if kind in ("store", "scratch") else key] for kind, key in module.args],
             "scratch": {np.dtype(dt).str: int(n) for dt, n in plan.arena_sizes.items()},
             "consts": consts, "outputs": outputs, "scalars": scalars, "feeds": feeds,
