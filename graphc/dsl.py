@@ -407,8 +407,12 @@ def std(x, axis=None, keepdims: bool = False) -> Node:
 
 def _arg_extreme(op: str, x, axis: int, keepdims: bool, sign: float) -> Node:
     x = _lift(x)
-    if isinstance(axis, (tuple, list)) or axis is None:
-        raise _fail(ShapeError, op, "takes one int axis (flatten first for a global index)", x)
+    if axis is None:  # NumPy's: the index into the flattened x
+        if keepdims:
+            return reshape(_arg_extreme(op, reshape(x, (-1,)), 0, False, sign), (1,) * x.ndim)
+        x, axis = reshape(x, (-1,)), 0
+    if isinstance(axis, (tuple, list)):
+        raise _fail(ShapeError, op, "takes one int axis (or None: the index into the flattened x)", x)
     (ax,) = _checked_axes(op, x, axis)
     n = x.shape[ax]
     if n is None:
@@ -879,6 +883,348 @@ def log_sigmoid(x) -> Node:
     return _float_unary("log_sigmoid", x)
 
 
+# ---- more reductions: min, prod, any, all, norm, cumsum, cumprod ----------------------------
+
+def _no_empty(op: str, x: Node, axes: tuple) -> None:
+    if builtins.any(x.shape[a] == 0 for a in axes):
+        raise _fail(ShapeError, op, "zero-size array to a reduction that has no identity (as NumPy)", x)
+
+
+def min(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's name)
+    """``np.min``: NaN propagates (the minimum is NaN if any element along ``axis`` is); the
+    gradient is shared equally between tied minima (as JAX's)."""
+    x = _lift(x)
+    axes = _checked_axes("min", x, axis)
+    _no_empty("min", x, axes)
+    return make("min", (x,), {"axes": axes, "keepdims": bool(keepdims)})
+
+
+def prod(x, axis=None, keepdims: bool = False) -> Node:
+    """``np.prod`` over ``axis`` (1 for an empty axis); the gradient is exact with zeros among
+    the factors (the product of the other factors, no division by zero)."""
+    x = _lift(x)
+    axes = _checked_axes("prod", x, axis)
+    return make("prod", (x,), {"axes": axes, "keepdims": bool(keepdims)})
+
+
+def _truth(x: Node) -> Node:
+    return x if x.dtype.kind == "b" else not_equal(x, 0)  # NaN is true, as in NumPy
+
+
+def any(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's name)
+    """``np.any``: whether any element along ``axis`` is non-zero (NaN counts); False over an
+    empty axis. Boolean."""
+    x = _lift(x)
+    axes = _checked_axes("any", x, axis)
+    return greater(sum(cast(_truth(x), "int64"), axes, keepdims), 0)
+
+
+def all(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's name)
+    """``np.all``: whether every element along ``axis`` is non-zero (NaN counts); True over an
+    empty axis. Boolean."""
+    x = _lift(x)
+    axes = _checked_axes("all", x, axis)
+    return equal(sum(cast(logical_not(_truth(x)), "int64"), axes, keepdims), 0)
+
+
+def norm(x, ord=None, axis=None, keepdims: bool = False) -> Node:  # noqa: A002 (NumPy's name)
+    """``np.linalg.norm``. Vector norms (``axis`` an int, or ``x`` 1-D): ``ord`` None or 2
+    (Euclidean), 1, ``inf``, ``-inf``, 0 (the count of non-zeros) or any other number p
+    (``sum(|x|**p)**(1/p)``). Matrix norms (``axis`` a pair, or ``x`` 2-D): None or 'fro'
+    (Frobenius), 1 / -1 (max / min column sum of |x|), ``inf`` / ``-inf`` (max / min row
+    sum). With ``ord=None`` and ``axis=None`` the 2-norm of the flattened ``x``, whatever
+    its rank. Spectral and nuclear norms (2, -2, 'nuc': an SVD) are not supported. Integer
+    operands are computed in float64, as NumPy does."""
+    x = _lift(x)
+    if x.dtype.kind != "f":
+        x = cast(x, "float64")
+    if axis is None:
+        if ord is None:
+            y = sqrt(sum(square(x), None, keepdims=True))
+            return y if keepdims else reshape(y, ())
+        if x.ndim not in (1, 2):
+            raise _fail(ShapeError, "norm", f"ord={ord!r} with axis=None needs a 1-D or 2-D operand, "
+                        f"got rank {x.ndim}", x)
+        axis = tuple(range(x.ndim))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    if len(axes) not in (1, 2):
+        raise _fail(ShapeError, "norm", f"axis must be an int or a pair of ints, got {axis!r}", x)
+    norm_axes_ = _checked_axes("norm", x, axes)
+    a = abs(x)
+    if len(axes) == 1:
+        if ord is None or ord == 2:
+            y = sqrt(sum(square(x), axes, keepdims=True))
+        elif ord == 1:
+            y = sum(a, axes, keepdims=True)
+        elif ord == np.inf:
+            y = max(a, axes, keepdims=True)
+        elif ord == -np.inf:
+            y = min(a, axes, keepdims=True)
+        elif ord == 0:
+            y = sum(cast(not_equal(x, 0.0), x.dtype), axes, keepdims=True)
+        elif isinstance(ord, numbers.Real) and not isinstance(ord, bool):
+            y = power(sum(power(a, float(ord)), axes, keepdims=True), 1.0 / float(ord))
+        else:
+            raise _fail(ValueError, "norm", f"invalid ord {ord!r} for a vector norm", x)
+    else:
+        r, c = (a_ % x.ndim for a_ in axes)
+        if r == c:
+            raise _fail(ShapeError, "norm", f"duplicate axes {axis!r}", x)
+        if ord is None or ord == "fro":
+            y = sqrt(sum(square(x), norm_axes_, keepdims=True))
+        elif ord in (1, -1):
+            s = sum(a, r, keepdims=True)
+            y = max(s, c, keepdims=True) if ord == 1 else min(s, c, keepdims=True)
+        elif ord in (np.inf, -np.inf):
+            s = sum(a, c, keepdims=True)
+            y = max(s, r, keepdims=True) if ord > 0 else min(s, r, keepdims=True)
+        else:
+            raise _fail(ValueError, "norm", f"matrix norm ord={ord!r} is not supported (2, -2 and 'nuc' "
+                        "need an SVD); use None/'fro', 1, -1, inf or -inf", x)
+    if keepdims:
+        return y
+    return reshape(y, tuple(d for i, d in enumerate(y.shape) if i not in norm_axes_))
+
+
+def _cumulative(op: str, x, axis, dtype, reverse: bool) -> Node:
+    x = _lift(x)
+    if axis is None:
+        x = reshape(x, (-1,))
+        axis = 0
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise _fail(TypeError, op, f"axis must be an int or None, got {axis!r}", x)
+    (ax,) = _checked_axes(op, x, axis)
+    n = x.shape[ax]
+    if n is None:
+        raise _fail(ShapeError, op, f"axis {ax} is the batch dimension (None): it cannot be scanned", x)
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif x.dtype.kind == "b":
+        x = cast(x, "int64")  # NumPy's
+    i = np.arange(n)
+    mask = (i[None, :] >= i[:, None]) if reverse else (i[None, :] <= i[:, None])  # [out i, in j]
+    mask = const(mask.reshape((n, n) + (1,) * (x.ndim - ax - 1)))
+    xe = expand_dims(x, ax)
+    if op == "cumsum":
+        return sum(where(mask, xe, 0), ax + 1)
+    return prod(where(mask, xe, 1), ax + 1)
+
+
+def cumsum(x, axis: int | None = None, dtype=None, reverse: bool = False) -> Node:
+    """``jnp.cumsum(x, axis, dtype)``: running sums along ``axis`` (None: over the flattened
+    ``x``); ``reverse=True`` sums from the end (``jax.lax.cumsum``'s ``reverse``). Computed as a
+    masked reduction (cost quadratic in the axis length, fused into one loop; no sequential
+    dependence, so it runs on every target in parallel); differentiable."""
+    return _cumulative("cumsum", x, axis, dtype, reverse)
+
+
+def cumprod(x, axis: int | None = None, dtype=None, reverse: bool = False) -> Node:
+    """``jnp.cumprod(x, axis, dtype)``: running products along ``axis`` (see cumsum); the
+    gradient is exact with zeros among the factors."""
+    return _cumulative("cumprod", x, axis, dtype, reverse)
+
+
+# ---- shape helpers (reshapes, slices, broadcasts, gathers of the ops above) -----------------
+
+def squeeze(x, axis=None) -> Node:
+    """``np.squeeze``: drop the size-1 axes (``axis``: only those, each must have size 1).
+    The batch dimension (None) is never dropped."""
+    x = _lift(x)
+    if axis is None:
+        axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
+    else:
+        axes = _checked_axes("squeeze", x, axis)
+        bad = [a for a in axes if x.shape[a] != 1]
+        if bad:
+            raise _fail(ShapeError, "squeeze", f"cannot squeeze axis {bad[0]}: its size is {x.shape[bad[0]]}, "
+                        "not 1", x)
+    return reshape(x, tuple(-1 if d is None else d for i, d in enumerate(x.shape) if i not in axes))
+
+
+def ravel(x) -> Node:
+    """``np.ravel``: ``x`` as 1-D, in row-major order (``x.flatten()`` is the same here)."""
+    x = _lift(x)
+    return x if x.ndim == 1 else reshape(x, (-1,))
+
+
+def flip(x, axis=None) -> Node:
+    """``np.flip``: the order of the elements along ``axis`` (None: every axis) reversed."""
+    x = _lift(x)
+    axes = _checked_axes("flip", x, axis)
+    return _index(x, tuple(builtins.slice(None, None, -1) if i in axes else builtins.slice(None)
+                           for i in range(x.ndim)), "flip")
+
+
+def _static_dims(op: str, x: Node) -> None:
+    if None in x.shape:
+        raise _fail(ShapeError, op, "the batch dimension (None) is not supported here; use a fixed shape", x)
+
+
+def tile(x, reps) -> Node:
+    """``np.tile``: ``x`` repeated ``reps`` times along each axis (``reps`` shorter than the
+    rank applies to the last axes; longer adds leading axes). A broadcast and a reshape."""
+    x = _lift(x)
+    _static_dims("tile", x)
+    reps = (int(reps),) if isinstance(reps, numbers.Integral) else tuple(int(r) for r in reps)
+    if builtins.any(r < 0 for r in reps):
+        raise _fail(ShapeError, "tile", f"reps must be non-negative, got {reps}", x)
+    nd = builtins.max(x.ndim, len(reps))
+    reps = (1,) * (nd - len(reps)) + reps
+    shape = (1,) * (nd - x.ndim) + x.shape
+    inter = tuple(v for d in shape for v in (1, d))
+    big = tuple(v for r, d in zip(reps, shape) for v in (r, d))
+    return reshape(broadcast_to(reshape(x, inter), big), tuple(r * d for r, d in zip(reps, shape)))
+
+
+def repeat(x, repeats, axis: int | None = None) -> Node:
+    """``np.repeat``: each element repeated ``repeats`` times along ``axis`` (None: of the
+    flattened ``x``); ``repeats`` an int (a broadcast) or one int per element (a gather)."""
+    x = _lift(x)
+    if axis is None:
+        x, axis = ravel(x), 0
+    (ax,) = _checked_axes("repeat", x, axis)
+    n = x.shape[ax]
+    if n is None:
+        raise _fail(ShapeError, "repeat", f"axis {ax} is the batch dimension (None)", x)
+    r = np.asarray(repeats)
+    if isinstance(repeats, Node) or r.dtype.kind not in "iu" or r.ndim > 1 or (r < 0).any():
+        raise _fail(ValueError, "repeat", f"repeats must be a non-negative int or a list of them, got {repeats!r}", x)
+    if r.ndim == 1 and r.size != n:
+        raise _fail(ShapeError, "repeat", f"{r.size} repeats for an axis of size {n}", x)
+    if r.ndim == 0:
+        k = int(r)
+        shape = tuple(-1 if d is None else d for d in x.shape)
+        xe = expand_dims(x, ax + 1)
+        big = shape[:ax + 1] + (k,) + shape[ax + 1:]
+        if None in x.shape:
+            return reshape(broadcast_like(xe, zeros_like(xe) + const(np.zeros((k,) + (1,) * (x.ndim - ax - 1),
+                                                                                x.dtype))),
+                           shape[:ax] + (n * k,) + shape[ax + 1:])
+        return reshape(broadcast_to(xe, big), shape[:ax] + (n * k,) + shape[ax + 1:])
+    return take(x, const(np.repeat(np.arange(n), r)), ax)
+
+
+def roll(x, shift, axis=None) -> Node:
+    """``np.roll``: elements shifted by ``shift`` along ``axis`` (ints or matching tuples; None:
+    over the flattened ``x``), those leaving one end entering at the other."""
+    x = _lift(x)
+    if axis is None:
+        return reshape(roll(ravel(x), shift, 0), x.shape if None not in x.shape else
+                       tuple(-1 if d is None else d for d in x.shape))
+    shifts = (shift,) if isinstance(shift, numbers.Integral) else tuple(shift)
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    if len(shifts) == 1 and len(axes) > 1:
+        shifts = shifts * len(axes)
+    if len(axes) == 1 and len(shifts) > 1:
+        axes = axes * len(shifts)
+    if len(shifts) != len(axes):
+        raise _fail(ShapeError, "roll", f"shift {shift!r} and axis {axis!r} do not match", x)
+    total: dict = {}
+    for s, a in zip(shifts, axes):
+        (ax,) = _checked_axes("roll", x, a)
+        total[ax] = total.get(ax, 0) + int(s)
+    for ax, s in total.items():
+        n = x.shape[ax]
+        if n is None:
+            raise _fail(ShapeError, "roll", f"axis {ax} is the batch dimension (None)", x)
+        s = s % n if n else 0
+        if s:
+            lead = (builtins.slice(None),) * ax
+            x = concatenate([_index(x, lead + (builtins.slice(n - s, None),), "roll"),
+                             _index(x, lead + (builtins.slice(0, n - s),), "roll")], ax)
+    return x
+
+
+def moveaxis(x, source, destination) -> Node:
+    """``np.moveaxis``: axes ``source`` moved to positions ``destination`` (the others keep
+    their order). A transpose."""
+    x = _lift(x)
+    src = (source,) if isinstance(source, numbers.Integral) else tuple(source)
+    dst = (destination,) if isinstance(destination, numbers.Integral) else tuple(destination)
+    if len(src) != len(dst):
+        raise _fail(ShapeError, "moveaxis", "source and destination must have the same number of elements", x)
+    src = tuple(_checked_axes("moveaxis", x, a)[0] for a in src)
+    dst = tuple(_checked_axes("moveaxis", x, a)[0] for a in dst)
+    if len(set(src)) != len(src) or len(set(dst)) != len(dst):
+        raise _fail(ShapeError, "moveaxis", "repeated axis", x)
+    order = [a for a in range(x.ndim) if a not in src]
+    for d, s in sorted(zip(dst, src)):
+        order.insert(d, s)
+    return transpose(x, order)
+
+
+def _triangle(op: str, x, k: int, lower: bool) -> Node:
+    x = _lift(x)
+    if x.ndim < 2:
+        raise _fail(ShapeError, op, f"needs an operand of rank >= 2, got rank {x.ndim}", x)
+    n, m = x.shape[-2:]
+    if n is None or m is None:
+        raise _fail(ShapeError, op, "the last two dims must be fixed (not the batch dimension)", x)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise _fail(TypeError, op, f"k must be an int, got {k!r}", x)
+    mask = np.tri(n, m, int(k), dtype=bool) if lower else ~np.tri(n, m, int(k) - 1, dtype=bool)
+    return where(const(mask), x, False if x.dtype.kind == "b" else 0)
+
+
+def tril(x, k: int = 0) -> Node:
+    """``np.tril``: zeros above the ``k``-th diagonal of the last two axes (a causal mask's
+    shape); the gradient is masked the same way."""
+    return _triangle("tril", x, k, True)
+
+
+def triu(x, k: int = 0) -> Node:
+    """``np.triu``: zeros below the ``k``-th diagonal of the last two axes."""
+    return _triangle("triu", x, k, False)
+
+
+# ---- constants (NumPy evaluates them when the graph is built; compile folds them) -----------
+
+def _float_or(dtype, *values):
+    """NumPy's dtype for Python scalars, except that floats default to float32 (graphc's and
+    JAX's default float; params are float32)."""
+    if dtype is not None:
+        return np.dtype(dtype)
+    dt = np.result_type(*[np.asarray(v) for v in values])
+    return DEFAULT_FLOAT if dt == np.float64 and not builtins.any(
+        isinstance(v, (np.ndarray, np.floating)) for v in values) else dt
+
+
+def zeros(shape, dtype: Any = "float32") -> Node:
+    """``np.zeros`` (float32 by default, as ``jnp.zeros``)."""
+    return const(np.zeros(_check_shape(shape, False, "zeros"), dtype))
+
+
+def ones(shape, dtype: Any = "float32") -> Node:
+    """``np.ones`` (float32 by default, as ``jnp.ones``)."""
+    return const(np.ones(_check_shape(shape, False, "ones"), dtype))
+
+
+def full(shape, fill_value, dtype: Any = None) -> Node:
+    """``np.full``; without ``dtype`` a Python float gives float32, an int int64, a bool bool."""
+    return const(np.full(_check_shape(shape, False, "full"), fill_value, _float_or(dtype, fill_value)))
+
+
+def eye(N: int, M: int | None = None, k: int = 0, dtype: Any = "float32") -> Node:
+    """``np.eye``: ones on the ``k``-th diagonal of an ``N x M`` matrix."""
+    return const(np.eye(int(N), None if M is None else int(M), int(k), dtype=dtype))
+
+
+def arange(start, stop=None, step=None, dtype: Any = None) -> Node:
+    """``np.arange``: ints give int64, floats float32 unless ``dtype`` says otherwise."""
+    vals = [v for v in (start, stop, step) if v is not None]
+    a = np.arange(start, stop, step) if step is not None else (np.arange(start, stop) if stop is not None
+                                                               else np.arange(start))
+    return const(a.astype(_float_or(dtype, *vals)))
+
+
+def linspace(start, stop, num: int = 50, endpoint: bool = True, dtype: Any = None) -> Node:
+    """``np.linspace`` (float32 unless ``dtype`` says otherwise; computed in float64 first)."""
+    if int(num) < 0:
+        raise _fail(ValueError, "linspace", f"num must be non-negative, got {num}")
+    a = np.linspace(start, stop, int(num), endpoint=bool(endpoint))
+    return const(a.astype(np.dtype(dtype) if dtype is not None else DEFAULT_FLOAT))
+
+
 # ---- Python operators on tensors ----------------------------------------------------------
 
 def _install_operators() -> None:
@@ -900,6 +1246,25 @@ def _install_operators() -> None:
         "mean": lambda a, axis=None, keepdims=False: mean(a, axis, keepdims),
         "max": lambda a, axis=None, keepdims=False: max(a, axis, keepdims),
         "astype": lambda a, dtype: cast(a, dtype),
+        # NumPy's ndarray methods (graphc's functions of the same names)
+        "min": lambda a, axis=None, keepdims=False: min(a, axis, keepdims),
+        "prod": lambda a, axis=None, keepdims=False: prod(a, axis, keepdims),
+        "any": lambda a, axis=None, keepdims=False: any(a, axis, keepdims),
+        "all": lambda a, axis=None, keepdims=False: all(a, axis, keepdims),
+        "argmax": lambda a, axis=None, keepdims=False: argmax(a, axis, keepdims),
+        "argmin": lambda a, axis=None, keepdims=False: argmin(a, axis, keepdims),
+        "cumsum": lambda a, axis=None, dtype=None: cumsum(a, axis, dtype),
+        "cumprod": lambda a, axis=None, dtype=None: cumprod(a, axis, dtype),
+        "var": lambda a, axis=None, keepdims=False: var(a, axis, keepdims),
+        "std": lambda a, axis=None, keepdims=False: std(a, axis, keepdims),
+        "clip": lambda a, lo, hi: clip(a, lo, hi),
+        "round": lambda a, decimals=0: round(a, decimals),
+        "squeeze": lambda a, axis=None: squeeze(a, axis),
+        "flatten": lambda a: ravel(a),
+        "ravel": lambda a: ravel(a),
+        "transpose": lambda a, *axes: transpose(a, axes[0] if len(axes) == 1 and not isinstance(
+            axes[0], numbers.Integral) else (axes or None)),
+        "swapaxes": lambda a, axis1, axis2: swapaxes(a, axis1, axis2),
     }
     for k, v in ops.items():
         type.__setattr__(Node, k, v)

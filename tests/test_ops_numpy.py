@@ -234,3 +234,161 @@ def test_activations_by_name_in_graphc_nn():
     ref["hard_swish"], ref["swish"] = ref["hard_silu"], ref["silu"]
     for n, got in zip(names, f(x=v)):
         np.testing.assert_allclose(got, ref[n](v), rtol=1e-12, err_msg=n)
+
+
+# ---- reductions, tensor methods, shape helpers and constants -------------------------------
+
+def _reduction_cases(x, b):
+    """(name, graphc value, NumPy reference of the fed values ``v``, ``bv``)."""
+    return [
+        ("min(1)", gc.min(x, 1), lambda v, bv: np.min(v, 1)),
+        ("min keepdims", gc.min(x, (0, 2), keepdims=True), lambda v, bv: np.min(v, (0, 2), keepdims=True)),
+        ("min all", x.min(), lambda v, bv: v.min()),
+        ("max(axis)", x.max(axis=2), lambda v, bv: v.max(axis=2)),
+        ("prod", gc.prod(x, -1), lambda v, bv: np.prod(v, -1)),
+        ("prod all", x.prod(), lambda v, bv: v.prod()),
+        ("any", gc.any(x, 1), lambda v, bv: np.any(v, 1)),
+        ("any bool", gc.any(b, (0, 1), keepdims=True), lambda v, bv: np.any(bv, (0, 1), keepdims=True)),
+        ("all", x.all(2), lambda v, bv: v.all(2)),
+        ("all bool", gc.all(b), lambda v, bv: np.all(bv)),
+        ("norm", gc.norm(x), lambda v, bv: np.linalg.norm(v)),
+        ("norm 1", gc.norm(x, 1, axis=1), lambda v, bv: np.linalg.norm(v, 1, axis=1)),
+        ("norm inf", gc.norm(x, np.inf, axis=-1, keepdims=True), lambda v, bv: np.linalg.norm(v, np.inf, -1, True)),
+        ("norm 3", gc.norm(x, 3, axis=0), lambda v, bv: np.linalg.norm(v, 3, axis=0)),
+        ("norm fro", gc.norm(x, "fro", axis=(1, 2)), lambda v, bv: np.linalg.norm(v, "fro", axis=(1, 2))),
+        ("norm mat 1", gc.norm(x, 1, axis=(1, 2)), lambda v, bv: np.linalg.norm(v, 1, axis=(1, 2))),
+        ("norm mat -inf", gc.norm(x, -np.inf, axis=(2, 1)), lambda v, bv: np.linalg.norm(v, -np.inf, axis=(2, 1))),
+        ("cumsum", gc.cumsum(x, 1), lambda v, bv: np.cumsum(v, 1)),
+        ("cumsum flat", x.cumsum(), lambda v, bv: v.cumsum()),
+        ("cumsum reverse", gc.cumsum(x, -1, reverse=True), lambda v, bv: np.flip(np.cumsum(np.flip(v, -1), -1), -1)),
+        ("cumsum bool", gc.cumsum(b, 0), lambda v, bv: np.cumsum(bv, 0)),
+        ("cumprod", gc.cumprod(x, 2), lambda v, bv: np.cumprod(v, 2)),
+        ("cumprod reverse", gc.cumprod(x, 0, reverse=True), lambda v, bv: np.flip(np.cumprod(np.flip(v, 0), 0), 0)),
+        ("argmax flat", x.argmax(), lambda v, bv: v.argmax()),
+        ("argmin", x.argmin(1), lambda v, bv: v.argmin(1)),
+        ("argmax keepdims", gc.argmax(x, None, keepdims=True), lambda v, bv: np.argmax(v, None, keepdims=True)),
+        ("sum", x.sum(), lambda v, bv: v.sum()),
+        ("mean", x.mean(axis=(0, 1)), lambda v, bv: v.mean(axis=(0, 1))),
+        ("astype", x.astype("float32"), lambda v, bv: v.astype(np.float32)),
+        ("T", x.T, lambda v, bv: v.T),
+        ("transpose method", x.transpose(1, 0, 2), lambda v, bv: v.transpose(1, 0, 2)),
+        ("reshape", x.reshape(4, 6), lambda v, bv: v.reshape(4, 6)),
+        ("squeeze", gc.squeeze(gc.expand_dims(x, 1)), lambda v, bv: np.squeeze(v[:, None])),
+        ("squeeze axis", gc.expand_dims(x, 0).squeeze(0), lambda v, bv: v),
+        ("flatten", x.flatten(), lambda v, bv: v.flatten()),
+        ("ravel", gc.ravel(x), lambda v, bv: np.ravel(v)),
+        ("flip", gc.flip(x, (0, 2)), lambda v, bv: np.flip(v, (0, 2))),
+        ("flip all", gc.flip(x), lambda v, bv: np.flip(v)),
+        ("tile", gc.tile(x, (2, 1, 3)), lambda v, bv: np.tile(v, (2, 1, 3))),
+        ("tile short", gc.tile(x, 2), lambda v, bv: np.tile(v, 2)),
+        ("tile long", gc.tile(x, (2, 1, 1, 1)), lambda v, bv: np.tile(v, (2, 1, 1, 1))),
+        ("repeat", gc.repeat(x, 2, 1), lambda v, bv: np.repeat(v, 2, 1)),
+        ("repeat list", gc.repeat(x, [1, 0, 2], 1), lambda v, bv: np.repeat(v, [1, 0, 2], 1)),
+        ("repeat flat", gc.repeat(x, 2), lambda v, bv: np.repeat(v, 2)),
+        ("roll", gc.roll(x, 1, 2), lambda v, bv: np.roll(v, 1, 2)),
+        ("roll neg tuple", gc.roll(x, (-1, 5), (0, 1)), lambda v, bv: np.roll(v, (-1, 5), (0, 1))),
+        ("roll flat", gc.roll(x, 7), lambda v, bv: np.roll(v, 7)),
+        ("moveaxis", gc.moveaxis(x, 0, -1), lambda v, bv: np.moveaxis(v, 0, -1)),
+        ("moveaxis pair", gc.moveaxis(x, (0, 1), (2, 0)), lambda v, bv: np.moveaxis(v, (0, 1), (2, 0))),
+        ("tril", gc.tril(x), lambda v, bv: np.tril(v)),
+        ("tril k", gc.tril(x, -1), lambda v, bv: np.tril(v, -1)),
+        ("triu k", gc.triu(x, 2), lambda v, bv: np.triu(v, 2)),
+        ("triu bool", gc.triu(b), lambda v, bv: np.triu(bv)),
+        ("constants", gc.eye(3, 4, 1) + gc.arange(4.0) + gc.linspace(0, 1, 4) + gc.full((3, 4), 2.5) + gc.ones(4)
+         - gc.zeros((1, 4)), lambda v, bv: np.eye(3, 4, 1) + np.arange(4.0) + np.linspace(0, 1, 4) + 2.5 + 1),
+    ]
+
+
+SHAPE_R = (2, 3, 4)
+
+
+def _reduction_program(target):
+    key = ("reductions", target)
+    if key not in _PROGRAMS:
+        x, b = gc.input("x", SHAPE_R, dtype="float64"), gc.input("b", SHAPE_R, dtype="bool")
+        cases = _reduction_cases(x, b)
+        _PROGRAMS[key] = (gc.compile([c[1] for c in cases], target=target, check_finite=False), cases)
+    return _PROGRAMS[key]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@QUICK
+@given(v=_values(SHAPE_R), bits=st.lists(st.booleans(), min_size=24, max_size=24))
+def test_reductions_methods_and_shape_helpers_match_numpy(target, v, bits):
+    bv = np.asarray(bits).reshape(SHAPE_R)
+    f, cases = _reduction_program(target)
+    for (name, node, ref), got in zip(cases, f(x=v, b=bv)):
+        with np.errstate(all="ignore"):
+            want = np.asarray(ref(v, bv))
+        assert got.shape == want.shape, name
+        # as NumPy's, but graphc's constants are float32 by default (as JAX's)
+        assert got.dtype == (np.float32 if name in ("constants", "astype") else want.dtype), name
+        tol = 1e-12 if got.dtype != np.float32 else 1e-6
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=True, err_msg=name)
+
+
+def test_reduction_and_helper_gradients_match_finite_differences():
+    x = gc.input("x", SHAPE_R, dtype="float64")
+    v = np.random.default_rng(11).uniform(0.5, 2.0, SHAPE_R) * np.where(np.arange(24) % 3, 1, -1).reshape(SHAPE_R)
+    w = np.random.default_rng(12)
+    for name, node, _ in _reduction_cases(x, gc.input("b", SHAPE_R, dtype="bool")):
+        if node.dtype.kind != "f" or "bool" in name or name in ("astype", "constants"):
+            continue
+        y = gc.sum(node * w.normal(size=node.shape))
+        rep = gc.check_grads(y, [x], feeds={"x": v})
+        assert max(rep.values()) < 1e-6, name
+
+
+def test_prod_gradient_with_zeros_is_exact():
+    x = gc.input("x", (3, 4), dtype="float64")
+    v = np.array([[0.0, 2.0, 3.0, 4.0], [0.0, 0.0, 3.0, 4.0], [1.5, 2.0, 3.0, 4.0]])
+    (g,) = gc.evaluate([gc.grad(gc.sum(gc.prod(x, 1)), x)], {"x": v}, {})
+    want = np.array([[24.0, 0, 0, 0], [0, 0, 0, 0], [24.0, 18.0, 12.0, 9.0]])
+    np.testing.assert_array_equal(g, want)
+    (g2,) = gc.evaluate([gc.grad(gc.sum(gc.cumprod(x, 1)), x)], {"x": v}, {})
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    np.testing.assert_allclose(g2, jax.grad(lambda t: jax.numpy.sum(jax.numpy.cumprod(t, 1)))(v), rtol=1e-12)
+
+
+def test_reduction_gradients_match_jax():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    v = np.array([[1.0, 3.0, 3.0, -2.0], [0.5, -4.0, 2.0, -4.0]])  # ties in max and min
+    pairs = [(lambda t: gc.min(t, 1), lambda t: jnp.min(t, 1)), (lambda t: gc.max(t, 1), lambda t: jnp.max(t, 1)),
+             (lambda t: gc.norm(t, np.inf, 1), lambda t: jnp.linalg.norm(t, jnp.inf, 1)),
+             (lambda t: gc.norm(t, 1, (0, 1)), lambda t: jnp.linalg.norm(t, 1, (0, 1))),
+             (lambda t: gc.cumsum(t, 1, reverse=True), lambda t: jax.lax.cumsum(t, 1, reverse=True)),
+             (lambda t: gc.prod(t, 0), lambda t: jnp.prod(t, 0)), (gc.norm, jnp.linalg.norm),
+             (lambda t: gc.roll(t, 1, 1), lambda t: jnp.roll(t, 1, 1)), (gc.tril, jnp.tril)]
+    for i, (gf, jf) in enumerate(pairs):
+        (got,) = _gc_grad(lambda t: gf(t) * np.arange(1.0, 1.0 + np.prod(gf(t).shape)).reshape(gf(t).shape), v)
+        want = jax.jit(jax.grad(lambda t: jnp.sum(jf(t) * jnp.arange(1.0, 1.0 + jf(t).size).reshape(jf(t).shape))))(v)
+        np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=str(i))
+
+
+def test_min_max_nan_rules_and_bad_arguments():
+    x = gc.input("x", (2, 0), dtype="float64")
+    with pytest.raises(gc.ShapeError, match=r"min: zero-size.*test_ops_numpy.py"):
+        gc.min(x, 1)
+    assert gc.compile(gc.prod(x, 1), target="numpy")(x=np.zeros((2, 0))).tolist() == [1.0, 1.0]
+    y = gc.input("y", (3, 4), dtype="float32")
+    with pytest.raises(gc.ShapeError, match=r"squeeze: cannot squeeze axis 0"):
+        gc.squeeze(y, 0)
+    with pytest.raises(ValueError, match=r"norm: matrix norm ord='nuc'"):
+        gc.norm(y, "nuc")
+    with pytest.raises(gc.ShapeError, match="tril: needs an operand of rank >= 2"):
+        gc.tril(gc.input("z", (3,)))
+    with pytest.raises(ValueError, match="repeat: repeats must be"):
+        gc.repeat(y, -1)
+    b = gc.input("b", (None, 3))
+    with pytest.raises(gc.ShapeError, match="cumsum: axis 0 is the batch dimension"):
+        gc.cumsum(b, 0)
+    f = gc.compile([gc.cumsum(b, 1), gc.squeeze(gc.expand_dims(b, -1)), gc.min(b, 0), b.argmax(1)], target="cpu")
+    bv = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    c, s, m, a = f(b=bv)
+    np.testing.assert_array_equal(c, np.cumsum(bv, 1))
+    np.testing.assert_array_equal(s, bv)
+    np.testing.assert_array_equal(m, bv.min(0))
+    np.testing.assert_array_equal(a, bv.argmax(1))

@@ -77,16 +77,19 @@ def float_to_int(x: str, dtype: np.dtype) -> str:
 
 
 def reduce_init(op: str, dtype: np.dtype) -> str:
-    if op == "sum":
-        return literal(0, dtype)
+    if op in ("sum", "prod"):
+        return literal(0 if op == "sum" else 1, dtype)
     if dtype.kind == "f":
-        return literal(-np.inf, dtype)
-    return str(np.iinfo(dtype).min)
+        return literal(-np.inf if op == "max" else np.inf, dtype)
+    return str(np.iinfo(dtype).min if op == "max" else np.iinfo(dtype).max)
 
 
 def reduce_step(op: str, acc: str, v: str) -> str:
-    # max: a NaN wins whichever side it is on (np.max propagates NaN); ties keep the accumulator
-    return f"{acc} + {v}" if op == "sum" else f"({v} if {acc} < {v} or {v} != {v} else {acc})"
+    # max/min: a NaN wins whichever side it is on (np.max/np.min propagate NaN); ties keep the
+    # accumulator
+    if op in ("sum", "prod"):
+        return f"{acc} {'+' if op == 'sum' else '*'} {v}"
+    return f"({v} if {acc} {'<' if op == 'max' else '>'} {v} or {v} != {v} else {acc})"
 
 
 def leaf_index(view_shape: tuple, loop_shape: tuple, idx: list[str]) -> str:
