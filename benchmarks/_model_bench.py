@@ -54,8 +54,10 @@ LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-7  # graphc's Adam defaults (Keras' formu
 CHECK_STEPS = 3
 PEERS = ("torch eager", "torch.compile", "jax jit", "GEMM floor (torch)")
 FLOORS = ("GEMM floor (numba)", "GEMM floor (numpy)", "Adam pass")
-ORDER = ("graphc cpu", "graphc parallel", "eager NumPy", *PEERS[:3], *FLOORS, PEERS[3], "graphc numpy")
-DEFAULT_CONTENDERS = ORDER[:-1]  # "graphc numpy" (the reference interpreter) only where asked for
+MULTI = ("graphc cpu K=8", "graphc cpu K=32")  # steps_per_execution=K: K steps per call, timed per step
+ORDER = ("graphc cpu", "graphc parallel", *MULTI, "eager NumPy", *PEERS[:3], *FLOORS, PEERS[3], "graphc numpy")
+# "graphc numpy" (the reference interpreter) and the K-steps-per-call contenders only where asked for
+DEFAULT_CONTENDERS = tuple(n for n in ORDER[:-1] if n not in MULTI)
 MSG = "@@ "  # protocol lines on a worker's stdout start with this
 
 
@@ -106,9 +108,10 @@ class Bench:
 # graphc, the floors
 # ---------------------------------------------------------------------------------------------
 
-def graphc_step(bench: Bench, cfg: dict, target: str):
+def graphc_step(bench: Bench, cfg: dict, target: str, steps: int = 1):
     import graphc as gc
-    return gc.compile(bench.graphc_loss(cfg), optimizer=gc.optim.Adam(LR), target=target, seed=0)
+    return gc.compile(bench.graphc_loss(cfg), optimizer=gc.optim.Adam(LR), target=target, seed=0,
+                      steps_per_execution=steps)
 
 
 def _gemm_arrays(gemms: list[Gemm], rng) -> list[tuple]:
@@ -341,6 +344,15 @@ def mlp_jax_step(c: dict, params: dict, feeds: dict) -> Callable:
 def build(bench: Bench, cfg: dict, name: str, params: dict, feeds: dict, threads: int) -> tuple[Callable, Callable]:
     """(step, loss_of): ``step()`` runs one training step; ``loss_of(step())`` is its loss
     as a float (None for the floors, which compute no loss)."""
+    if name in MULTI:  # K copies of the batch stacked: one call runs K steps; timed per step
+        k = int(name.rpartition("=")[2])
+        st = graphc_step(bench, cfg, "cpu", k)
+        stacked = {n: np.ascontiguousarray(np.broadcast_to(v, (k,) + v.shape)) for n, v in feeds.items()}
+
+        def run():
+            return st(**stacked)
+        run.steps = k
+        return run, (lambda r: [float(v) for v in r["loss"]])
     if name.startswith("graphc"):
         st = graphc_step(bench, cfg, name.split()[1])
         return (lambda: st(**feeds)), (lambda r: float(r["loss"]))
@@ -404,7 +416,12 @@ def worker(bench: Bench, spec: dict) -> int:
     try:
         t0 = time.perf_counter()
         fn, loss_of = build(bench, cfg, name, params, feeds, spec["threads"])
-        losses = [loss_of(fn()) for _ in range(CHECK_STEPS)]
+        steps = getattr(fn, "steps", 1)  # training steps per call: samples are reported per step
+        losses: list = []
+        while len(losses) < CHECK_STEPS:
+            r = loss_of(fn())
+            losses += r if isinstance(r, list) else [r]
+        losses = losses[:CHECK_STEPS]
         setup = time.perf_counter() - t0
         burst, t1 = _burst(fn, spec["warmup"])
     except Exception as e:  # a peer that fails to build is skipped, with the reason
@@ -416,7 +433,7 @@ def worker(bench: Bench, spec: dict) -> int:
         if not cmd or cmd[0] == "quit":
             break
         if cmd[0] == "run":
-            s = _samples(fn, int(cmd[1]), burst)
+            s = [t / steps for t in _samples(fn, int(cmd[1]), burst)]
             _send({"samples": s, "load": os.getloadavg()})
         elif cmd[0] == "profile":
             try:
@@ -434,7 +451,8 @@ def worker_all(bench: Bench, spec: dict) -> int:
     for name in spec["contenders"]:
         try:
             fn, loss_of = build(bench, cfg, name, params, feeds, spec["threads"])
-            losses[name] = [loss_of(fn()) for _ in range(CHECK_STEPS)]
+            ls = [loss_of(fn()) for _ in range(CHECK_STEPS)]
+            losses[name] = ls[0][:CHECK_STEPS] if isinstance(ls[0], list) else ls
             fns[name] = fn
         except Exception as e:
             errors[name] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -447,7 +465,8 @@ def worker_all(bench: Bench, spec: dict) -> int:
     for r in range(spec["rounds"]):
         for j in range(len(names)):
             k = names[(r + j) % len(names)]
-            times[k] += _samples(fns[k], spec["per_round"].get(k, 1), bursts[k])
+            times[k] += [t / getattr(fns[k], "steps", 1) for t in _samples(fns[k], spec["per_round"].get(k, 1),
+                                                                               bursts[k])]
         loads.append(os.getloadavg()[0])
         if r >= 2 and time.perf_counter() > t_end:
             break

@@ -147,12 +147,22 @@ class Record(gc.nn.Callback):
         self.calls.append(("end", batch, dict(logs)))
 
 
+class FedNoise(gc.nn.layers.Layer):
+    """A custom layer with an extra per-step input drawn by fit (the ``feeds`` hook)."""
+
+    def call(self, x, training=False):
+        return x + gc.input("spe_noise", (None, 8), "float32") if training else x
+
+    def feeds(self, batch, rng):
+        return {"spe_noise": (0.1 * rng.standard_normal((batch, 8))).astype(np.float32)}
+
+
 def nn_fit(k: int):
     from graphc.nn import BatchNormalization, Dense, Dropout, Sequential
     rng = np.random.default_rng(4)
     x = rng.standard_normal((50, 6)).astype(np.float32)
     y = rng.integers(0, 3, 50)
-    model = Sequential([Dense(8, activation="relu", input_shape=(6,)), BatchNormalization(), Dropout(0.25),
+    model = Sequential([Dense(8, activation="relu", input_shape=(6,)), FedNoise(), BatchNormalization(), Dropout(0.25),
                         Dense(3, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"], seed=2,
                   steps_per_execution=k)

@@ -675,6 +675,33 @@ class Trainer:
             if opts.shuffle else (lambda: None)
         for group in _groups(run.batches.epoch(new_order), run.k):
             feeds = []
+            if (run.multi is not None and len(group) == run.k and group[-1][1] is not None
+                    and len({len(i) for _, i in group}) == 1):
+                # a full group: its K batches gathered at once, stacked along a new leading axis
+                # (one process: fit refuses steps_per_execution with data-parallel training)
+                n = len(group[0][1])
+                idx = np.concatenate([i for _, i in group])
+                stacked = {k: v[idx].reshape((run.k, n) + v.shape[1:]) for k, v in run.data.items()}
+                if run.fed_layers:  # custom layers' extra inputs, drawn batch by batch as one step per call
+                    extra = [{} for _ in group]
+                    for e in extra:
+                        for layer in run.fed_layers:
+                            e.update(layer.feeds(n, feeds_rng))
+                    stacked.update({k: np.stack([e[k] for e in extra]) for k in extra[0]})
+                run.cbs.on_train_batch_begin(group[0][0], {})
+                res = run.multi(**stacked)
+                cols = {k: res[k].tolist() for k in names}
+                per_batch = [{k: cols[k][i] for k in names} for i in range(run.k)]
+                for k in names:  # batch by batch, as one step per call adds them
+                    for v in cols[k]:
+                        sums[k] += v * n
+                seen += n * run.k
+                b = group[-1][0]
+                run.cbs.on_train_batch_end(b, per_batch[-1])
+                bar.update(b + 1, {k: sums[k] / seen for k in names})
+                if self._stop_now:
+                    break
+                continue
             for b, idx in group:
                 if idx is None:  # the data ran out (the group's last entry)
                     break
@@ -689,14 +716,10 @@ class Trainer:
                 warnings.warn(RAN_OUT, stacklevel=3)  # at the user's fit() call
                 break
             run.cbs.on_train_batch_begin(group[0][0], {})
-            if run.multi is not None and len(feeds) == run.k and len({n for n, _ in feeds}) == 1:
-                res = run.multi(**{k: np.stack([f[k] for _, f in feeds]) for k in feeds[0][1]})
-                per_batch = [{k: float(res[k][i]) for k in names} for i in range(run.k)]
-            else:  # a short group: one step per call
-                per_batch = []
-                for _, f in feeds:
-                    res = run.step(**f)
-                    per_batch.append({k: float(res[k]) for k in names})
+            per_batch = []  # one step per call (K = 1, or a short group)
+            for _, f in feeds:
+                res = run.step(**f)
+                per_batch.append({k: float(res[k]) for k in names})
             for (n, _), batch_logs in zip(feeds, per_batch):
                 for k in names:
                     sums[k] += batch_logs[k] * n
