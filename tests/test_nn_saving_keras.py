@@ -233,6 +233,39 @@ result = max(float(np.abs(p[k] - np.load("kp_att_" + k + ".npy")).max()) for k i
     assert err < 1e-6
 
 
+def test_recurrent_and_1d_layers_move_both_ways(tmp_path, keras_run):
+    """Keras' masked recurrent graph (Embedding(mask_zero) -> SimpleRNN/LSTM/GRU/Bidirectional,
+    Conv1D, 1-D pooling) loads in graphc and goes back to Keras; a graphc LSTM model opens in
+    Keras."""
+    keras_run("""
+rng = np.random.default_rng(3)
+inp = keras.Input((7,), dtype="int32")
+e = L.Embedding(12, 4, mask_zero=True)(inp)
+h = L.SimpleRNN(3, return_sequences=True)(e)
+c = L.GlobalAveragePooling1D()(L.MaxPooling1D()(L.Conv1D(2, 3, padding="causal")(L.LSTM(3, return_sequences=True)(e))))
+o = L.Concatenate()([c, L.GlobalMaxPooling1D()(h), L.GRU(3)(e), L.Bidirectional(L.LSTM(2))(e)])
+m = keras.Model(inp, o)
+x = rng.integers(0, 12, (5, 7)).astype("int32"); x[:, :2] = 0
+m.save("rnn.keras"); np.save("rx.npy", x); np.save("rp.npy", m.predict(x, verbose=0))
+""", tmp_path)
+    m = nn.load_model(tmp_path / "rnn.keras", target="numpy")
+    x, p = np.load(tmp_path / "rx.npy"), np.load(tmp_path / "rp.npy")
+    np.testing.assert_allclose(m.predict(x), p, atol=1e-6)
+    m.save(tmp_path / "rnn_g.keras")
+    g = nn.Sequential([Lr.Embedding(12, 4, mask_zero=True, input_shape=(7,)), Lr.LSTM(3), Lr.Dense(1)])
+    g.build((None, 7))
+    g.save(tmp_path / "lstm_g.keras")
+    np.save(tmp_path / "gp.npy", g.predict(x))
+    err = keras_run("""
+m = keras.models.load_model("rnn_g.keras")
+g = keras.models.load_model("lstm_g.keras")
+x = np.load("rx.npy")
+result = [float(np.abs(m.predict(x, verbose=0) - np.load("rp.npy")).max()),
+          float(np.abs(g.predict(x, verbose=0) - np.load("gp.npy")).max())]
+""", tmp_path)
+    assert max(err) < 1e-6, err
+
+
 @pytest.mark.parametrize("opt", ["keras.optimizers.Adam(0.01)",
                                  "keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True)"])
 def test_training_continues_from_a_keras_optimizer_state_as_keras_continues_it(tmp_path, keras_run, opt):

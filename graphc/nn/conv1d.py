@@ -17,7 +17,7 @@ from typing import Any
 from .. import dsl as F
 from . import activations
 from . import regularizers as R
-from .base import Layer, _Affine, _fmt, _initializer
+from .base import Layer, _Affine, _fmt, _initializer, _serialize_initializer
 
 __all__ = ["Conv1D", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D"]
 
@@ -124,6 +124,16 @@ class Conv1D(_Affine, Layer):
                      dilation_rate=(self.dilation_rate, 1))
         return _as_sequence(y)
 
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": [self.kernel_size],
+                "strides": [self.strides], "padding": self.padding, "data_format": self.data_format,
+                "dilation_rate": [self.dilation_rate], "groups": 1, "activation": self.activation_name,
+                "use_bias": self.use_bias, "kernel_initializer": _serialize_initializer(self.kernel_initializer),
+                "bias_initializer": _serialize_initializer(self.bias_initializer),
+                "kernel_regularizer": R.serialize(self.kernel_regularizer, "Conv1D(kernel_regularizer=...)"),
+                "bias_regularizer": R.serialize(self.bias_regularizer, "Conv1D(bias_regularizer=...)"),
+                "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None}
+
 
 class _Pooling1D(Layer):
     ndim = 3
@@ -146,6 +156,10 @@ class _Pooling1D(Layer):
     def call(self, x, training=False):
         y = type(self)._fn(_as_image(x), (self.pool_size, 1), (self.strides, 1), self.padding)
         return _as_sequence(y)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": [self.pool_size], "padding": self.padding,
+                "strides": [self.strides], "data_format": self.data_format}
 
 
 class MaxPooling1D(_Pooling1D):
@@ -174,6 +188,9 @@ class _GlobalPooling1D(Layer):
         _channels_last(data_format, type(self).__name__)
         self.keepdims = bool(keepdims)
         self.data_format = "channels_last"
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format, "keepdims": self.keepdims}
 
     def compute_output_shape(self, input_shape):
         return (1, input_shape[-1]) if self.keepdims else (input_shape[-1],)

@@ -600,6 +600,21 @@ def _read_keras_zip(path: str, where: str) -> tuple[dict, bytes]:
         return json.loads(z.read("config.json")), z.read("model.weights.h5")
 
 
+_MASK = object()  # the output of a mask op in a Keras graph (graphc computes masks itself)
+
+
+def _is_mask_op(entry: dict) -> bool:
+    """A ``not_equal(x, 0)`` op as Keras records an Embedding's ``mask_zero`` mask."""
+    nodes = entry.get("inbound_nodes") or []
+    return len(nodes) == 1 and len(nodes[0].get("args", [])) == 2 and nodes[0]["args"][1] == 0
+
+
+def _only_masks(v) -> bool:
+    if isinstance(v, list):
+        return all(_only_masks(x) for x in v)
+    return v is None or v is _MASK
+
+
 def _build_functional(cfg: dict, custom_objects):
     from .base import Input
     from .model import Model
@@ -609,6 +624,10 @@ def _build_functional(cfg: dict, custom_objects):
     todo = []
     for entry in c["layers"]:
         name = entry.get("name") or entry["config"].get("name")
+        if entry["class_name"] == "NotEqual" and _is_mask_op(entry):
+            # Embedding(mask_zero=True)'s mask (ids != 0), which graphc's layers propagate themselves
+            produced[(name, 0)] = [_MASK]
+            continue
         if entry["class_name"] == "InputLayer":
             lc = entry["config"]
             layer = InputLayer.from_config(lc)
@@ -641,7 +660,8 @@ def _build_functional(cfg: dict, custom_objects):
                 kwargs = resolve(node.get("kwargs", {}))
             except LookupError:
                 continue
-            kwargs = {key: v for key, v in kwargs.items() if not (key in ("training", "mask") and not v)}
+            kwargs = {key: v for key, v in kwargs.items()
+                      if not (key in ("training", "mask") and (not v if key == "training" else _only_masks(v)))}
             if "training" in kwargs or "mask" in kwargs:
                 raise KerasFormatError(f"load_model: layer {name!r} is called with {sorted(kwargs)}, which graphc "
                                        "does not support in a saved graph")

@@ -236,6 +236,9 @@ class Masking(Layer):
             raise ValueError(f"Masking: mask_value must be a number, got {mask_value!r}")
         self.mask_value = float(mask_value)
 
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}
+
     def compute_mask(self, x, mask):
         keep = F.max(F.cast(F.not_equal(x, self.mask_value), "float32"), axis=-1)
         return F.greater(keep, 0.0)

@@ -22,7 +22,7 @@ import numpy as np
 from .. import dsl as F
 from . import activations
 from . import regularizers as R
-from .base import Layer, _initializer, _layer_seed
+from .base import Layer, _config_kwargs, _initializer, _layer_seed, _serialize_initializer
 
 __all__ = ["SimpleRNN", "LSTM", "GRU", "Bidirectional"]
 
@@ -89,6 +89,42 @@ class _RNN(Layer):
         self.go_backwards, self.stateful, self.unroll = bool(go_backwards), False, bool(unroll)
         self.zero_output_for_mask = False  # Bidirectional sets it to return_sequences, as Keras does
         self.kernel = self.recurrent_kernel = self.bias = None
+
+    # ---- Keras config ---------------------------------------------------------------------
+    def get_config(self):
+        what = type(self).__name__
+        cfg = {**super().get_config(), "return_sequences": self.return_sequences, "return_state": self.return_state,
+               "go_backwards": self.go_backwards, "stateful": False, "unroll": self.unroll,
+               "zero_output_for_mask": self.zero_output_for_mask, "units": self.units,
+               "activation": self.activation_name}
+        if hasattr(self, "recurrent_activation_name"):
+            cfg["recurrent_activation"] = self.recurrent_activation_name
+        cfg.update({"use_bias": self.use_bias, "kernel_initializer": _serialize_initializer(self.kernel_initializer),
+                    "recurrent_initializer": _serialize_initializer(self.recurrent_initializer),
+                    "bias_initializer": _serialize_initializer(self.bias_initializer)})
+        if hasattr(self, "unit_forget_bias"):
+            cfg["unit_forget_bias"] = self.unit_forget_bias
+        for r in ("kernel", "recurrent", "bias"):
+            cfg[f"{r}_regularizer"] = R.serialize(getattr(self, f"{r}_regularizer"), f"{what}({r}_regularizer=...)")
+        cfg.update({"activity_regularizer": None, "kernel_constraint": None, "recurrent_constraint": None,
+                    "bias_constraint": None, "dropout": self.dropout, "recurrent_dropout": 0.0})
+        if not isinstance(self, SimpleRNN):  # Keras' SimpleRNN config has no seed
+            cfg["seed"] = self.seed
+        if hasattr(self, "reset_after"):
+            cfg["reset_after"] = self.reset_after
+        return cfg
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        zero_output = bool(config.pop("zero_output_for_mask", False))  # Bidirectional's setting, restored by it
+        layer = cls(**_config_kwargs(cls, config))
+        layer.zero_output_for_mask = zero_output
+        return layer
+
+    def _keras_weight_groups(self):
+        """Keras keeps a recurrent layer's weights in its cell: ``<layer>/cell/vars``."""
+        return [("", self.name or self.default_name, []), ("cell", self._cell, self.weights)]
 
     # ---- weights --------------------------------------------------------------------------
     def build(self, input_shape):
@@ -334,6 +370,38 @@ class Bidirectional(Layer):
     def build(self, input_shape):
         for lay in (self.forward_layer, self.backward_layer):
             lay._declare(self.add_weight, f"{lay.name or lay.default_name}/{lay._cell}/", input_shape)
+
+    def get_config(self):
+        def entry(lay):
+            return {"module": "keras.layers", "class_name": type(lay).__name__, "config": lay.get_config(),
+                    "registered_name": None}
+        return {**super().get_config(), "merge_mode": self.merge_mode, "layer": entry(self.forward_layer),
+                "backward_layer": entry(self.backward_layer)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        kinds = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU}
+
+        def sub(d):
+            if d.get("class_name") not in kinds:
+                raise ValueError(f"Bidirectional: the wrapped layer {d.get('class_name')!r} is not supported; "
+                                 f"graphc has {sorted(kinds)}")
+            return kinds[d["class_name"]].from_config(d.get("config") or {})
+        layer = sub(config.pop("layer"))
+        back = config.pop("backward_layer", None)
+        return cls(layer, backward_layer=sub(back) if back else None, **_config_kwargs(cls, config))
+
+    def _keras_weight_groups(self):
+        """Keras: ``<bidirectional>/forward_layer/cell/vars`` and ``backward_layer/cell/vars``."""
+        name = self.name or self.default_name
+        groups = [("", name, [])]
+        for attr in ("forward_layer", "backward_layer"):
+            lay = getattr(self, attr)
+            prefix = f"{name}/{lay.name or lay.default_name}/"
+            groups += [(attr, lay.name or lay.default_name, []),
+                       (f"{attr}/cell", lay._cell, [w for w in self.weights if w.name.startswith(prefix)])]
+        return groups
 
     def _one_shape(self, lay, input_shape):
         return lay.compute_output_shape(input_shape)
