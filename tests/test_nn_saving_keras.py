@@ -386,3 +386,34 @@ def test_save_refuses_other_names_and_bad_files(tmp_path):
     other = nn.Sequential([Lr.Dense(4, input_shape=(5,))])
     with pytest.raises(nn.KerasFormatError, match="does not match this model"):
         other.load_weights(tmp_path / "ok.keras")
+
+
+class _Scale(nn.Layer):
+    """A custom layer written with get_config, as Keras asks of savable custom layers."""
+
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="w")
+
+    def call(self, x):
+        return x * self.w * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+def test_custom_layers_load_through_custom_objects_and_checkpoints_write_keras_files(tmp_path):
+    m = nn.Sequential([Lr.Dense(3, input_shape=(4,)), _Scale(3.0)])
+    m.compile("adam", "mse", target="numpy")
+    x = RNG.normal(size=(4, 4)).astype("float32")
+    ckpt = nn.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="loss", save_weights_only=False)
+    m.fit(x, np.zeros((4, 3), np.float32), verbose=0, callbacks=[ckpt])
+    assert ckpt.saved == [str(tmp_path / "best.keras")] and zipfile.is_zipfile(tmp_path / "best.keras")
+    with pytest.raises(nn.KerasFormatError, match="is a _Scale"):
+        nn.load_model(tmp_path / "best.keras")
+    loaded = nn.load_model(tmp_path / "best.keras", custom_objects={"_Scale": _Scale}, target="numpy")
+    assert loaded.layers[-1].factor == 3.0
+    np.testing.assert_allclose(loaded.predict(x), m.predict(x), atol=1e-7)

@@ -283,7 +283,8 @@ class ModelCheckpoint(Callback):
     (``save_best_only``), atomically: a crash mid-save leaves the previous file intact.
 
     ``filepath`` may hold ``{epoch}`` (1-based) and any logged value, as Keras formats it:
-    ``"ckpt-{epoch:02d}-{val_loss:.3f}"``; ``.npz`` is appended if missing. With
+    ``"ckpt-{epoch:02d}-{val_loss:.3f}"``; a ``.keras`` name saves the whole model (``model.save``),
+    ``.weights.h5`` Keras' h5 weights, anything else .npz (``.npz`` is appended if missing). With
     ``save_weights_only=False`` the optimizer state and epoch counter are saved too (what
     ``load_weights`` needs to resume training exactly). ``mode='auto'`` maximizes monitors
     holding "acc", minimizes the others. ``save_freq``: ``'epoch'`` or a number of batches.
@@ -356,7 +357,10 @@ class ModelCheckpoint(Callback):
             print(f"\nEpoch {epoch + 1}: saving model to {path}")
         from ..errors import StateError
         try:
-            written = self.model.save_weights(path, include_optimizer=not self.save_weights_only)
+            if path.endswith(".keras"):  # the whole model in Keras 3's format, as Keras' callback writes it
+                written = self.model.save(path)
+            else:
+                written = self.model.save_weights(path, include_optimizer=not self.save_weights_only)
         except StateError as e:
             warnings.warn(f"ModelCheckpoint: not saved: {e}", stacklevel=2)
             return
