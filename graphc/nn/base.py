@@ -859,7 +859,7 @@ class InputLayer(Layer):
         bad = sorted(k for k in ("sparse", "ragged", "optional") if config.get(k))
         if bad:
             raise NotImplementedError(f"InputLayer: {', '.join(f'{k}=True' for k in bad)} is not supported by graphc")
-        shape = config.get("batch_shape")
+        shape = config.get("batch_shape") or config.get("batch_input_shape")  # Keras 3's name, then Keras 2's
         shape = list(shape)[1:] if shape is not None else config.get("shape")
         return cls(shape=shape, dtype=config.get("dtype"), name=config.get("name"))
 
