@@ -84,6 +84,16 @@ class MLPBlock(keras.layers.Layer):
         return self.linear_3(x)
 
 
+class ActivityRegularizationLayer(keras.layers.Layer):
+    def __init__(self, rate=1e-2):
+        super().__init__()
+        self.rate = rate
+
+    def call(self, inputs):
+        self.add_loss(self.rate * ops.mean(inputs))
+        return inputs
+
+
 class MyModel(keras.Model):
     def __init__(self):
         super().__init__()
@@ -178,6 +188,35 @@ def test_non_trainable_weight_assign_add():
     s = model.summer
     assert s.weights == [s.total] and s.non_trainable_weights == [s.total] and s.trainable_weights == []
     np.testing.assert_allclose(s.get_weights()[0], 2 * x.sum(axis=0), rtol=1e-5)  # 2 epochs of every sample
+
+
+def test_add_loss_joins_the_total_loss():
+    x, y = _data(n=16, d=4)
+    model = keras.Sequential([Input((4,)), Dense(3), ActivityRegularizationLayer(0.5), Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", target=T)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    k1, b1, k2, b2 = model.get_weights()
+    h = x @ k1 + b1
+    want = np.mean((h @ k2 + b2 - y) ** 2) + 0.5 * np.mean(h)
+    np.testing.assert_allclose(model.evaluate(x, y, batch_size=16, verbose=0), want, rtol=1e-5)
+
+
+def test_subclass_of_a_builtin_layer_overriding_call():
+    """The losses take logits from call_split only when it describes call: a softmax Dense
+    subclass whose call doubles its input is scored on what its call returns."""
+    class Doubled(Dense):
+        def call(self, inputs):
+            return super().call(inputs * 2.0)
+
+    x, _ = _data(n=16, d=4)
+    y = np.arange(16) % 3
+    model = keras.Sequential([Input((4,)), Doubled(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", target=T)
+    k, c = model.get_weights()
+    z = 2 * x @ k + c
+    logp = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+    np.testing.assert_allclose(model.evaluate(x, y, batch_size=16, verbose=0), -logp[np.arange(16), y].mean(),
+                               rtol=1e-5)
 
 
 def test_call_receives_training_by_keyword_only_when_it_takes_it():

@@ -185,11 +185,28 @@ def call_layer(layer, x, training: bool = False, **kwargs: Any):
     finally:
         _CONTEXT.training.pop()
         _CONTEXT.layers.pop()
-    if _CONTEXT.splits is not None and isinstance(out, Node) and isinstance(layer, Layer) \
-            and type(layer).call_split is not Layer.call_split:
+    if _CONTEXT.splits is not None and isinstance(out, Node) and isinstance(layer, Layer) and _own_split(layer):
         given.pop("mask", None) if not takes_mask else None
         _CONTEXT.splits[id(out)] = (layer, x, training, given)
     return out
+
+
+def _own_split(layer) -> bool:
+    """Whether ``layer.call_split`` describes its ``call``: defined by the class that defines
+    ``call`` or a subclass of it (a user class overriding Dense's ``call`` inherits a
+    ``call_split`` that does not)."""
+    mro = type(layer).__mro__
+    owner_call = next(k for k in mro if "call" in vars(k))
+    owner_split = next(k for k in mro if "call_split" in vars(k))
+    return owner_split is not Layer and issubclass(owner_split, owner_call)
+
+
+def call_split_of(layer, x, training: bool = False, **kwargs: Any):
+    """``(pre, activation name)`` of an output layer, for losses from logits: its
+    ``call_split`` when that describes its ``call``, else ``(call(x), "linear")``."""
+    if _own_split(layer):
+        return layer.call_split(x, training, **kwargs)
+    return call_layer(layer, x, training, **kwargs), "linear"
 
 
 def _assign(op: str):
@@ -365,6 +382,7 @@ class Layer:
         self._penalties: list[tuple[Any, Any]] = []  # (regularizer, param node)
         self._state_weights: list[tuple[str, Any]] = []  # (short name, state node): non-trainable
         self._updates: list[tuple[Any, Any]] = []  # (state node, new value) recorded by this forward pass
+        self._added_losses: list = []  # add_loss values recorded by this forward pass
         self._built_name: str | None = None
         self._inbound_nodes: list[CallNode] = []
         self._model = None
@@ -462,6 +480,22 @@ class Layer:
                 self._early[1].append((regularizer, node))
         return node
 
+    def add_loss(self, loss) -> None:
+        """Keras' ``add_loss`` in ``call``: a scalar added to the model's total loss (in
+        training and in evaluate), e.g. an activity penalty."""
+        if _CONTEXT.probing:
+            return
+        v = F._lift(loss)
+        if v.shape != () or v.dtype.kind != "f":
+            raise ValueError(f"{self._label}.add_loss: expected a float scalar tensor, got shape {v.shape} dtype "
+                             f"{v.dtype}")
+        self._added_losses.append(v)
+
+    @property
+    def losses(self) -> list:
+        """The losses ``add_loss`` recorded in the forward pass being traced."""
+        return list(self._added_losses)
+
     def add_update(self, state, value) -> None:
         """Record ``state := value`` for the training step being built (in ``call`` with
         ``training=True``). A later update of the same state in the same pass (a layer
@@ -479,6 +513,7 @@ class Layer:
 
     def _reset_updates(self) -> None:
         self._updates = []
+        self._added_losses = []
 
     def _collected_updates(self) -> list[tuple[Any, Any]]:
         """``(state, final value)`` per updated state, in first-update order."""

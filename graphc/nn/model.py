@@ -22,7 +22,8 @@ import numpy as np
 
 from .. import dsl as F
 from . import saving
-from .base import _CONTEXT, CallNode, InputLayer, KerasTensor, Layer, _camel_to_snake, _tracked_layers, call_layer
+from .base import (_CONTEXT, CallNode, InputLayer, KerasTensor, Layer, _camel_to_snake, _tracked_layers, call_layer,
+                   call_split_of)
 from .data import as_numeric, check_inputs, conform
 from .summary import summary
 from .trainer import Trainer
@@ -237,7 +238,7 @@ class Model(Trainer):
             if id(t) in {id(i) for i in self._in_tensors} or node.extra_outputs:
                 outs.append((values[id(t)], values[id(t)], "linear"))
                 continue
-            pre, act = node.layer.call_split(arg_of(node), training, **node.kwargs, **mask_kwargs(node))
+            pre, act = call_split_of(node.layer, arg_of(node), training, **node.kwargs, **mask_kwargs(node))
             outs.append((values[id(t)], pre, act))
         return outs
 
@@ -521,7 +522,7 @@ class Model(Trainer):
     def summary(self, line_length: int | None = None, print_fn=None, show_trainable: bool = False) -> None:
         """Print the layers (name and type), output shapes, parameter counts and, for
         functional models, what each layer is connected to; then the totals (Keras' table)."""
-        summary(self, line_length, print_fn, functional=not isinstance(self, Sequential))
+        summary(self, line_length, print_fn, functional=not isinstance(self, Sequential) and not self._subclassed)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} layers={[l.name or l.default_name for l in self.layers]}>"
@@ -660,7 +661,7 @@ class Sequential(Model):
             mask = layer.compute_mask(x, mask) if mask is not None or layer.supports_masking else None
         last = self.layers[-1]
         kw = {"mask": mask} if mask is not None and _takes_mask(last) else {}
-        pre, act = last.call_split(h, training, **kw)
+        pre, act = call_split_of(last, h, training, **kw)
         return [(call_layer(last, h, training, **kw), pre, act)]
 
     def _input_dtype(self) -> str:

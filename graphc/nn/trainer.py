@@ -439,6 +439,8 @@ class Trainer:
         try:
             outs = self._forward(self._feed_nodes(), training)
             updates = {s: v for layer in layers for s, v in layer._collected_updates()}
+            # add_loss values (a layer applied twice to one tensor records one node twice)
+            self._traced_losses = list({id(v): v for layer in layers for v in layer._added_losses}.values())
         finally:
             for layer in layers:
                 layer._reset_updates()
@@ -467,6 +469,8 @@ class Trainer:
         for layer in self._flat_layers():
             for r in layer.regularization_losses():
                 total = total + r
+        for extra in self._traced_losses:  # the layers' add_loss
+            total = total + extra
         self._metrics = self._resolve_metrics()
         extras = {}
         if len(parts) > 1:
