@@ -215,3 +215,59 @@ def copy_kernel(em, k: Kernel, hosted: Hosted) -> Launch:
     grid = max(1, min(-(-total // em.lp.block), em.lp.max_grid))
     return Launch(k.name, "kernel", name, grid, em.lp.block, fn.args(), comment=em.site(n),
                   src=(fn, body, "copy"))
+
+
+# ---- the text of merged launches (merge.multi_tensor, merge.fold_tiny name them) ----------------
+
+def multi_tensor_launch(em, group: list) -> Launch:
+    """One launch of ``group``'s common elementwise function over all their elements: a
+    device table holds, per chunk of at most ``lp.chunk`` elements of one launch's loop,
+    that launch's integer arguments (offsets, extents) and the chunk's bounds; a block
+    strides over the chunks. Offsets are read from the table rather than the store being
+    re-laid out into one arena in parameter order, so the store, checkpoints and every
+    other program on it stay as they are."""
+    fn0, _, _ = group[0].src
+    pre, ntot, inner = group[0].ew
+    names = [p for p, _ in fn0.ints]
+    n, ti = len(names), names.index(ntot)
+    ch = em.lp.chunk
+    rows = []
+    for ln in group:
+        vals = [a[1] for a in ln.args if a[0] == "int"]
+        for lo in range(0, vals[ti], ch):
+            rows += vals + [lo, min(lo + ch, vals[ti])]
+    nrows = len(rows) // (n + 2)
+    fn = Fn(ip="m")
+    fn.arrays = list(fn0.arrays) + ([] if "T_int64" in fn0.arrays else ["T_int64"])
+    tab, nch = fn.int(em.table(rows)), fn.int(nrows)
+    fn.scalars = list(fn0.scalars)
+    body = [f"    for c in range(cuda.blockIdx.x, {nch}, cuda.gridDim.x):  # one chunk of one launch per block",
+            f"        r = {tab} + c * {n + 2}"]
+    body += [f"        {p} = T_int64[r + {j}]" for j, p in enumerate(names)]
+    body += [f"        lo = T_int64[r + {n}]", f"        hi = T_int64[r + {n + 1}]"]
+    body += ["    " + ln for ln in pre]
+    body += ["        for i in range(lo + cuda.threadIdx.x, hi, cuda.blockDim.x):"]
+    body += ["    " + ln for ln in inner]
+    name = em.function(fn, body, "multi")
+    return Launch("", "kernel", name, max(1, min(nrows, em.lp.max_grid)), em.lp.block, fn.args(),
+                  comment=f"multi-tensor apply of {len(group)} launches of {group[0].function} "
+                  f"({nrows} chunks): " + group[0].comment, src=(fn, body, "multi"))
+
+
+def fold_launch(em, x: Launch, y: Launch, barrier: bool = False) -> Launch:
+    """Launch ``y`` with one-element loop ``x.tiny`` run first by thread 0 of block 0, under
+    names of its own (``barrier``: then a barrier, before anything in ``y`` reads it)."""
+    f = y.folds
+    xfn = Fn(ip=f"f{f}o", sp=f"f{f}s")  # its own parameter and value names inside y's function
+    t = LoopText(em, x.tiny, xfn, vp=f"f{f}v", idx="0")
+    lines = t.prelude("        ") + t.element("        ") + t.stores("        ")
+    yfn, ybody, tag = y.src
+    fn = Fn()
+    fn.arrays = yfn.arrays + [a for a in xfn.arrays if a not in yfn.arrays]
+    fn.ints, fn.scalars = yfn.ints + xfn.ints, yfn.scalars + xfn.scalars
+    guard = ("    if (cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0 and cuda.blockIdx.x == 0 and "
+             f"cuda.blockIdx.y == 0 and cuda.blockIdx.z == 0):  # folded in: {x.name}")
+    body = [guard] + lines + (["    cuda.syncthreads()  # before anything reads it"] if barrier else []) + ybody
+    name = em.function(fn, body, tag)
+    return Launch("", "kernel", name, y.grid, y.block, fn.args(),
+                  comment=f"{y.comment} | folded in: {x.comment}", src=(fn, body, tag))
