@@ -344,6 +344,32 @@ def test_model_trainable_and_nested_freezing():
     assert len(model.trainable_weights) == 6
 
 
+def test_subclassed_model_trainable_false():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__(trainable=False)
+            self.a = Dense(3)
+            self.b = Dense(1)
+
+        def call(self, inputs):
+            return self.b(self.a(inputs))
+
+    x, y = _data(n=8, d=4)
+    model = Net()
+    model.compile(optimizer="sgd", loss="mse", target=T)
+    model.build((None, 4))
+    assert model.trainable_weights == [] and len(model.non_trainable_weights) == 4
+    model.b.trainable = True
+    model.trainable = True  # after compile: applies at the next compile, as in Keras
+    model.a.trainable = False
+    model.compile(optimizer="sgd", loss="mse", target=T)
+    before = model.get_weights()
+    model.fit(x, y, epochs=1, verbose=0)
+    after = model.get_weights()
+    np.testing.assert_array_equal(after[0], before[0])
+    assert not np.allclose(after[2], before[2])
+
+
 def test_frozen_batch_normalization_runs_in_inference_mode():
     x, y = _data(n=16, d=3)
     x = x * 3.0 + 1.0

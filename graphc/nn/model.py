@@ -58,8 +58,10 @@ class Model(Trainer):
         self.name = name or "functional"
         self.layers: list[Layer] = []
         self._init_trainer()
-        self._trainable = bool(trainable)
+        self._trainable = True
         self._init_graph(inputs, outputs)
+        if not trainable:
+            self.trainable = False
 
     _subclassed = False
 

@@ -290,7 +290,7 @@ class Trainer:
         self._target, self._seed = target, int(seed)
         self._steps_per_execution = int(steps_per_execution)
         self._metrics, self._metric_out = [], []
-        self._trainable_at_compile = {id(layer): layer.trainable for layer in self._flat_layers()}
+        self._trainable_at_compile = {id(layer): layer.trainable for layer in [self, *self._flat_layers()]}
         self.compiled = True
 
     @staticmethod
@@ -398,14 +398,15 @@ class Trainer:
     def _frozen_names(self) -> set[str]:
         """Names of the params of the layers frozen at compile() (before it: frozen now)."""
         snap = self._trainable_at_compile or {}
-        return {n.name for layer in self._flat_layers() if not snap.get(id(layer), layer.trainable)
+        everything = not snap.get(id(self), getattr(self, "trainable", True))  # Model(trainable=False)
+        return {n.name for layer in self._flat_layers() if everything or not snap.get(id(layer), layer.trainable)
                 for _, n in layer._weights}
 
     def _check_trainable_unchanged(self) -> None:
         snap = self._trainable_at_compile
         if snap is None:
             return
-        changed = [layer.name or layer.default_name for layer in self._flat_layers()
+        changed = [layer.name or getattr(layer, "default_name", "model") for layer in [self, *self._flat_layers()]
                    if id(layer) in snap and snap[id(layer)] != layer.trainable]
         if changed:
             warnings.warn(f"the trainable attribute of layer(s) {changed} changed after compile(); the compiled step "
