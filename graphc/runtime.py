@@ -150,7 +150,14 @@ class _Compiled:
         return self._hyper_cache[1]
 
     def _feeds(self, feeds: Mapping[str, Any]) -> tuple[dict, int | None]:
-        arrays, batch = check_feeds(self._inputs, feeds, what=f"{type(self).__name__} call")
+        try:
+            arrays, batch = check_feeds(self._inputs, feeds, what=f"{type(self).__name__} call")
+        except FeedError as e:
+            k = getattr(self, "steps_per_execution", 1)
+            if k == 1 or "expects shape" not in str(e):
+                raise
+            raise FeedError(f"{e} (compiled with steps_per_execution={k}: each feed holds {k} batches "
+                            f"stacked along a new leading axis)") from None
         for name, bound, users in self._index_checks:
             a = arrays.get(name)
             if a is not None and a.size and (a.min() < 0 or a.max() >= bound):

@@ -88,7 +88,7 @@ def test_stacked_feeds_are_checked_before_anything_runs():
     bound, by Python before that), NaN refused in any of them, a single batch is no feed."""
     one, many = pair("mlp", "cpu")
     p = "mlp_cpu_"
-    with pytest.raises(FeedError, match=r"mlp_cpu_x"):  # one batch, not K stacked
+    with pytest.raises(FeedError, match=r"mlp_cpu_x.*steps_per_execution=3: each feed holds 3 batches"):
         many(**{p + "x": XS[0], p + "y": YS})
     for _ in range(2):  # the second call takes the bound (native) path
         many(**{p + "x": XS, p + "y": YS})
