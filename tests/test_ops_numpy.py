@@ -385,9 +385,15 @@ def test_min_max_nan_rules_and_bad_arguments():
     b = gc.input("b", (None, 3))
     with pytest.raises(gc.ShapeError, match="cumsum: axis 0 is the batch dimension"):
         gc.cumsum(b, 0)
-    f = gc.compile([gc.cumsum(b, 1), gc.squeeze(gc.expand_dims(b, -1)), gc.min(b, 0), b.argmax(1)], target="cpu")
+    k = gc.input("k", (None, 3), dtype="int64")  # integer accumulators: min's init is int64's max
+    f = gc.compile([gc.cumsum(b, 1), gc.squeeze(gc.expand_dims(b, -1)), gc.min(b, 0), b.argmax(1),
+                    gc.min(k, 1), gc.prod(k, 0), gc.cumprod(k, 1), k.all(1)], target="cpu")
     bv = np.arange(6.0, dtype=np.float32).reshape(2, 3)
-    c, s, m, a = f(b=bv)
+    kv = np.array([[2 ** 62, -3, 5], [7, 0, 2 ** 40]])
+    c, s, m, a, km, kp, kc, ka = f(b=bv, k=kv)
+    for got, want in ((km, kv.min(1)), (kp, kv.prod(0)), (kc, kv.cumprod(1)), (ka, kv.all(1))):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(c, np.cumsum(bv, 1))
     np.testing.assert_array_equal(s, bv)
     np.testing.assert_array_equal(m, bv.min(0))
