@@ -145,3 +145,23 @@ def test_transformer_example_learns_to_sort():
     assert p.returncode == 0, p.stderr[-3000:]
     m = re.search(r"final held-out per-token accuracy: ([\d.]+)", p.stdout)
     assert m and float(m.group(1)) > 0.8, p.stdout
+
+
+@pytest.mark.numba_kernels  # .ci/run: again with GRAPHC_NATIVE_KERNELS=0
+def test_rnn_example_digits_and_masked_text():
+    """examples/rnn.py on small settings: the digits LSTM's loss falls; the text task (padded
+    sentences, Embedding(mask_zero=True) + LSTM) learns and its predictions do not depend on
+    the padding id's embedding (the mask at work)."""
+    pytest.importorskip("sklearn")
+    p = _run(["examples/rnn.py", "--epochs", "2", "--units", "16"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    losses = [float(v) for v in re.findall(r"- loss: ([\d.]+)", p.stdout)]
+    assert len(losses) == 2 and losses[1] < losses[0], p.stdout
+    m = re.search(r"final test accuracy: ([\d.]+)", p.stdout)
+    assert m and 0.5 < float(m.group(1)) <= 1.0, p.stdout
+    p = _run(["examples/rnn.py", "--task", "text", "--epochs", "3", "--samples", "600", "--max-len", "6",
+              "--units", "16"])
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    m = re.search(r"final test accuracy: ([\d.]+)", p.stdout)
+    assert m and float(m.group(1)) > 0.8, p.stdout
+    assert "predictions unchanged when the padding embedding changes: True" in p.stdout, p.stdout
