@@ -418,3 +418,15 @@ def test_readme_op_table_is_true():
                 continue
             exists = hasattr(gc.Tensor, word[1:]) if word.startswith(".") else callable(getattr(gc, word, None))
             assert exists != absent, f"README op table, row {cells[0]!r}: {word}"
+
+
+def test_zero_size_operands_give_numpy_s_identities():
+    x = gc.input("x", (0, 3), dtype="float64")
+    outs = [gc.sin(x), gc.any(x, 0), gc.all(x, 0), gc.cumsum(x, 0), gc.prod(x, 0), gc.round(x), gc.tril(x),
+            gc.norm(x, axis=0)]
+    got = gc.compile(outs, target="cpu")(x=np.zeros((0, 3)))
+    v = np.zeros((0, 3))
+    want = [np.sin(v), v.any(0), v.all(0), v.cumsum(0), v.prod(0), v.round(), np.tril(v), np.linalg.norm(v, axis=0)]
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
