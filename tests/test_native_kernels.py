@@ -465,6 +465,12 @@ def test_random_kernels_give_numbas_bits_new_seeds(tmp_path):
 SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -2.0, 0.3, -0.5]
 TEMPLATE_ATTRS = {"pow": {"p": 3.0}, "leaky_relu": {"alpha": 0.1}, "elu": {"alpha": 0.7},
                   "clip": {"lo": -0.5, "hi": 0.3}}
+# the rounding ops' constants depend on the dtype (ops/numeric.py)
+ROUNDING = ("round", "floor", "ceil", "trunc")
+# templates the translator leaves to Numba (a kernel using one is compiled by Numba, by
+# design): Python's float % and // and math.atan2; tests/test_ops_numpy.py compares them
+# with NumPy on the cpu target
+NUMBA_ONLY = ("mod", "floor_divide", "arctan2")
 
 
 def _template_kernel(dtype: str):
@@ -474,15 +480,17 @@ def _template_kernel(dtype: str):
     from graphc.backends.expr import literal, node_expr, reduce_step
     from graphc.ir import make
     from graphc.ops.base import all_ops
+    from graphc.ops.numeric import _rounding_attrs
     a, b = gc.input("tpl_a", (3,), dtype=dtype), gc.input("tpl_b", (3,), dtype=dtype)
     nodes, lines = [], []
     for name, op in sorted(all_ops().items()):
-        if op.kind != "elementwise" or name in ("cast", "stop_gradient"):
+        if op.kind != "elementwise" or name in ("cast", "stop_gradient") + NUMBA_ONLY:
             continue
         if name == "where":
             n, operands = make("where", (a > b, a, b)), ["(a > b)", "a", "b"]
         elif "{1}" not in op.template:
-            n, operands = make(name, (a,), TEMPLATE_ATTRS.get(name, {})), ["a"]
+            attrs = _rounding_attrs(dtype) if name in ROUNDING else TEMPLATE_ATTRS.get(name, {})
+            n, operands = make(name, (a,), attrs), ["a"]
         else:
             n, operands = make(name, (a, b)), ["a", "b"]
         e = node_expr(n, operands)

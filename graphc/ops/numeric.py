@@ -212,5 +212,5 @@ def _mish_vjp(y, g):
 
 _unary("mish", lambda x: x * np.tanh(_softplus_np(x)), "({0} * math.tanh(" + _SOFTPLUS + "))", _mish_vjp,
        doc="x * tanh(softplus(x))")
-_unary("log_sigmoid", lambda x: -_softplus_np(-x), "(min({0}, 0.0) - math.log1p(math.exp(-abs({0}))))",
+_unary("log_sigmoid", lambda x: -_softplus_np(-x), "(-(max(-{0}, 0.0) + math.log1p(math.exp(-abs({0})))))",
        lambda y, g: [g * F.sigmoid(-y.inputs[0])], doc="-softplus(-x), stable for any x")
