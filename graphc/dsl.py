@@ -628,6 +628,43 @@ def swapaxes(x, axis1: int, axis2: int) -> Node:
     return transpose(x, perm)
 
 
+# ---- einsum and friends (compositions of matmul, batch_matmul, sums: ops/einsum.py) --------
+
+def einsum(subscripts: str, *operands) -> Node:
+    """``np.einsum(subscripts, *operands)``: explicit (``"ij,jk->ik"``) or implicit output,
+    repeated labels for diagonals and traces, ``...`` broadcasting. Contracted pairs run as
+    ONE GEMM or a batched GEMM (transposes and reshapes around ``matmul``), the rest as
+    broadcasting multiplies and sums; differentiable through those ops."""
+    from .ops.einsum import einsum as _einsum
+    return _einsum(subscripts, *operands)
+
+
+def tensordot(a, b, axes=2) -> Node:
+    """``np.tensordot``: the last ``axes`` dims of ``a`` against the first of ``b`` (an int), or
+    the listed axes (a pair of lists); one GEMM."""
+    from .ops.einsum import tensordot as _tensordot
+    return _tensordot(a, b, axes)
+
+
+def outer(a, b) -> Node:
+    """``np.outer``: ``ravel(a)[:, None] * ravel(b)[None, :]``."""
+    from .ops.einsum import outer as _outer
+    return _outer(a, b)
+
+
+def diagonal(a, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Node:
+    """``np.diagonal``: the ``offset``-th diagonal of the (``axis1``, ``axis2``) planes, as a
+    new last axis (a strided slice; the gradient scatters back onto the diagonal)."""
+    from .ops.einsum import diagonal as _diagonal
+    return _diagonal(a, offset, axis1, axis2)
+
+
+def trace(a, offset: int = 0, axis1: int = 0, axis2: int = 1, dtype=None) -> Node:
+    """``np.trace``: the sum of ``diagonal(a, offset, axis1, axis2)`` (booleans count as int64)."""
+    from .ops.einsum import trace as _trace
+    return _trace(a, offset, axis1, axis2, dtype)
+
+
 # ---- neural-network functions -----------------------------------------------------------
 
 def softmax(x, axis: int = -1) -> Node:
