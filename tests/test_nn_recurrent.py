@@ -390,3 +390,52 @@ def test_weight_names_match_keras(keras):
     for make in (lambda L: L.LSTM(H, name="lstm"), lambda L: L.Bidirectional(L.GRU(H, name="gru"), name="bidirectional")):
         km, gm = _keras_pair(keras, make, False)
         assert [v.path for v in km.weights] == [n.name for n in gm.weights]
+
+
+_TRAIN_SCRIPT = r'''
+import numpy as np, keras
+import graphc.nn as gn
+rng = np.random.default_rng(0)
+N, T = 48, 6
+ids = rng.integers(1, 12, (N, T))
+for i in range(N):
+    ids[i, rng.integers(2, T + 1):] = 0
+y = rng.integers(0, 3, N)
+
+def build(L, Model, Input, dtype):
+    i = Input((T,), dtype=dtype)
+    e = L.Embedding(12, 5, mask_zero=True)(i)
+    r = L.Bidirectional(L.GRU(4, return_sequences=True))(e)
+    r = L.LSTM(5, return_sequences=True)(r)
+    r = L.SimpleRNN(3, go_backwards=True, return_sequences=True)(r)
+    g = L.GlobalMaxPooling1D()(L.Conv1D(2, 2, padding="causal")(e))
+    return Model(i, L.Dense(3)(L.Concatenate()([L.GlobalAveragePooling1D()(r), g])))
+
+km, gm = build(keras.layers, keras.Model, keras.Input, "int32"), build(gn, gn.Model, gn.Input, "int64")
+w = [rng.standard_normal(v.shape).astype(np.float32) * 0.4 for v in km.get_weights()]
+km.set_weights(w)
+gm.set_weights(w)
+km.compile(optimizer=keras.optimizers.Adam(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+gm.compile(optimizer=gn.optimizers.Adam(0.01), loss=gn.losses.SparseCategoricalCrossentropy(from_logits=True),
+           target="numpy")
+hk = km.fit(ids, y, epochs=3, batch_size=16, shuffle=False, verbose=0).history["loss"]
+hg = gm.fit(ids, y, epochs=3, batch_size=16, shuffle=False, verbose=0).history["loss"]
+np.testing.assert_allclose(hg, hk, rtol=1e-5)
+for a, b in zip(gm.get_weights(), km.get_weights()):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+print("same training", hk)
+'''
+
+
+def test_training_matches_keras_with_a_training_backend():
+    """Per-epoch losses and final weights of a masked Embedding -> Bidirectional(GRU) -> LSTM ->
+    SimpleRNN(go_backwards) + Conv1D model against Keras 3 on its torch backend (its numpy
+    backend cannot train), in a subprocess: the Keras backend is chosen at import."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("keras") is None or importlib.util.find_spec("torch") is None:
+        pytest.skip("needs keras and torch (a Keras backend that trains)")
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    p = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "same training" in p.stdout, p.stdout[-2000:] + p.stderr[-4000:]
