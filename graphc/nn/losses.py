@@ -256,12 +256,180 @@ class LossFunctionWrapper(Loss):
         return _per_sample_mean(v)
 
 
+# ---- Keras 3's regression / probabilistic / margin losses: one value per sample (the mean
+# over the last axis, or its sum for KL and cosine), then the batch mean (sum_over_batch_size)
+
+def _float(y, like):
+    return y if y.dtype == like.dtype else F.cast(y, like.dtype)
+
+
+def huber(y_true, y_pred, delta: float = 1.0):
+    """``keras.losses.huber``: 0.5 * e**2 where |e| <= delta, else delta * |e| - 0.5 * delta**2."""
+    err = y_pred - _float(y_true, y_pred)
+    a = F.abs(err)
+    return F.mean(F.where(F.less_equal(a, delta), 0.5 * F.square(err), delta * a - 0.5 * delta * delta), -1)
+
+
+def log_cosh(y_true, y_pred):
+    """``keras.losses.log_cosh``: log(cosh(e)) as e + softplus(-2e) - log 2 (no overflow)."""
+    x = y_pred - _float(y_true, y_pred)
+    return F.mean(x + F.softplus(x * -2.0) - float(np.log(2.0)), -1)
+
+
+def kl_divergence(y_true, y_pred):
+    """``keras.losses.kl_divergence``: sum(y_true * log(y_true / y_pred)), both clipped to [eps, 1]."""
+    t = F.clip(_float(y_true, y_pred), EPSILON, 1.0)
+    p = F.clip(y_pred, EPSILON, 1.0)
+    return F.sum(t * F.log(t / p), -1)
+
+
+def _hinge_labels(y):
+    """Keras' convert_binary_labels_to_hinge: labels all in {0, 1} become {-1, 1}."""
+    binary = F.all(F.logical_or(F.equal(y, 0.0), F.equal(y, 1.0)))
+    return F.where(binary, 2.0 * y - 1.0, y)
+
+
+def hinge(y_true, y_pred):
+    """``keras.losses.hinge``: mean(max(1 - y_true * y_pred, 0)) with labels in {-1, 1} (or {0, 1})."""
+    t = _hinge_labels(_float(y_true, y_pred))
+    return F.mean(F.maximum(1.0 - t * y_pred, 0.0), -1)
+
+
+def squared_hinge(y_true, y_pred):
+    """``keras.losses.squared_hinge``: mean(max(1 - y_true * y_pred, 0) ** 2)."""
+    t = _hinge_labels(_float(y_true, y_pred))
+    return F.mean(F.square(F.maximum(1.0 - t * y_pred, 0.0)), -1)
+
+
+def poisson(y_true, y_pred):
+    """``keras.losses.poisson``: mean(y_pred - y_true * log(y_pred + eps))."""
+    return F.mean(y_pred - _float(y_true, y_pred) * F.log(y_pred + EPSILON), -1)
+
+
+def _l2_normalize(x, axis):
+    # Keras' ops.normalize: x * min(rsqrt(sum(x**2)), 1/eps), so a zero vector stays zero
+    return x * F.minimum(F.rsqrt(F.sum(F.square(x), axis, keepdims=True)), 1.0 / EPSILON)
+
+
+def cosine_similarity(y_true, y_pred, axis: int = -1):
+    """``keras.losses.cosine_similarity``: -sum(l2_normalize(y_true) * l2_normalize(y_pred))."""
+    return -F.sum(_l2_normalize(_float(y_true, y_pred), axis) * _l2_normalize(y_pred, axis), axis)
+
+
+class _Elementwise(Loss):
+    """A Keras 3 loss class over its function: ``fn(y_true, y_pred, **options)`` gives each
+    sample's value (over the last axis); the loss is their mean (``sum_over_batch_size``)."""
+
+    fn: Callable = None
+    options: tuple = ()
+
+    def __init__(self, name: str | None = None, **options):
+        super().__init__(False)
+        if name is not None:
+            self.name = name
+        for k, v in options.items():
+            setattr(self, k, v)
+
+    def _values(self, y, out):
+        return type(self).fn(y, out, **{k: getattr(self, k) for k in self.options})
+
+    def build(self, y, out, pre, act):
+        return F.mean(self._values(y, out))
+
+    def per_sample(self, y, out, pre, act):
+        return _per_sample_mean(self._values(y, out))
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "reduction": "sum_over_batch_size",
+                **{k: getattr(self, k) for k in self.options}}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.options)
+        return f"{type(self).__name__}({args})"
+
+
+def _real(cls: str, name: str, v, positive: bool = False) -> float:
+    import numbers
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f"{cls}: {name} must be a finite {'positive ' if positive else ''}number, got {v!r}")
+    return float(v)
+
+
+class Huber(_Elementwise):
+    """``keras.losses.Huber(delta=1.0)``: quadratic for errors up to ``delta``, linear beyond."""
+
+    name, fn, options = "huber_loss", staticmethod(huber), ("delta",)
+
+    def __init__(self, delta: float = 1.0, name: str = "huber_loss"):
+        super().__init__(name, delta=_real("Huber", "delta", delta, positive=True))
+
+
+class LogCosh(_Elementwise):
+    """``keras.losses.LogCosh``: log(cosh(y_pred - y_true)), averaged."""
+
+    name, fn = "log_cosh", staticmethod(log_cosh)
+
+    def __init__(self, name: str = "log_cosh"):
+        super().__init__(name)
+
+
+class KLDivergence(_Elementwise):
+    """``keras.losses.KLDivergence``: y_true * log(y_true / y_pred) summed over the last axis."""
+
+    name, fn = "kl_divergence", staticmethod(kl_divergence)
+
+    def __init__(self, name: str = "kl_divergence"):
+        super().__init__(name)
+
+
+class Hinge(_Elementwise):
+    """``keras.losses.Hinge``: labels -1/1 (0/1 are converted)."""
+
+    name, fn = "hinge", staticmethod(hinge)
+
+    def __init__(self, name: str = "hinge"):
+        super().__init__(name)
+
+
+class SquaredHinge(_Elementwise):
+    """``keras.losses.SquaredHinge``: labels -1/1 (0/1 are converted)."""
+
+    name, fn = "squared_hinge", staticmethod(squared_hinge)
+
+    def __init__(self, name: str = "squared_hinge"):
+        super().__init__(name)
+
+
+class Poisson(_Elementwise):
+    """``keras.losses.Poisson``: y_pred - y_true * log(y_pred), averaged."""
+
+    name, fn = "poisson", staticmethod(poisson)
+
+    def __init__(self, name: str = "poisson"):
+        super().__init__(name)
+
+
+class CosineSimilarity(_Elementwise):
+    """``keras.losses.CosineSimilarity(axis=-1)``: minus the cosine of the angle between
+    labels and predictions along ``axis`` (-1 when they point the same way)."""
+
+    name, fn, options = "cosine_similarity", staticmethod(cosine_similarity), ("axis",)
+
+    def __init__(self, axis: int = -1, name: str = "cosine_similarity"):
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise TypeError(f"CosineSimilarity: axis must be an int, got {axis!r}")
+        super().__init__(name, axis=axis)
+
+
 _BY_NAME = {
     "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
     "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
     "binary_crossentropy": BinaryCrossentropy, "bce": BinaryCrossentropy,
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "huber": Huber, "huber_loss": Huber, "log_cosh": LogCosh, "logcosh": LogCosh,
+    "kl_divergence": KLDivergence, "kld": KLDivergence, "kullback_leibler_divergence": KLDivergence,
+    "hinge": Hinge, "squared_hinge": SquaredHinge, "poisson": Poisson, "cosine_similarity": CosineSimilarity,
 }
 
 

@@ -1,8 +1,11 @@
 """Optimizers as DSL update rules: built-ins and the base class for custom ones."""
+from . import schedules  # noqa: F401
 from .base import Optimizer, StateSpec  # noqa: F401
-from .builtin import SGD, Adagrad, Adam, AdamW, Lion, RMSprop  # noqa: F401
+from .builtin import SGD, Adafactor, Adagrad, Adam, Adamax, AdamW, Lion, Nadam, RMSprop  # noqa: F401
+from .schedules import LearningRateSchedule  # noqa: F401
 
-_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad, "lion": Lion}
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad, "lion": Lion,
+            "nadam": Nadam, "adamax": Adamax, "adafactor": Adafactor}
 
 
 def get(identifier) -> Optimizer:

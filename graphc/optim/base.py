@@ -53,6 +53,7 @@ from .. import dsl as F
 from ..autodiff import grad
 from ..errors import HyperParameterError, ShapeError, StateError
 from ..ir import Node
+from .schedules import LearningRateSchedule
 
 HYPER_PREFIX = "hyper:"
 
@@ -216,8 +217,14 @@ class Optimizer(metaclass=_OptimizerType):
         object.__setattr__(self, "_version", 0)  # bumped on every hyper-parameter change
         object.__setattr__(self, "_domains", self._declared_domains(domains, hyper))
         object.__setattr__(self, "_hyper", {})
+        object.__setattr__(self, "_schedules", {})  # {hyper-parameter: LearningRateSchedule}
+        object.__setattr__(self, "_built", False)  # set once a rule was built (a compiled step reads it)
         object.__setattr__(self, "global_clipnorm", self._checked_clipnorm(global_clipnorm))
-        self._hyper.update({k: self.check_hyperparameter(k, v) for k, v in hyper.items()})
+        for k, v in hyper.items():
+            if isinstance(v, LearningRateSchedule):
+                self._schedules[k] = self._checked_schedule(k, v)
+            else:
+                self._hyper[k] = self.check_hyperparameter(k, v)
 
     def _declared_domains(self, extra: Mapping[str, str] | None, hyper: Mapping) -> dict[str, Interval]:
         """The class's ``domains`` merged along the MRO, plus ``extra``; each parsed, or a
@@ -241,6 +248,20 @@ class Optimizer(metaclass=_OptimizerType):
             except (TypeError, ValueError) as e:
                 raise type(e)(f"{name}: the domain of hyper-parameter {k!r}: {e}") from None
         return out
+
+    def _checked_schedule(self, name: str, value: Any) -> Any:
+        """A schedule for ``name``: only the learning rate takes one (as in Keras)."""
+        if name != "learning_rate":
+            raise TypeError(f"{type(self).__name__}: hyper-parameter {name!r} must be a finite real number, got the "
+                            f"schedule {_short(value)}; only learning_rate takes a LearningRateSchedule")
+        return value
+
+    @property
+    def schedules(self) -> dict[str, Any]:
+        """{hyper-parameter name: LearningRateSchedule} for those given a schedule (their value
+        is computed inside the compiled step from the step counter, so they are not fed and not
+        in ``hyperparameters``)."""
+        return dict(self._schedules)
 
     @property
     def hyperparameter_domains(self) -> dict[str, str]:
@@ -291,7 +312,7 @@ class Optimizer(metaclass=_OptimizerType):
                               f"(its hyper-parameters are {hyper})")
 
     def __getattr__(self, name: str) -> Any:
-        hyper = self.__dict__.get("_hyper", {})
+        hyper = {**self.__dict__.get("_hyper", {}), **self.__dict__.get("_schedules", {})}
         if name in hyper:
             return hyper[name]
         if name == "lr" and "learning_rate" in hyper:
@@ -304,8 +325,12 @@ class Optimizer(metaclass=_OptimizerType):
         d = self.__dict__
         hyper = d.get("_hyper")
         if hyper is not None:
-            if name == "lr" and "learning_rate" in hyper:
+            scheduled = d["_schedules"]
+            if name == "lr" and ("learning_rate" in hyper or "learning_rate" in scheduled):
                 name = "learning_rate"
+            if name in scheduled or (name in hyper and isinstance(value, LearningRateSchedule)):
+                self._switch_schedule(name, value)
+                return
             if name in hyper:
                 hyper[name] = self.check_hyperparameter(name, value)
                 object.__setattr__(self, "_version", self._version + 1)
@@ -317,6 +342,24 @@ class Optimizer(metaclass=_OptimizerType):
             elif d.get("_frozen") and not name.startswith("_") and name not in d and not hasattr(type(self), name):
                 raise self._unknown(name)
         object.__setattr__(self, name, value)
+
+    def _switch_schedule(self, name: str, value: Any) -> None:
+        """A number replaced by a schedule or the reverse: the graph of the step changes, so it
+        is refused once a step was compiled with this optimizer (Keras refuses to set a
+        scheduled learning rate at all)."""
+        cls = type(self).__name__
+        if self._built:
+            raise TypeError(f"{cls}.{name} {'is the schedule ' + repr(self._schedules[name]) if name in self._schedules else 'is a number'}, "
+                            f"compiled into this optimizer's steps; it cannot become {_short(value)} now. Create "
+                            f"a new optimizer with {name}={_short(value)} (and compile a new step)")
+        if isinstance(value, LearningRateSchedule):
+            self._schedules[name] = self._checked_schedule(name, value)
+            self._hyper.pop(name, None)
+        else:
+            v = self.check_hyperparameter(name, value)
+            del self._schedules[name]
+            self._hyper[name] = v
+        object.__setattr__(self, "_version", self._version + 1)
 
     # ---- what a compiled step reads (the documented exchange with the runtime) -------------
     # hyper-parameters whose value at compile time decides the graph's structure when it is
@@ -356,7 +399,12 @@ class Optimizer(metaclass=_OptimizerType):
         return {HYPER_PREFIX + k: k for k in self._hyper}
 
     def hyper(self, name: str) -> Node:
-        """The scalar input that carries hyper-parameter ``name`` into the compiled step."""
+        """The scalar input that carries hyper-parameter ``name`` into the compiled step, or
+        for a scheduled one the schedule's value at the step counter (the number of steps
+        run before this one, as Keras evaluates ``schedule(iterations)``)."""
+        object.__setattr__(self, "_built", True)
+        if name in self._schedules:
+            return self._schedules[name].graph(F.step_counter(), self._dtype)
         if name not in self._hyper:
             raise KeyError(f"{type(self).__name__} has no hyper-parameter {name!r}")
         return F.input(HYPER_PREFIX + name, (), dtype=self._dtype)
@@ -412,5 +460,6 @@ class Optimizer(metaclass=_OptimizerType):
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v:g}" for k, v in self._hyper.items())
+        args = ", ".join([f"{k}={v:g}" for k, v in self._hyper.items()]
+                         + [f"{k}={v!r}" for k, v in self._schedules.items()])
         return f"{type(self).__name__}({args})"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dsl as F
-from .base import Optimizer
+from .base import Optimizer, StateSpec
 
 
 # shared ranges (interval notation, see Optimizer's docstring)
@@ -175,3 +175,110 @@ class Lion(Optimizer):
         c = b1 * state["m"] + (1.0 - b1) * grad
         m = b2 * state["m"] + (1.0 - b2) * grad
         return _apply(param, lr * F.sign(c), _decay(self, param, lr)), {"m": m}
+
+
+class Adamax(Optimizer):
+    """Adamax (Kingma & Ba, section 7): Adam with the infinity norm, Keras' formulation
+    ``u = max(beta_2 * u, |g|)``, ``param -= lr * m / ((1 - beta_1**t) * (u + epsilon))``."""
+
+    structural_hyperparameters = ("weight_decay",)
+    domains = {**_RATE, **_EPSILON, "beta_1": "[0, 1)", "beta_2": "[0, 1]"}
+
+    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, weight_decay: float = 0.0, global_clipnorm: float | None = None):
+        super().__init__(global_clipnorm, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, weight_decay=weight_decay)
+
+    def state_spec(self, param):
+        return {"m": "zeros", "u": "zeros"}  # Keras' "momentum" and "norm"
+
+    def update(self, param, grad, state, step):
+        lr, b1, b2 = self.hyper("learning_rate"), self.hyper("beta_1"), self.hyper("beta_2")
+        m = b1 * state["m"] + (1.0 - b1) * grad
+        u = F.maximum(b2 * state["u"], F.abs(grad))
+        alpha = lr / (1.0 - _pow(b1, step))  # scalar: once per step
+        delta = alpha * m / (u + self.hyper("epsilon"))
+        return _apply(param, delta, _decay(self, param, lr)), {"m": m, "u": u}
+
+
+class Nadam(Optimizer):
+    """Nadam (Dozat 2016): Adam with Nesterov momentum and the momentum schedule
+    ``u_t = beta_1 * (1 - 0.5 * 0.96**t)``, as Keras. The running product of the ``u_t``
+    (Keras' one ``u_product`` variable) is a scalar state per parameter, each copy
+    updated identically."""
+
+    structural_hyperparameters = ("weight_decay",)
+    domains = {**_RATE, **_EPSILON, "beta_1": "[0, 1)", "beta_2": "[0, 1)"}
+
+    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, weight_decay: float = 0.0, global_clipnorm: float | None = None):
+        super().__init__(global_clipnorm, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, weight_decay=weight_decay)
+
+    def state_spec(self, param):
+        return {"m": "zeros", "v": "zeros", "u_product": StateSpec((), 1.0)}
+
+    def update(self, param, grad, state, step):
+        lr, b1, b2 = self.hyper("learning_rate"), self.hyper("beta_1"), self.hyper("beta_2")
+        decay = F.log(F.const(np.asarray(0.96, dtype=step.dtype)))
+        u_t = b1 * (1.0 - 0.5 * F.exp(step * decay))
+        u_t1 = b1 * (1.0 - 0.5 * F.exp((step + 1.0) * decay))
+        u_prod = state["u_product"] * u_t  # Keras updates it before the parameters
+        u_prod1 = u_prod * u_t1
+        m = b1 * state["m"] + (1.0 - b1) * grad
+        v = b2 * state["v"] + (1.0 - b2) * F.square(grad)
+        m_hat = u_t1 * m / (1.0 - u_prod1) + (1.0 - u_t) * grad / (1.0 - u_prod)
+        v_hat = v / (1.0 - _pow(b2, step))
+        delta = m_hat * lr / (F.sqrt(v_hat) + self.hyper("epsilon"))
+        return _apply(param, delta, _decay(self, param, lr)), {"m": m, "v": v, "u_product": u_prod}
+
+
+class Adafactor(Optimizer):
+    """Adafactor (Shazeer & Stern 2018) as Keras 3 writes it: for a parameter of rank >= 2 a
+    factored second moment (row means ``r`` over the last axis, column means ``c`` over the
+    one before), for lower ranks a full one ``v``; the step is ``max(epsilon_2, rms(param)) *
+    min(lr, 1/sqrt(t))`` times the update clipped to rms ``clip_threshold``, with
+    ``beta_2_t = 1 - t**beta_2_decay``."""
+
+    structural_hyperparameters = ("weight_decay",)
+    domains = {**_RATE, "beta_2_decay": "(-inf, 0]", "epsilon_1": "(0, inf)", "epsilon_2": "[0, inf)",
+               "clip_threshold": "(0, inf)"}
+
+    def __init__(self, learning_rate: float = 0.001, beta_2_decay: float = -0.8, epsilon_1: float = 1e-30,
+                 epsilon_2: float = 1e-3, clip_threshold: float = 1.0, relative_step: bool = True,
+                 weight_decay: float = 0.0, global_clipnorm: float | None = None):
+        super().__init__(global_clipnorm, learning_rate=learning_rate, beta_2_decay=beta_2_decay,
+                         epsilon_1=epsilon_1, epsilon_2=epsilon_2, clip_threshold=clip_threshold,
+                         weight_decay=weight_decay)
+        # Keras' relative_step caps lr at 1/sqrt(t), which its rho_t does anyway: kept for its config
+        self.relative_step = _flag(self, "relative_step", relative_step)
+
+    def state_spec(self, param):
+        shape = tuple(param.shape)
+        if len(shape) < 2:
+            return {"v": "zeros"}
+        return {"r": StateSpec(shape[:-1]), "c": StateSpec(shape[:-2] + shape[-1:])}
+
+    @staticmethod
+    def _rms(x):
+        return F.sqrt(F.mean(F.square(x)))
+
+    def update(self, param, grad, state, step):
+        lr = self.hyper("learning_rate")
+        decay = _decay(self, param, lr)
+        base = param if decay is None else param - decay  # Keras decays first: rms of the decayed param
+        rho = F.minimum(lr, F.rsqrt(step))
+        alpha = F.maximum(self.hyper("epsilon_2"), self._rms(base)) * rho
+        g2 = F.square(grad) + self.hyper("epsilon_1")
+        beta = 1.0 - F.exp(self.hyper("beta_2_decay") * F.log(step))  # 1 - t ** decay
+        if "v" in state:
+            v = beta * state["v"] + (1.0 - beta) * g2
+            new = {"v": v}
+        else:
+            r = beta * state["r"] + (1.0 - beta) * F.mean(g2, -1)
+            c = beta * state["c"] + (1.0 - beta) * F.mean(g2, -2)
+            v = F.expand_dims(r / F.mean(r, -1, keepdims=True), -1) * F.expand_dims(c, -2)
+            new = {"r": r, "c": c}
+        u = grad / F.sqrt(v)
+        u_hat = u / F.maximum(1.0, self._rms(u) / self.hyper("clip_threshold"))
+        return base - alpha * u_hat, new
