@@ -70,7 +70,7 @@ def test_the_descriptions_match_the_text_and_are_checked(tmp_path, monkeypatch):
     import graphc as gc
     import graphc.backends.cache as gcache
     from graphc.backends.cpu import kernels
-    from graphc.backends.cpu.native import Unsupported
+    from graphc.backends.cpu.lowering import Unsupported
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(gcache, "_resolved", {})
     x = gc.input("dx", (None, 4))
@@ -98,3 +98,19 @@ def test_the_descriptions_match_the_text_and_are_checked(tmp_path, monkeypatch):
         kernels.compile_kernel("graphc_desc_dtype", kp.read_text(), wrong)
     with pytest.raises(Unsupported, match="gemm is not among"):
         kernels.compile_kernel("graphc_desc_gemm", kp.read_text(), dataclasses.replace(desc, intrinsics=("view",)))
+
+
+def test_the_native_compilation_modules_import_one_way():
+    """intrinsics/entry <- lowering, jit <- driver, image, kernels <- program: no module imports
+    one of the same layer or above (so each can be read without the ones that use it)."""
+    layer = {"intrinsics": 0, "entry": 0, "lowering": 1, "jit": 1, "driver": 2, "image": 2, "kernels": 2,
+             "program": 3}
+    for name, level in layer.items():
+        tree = ast.parse((CPU / f"{name}.py").read_text())
+        used = {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+                and n.module}
+        used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and not n.module
+                 for a in n.names}
+        assert "native" not in used, name
+        above = {u for u in used if layer.get(u, -1) >= level}
+        assert not above, (name, above)

@@ -1,4 +1,4 @@
-"""graphc's own driver compiler (graphc/backends/cpu/native.py): the generated ``step`` text
+"""graphc's own driver compiler (graphc/backends/cpu/driver.py): the generated ``step`` text
 compiled with llvmlite and called as a builtin, checked against the Numba driver that
 compiles the same text (GRAPHC_NATIVE_DRIVER=0) and against the NumPy interpreter."""
 import threading
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.backends.cpu import native
+from graphc.backends.cpu import driver
 from graphc.errors import FeedError
 
 RNG = np.random.default_rng(0)
@@ -120,17 +120,17 @@ def test_the_native_driver_refuses_wrong_arguments_instead_of_crashing(monkeypat
 def test_an_untranslatable_driver_falls_back_to_numba(monkeypatch):
     """A statement outside the forms the emitter writes is ``Unsupported``; the program then
     runs the Numba driver over the same text and gives the same results."""
-    with pytest.raises(native.Unsupported, match="statement"):
-        native.native_driver("def step(a):\n    while a:\n        pass\n    return 0\n", ["i"], {})
-    with pytest.raises(native.Unsupported, match="call of"):
-        native.native_driver("def step(a):\n    unknown(a)\n    return 0\n", ["p"], {})
+    with pytest.raises(driver.Unsupported, match="statement"):
+        driver.native_driver("def step(a):\n    while a:\n        pass\n    return 0\n", ["i"], {})
+    with pytest.raises(driver.Unsupported, match="call of"):
+        driver.native_driver("def step(a):\n    unknown(a)\n    return 0\n", ["p"], {})
 
     def refuse(*a, **k):
-        raise native.Unsupported("refused by the test")
+        raise driver.Unsupported("refused by the test")
 
     feeds = {"fx": RNG.standard_normal((5, 6)).astype("f4"), "fy": RNG.integers(0, 3, 5)}
     nat, l_nat, _ = train(mlp("f"), "cpu", monkeypatch, True, **feeds)
-    monkeypatch.setattr(native, "native_driver", refuse)
+    monkeypatch.setattr(driver, "native_driver", refuse)
     fb, l_fb, p_fb = train(mlp("f"), "cpu", monkeypatch, True, **feeds)
     assert not p_fb.native and l_fb == l_nat
 
@@ -182,7 +182,7 @@ def test_the_driver_checks_each_feeds_dtype_shape_and_layout_itself(monkeypatch)
                 np.zeros((5, 7), "f4"), xb[:, ::-1]):
         a = list(args)
         a[pos] = bad
-        assert prog._driver(*a) == native.FEED_MISMATCH
+        assert prog._driver(*a) == driver.FEED_MISMATCH
     for k, v in before.items():
         np.testing.assert_array_equal(step.params[k], v)
     # through the step: each of these takes the checked path and trains as the interpreter
@@ -233,7 +233,7 @@ def test_a_translator_error_warns_and_falls_back_to_numba(monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("LLVM says no")
 
-    monkeypatch.setattr(native, "native_driver", broken)
+    monkeypatch.setattr(driver, "native_driver", broken)
     with pytest.warns(RuntimeWarning, match="native driver .* could not be compiled .*LLVM says no"):
         fb, l_fb, p_fb = train(mlp("e"), "cpu", monkeypatch, True, **feeds)
     assert not p_fb.native and l_fb == l_nat

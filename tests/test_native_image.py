@@ -1,4 +1,4 @@
-"""The native image (graphc/backends/cpu/native.py): after a program's first call its
+"""The native image (graphc/backends/cpu/image.py): after a program's first call its
 kernels' object code is stored beside their modules, and a later process starts from it
 without importing Numba. Each start here is a fresh process with a private cache."""
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphc.backends.cpu import native
+from graphc.backends.cpu import image, jit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def private_cache(tmp_path, monkeypatch):
 def _objects(p) -> list:
     """(symbol, native name, object code) of each kernel of program ``p``: compiled by graphc
     (kernels.py) or by Numba."""
-    return [*p._objects.values(), *(native.image_of(m) for m in p._kernel_modules)]
+    return [*p._objects.values(), *(image.image_of(m) for m in p._kernel_modules)]
 
 
 @pytest.mark.parametrize("kernels_by", ["graphc", "numba"])
@@ -140,11 +140,11 @@ def test_undefined_symbols_reads_an_object_and_refuses_other_bytes(private_cache
     objs = _objects(p)
     assert len(objs) == len(p.kernel_paths) and len(p._objects) == (len(objs) if kernels_by == "graphc" else 0)
     assert objs and all(o is not None for o in objs)
-    und = set().union(*(native.undefined_symbols(o[2]) for o in objs))
+    und = set().union(*(image.undefined_symbols(o[2]) for o in objs))
     assert "numba_xxgemm" in und  # the GEMM kernel calls BLAS through Numba's helper
     assert not any(s.startswith("graphc_") for s in und)  # kernels call nothing of graphc's
     with pytest.raises(ValueError):
-        native.undefined_symbols(b"not an object file at all")
+        image.undefined_symbols(b"not an object file at all")
 
 
 def test_graphcs_gemm_binding_serves_numba_code_of_every_blas_kind():
@@ -153,7 +153,7 @@ def test_graphcs_gemm_binding_serves_numba_code_of_every_blas_kind():
     complex, single and double."""
     import llvmlite.binding as ll
     from numba import njit
-    native._bind_runtime(native._jit()[0])
+    jit.bind_runtime(jit.jit()[0])
 
     @njit
     def dot(a, b):
@@ -180,8 +180,8 @@ def test_an_unresolvable_symbol_is_refused_before_anything_is_loaded(private_cac
         sym, native_name, obj, _ = kernels.compile_kernel("graphc_probe_unresolvable", p.kernel_paths[-1].read_text(),
                                                        p.entries[p.kernel_paths[-1].stem])
     import hashlib
-    monkeypatch.setattr(native, "undefined_symbols", lambda o: ["graphc_no_such_symbol_anywhere"])
-    why = native.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)])
+    monkeypatch.setattr(image, "undefined_symbols", lambda o: ["graphc_no_such_symbol_anywhere"])
+    why = image.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)])
     assert why is not None and "graphc_no_such_symbol_anywhere" in why
-    why = native.load_images([(sym, native_name, "0" * 64, obj)])
+    why = image.load_images([(sym, native_name, "0" * 64, obj)])
     assert why is not None and "digest" in why

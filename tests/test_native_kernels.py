@@ -15,7 +15,7 @@ import pytest
 
 import graphc as gc
 from graphc.backends.cpu import kernels
-from graphc.backends.cpu.native import Unsupported
+from graphc.backends.cpu.lowering import Unsupported
 from graphc.backends.expr import float_to_int
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,13 +224,13 @@ def both(tmp_path, module: str, src: str):
     import hashlib
     import importlib.util
     import llvmlite.binding as ll
-    from graphc.backends.cpu import native
+    from graphc.backends.cpu import image
     try:
         desc = describe(src)
         sym, native_name, obj, _ = kernels.compile_kernel(module, src, desc)
     except Unsupported:
         return None
-    assert native.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)]) is None
+    assert image.load_images([(sym, native_name, hashlib.sha256(obj).hexdigest(), obj)]) is None
     path = tmp_path / f"{module}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(module, path)
@@ -329,7 +329,7 @@ def test_a_translator_failure_warns_and_numba_compiles_that_kernel(monkeypatch, 
     real = kernels._Kernel._call
 
     def broken(self, e):
-        if __import__("graphc.backends.cpu.native", fromlist=["_callee"])._callee(e) == "math.tanh":
+        if __import__("graphc.backends.cpu.lowering", fromlist=["callee"]).callee(e) == "math.tanh":
             raise RuntimeError("a bug in the translator")
         return real(self, e)
 

@@ -40,7 +40,7 @@ class BoundCall:
         except (AttributeError, KeyError, TypeError):
             return None
         self = cls.__new__(cls)
-        from .native import FEED_MISMATCH, RAISED_STATUS
+        from .driver import FEED_MISMATCH, RAISED_STATUS
         ns: dict = {"ndarray": np.ndarray, "lock": store.lock, "store": store, "opt": optimizer,
                     "array": np.array, "RAISED": RAISED_STATUS, "MISMATCH": FEED_MISMATCH}
         names = {name: i for i, (name, _, _) in enumerate(specs)}

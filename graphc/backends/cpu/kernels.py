@@ -8,7 +8,7 @@ small language: views over addresses, ``range`` loops, ``if``, scalar arithmetic
 ``math`` functions, a BLAS GEMM and a fill. That language is translated here, straight to IR,
 then optimized by LLVM at O3 with loop and SLP vectorization (llvmlite's new pass manager)
 for the host CPU, and emitted as object code: the object is what the native image stores
-(native.py), and loading it is how this process binds ``graphc_<name>`` too. (Numba 0.68's
+(image.py), and loading it is how this process binds ``graphc_<name>`` too. (Numba 0.68's
 own pipeline is O3 with loop vectorization and SLP vectorization off by default, and honours
 ``NUMBA_OPT`` and ``NUMBA_CPU_NAME``; this compiler reads neither. The tests compare the two
 compilers' results bit for bit.)
@@ -34,7 +34,8 @@ import os
 
 from .entry import EntryDesc
 from .intrinsics import ALLREDUCE, DIALECT, XXGEMM, exp32_ir
-from .native import Unsupported, _callee, _dotted, _jit, _Lowering
+from .jit import jit
+from .lowering import Lowering, Unsupported, callee, dotted
 
 B, I, U, F, D = "b", "i", "u", "f", "d"  # bool, int64, uint64, float32, float64
 W = "w"  # int32: an array's items; it widens to int64 in every operator but abs, max, min and unification
@@ -114,7 +115,7 @@ def compile_kernel(module: str, source: str, desc: EntryDesc) -> tuple[str, str,
     this process) of the kernel module ``module`` (its text ``source``, its entry described
     by ``desc``: the emitter's signature, operand dtypes and intrinsics, which the text is
     checked against); raises ``Unsupported`` for a kernel outside the translated subset."""
-    ll = _jit()[0]
+    ll = jit()[0]
     if not hasattr(ll, "create_pass_builder"):  # an older llvmlite: Numba compiles the kernels
         raise Unsupported("this llvmlite has no bindings of the new pass manager")
     key = hashlib.sha256(f"{module}\n{source}".encode()).hexdigest()
@@ -141,14 +142,14 @@ def _kernel_tm(ll):
     """The target machine Numba's JIT compiles kernels for: the host CPU and features, O3,
     static relocations, the JIT code model."""
     if not _TM:
-        _jit()  # initializes LLVM's native target
+        jit()  # initializes LLVM's native target
         target = ll.Target.from_default_triple()
         _TM.append(target.create_target_machine(cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(),
                                                 opt=3, reloc="static", codemodel="jitdefault", jit=True))
     return _TM[0]
 
 
-class _Kernel(_Lowering):
+class _Kernel(Lowering):
     """One ``cfunc`` entry's ``def`` -> an LLVM module (text) defining it as a C function."""
 
     def __init__(self, source: str, desc: EntryDesc):
@@ -156,7 +157,7 @@ class _Kernel(_Lowering):
         self.ir = ir
         tree = ast.parse(source)
         fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == desc.name]
-        if len(fns) != 1 or not fns[0].decorator_list or _callee(fns[0].decorator_list[0]) != "cfunc":
+        if len(fns) != 1 or not fns[0].decorator_list or callee(fns[0].decorator_list[0]) != "cfunc":
             raise Unsupported("no single cfunc entry")
         deco = fns[0].decorator_list[0]
         if any(k.arg == "error_model" and getattr(k.value, "value", None) != "numpy" for k in deco.keywords):
@@ -282,7 +283,7 @@ class _Kernel(_Lowering):
                 raise Unsupported("continue/break outside a loop")
             b.branch(self.loops[-1][0 if isinstance(s, ast.Continue) else 1])
         elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call):
-            name = self._intrinsic(_callee(s.value))
+            name = self._intrinsic(callee(s.value))
             if name == "fill" and len(s.value.args) == 2:
                 self._fill(self._array(s.value.args[0]), self._expr(s.value.args[1]))
             elif name == "gemm" and len(s.value.args) == 3:
@@ -297,7 +298,7 @@ class _Kernel(_Lowering):
     def _for(self, s) -> None:
         b, ir = self.b, self.ir
         it = s.iter
-        if not (isinstance(s.target, ast.Name) and isinstance(it, ast.Call) and _callee(it) == "range"
+        if not (isinstance(s.target, ast.Name) and isinstance(it, ast.Call) and callee(it) == "range"
                 and 1 <= len(it.args) <= 3 and not it.keywords and not s.orelse):
             raise Unsupported("a loop other than for i in range(...)")
         args = [self._cast(self._int(a), I) for a in it.args]
@@ -330,13 +331,13 @@ class _Kernel(_Lowering):
     # -- arrays
     def _value(self, e):
         """An expression that may be an array or a tuple (of dims) as well as a scalar."""
-        if isinstance(e, ast.Call) and _callee(e) == "view":
+        if isinstance(e, ast.Call) and callee(e) == "view":
             return self._view(e)
         if isinstance(e, ast.Attribute) and e.attr == "T":
             a = self._array(e.value)
             return Arr(a.ptr, a.kind, a.ety, a.dims[::-1], a.strides[::-1],
                        {"C": "F", "F": "C"}.get(a.layout, "A") if len(a.dims) > 1 else a.layout)
-        if isinstance(e, ast.Call) and _callee(e) == "np.transpose" and len(e.args) == 2:
+        if isinstance(e, ast.Call) and callee(e) == "np.transpose" and len(e.args) == 2:
             a = self._array(e.args[0])
             perm = ast.literal_eval(e.args[1])
             if sorted(perm) != list(range(len(a.dims))):
@@ -360,9 +361,9 @@ class _Kernel(_Lowering):
                 a, ptr = self._element(e, len(idx))
                 return Arr(ptr, a.kind, a.ety, a.dims[len(idx):], a.strides[len(idx):],
                            "C" if a.layout == "C" else "A")
-        if isinstance(e, ast.Call) and _callee(e) == "np.empty":
+        if isinstance(e, ast.Call) and callee(e) == "np.empty":
             return self._empty(e)
-        if isinstance(e, ast.Call) and _callee(e) == "np.full":
+        if isinstance(e, ast.Call) and callee(e) == "np.full":
             return self._full(e)
         if isinstance(e, ast.Tuple):
             return [self._expr(x) for x in e.elts]
@@ -391,7 +392,7 @@ class _Kernel(_Lowering):
             raise Unsupported("view of something else than a pointer parameter")
         self._intrinsic("view")
         dtname = self.desc.dtype_of(p.id)  # the operand's dtype as the emitter described it
-        if _dotted(dt) != f"np.{dtname}":
+        if dotted(dt) != f"np.{dtname}":
             raise Unsupported(f"view of {p.id} as {ast.unparse(dt)}, described as {dtname}")
         kind = _DTYPES.get(dtname)
         if kind is None:
@@ -417,7 +418,7 @@ class _Kernel(_Lowering):
         kw = {k.arg: k.value for k in e.keywords}
         if len(e.args) != 1 or set(kw) != {"dtype"}:
             raise Unsupported("np.empty arguments")
-        dtname = _dotted(kw["dtype"]).removeprefix("np.")
+        dtname = dotted(kw["dtype"]).removeprefix("np.")
         kind = _DTYPES.get(dtname)
         if kind is None or kind == W:
             raise Unsupported(f"np.empty of {dtname}")
@@ -568,7 +569,7 @@ class _Kernel(_Lowering):
                 return ir.Constant(self.f64, e.value), D
             raise Unsupported(f"constant {e.value!r}")
         if isinstance(e, ast.Attribute):
-            name = _dotted(e)
+            name = dotted(e)
             if name in ("np.inf", "math.inf"):
                 return ir.Constant(self.f64, float("inf")), D
             if name in ("np.nan", "math.nan"):
@@ -754,7 +755,7 @@ class _Kernel(_Lowering):
 
     def _call(self, e):
         b, ir = self.b, self.ir
-        name = _callee(e)
+        name = callee(e)
         if e.keywords:
             raise Unsupported(f"keywords in a call of {name}")
         args = e.args
@@ -883,7 +884,7 @@ class _Kernel(_Lowering):
 def _check_condition(test) -> None:
     """Numba prunes a branch whose condition is a constant before typing, so the other side's
     type is not unified in (``1 if 1 < True else True`` is a bool there): refused."""
-    if not any(isinstance(n, (ast.Name, ast.Subscript)) and _dotted(n).split(".")[0] not in ("np", "math")
+    if not any(isinstance(n, (ast.Name, ast.Subscript)) and dotted(n).split(".")[0] not in ("np", "math")
                for n in ast.walk(test)):
         raise Unsupported("a constant condition")
 

@@ -1,5 +1,5 @@
 """The cpu and parallel targets' runnable program: emit (emitter.py), write to the cache,
-load, verify and call the driver (graphc's own, native.py, or Numba's where it does not
+load, verify and call the driver (graphc's own, driver.py, or Numba's where it does not
 translate)."""
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from ...ir import fmt_shape
 from ...numerics import NUMERICS_STATUS, checked_values, numerics_error
 from ..base import CompileStats, Lowered, describe_modules
 from .entry import EntryDesc
-from .native import RAISED_STATUS
+from .driver import RAISED_STATUS
+from .lowering import Unsupported
 
 
 # ---- native kernel entries: bound to symbols the drivers call ----------------------------------
@@ -142,7 +143,7 @@ class CpuProgram:
         self._release = None  # finalizer: the modules may be unloaded once this is dropped
         self._compiled = False
         self._bound_version = None
-        self.native = False  # the driver compiled by native.py (else by Numba)
+        self.native = False  # the driver compiled by graphc (driver.py; else by Numba)
         self.natively_checked: set = set()  # feeds whose dtype/shape/layout that driver checks
         self._raised: list[str] = []
         self._kernel_modules: list = []
@@ -240,10 +241,10 @@ class CpuProgram:
             return [r(feeds, before) for r in self._readers]
 
     def native_kinds(self) -> tuple[list[str], list]:
-        """The native driver's ``kinds`` and ``expect`` (native.native_driver) for this
+        """The native driver's ``kinds`` and ``expect`` (driver.native_driver) for this
         program's arguments: array feeds' dtype, shape and contiguity are checked by the
         driver itself."""
-        from .native import expect_of
+        from .driver import expect_of
         kinds, expect = [], []
         shapes = self._layout.get("feeds", {})
         for kind, key in self._args:
@@ -253,30 +254,30 @@ class CpuProgram:
         return kinds, expect
 
     def entry_names(self) -> dict:
-        """The kernel entries the driver calls, by name (native.native_driver's ``entries``)."""
+        """The kernel entries the driver calls, by name (driver.native_driver's ``entries``)."""
         return {e.name: e for e in self.entries.values()}
 
     def native_twin(self, text: str):
         """Driver text ``text`` with one more parameter (an int64 array: graphc/explain's
         profiling twin, which writes its clock reads there) compiled by graphc's translator
         over this program's kernel entries; None where it is not translated."""
-        from . import native
+        from .driver import native_driver
         kinds, expect = self.native_kinds()
         try:
-            return native.native_driver(text, [*kinds, "p"], self.entry_names(), [*expect, None])[0]
-        except native.Unsupported:
+            return native_driver(text, [*kinds, "p"], self.entry_names(), [*expect, None])[0]
+        except Unsupported:
             return None
 
     def _native_driver(self) -> bool:
-        """Compile the driver text with graphc's own translator (native.py) instead of Numba;
+        """Compile the driver text with graphc's own translator (driver.py) instead of Numba;
         False (the Numba driver is used) where it meets a form it does not translate."""
-        from . import native
-        if not native.enabled():
+        from . import driver
+        if not driver.enabled():
             return False
         kinds, expect = self.native_kinds()
         try:
-            self._driver, self._raised = native.native_driver(self.path.read_text(), kinds, self.entry_names(), expect)
-        except native.Unsupported as e:
+            self._driver, self._raised = driver.native_driver(self.path.read_text(), kinds, self.entry_names(), expect)
+        except Unsupported as e:
             from ...logs import enabled, log
             if enabled("cache"):
                 log("cache", f"{self.path.name}: Numba driver ({e})")
@@ -294,8 +295,8 @@ class CpuProgram:
         a kernel it does not translate is imported through Numba (which compiles or loads
         it), then the native driver is compiled over them. False where nothing was
         translated or the driver needs Numba: the caller compiles everything through Numba."""
-        from . import kernels, native
-        if self._any_parallel or not native.enabled() or not kernels.enabled():
+        from . import driver, image, kernels
+        if self._any_parallel or not driver.enabled() or not kernels.enabled():
             return False
         from ...logs import enabled, log
         compiled, through_numba, fresh = {}, [], 0
@@ -303,7 +304,7 @@ class CpuProgram:
             try:
                 compiled[p.stem] = kernels.compile_kernel(p.stem, p.read_text(), self.entries[p.stem])
                 fresh += compiled[p.stem][3]
-            except native.Unsupported as e:
+            except Unsupported as e:
                 if enabled("cache"):
                     log("cache", f"{p.name}: compiled by Numba ({e})")
                 through_numba.append(p)
@@ -313,7 +314,7 @@ class CpuProgram:
                 through_numba.append(p)
         if not compiled:
             return False
-        why = native.load_images([(sym, nn, hashlib.sha256(obj).hexdigest(), obj)
+        why = image.load_images([(sym, nn, hashlib.sha256(obj).hexdigest(), obj)
                                   for sym, nn, obj, _ in compiled.values()])
         if why is not None:
             warnings.warn(f"graphc: graphc's compiled kernels could not be loaded ({why}); compiling them with "
@@ -329,20 +330,20 @@ class CpuProgram:
         return True
 
     def _write_images(self) -> None:
-        """Store each kernel entry's object code for later processes (native.py, "the native
+        """Store each kernel entry's object code for later processes (image.py, "the native
         image"); its digest goes into the manifest. Only for a native driver over cpu
         kernels; nothing is stored if any kernel has no image."""
-        from . import native
+        from . import image
         if not self.native or self._any_parallel or not self.kernel_paths:
             return
         from ...atomic import write_atomic
         from ..cache import cache_dir
         try:
-            tag = native.host_tag()
+            tag = image.host_tag()
             images = []
             mods = {m.__name__: m for m in self._kernel_modules}
             for kp in self.kernel_paths:
-                got = self._objects.get(kp.stem) or (native.image_of(mods[kp.stem]) if kp.stem in mods else None)
+                got = self._objects.get(kp.stem) or (image.image_of(mods[kp.stem]) if kp.stem in mods else None)
                 if got is None:
                     return
                 sym, native_name, obj = got
@@ -364,20 +365,20 @@ class CpuProgram:
         """Start from the native image named in the manifest: kernels' object code into
         graphc's JIT, the native driver over them; no Numba. False (and nothing changed) if
         there is none or it cannot be used: the caller starts through Numba."""
-        from . import native
+        from . import driver, image
         images = self._layout.get("images")
-        if not images or self._any_parallel or not native.enabled():
+        if not images or self._any_parallel or not driver.enabled():
             return False
         from ..cache import cache_dir
         d = cache_dir()
         try:
-            tag = native.host_tag()
+            tag = image.host_tag()
             if self._layout.get("host") != tag:  # written on another machine sharing this cache
                 why = "another host's"
             else:
                 loaded = [(sym, nn, digest, (d / _image_name(m, tag, digest)).read_bytes())
                           for m, sym, nn, digest in images]
-                why = native.load_images(loaded)
+                why = image.load_images(loaded)
         except (OSError, ValueError, TypeError) as e:
             why = f"unreadable ({type(e).__name__}: {e})"
         if why is not None:
@@ -524,7 +525,7 @@ class CpuProgram:
 # ---- the layout a call needs, and the manifest key ------------------------------------------------
 
 def _image_name(module: str, host: str, digest: str) -> str:
-    """A kernel module's object code for one host (native.py, "the native image")."""
+    """A kernel module's object code for one host (image.py, "the native image")."""
     return f"{module}-{host}-{digest[:16]}.o"
 
 
