@@ -1264,6 +1264,18 @@ def linspace(start, stop, num: int = 50, endpoint: bool = True, dtype: Any = Non
 
 # ---- Python operators on tensors ----------------------------------------------------------
 
+def _bool_op(sym: str, *xs) -> Node:
+    """``&``, ``|``, ``^`` and ``~`` on boolean tensors (masks), as NumPy's; graphc has no
+    bitwise ops on integers."""
+    fn = {"&": logical_and, "|": logical_or, "^": logical_xor, "~": logical_not}[sym]
+    nodes = [x for x in xs if isinstance(x, Node)]
+    if builtins.any(x.dtype.kind != "b" for x in nodes) or builtins.any(
+            not isinstance(x, (Node, bool, np.bool_)) for x in xs):
+        raise _fail(DTypeError, f"operator {sym}", "takes boolean tensors (masks) only; graphc has no bitwise "
+                    "integer ops (use logical_and/logical_or/logical_xor/logical_not for truth values)", *nodes)
+    return fn(*xs)
+
+
 def _install_operators() -> None:
     ops = {
         "__add__": lambda a, b: add(a, b), "__radd__": lambda a, b: add(b, a),
@@ -1274,6 +1286,10 @@ def _install_operators() -> None:
         "__pow__": lambda a, p: power(a, p),
         "__mod__": lambda a, b: mod(a, b), "__rmod__": lambda a, b: mod(b, a),
         "__floordiv__": lambda a, b: floor_divide(a, b), "__rfloordiv__": lambda a, b: floor_divide(b, a),
+        "__and__": lambda a, b: _bool_op("&", a, b), "__rand__": lambda a, b: _bool_op("&", b, a),
+        "__or__": lambda a, b: _bool_op("|", a, b), "__ror__": lambda a, b: _bool_op("|", b, a),
+        "__xor__": lambda a, b: _bool_op("^", a, b), "__rxor__": lambda a, b: _bool_op("^", b, a),
+        "__invert__": lambda a: _bool_op("~", a), "__round__": lambda a, ndigits=None: round(a, ndigits or 0),
         "__neg__": lambda a: negative(a), "__pos__": lambda a: a, "__abs__": lambda a: abs(a),
         "__gt__": lambda a, b: greater(a, b), "__ge__": lambda a, b: greater_equal(a, b),
         "__lt__": lambda a, b: less(a, b), "__le__": lambda a, b: less_equal(a, b),

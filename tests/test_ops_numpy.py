@@ -430,3 +430,16 @@ def test_zero_size_operands_give_numpy_s_identities():
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == w.dtype
         np.testing.assert_array_equal(g, w)
+
+
+def test_mask_operators_and_builtin_round():
+    x = gc.input("x", (2, 3), dtype="float32")
+    m = x > 0
+    f = gc.compile([m & (x < 2), m | True, m ^ (x < 2), ~m, round(x)], target="numpy")
+    v = np.array([[-1.0, 0.5, 2.5], [3.0, -0.0, 1.5]], np.float32)
+    got = f(x=v)
+    want = [(v > 0) & (v < 2), (v > 0) | True, (v > 0) ^ (v < 2), ~(v > 0), np.round(v)]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    with pytest.raises(gc.DTypeError, match=r"operator &: takes boolean tensors"):
+        gc.input("i", (3,), dtype="int32") & gc.input("j", (3,), dtype="int32")
