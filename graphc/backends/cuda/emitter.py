@@ -360,10 +360,10 @@ def compile_ptx(module: CudaModule, cc=(9, 0)) -> dict[str, str]:
     return out
 
 
-# The cuda lowering of each kernel kind, a rule table:
-# ``(emitter, kernel, hosted) -> Launch``, ``hosted`` the work of other kernels it runs
-# (launch.Hosted); GEMMs (matmul kernels and loop prologues) are launched by gemm.py's ``gemm``/``gemm_fused``. A
-# structured op's rule (ops/base.py ``Structured``) names its kind.
+# The cuda lowering of each kernel kind, a rule table: ``(emitter, kernel, hosted) -> Launch``,
+# ``hosted`` the work of other kernels it runs (launch.Hosted); GEMMs (matmul kernels and loop
+# prologues) are launched by gemm.py's ``gemm``/``gemm_fused``. A structured op's rule
+# (ops/base.py ``Structured``) names its kind.
 KERNELS = {
     "loop": loops.loop_kernel,
     "copy": loops.copy_kernel,

@@ -44,7 +44,7 @@ class Launch:
     gemm: tuple | None = None  # cublas: ((arena, off, shape, perm) for A, B, C)
     comment: str = ""
     merged: tuple = ()  # the schedule's launches this one does the work of, when more than its own
-    # emitter bookkeeping for merging launches (not part of the launch itself): what it reads
+    # bookkeeping for merging launches (merge.py; not part of the launch itself): what it reads
     # and writes as (arena, first, end) element ranges, the kernel it is listed under, and the
     # text it was generated from ((Fn, body lines, tag); ``ew``: an elementwise loop's pieces)
     reads: list = field(default_factory=list, repr=False, compare=False)

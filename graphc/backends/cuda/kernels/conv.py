@@ -77,7 +77,7 @@ def window_loop(em, fn: Fn, n: Node, size: int) -> tuple[str, str, list[str]]:
 
 def launch_over(em, k: Kernel, hosted: Hosted, n: Node, fn: Fn, body: list[str], tag: str, size: int) -> Launch:
     vmap = []
-    for q, e in enumerate(hosted.epi):  # an elementwise loop on the element just written (_plan_struct_epilogues)
+    for q, e in enumerate(hosted.epi):  # an elementwise loop on the element just written (merge.plan_struct_epilogues)
         et = LoopText(em, e, fn, vp=f"e{q}v", idx="e")
         body = body + et.prelude("        ") + et.element("        ") + et.stores("        ")
         vmap += ["then:"] + et.vmap
