@@ -373,6 +373,7 @@ def sum(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's na
 def max(x, axis=None, keepdims: bool = False) -> Node:  # noqa: A001 (NumPy's name)
     x = _lift(x)
     axes = _checked_axes("max", x, axis)
+    _no_empty("max", x, axes)  # np.max raises too (the compiled targets would give -inf)
     return make("max", (x,), {"axes": axes, "keepdims": bool(keepdims)})
 
 
@@ -1394,6 +1395,67 @@ def dropout(x, rate: float, seed: int | None = None, key: Node | None = None) ->
     u = random_uniform(x, _seed("dropout", seed, x), x.dtype, key)
     keep = greater_equal(u, float(rate))
     return where(keep, x * (1.0 / (1.0 - float(rate))), 0.0)
+
+
+def _affine_draw(op: str, z: Node, mean, stddev, dtype) -> Node:
+    for name, v in (("mean", mean), ("stddev", stddev)):
+        if isinstance(v, Node) or isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise _fail(TypeError, op, f"{name} must be a Python number, got {v!r}")
+    if not float(stddev) >= 0.0:
+        raise _fail(ValueError, op, f"stddev must be >= 0, got {stddev!r}")
+    z = cast(z, dtype)
+    if float(stddev) != 1.0:
+        z = z * float(stddev)
+    return z + float(mean) if float(mean) != 0.0 else z
+
+
+def _float_dtype(op: str, dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise _fail(DTypeError, op, f"dtype must be floating point, got {dt}")
+    return dt
+
+
+def random_normal(shape, mean: float = 0.0, stddev: float = 1.0, dtype: Any = "float32", seed: int | None = None,
+                  key: Node | None = None) -> Node:
+    """``keras.random.normal``: draws of N(mean, stddev**2) inside the step (``shape``, ``seed``
+    and ``key`` as ``random_uniform``'s). Each element is the inverse normal CDF of one float64
+    uniform of the in-step generator, computed with correctly rounded operations only
+    (ops/distributions.py), so bit-identical on the CPU targets (a GPU may fuse multiply-adds)."""
+    from .ops.distributions import standard_normal
+    dt = _float_dtype("random_normal", dtype)
+    return _affine_draw("random_normal", standard_normal(random_uniform(shape, _seed("random_normal", seed),
+                                                                        "float64", key)), mean, stddev, dt)
+
+
+def truncated_normal(shape, mean: float = 0.0, stddev: float = 1.0, dtype: Any = "float32", seed: int | None = None,
+                     key: Node | None = None) -> Node:
+    """``keras.random.truncated_normal``: N(mean, stddev**2) restricted to two standard
+    deviations around the mean (Keras re-draws values outside; here one uniform maps onto the
+    truncated range through the inverse CDF: the same distribution, no rejection loop)."""
+    from .ops.distributions import truncated_standard_normal
+    dt = _float_dtype("truncated_normal", dtype)
+    u = random_uniform(shape, _seed("truncated_normal", seed), "float64", key)
+    return _affine_draw("truncated_normal", truncated_standard_normal(u), mean, stddev, dt)
+
+
+def random_bernoulli(p=0.5, shape=None, seed: int | None = None, key: Node | None = None) -> Node:
+    """``jax.random.bernoulli``: booleans, True with probability ``p`` (a Python number in
+    [0, 1] or a float tensor, broadcast against ``shape``; ``shape`` None takes ``p``'s).
+    ``uniform < p`` on a float64 draw of the in-step generator."""
+    if isinstance(p, Node):
+        if p.dtype.kind != "f":
+            raise _fail(DTypeError, "random_bernoulli", f"p must be floating point, got {p.dtype}", p)
+        shape = p if shape is None else shape
+        pv = cast(p, "float64")
+    else:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+            raise _fail(ValueError, "random_bernoulli", f"p must be a number in [0, 1], got {p!r}")
+        if shape is None:
+            raise _fail(ValueError, "random_bernoulli", "needs a shape when p is a number")
+        pv = float(p)
+    u = random_uniform(shape, _seed("random_bernoulli", seed), "float64", key)
+    return less(u, pv)
 
 
 # ---- static slicing, padding, concatenation (ops/slicing.py) ------------------------------
