@@ -386,6 +386,32 @@ def test_predictions_match_keras(keras, case, masked):
 
 
 @_KERAS_WARNINGS
+@_KERAS_WARNINGS
+def test_merge_layers_combine_masks_as_keras(keras):
+    # Add ORs the masks of its inputs (None if one input has none); Concatenate on the feature
+    # axis counts an unmasked input as all-True: a step is kept if any input keeps it
+    def build(L, Model, Input, dtype):
+        i = Input((T,), dtype=dtype)
+        j = Input((T,), dtype=dtype)
+        x = Input((T, FEAT))
+        a = L.Embedding(10, FEAT, mask_zero=True)(i)
+        b = L.Embedding(10, FEAT, mask_zero=True)(j)
+        return Model([i, j, x], [L.LSTM(H, return_sequences=True)(L.Add()([a, b])),
+                                 L.GRU(H)(L.Concatenate()([a, b])),
+                                 L.SimpleRNN(H)(L.Concatenate()([a, x])),
+                                 L.SimpleRNN(H)(L.Add()([a, x]))])
+    km, gm = build(keras.layers, keras.Model, keras.Input, "int32"), build(gn, gn.Model, gn.Input, "int64")
+    gm.compile(loss="mse", optimizer="sgd", target="numpy")
+    w = [(rng.standard_normal(v.shape) * 0.5).astype(np.float32) for v in km.get_weights()]
+    km.set_weights(w)
+    gm.set_weights(w)
+    ids2 = np.roll(IDS, 1, axis=1)
+    feeds = [IDS, ids2, X]
+    for got, want in zip(gm.predict(feeds), km.predict(feeds, verbose=0)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@_KERAS_WARNINGS
 def test_weight_names_match_keras(keras):
     for make in (lambda L: L.LSTM(H, name="lstm"), lambda L: L.Bidirectional(L.GRU(H, name="gru"), name="bidirectional")):
         km, gm = _keras_pair(keras, make, False)

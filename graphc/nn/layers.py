@@ -348,6 +348,16 @@ class _Merge(Layer):
     merge = True
     min_inputs = 1
     max_inputs: int | None = None
+    supports_masking = True
+
+    def compute_mask(self, xs, mask):
+        """Keras' merge layers: the OR of the inputs' masks; None unless every input has one."""
+        if mask is None or any(m is None for m in mask):
+            return None
+        out = mask[0]
+        for m in mask[1:]:
+            out = F.greater(F.maximum(F.cast(out, "float32"), F.cast(m, "float32")), 0.0)
+        return out
 
     def _count(self, input_shape):
         n = len(input_shape)
@@ -439,6 +449,23 @@ class Concatenate(Layer):
     shapes must match on every other axis. The batch axis (0) cannot be joined."""
 
     merge = True
+    supports_masking = True
+
+    def compute_mask(self, xs, mask):
+        """Keras' rule: the masks, broadcast to the inputs (an unmasked input all True), joined
+        along ``axis``; a position is kept if any of its features is."""
+        if mask is None or all(m is None for m in mask):
+            return None
+        parts = []
+        for x, m in zip(xs, mask):
+            if m is None:
+                parts.append(F.ones_like(x))
+                continue
+            m = F.cast(m, x.dtype)
+            while m.ndim < x.ndim:
+                m = F.expand_dims(m, -1)
+            parts.append(F.broadcast_like(m, x))
+        return F.greater(F.max(F.concatenate(parts, axis=self.axis), axis=-1), 0.0)
 
     def __init__(self, axis: int = -1, name: str | None = None, **kwargs: Any):
         super().__init__(name=name, **kwargs)

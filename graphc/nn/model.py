@@ -218,8 +218,17 @@ class Model(Trainer):
 
         masks: dict[int, object] = {}  # Keras' masks: id(KerasTensor) -> boolean (batch, time) tensor
 
+        def in_mask(node):
+            """The mask of the call's input; a list (one per input) for a merge layer."""
+            if not node.inputs:
+                return None
+            if not isinstance(node.args, list):
+                return masks.get(id(node.args))
+            ms = [masks.get(id(t)) for t in node.args]
+            return ms if any(m is not None for m in ms) else None
+
         def mask_kwargs(node):
-            m = masks.get(id(node.inputs[0])) if node.inputs else None
+            m = in_mask(node)
             return {"mask": m} if m is not None and _takes_mask(node.layer) else {}
 
         for node in self._nodes:
@@ -230,7 +239,7 @@ class Model(Trainer):
                     values[id(t)] = v
             else:
                 values[id(node.output)] = out
-            m = masks.get(id(node.inputs[0])) if node.inputs else None
+            m = in_mask(node)
             m = node.layer.compute_mask(x, m) if m is not None or node.layer.supports_masking else None
             if m is not None and not node.extra_outputs:
                 masks[id(node.output)] = m
