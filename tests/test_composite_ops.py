@@ -46,7 +46,9 @@ def test_argmax_errors_name_the_op_and_line():
     with pytest.raises(gc.ShapeError, match=r"argmax: cannot run over the batch dimension.*test_composite_ops"):
         gc.argmax(x, 0)
     with pytest.raises(gc.ShapeError, match="argmin: takes one int axis"):
-        gc.argmin(x, None)
+        gc.argmin(x, (0, 1))
+    with pytest.raises(gc.ShapeError, match="argmin: cannot run over the batch dimension"):
+        gc.argmin(x, None)  # NumPy's flattened index: the batch dim is part of it
     with pytest.raises(gc.ShapeError, match="logsumexp"):
         gc.logsumexp(x, 3)
 
