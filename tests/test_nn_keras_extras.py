@@ -283,3 +283,62 @@ def test_utils_to_categorical_and_set_random_seed_as_keras(keras_run):
     a = (np.random.random(), __import__("random").random())
     utils.set_random_seed(7)
     assert (np.random.random(), __import__("random").random()) == a
+
+
+_KERAS_METRICS = """
+result = []
+for make, batches in cases:
+    m = eval(make)
+    for yt, yp in batches:
+        m.update_state(np.asarray(yt, dtype="float32"), np.asarray(yp, dtype="float32"))
+    result.append(np.asarray(m.result()).tolist())
+"""
+
+
+def _batches(y, p, size):
+    return [(y[i:i + size].tolist(), p[i:i + size].tolist()) for i in range(0, len(y), size)]
+
+
+def test_confusion_metrics_accumulate_over_batches_as_keras(keras_run):
+    # binary: AUC (ROC, PR, other summations), Precision, Recall
+    x = RNG.normal(size=(70, 3)).astype("float32")
+    y = (x[:, :1] + 0.8 * RNG.normal(size=(70, 1)) > 0).astype("float32")
+    binary = {"auc": ("AUC()", M.AUC()), "pr": ("AUC(curve='PR', name='pr')", M.AUC(curve="PR", name="pr")),
+              "minor": ("AUC(num_thresholds=37, summation_method='minoring', name='minor')",
+                        M.AUC(num_thresholds=37, summation_method="minoring", name="minor")),
+              "major_pr": ("AUC(curve='PR', summation_method='majoring', name='major_pr')",
+                           M.AUC(curve="PR", summation_method="majoring", name="major_pr")),
+              "precision": ("Precision()", M.Precision()), "recall": ("Recall(thresholds=0.3)", M.Recall(thresholds=0.3))}
+    model = nn.Sequential([nn.Dense(1, activation="sigmoid", input_shape=(3,))])
+    model.compile(O.SGD(0.1), "binary_crossentropy", metrics=[v[1] for v in binary.values()], target="numpy")
+    got = model.evaluate(x, y, batch_size=16, return_dict=True)
+    p = model.predict(x, batch_size=16)
+    # multi-class: F1Score's averages and thresholds on one-hot labels
+    xc = RNG.normal(size=(50, 4)).astype("float32")
+    yc = np.eye(3, dtype="float32")[RNG.integers(0, 3, 50)]
+    f1 = {"f1_none": ("F1Score(name='f1_none')", M.F1Score(name="f1_none")),
+          "f1_micro": ("F1Score(average='micro', name='f1_micro')", M.F1Score(average="micro", name="f1_micro")),
+          "f1_macro": ("F1Score(average='macro', threshold=0.3, name='f1_macro')",
+                       M.F1Score(average="macro", threshold=0.3, name="f1_macro")),
+          "f1_weighted": ("F1Score(average='weighted', name='f1_weighted')",
+                          M.F1Score(average="weighted", name="f1_weighted")),
+          "multi_precision": ("Precision(thresholds=0.4, name='multi_precision')",
+                              M.Precision(thresholds=0.4, name="multi_precision"))}
+    mc = nn.Sequential([nn.Dense(3, activation="softmax", input_shape=(4,))])
+    mc.compile(O.SGD(0.1), "categorical_crossentropy", metrics=[v[1] for v in f1.values()], target="numpy")
+    got.update(mc.evaluate(xc, yc, batch_size=16, return_dict=True))
+    pc = mc.predict(xc, batch_size=16)
+    cases = ([("keras.metrics." + make, _batches(y, p, 16)) for make, _ in binary.values()]
+             + [("keras.metrics." + make, _batches(yc, pc, 16)) for make, _ in f1.values()])
+    want = keras_run(_KERAS_METRICS, cases=cases)
+    for name, ref in zip(list(binary) + list(f1), want):
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.ndim(got["f1_none"]) == 1 and len(got["f1_none"]) == 3  # one value per class, as Keras
+    assert 0.0 < got["auc"] < 1.0 and got["auc"] != got["pr"]
+    # fit accumulates the same way: the epoch's value is the metric over all its batches
+    h = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert 0.0 <= h.history["auc"][0] <= 1.0 and 0.0 <= h.history["precision"][0] <= 1.0
+    with pytest.raises(ValueError, match="curve"):
+        M.AUC(curve="XY")
+    with pytest.raises(ValueError, match="average"):
+        M.F1Score(average="mean")

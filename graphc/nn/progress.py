@@ -9,8 +9,14 @@ import sys
 import time
 
 
+def _fmt_value(v) -> str:
+    if hasattr(v, "__len__"):  # a per-class metric (F1Score(average=None)): its values in brackets
+        return "[" + " ".join(_fmt_value(float(x)) for x in v) + "]"
+    return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.4e}"
+
+
 def _fmt_logs(logs: dict) -> str:
-    return "".join(f" - {k}: {v:.4f}" if abs(v) >= 1e-3 or v == 0 else f" - {k}: {v:.4e}" for k, v in logs.items())
+    return "".join(f" - {k}: {_fmt_value(v)}" for k, v in logs.items())
 
 
 def _fmt_time(seconds: float) -> str:

@@ -695,15 +695,15 @@ class Trainer:
                     stacked.update({k: np.stack([e[k] for e in extra]) for k in extra[0]})
                 run.cbs.on_train_batch_begin(group[0][0], {})
                 res = run.multi(**stacked)
-                cols = {k: res[k].tolist() for k in names}
+                cols = {k: [M.batch_value(v) for v in res[k]] for k in names}
                 per_batch = [{k: cols[k][i] for k in names} for i in range(run.k)]
                 for k in names:  # batch by batch, as one step per call adds them
                     for v in cols[k]:
                         sums[k] += v * n
                 seen += n * run.k
                 b = group[-1][0]
-                run.cbs.on_train_batch_end(b, per_batch[-1])
-                bar.update(b + 1, {k: sums[k] / seen for k in names})
+                run.cbs.on_train_batch_end(b, M.batch_logs(self._metrics, per_batch[-1], n))
+                bar.update(b + 1, M.log_values(self._metrics, sums, seen))
                 if self._stop_now:
                     break
                 continue
@@ -724,14 +724,14 @@ class Trainer:
             per_batch = []  # one step per call (K = 1, or a short group)
             for _, f in feeds:
                 res = run.step(**f)
-                per_batch.append({k: float(res[k]) for k in names})
+                per_batch.append({k: M.batch_value(res[k]) for k in names})
             for (n, _), batch_logs in zip(feeds, per_batch):
                 for k in names:
                     sums[k] += batch_logs[k] * n
                 seen += n
             b = group[len(feeds) - 1][0]
-            run.cbs.on_train_batch_end(b, per_batch[-1])
-            bar.update(b + 1, {k: sums[k] / seen for k in names})
+            run.cbs.on_train_batch_end(b, M.batch_logs(self._metrics, per_batch[-1], feeds[len(per_batch) - 1][0]))
+            bar.update(b + 1, M.log_values(self._metrics, sums, seen))
             if len(feeds) < len(group):  # the data ran out within the group
                 warnings.warn(RAN_OUT, stacklevel=3)
                 b = group[-1][0]
@@ -741,9 +741,13 @@ class Trainer:
         self._epochs_seen += 1
         if run.ranks > 1:  # the epoch's metrics over every rank's samples
             from ..distributed import world
-            tot = world().allreduce(np.array([sums[k] for k in names] + [seen], dtype=np.float64))
-            sums, seen = dict(zip(names, tot[:-1])), int(tot[-1])
-        logs = {k: sums[k] / max(seen, 1) for k in names}
+            flat = [np.ravel(np.asarray(sums[k], dtype=np.float64)) for k in names]  # stateful metrics: vectors
+            tot = world().allreduce(np.concatenate(flat + [np.array([seen], dtype=np.float64)]))
+            ends = np.cumsum([len(f) for f in flat])
+            sums = {k: (t.item() if np.ndim(sums[k]) == 0 else t)
+                    for k, t in zip(names, np.split(tot[:-1], ends[:-1]))}
+            seen = int(tot[-1])
+        logs = M.log_values(self._metrics, {k: sums[k] for k in names}, seen)
         if run.val is not None and (epoch + 1) % opts.validation_freq == 0:
             for k, v in self._evaluate_arrays(run.val, opts.validation_batch_size).items():
                 logs["val_" + k] = v
@@ -758,10 +762,10 @@ class Trainer:
         for b, (lo, hi) in enumerate(bounds):
             res = fn(**{k: v[lo:hi] for k, v in data.items()})
             for k, v in res.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * (hi - lo)
+                sums[k] = sums.get(k, 0.0) + M.batch_value(v) * (hi - lo)
             if bar is not None:
-                bar.update(b + 1, {k: v / hi for k, v in sums.items()})
-        logs = {k: v / n for k, v in sums.items()}
+                bar.update(b + 1, M.log_values(self._metrics, sums, hi))
+        logs = M.log_values(self._metrics, sums, n)
         if bar is not None:
             bar.update(len(bounds), logs, finalize=True)
         return logs
@@ -829,7 +833,7 @@ class Trainer:
             feeds.update(layer.feeds(n, rng))
         res = step(**feeds)
         logs = {"loss": float(res["loss"])}
-        logs.update({k: float(v) for k, v in res.items() if k != "loss"})
+        logs.update(M.batch_logs(self._metrics, {k: M.batch_value(v) for k, v in res.items() if k != "loss"}, n))
         return _keras_result(logs, return_dict)
 
     def test_on_batch(self, x, y, sample_weight=None, return_dict: bool = False):
