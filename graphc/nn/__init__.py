@@ -26,6 +26,10 @@ from .layers import (  # noqa: F401
     MaxPooling1D, MaxPooling2D, Maximum, Minimum, MultiHeadAttention, Multiply, PositionEmbedding, Reshape,
     SimpleRNN, Subtract,
 )
+from .layers import (  # noqa: F401
+    ELU, Conv2DTranspose, Cropping2D, DepthwiseConv2D, LeakyReLU, Normalization, PReLU, ReLU, Rescaling,
+    SeparableConv2D, Softmax, UpSampling2D, ZeroPadding2D,
+)
 from .model import Model, Sequential  # noqa: F401
 from . import models, saving  # noqa: F401,E402
 from .keras_format import KerasFormatError  # noqa: F401
@@ -37,6 +41,8 @@ __all__ = ["Model", "Sequential", "Dense", "Activation", "Dropout", "Flatten", "
            "GlobalAveragePooling2D", "GlobalMaxPooling2D", "BatchNormalization", "MultiHeadAttention",
            "PositionEmbedding", "Masking", "SimpleRNN", "LSTM", "GRU", "Bidirectional", "Conv1D", "MaxPooling1D",
            "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D",
+           "LeakyReLU", "PReLU", "ELU", "ReLU", "Softmax", "ZeroPadding2D", "Cropping2D", "UpSampling2D",
+           "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "Rescaling", "Normalization",
            "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
            "Callback", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "History",
            "TerminateOnNaN", "LambdaCallback", "ModelCheckpoint", "CSVLogger",

@@ -18,13 +18,17 @@ from .attention import MultiHeadAttention  # noqa: F401
 from .base import (  # noqa: F401 (Layer, Input, ...: keras.layers exports them too)
     CallNode, Input, InputLayer, KerasTensor, Layer, _Affine, _fmt, _initializer, _layer_seed, _serialize_initializer,
 )
+from .activation_layers import ELU, LeakyReLU, PReLU, ReLU, Softmax  # noqa: F401
 from .convolutional import (  # noqa: F401
-    AveragePooling2D, Conv2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D,
+    AveragePooling2D, Conv2D, Conv2DTranspose, DepthwiseConv2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
+    MaxPooling2D, SeparableConv2D,
 )
 from .conv1d import (  # noqa: F401
     AveragePooling1D, Conv1D, GlobalAveragePooling1D, GlobalMaxPooling1D, MaxPooling1D,
 )
 from .normalization import BatchNormalization  # noqa: F401
+from .preprocessing import Normalization, Rescaling  # noqa: F401
+from .reshaping import Cropping2D, UpSampling2D, ZeroPadding2D  # noqa: F401
 from .lambda_layer import Lambda  # noqa: F401
 from .recurrent import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: F401
 
