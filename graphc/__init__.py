@@ -17,6 +17,7 @@ from .dsl import (  # noqa: F401
 )
 from .dsl import *  # noqa: F401,F403  (every public DSL function, see dsl.__all__)
 from .autodiff import grad  # noqa: F401
+from .derivatives import hessian, jacobian, jvp  # noqa: F401  (derivatives as functions)
 from .substitution import substitute  # noqa: F401
 from .interpret import evaluate  # noqa: F401
 from .gradcheck import GradientCheckError, check_grads  # noqa: F401
