@@ -284,19 +284,40 @@ def _slots(opt) -> list[list[str]]:
         return [["accumulator"]]
     if name == "Lion":
         return [["m"]]
+    if name == "Nadam":  # then Keras' one u_product scalar (_extra_vars)
+        return [["m", "v"]]
+    if name == "Adamax":
+        return [["m", "u"]]
+    if name == "Adafactor":  # Keras keeps a full velocity beside the factored r, c of each matrix
+        raise KerasFormatError(f"save: {opt!r}'s state is not written in the Keras format (its variable layout "
+                               "differs); save the weights only (include_optimizer=False) or use .npz")
     raise KerasFormatError(f"save: the optimizer {opt!r} has no Keras counterpart")
+
+
+def _extra_vars(opt) -> list[str]:
+    """State keys Keras holds once per optimizer (after the slots); graphc keeps a copy per
+    weight, each updated identically."""
+    return ["u_product"] if type(opt).__name__ == "Nadam" else []
+
+
+def _n_head(opt) -> int:
+    """Variables before the slots: iterations, and learning_rate unless it is a schedule
+    (Keras tracks no variable for a schedule)."""
+    return 1 if "learning_rate" in opt.schedules else 2
 
 
 _OPT_EXTRA = {"Adam": ("beta_1", "beta_2", "epsilon"), "AdamW": ("beta_1", "beta_2", "epsilon"),
               "SGD": ("momentum",), "RMSprop": ("rho", "momentum", "epsilon"), "Adagrad": ("epsilon",),
-              "Lion": ("beta_1", "beta_2")}
+              "Lion": ("beta_1", "beta_2"), "Nadam": ("beta_1", "beta_2", "epsilon"),
+              "Adamax": ("beta_1", "beta_2", "epsilon")}
 
 
 def _optimizer_config(opt, hyper: dict) -> dict:
     name = type(opt).__name__
     _slots(opt)  # refuses optimizers Keras lacks
     cfg = {"name": name.lower(),  # Keras' default optimizer names: adam, adamw, sgd, rmsprop, ...
-           "learning_rate": float(hyper["learning_rate"]),
+           "learning_rate": (O.schedules.serialize(opt.schedules["learning_rate"]) if "learning_rate" in opt.schedules
+                             else float(hyper["learning_rate"])),
            "weight_decay": float(hyper["weight_decay"]) if hyper.get("weight_decay") else None,
            "clipnorm": None, "global_clipnorm": opt.global_clipnorm, "clipvalue": None, "use_ema": False,
            "ema_momentum": 0.99, "ema_overwrite_frequency": None, "loss_scale_factor": None,
@@ -318,14 +339,17 @@ def _optimizer_from_config(d: dict):
     cls = getattr(O, name, None) if name in _OPT_EXTRA else None
     if cls is None:
         raise KerasFormatError(f"load_model: the optimizer {name!r} is not supported; graphc has {sorted(_OPT_EXTRA)}")
-    if isinstance(cfg.get("learning_rate"), dict):
-        raise KerasFormatError(f"load_model: the optimizer's learning_rate is a schedule "
-                               f"({cfg['learning_rate'].get('class_name')}), which load_model does not restore")
+    lr = cfg.get("learning_rate", 0.001)
+    if isinstance(lr, dict):
+        try:
+            lr = O.schedules.deserialize(lr)
+        except (TypeError, ValueError) as e:
+            raise KerasFormatError(f"load_model: the optimizer's learning_rate schedule: {e}") from None
     for k, off in (("clipnorm", None), ("clipvalue", None), ("use_ema", False), ("amsgrad", False),
                    ("gradient_accumulation_steps", None), ("loss_scale_factor", None)):
         if cfg.get(k, off) not in (off, None):
             raise KerasFormatError(f"load_model: {name}({k}={cfg[k]!r}) is not supported by graphc")
-    kwargs = {"learning_rate": float(cfg.get("learning_rate", 0.001))}
+    kwargs = {"learning_rate": lr if isinstance(lr, O.schedules.LearningRateSchedule) else float(lr)}
     kwargs.update({k: float(cfg[k]) for k in _OPT_EXTRA[name] if k in cfg})
     if cfg.get("weight_decay") is not None:
         kwargs["weight_decay"] = float(cfg["weight_decay"])
@@ -352,6 +376,8 @@ def _loss_config(loss):
     if isinstance(loss, (list, tuple)):
         return [_loss_config(v) for v in loss]
     name = type(loss).__name__
+    if isinstance(loss, L._Elementwise):  # Huber(delta), CosineSimilarity(axis), ...: their config
+        return _keras_object("keras.losses", name, loss.get_config())
     if name in _LOSS_CLASSES and getattr(loss, "from_logits", False):
         return _keras_object("keras.losses", name, {"name": _LOSS_CLASSES[name], "reduction": "sum_over_batch_size",
                                                    "from_logits": True})
@@ -366,7 +392,10 @@ def _loss_from_config(v):
     if isinstance(v, dict) and "class_name" not in v:
         return {k: _loss_from_config(x) for k, x in v.items()}
     name, cfg = v.get("class_name"), v.get("config") or {}
-    cls = getattr(L, name, None) if name in _LOSS_CLASSES else None
+    cls = getattr(L, name, None)
+    if isinstance(cls, type) and issubclass(cls, L._Elementwise):
+        return cls(**{k: cfg[k] for k in cls.options if k in cfg})
+    cls = cls if name in _LOSS_CLASSES else None
     if cls is None:
         raise KerasFormatError(f"load_model: the loss {name!r} is not supported; graphc has {sorted(_LOSS_CLASSES)}")
     return cls(from_logits=bool(cfg.get("from_logits", False))) if "from_logits" in cfg else cls()
@@ -446,13 +475,17 @@ def _optimizer_arrays(model) -> tuple[str, list[np.ndarray]] | None:
     if sd is not None and "hyper" in sd:
         hyper.update({k: float(np.asarray(v)) for k, v in sd["hyper"].items()})
     step = int(np.asarray(sd["state"]["step"])) if sd is not None and "step" in sd.get("state", {}) else 0
-    arrays = [np.asarray(step, np.int64), np.asarray(hyper["learning_rate"], np.float32)]
+    arrays = [np.asarray(step, np.int64)]
+    if _n_head(opt) == 2:
+        arrays.append(np.asarray(hyper["learning_rate"], np.float32))
     if sd is not None and "state" in sd:
         train = [w.name for w in _trainable(model)]
         for group in _slots(opt):
             for w in train:
                 for key in group:
                     arrays.append(np.asarray(sd["state"][f"{w}/{key}"], np.float32))
+        for key in _extra_vars(opt):
+            arrays.append(np.asarray(sd["state"][f"{train[0]}/{key}"], np.float32))
     return _optimizer_config(opt, hyper)["config"]["name"], arrays
 
 
@@ -518,17 +551,18 @@ def optimizer_state(model, arrays: list[np.ndarray], weights: dict, where: str) 
     None when the Keras optimizer was never built (no slots: nothing to restore)."""
     opt = model.optimizer
     train = [w.name for w in _trainable(model)]
-    slots = _slots(opt)
-    n_slots = sum(len(g) for g in slots) * len(train)
-    if len(arrays) < 2 or np.asarray(arrays[0]).dtype.kind not in "iu":
+    slots, extra, head = _slots(opt), _extra_vars(opt), _n_head(opt)
+    n_slots = sum(len(g) for g in slots) * len(train) + len(extra)
+    if len(arrays) < head or np.asarray(arrays[0]).dtype.kind not in "iu":
         raise KerasFormatError(f"{where}: the saved optimizer variables do not start with the iteration count")
-    if len(arrays) == 2 and n_slots and int(np.asarray(arrays[0])) == 0:
+    if len(arrays) == head and n_slots and int(np.asarray(arrays[0])) == 0:
         return None  # compiled in Keras but never trained: no slots yet, nothing to restore
-    if len(arrays) != 2 + n_slots:
+    if len(arrays) != head + n_slots:
+        what = "iterations" + (", learning_rate" if head == 2 else " (its learning rate is a schedule)")
         raise KerasFormatError(f"{where}: the saved optimizer has {len(arrays)} variables; this model's {opt!r} "
-                               f"has {2 + n_slots} (iterations, learning_rate and {n_slots} slots)")
+                               f"has {head + n_slots} ({what} and {n_slots} slots)")
     state: dict[str, np.ndarray] = {"step": np.asarray(int(np.asarray(arrays[0])), np.int64)}
-    i = 2
+    i = head
     for group in slots:
         for w in train:
             for key in group:
@@ -538,10 +572,17 @@ def optimizer_state(model, arrays: list[np.ndarray], weights: dict, where: str) 
                                            f"the weight's is {np.shape(weights[w])}")
                 state[f"{w}/{key}"] = a
                 i += 1
+    for key in extra:  # one scalar in Keras, a copy per weight in graphc
+        a = np.asarray(arrays[i], np.float32)
+        if a.shape != ():
+            raise KerasFormatError(f"{where}: optimizer variable {i} ({key}) has shape {a.shape}, expected a scalar")
+        state.update({f"{w}/{key}": a.copy() for w in train})
+        i += 1
     states = set(model._state_names())
     state.update({k: v for k, v in weights.items() if k in states})
     hyper = dict(opt.hyperparameters)
-    hyper["learning_rate"] = float(np.asarray(arrays[1]))
+    if head == 2:
+        hyper["learning_rate"] = float(np.asarray(arrays[1]))
     return {"params": {k: v for k, v in weights.items() if k not in states}, "state": state, "hyper": hyper}
 
 
