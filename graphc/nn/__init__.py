@@ -31,7 +31,7 @@ from .layers import (  # noqa: F401
     SeparableConv2D, Softmax, UpSampling2D, ZeroPadding2D,
 )
 from .model import Model, Sequential  # noqa: F401
-from . import models, saving  # noqa: F401,E402
+from . import models, saving, utils  # noqa: F401,E402
 from .keras_format import KerasFormatError  # noqa: F401
 from .saving import load_model  # noqa: F401
 
@@ -47,4 +47,4 @@ __all__ = ["Model", "Sequential", "Dense", "Activation", "Dropout", "Flatten", "
            "Callback", "EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau", "History",
            "TerminateOnNaN", "LambdaCallback", "ModelCheckpoint", "CSVLogger",
            "activations", "callbacks", "initializers", "layers", "losses", "metrics", "optimizers", "regularizers",
-           "models", "saving", "load_model", "KerasFormatError"]
+           "models", "saving", "utils", "load_model", "KerasFormatError"]
