@@ -232,3 +232,11 @@ def test_bad_arguments_are_clear_errors():
         nn.Sequential([nn.Input((3,)), Lr.Normalization(axis=0)]).build()
     with pytest.raises(ValueError, match="channels_first"):
         Lr.DepthwiseConv2D(3, data_format="channels_first")
+    with pytest.raises(ValueError, match="given `mean` and `variance`"):
+        Lr.Normalization(mean=0.0, variance=1.0).adapt(np.ones((4, 2)))
+    norm = Lr.Normalization()
+    norm(nn.Input((2,)))
+    with pytest.raises(ValueError, match="not in a model yet"):
+        norm.adapt(np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"built for inputs of shape \(None, 2\)"):
+        norm.adapt(np.ones((4, 3)))
