@@ -265,6 +265,18 @@ def test_a_model_trains_with_a_new_loss_and_a_scheduled_optimizer_from_graphc_nn
     model.compile(O.Adam(learning_rate=S.ExponentialDecay(0.1, 10, 0.9)), loss=L.Huber(0.5), target="numpy")
     h = model.fit(x, y, epochs=6, batch_size=16, verbose=0)
     assert h.history["loss"][-1] < 0.5 * h.history["loss"][0]
+    # K steps per call: the schedule moves at every inner step, exactly as K single calls
+    ws = []
+    for k in (1, 4):
+        m = nn.Sequential([nn.Dense(1, input_shape=(3,))])
+        m.compile(O.Nadam(S.PiecewiseConstantDecay([2, 5], [0.1, 0.01, 0.001])), "mse", target="numpy",
+                  steps_per_execution=k)
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        ws.append(m.get_weights())
+    for a, b in zip(*ws):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(AttributeError, match="learning_rate"):
+        model.optimizer.learnig_rate = 0.1
 
 
 def test_utils_to_categorical_and_set_random_seed_as_keras(keras_run):

@@ -305,7 +305,7 @@ class Optimizer(metaclass=_OptimizerType):
         return v
 
     def _unknown(self, name: str) -> AttributeError:
-        hyper = sorted(self.__dict__.get("_hyper", {}))
+        hyper = sorted([*self.__dict__.get("_hyper", {}), *self.__dict__.get("_schedules", {})])
         close = difflib.get_close_matches(name, hyper + ["lr"] * ("learning_rate" in hyper), 1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return AttributeError(f"{type(self).__name__} has no attribute {name!r}{hint} "
