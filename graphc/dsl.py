@@ -666,6 +666,31 @@ def trace(a, offset: int = 0, axis1: int = 0, axis2: int = 1, dtype=None) -> Nod
     return _trace(a, offset, axis1, axis2, dtype)
 
 
+# ---- sorting (comparisons and masked sums: ops/sorting.py) ---------------------------------
+
+def sort(a, axis: int | None = -1) -> Node:
+    """``np.sort`` (stable; NaN last), ``axis`` None sorting the flattened ``a``. Differentiable
+    (each value's gradient goes back where it came from). O(n^2) along the axis: short axes."""
+    from .ops.sorting import sort as _sort
+    return _sort(a, axis)
+
+
+def argsort(a, axis: int | None = -1) -> Node:
+    """``np.argsort(a, axis, kind="stable")``: int64 indices, ties in index order, NaN last.
+    O(n^2) along the axis."""
+    from .ops.sorting import argsort as _argsort
+    return _argsort(a, axis)
+
+
+def top_k(x, k: int, sorted: bool = True) -> tuple:  # noqa: A002 (JAX's and Keras' name)
+    """``jax.lax.top_k``: the ``k`` largest values along the last axis, largest first (ties in
+    index order, NaN largest), and their int32 indices. The gradient flows through the values
+    to the positions they were taken from. O(n k) along the axis (``sorted`` is accepted as in
+    keras.ops.top_k; the values are always sorted)."""
+    from .ops.sorting import top_k as _top_k
+    return _top_k(x, k, sorted)
+
+
 # ---- neural-network functions -----------------------------------------------------------
 
 def softmax(x, axis: int = -1) -> Node:
