@@ -157,9 +157,14 @@ def leaky_relu(x, alpha: float = 0.01) -> Node: return make("leaky_relu", (_lift
 def elu(x, alpha: float = 1.0) -> Node: return make("elu", (_lift(x),), {"alpha": float(alpha)})
 
 
-def gelu(x) -> Node:
-    """GELU, tanh approximation (as in BERT/GPT-2 and Keras ``approximate=True``)."""
-    return make("gelu", (_lift(x),))
+def gelu(x, approximate: bool = True) -> Node:
+    """GELU. ``approximate=True`` (the default, as ``jax.nn.gelu``): the tanh approximation of
+    BERT/GPT-2, one fused op; ``approximate=False``: the exact ``x * (1 + erf(x / sqrt(2))) / 2``
+    (``torch.nn.functional.gelu``'s default, and Keras 3's ``"gelu"``)."""
+    if approximate:
+        return make("gelu", (_lift(x),))
+    x = _lift(x)
+    return 0.5 * x * (1.0 + erf(x * 0.7071067811865476))
 
 
 def clip(x, lo: float, hi: float) -> Node:

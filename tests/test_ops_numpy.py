@@ -445,3 +445,23 @@ def test_mask_operators_and_builtin_round():
         np.testing.assert_array_equal(g, w)
     with pytest.raises(gc.DTypeError, match=r"operator &: takes boolean tensors"):
         gc.input("i", (3,), dtype="int32") & gc.input("j", (3,), dtype="int32")
+
+
+def test_gelu_exact_and_approximate_as_jax_torch_and_keras():
+    """gc.gelu(approximate=True) is jax.nn.gelu's default (tanh); approximate=False and
+    graphc.nn's "gelu" are the erf form that torch's default and Keras 3's "gelu" compute."""
+    from scipy.special import erf
+    from graphc.nn import activations
+    x = gc.input("x", (None, 7), dtype="float64")
+    v = np.linspace(-5.0, 5.0, 21).reshape(3, 7)
+    exact = 0.5 * v * (1.0 + erf(v / np.sqrt(2.0)))
+    tanh = 0.5 * v * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (v + 0.044715 * v ** 3)))
+    outs = gc.evaluate([gc.gelu(x, approximate=False), gc.gelu(x), activations.get("gelu")[1](x)], {"x": v}, {})
+    np.testing.assert_allclose(outs[0], exact, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(outs[1], tanh, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(outs[2], exact, rtol=1e-14, atol=1e-15)
+    assert np.abs(exact - tanh).max() > 1e-4  # the two forms are distinguishable
+    (g,) = gc.grad(gc.sum(gc.gelu(x, approximate=False)), [x])
+    pdf = np.exp(-v * v / 2) / np.sqrt(2 * np.pi)
+    np.testing.assert_allclose(gc.evaluate([g], {"x": v}, {})[0], 0.5 * (1 + erf(v / np.sqrt(2))) + v * pdf,
+                               rtol=1e-12, atol=1e-14)

@@ -30,9 +30,10 @@ def softmax(x):
     return F.softmax(x, -1)
 
 
-def gelu(x):
-    """GELU, tanh approximation (Keras' ``approximate=True``; Keras' default is the erf form)."""
-    return F.gelu(x)
+def gelu(x, approximate: bool = False):
+    """GELU as Keras 3's ``keras.activations.gelu``: the exact erf form by default (the name
+    ``"gelu"`` means this), the tanh approximation with ``approximate=True``."""
+    return F.gelu(x, approximate=approximate)
 
 
 def elu(x):
