@@ -205,9 +205,11 @@ def test_load_finds_the_file_save_wrote(tmp_path):
         assert_unchanged(other, flat(step))
     with pytest.raises(FileNotFoundError, match="nothere"):
         step.load(tmp_path / "nothere")
-    # graphc.nn: the same rule, for Keras-style names too
+    # graphc.nn: the same rule for other names; a Keras name (.weights.h5) is Keras' h5 file
     m = _nn_model("sgd")
-    assert m.save_weights(tmp_path / "m.weights.h5") == str(tmp_path / "m.weights.h5.npz")
+    assert m.save_weights(tmp_path / "m.weights.h5") == str(tmp_path / "m.weights.h5")
+    assert (tmp_path / "m.weights.h5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    assert not (tmp_path / "m.weights.h5.npz").exists()
     other = _nn_model("sgd")
     other.build((None, 3))
     other.set_weights([w + 1 for w in m.get_weights()])
