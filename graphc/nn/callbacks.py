@@ -183,6 +183,31 @@ class EarlyStopping(Callback):
             self.model.set_weights(self.best_weights)
 
 
+def _learning_rate(model, who: str) -> float:
+    """The optimizer's current learning rate: its number, or its schedule at the step count
+    (Keras' ``optimizer.learning_rate`` evaluates a schedule at ``iterations``)."""
+    opt = model.optimizer
+    sched = getattr(opt, "schedules", {}).get("learning_rate")
+    if sched is not None:
+        step = model._functions.training_step()
+        return float(sched(step.iterations if step is not None else 0))
+    if "learning_rate" not in opt.hyperparameters:
+        raise ValueError(f"{who}: optimizer {opt!r} has no 'learning_rate' hyper-parameter")
+    return float(opt.learning_rate)
+
+
+def _set_learning_rate(model, value: float, who: str) -> None:
+    """Set a number learning rate; a schedule is not settable (Keras raises TypeError)."""
+    opt = model.optimizer
+    sched = getattr(opt, "schedules", {}).get("learning_rate")
+    if sched is not None:
+        raise TypeError(f"{who}: the optimizer {type(opt).__name__} was created with the LearningRateSchedule "
+                        f"{type(sched).__name__} as its learning_rate, hence its learning rate is not settable "
+                        f"(to {value:g}). Give the optimizer a float learning_rate to use {who}, or drop {who} and "
+                        "let the schedule drive the learning rate")
+    opt.learning_rate = value
+
+
 class LearningRateScheduler(Callback):
     """``schedule(epoch, lr) -> new lr`` (or ``schedule(epoch)``), applied at each epoch's start.
 
@@ -195,10 +220,7 @@ class LearningRateScheduler(Callback):
         self.schedule, self.verbose = schedule, verbose
 
     def on_epoch_begin(self, epoch, logs=None):
-        opt = self.model.optimizer
-        if "learning_rate" not in opt.hyperparameters:
-            raise ValueError(f"LearningRateScheduler: optimizer {opt!r} has no 'learning_rate' hyper-parameter")
-        lr = opt.learning_rate
+        lr = _learning_rate(self.model, "LearningRateScheduler")
         try:
             new = self.schedule(epoch, lr)
         except TypeError:
@@ -206,13 +228,13 @@ class LearningRateScheduler(Callback):
         new = float(new)
         if not math.isfinite(new):
             raise ValueError(f"LearningRateScheduler: the schedule returned {new} for epoch {epoch}")
-        opt.learning_rate = new
+        _set_learning_rate(self.model, new, "LearningRateScheduler")
         if self.verbose > 0:
             print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {new:g}.")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+            logs["learning_rate"] = _learning_rate(self.model, "LearningRateScheduler")
 
 
 class ReduceLROnPlateau(Callback):
@@ -243,15 +265,15 @@ class ReduceLROnPlateau(Callback):
         elif self.cooldown_counter <= 0:
             self.wait += 1
             if self.wait >= self.patience:
-                opt = self.model.optimizer
-                old = float(opt.learning_rate)
+                old = _learning_rate(self.model, "ReduceLROnPlateau")
                 if old > self.min_lr:
-                    opt.learning_rate = max(old * self.factor, self.min_lr)
+                    new = max(old * self.factor, self.min_lr)
+                    _set_learning_rate(self.model, new, "ReduceLROnPlateau")
                     if self.verbose > 0:
-                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {opt.learning_rate:g}.")
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new:g}.")
                     self.cooldown_counter, self.wait = self.cooldown, 0
         if logs is not None:
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+            logs["learning_rate"] = _learning_rate(self.model, "ReduceLROnPlateau")
 
 
 class TerminateOnNaN(Callback):

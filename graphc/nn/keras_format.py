@@ -246,7 +246,7 @@ def _functional_config(model) -> dict:
 def _sequential_config(model) -> dict:
     from .base import _DTYPE_POLICY
     model._ensure_built()
-    layers = list(model.layers)
+    layers = list(model._graph_layers)  # with the InputLayer of a graphc.nn.Input first entry
     entries = []
     if isinstance(layers[0], InputLayer):
         first = layer_entry(layers.pop(0))

@@ -67,8 +67,15 @@ class Model(Trainer):
 
     @property
     def layers(self) -> list[Layer]:
-        """The model's layers: the graph's (functional), the stack (Sequential), or the layers a
-        subclassed model holds as attributes, in the order they were set."""
+        """The model's layers: the graph's, InputLayers included (functional), the stack
+        without its InputLayer (Sequential, as Keras lists it), or the layers a subclassed
+        model holds as attributes, in the order they were set."""
+        return self._graph_layers
+
+    @property
+    def _graph_layers(self) -> list[Layer]:
+        """Every layer the model runs, a Sequential's InputLayer included (what naming,
+        building and saving walk)."""
         if self._subclassed:
             return _tracked_layers(self)
         return self._layer_list
@@ -545,7 +552,7 @@ class Sequential(Model):
 
     def __init__(self, layers=None, name: str | None = None, trainable: bool = True):
         self.name = name or "sequential"
-        self.layers: list[Layer] = []
+        self._layer_list: list[Layer] = []
         self._trainable = bool(trainable)
         self._init_trainer()
         self._built = False
@@ -559,36 +566,42 @@ class Sequential(Model):
     # ---- structure ---------------------------------------------------------------------------
     def add(self, layer: Layer) -> None:
         if isinstance(layer, KerasTensor) and isinstance(layer._node.layer, InputLayer):
-            if self.layers:
+            if self._layer_list:
                 raise ValueError("Sequential.add: an Input can only be the first entry")
             layer = layer._node.layer  # keras.Input(...) as the first entry, as Keras allows
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add: expected a graphc.nn layer, got {layer!r}")
-        if any(layer is l for l in self.layers) or (layer._model is not None and layer._model is not self):
+        if any(layer is l for l in self._layer_list) or (layer._model is not None and layer._model is not self):
             raise ValueError(f"Sequential.add: layer {layer.name or layer.default_name!r} already belongs to a model")
         if layer.merge:
             raise ValueError(f"Sequential.add: {type(layer).__name__} takes several inputs; use the functional API "
                              "(graphc.nn.Model(inputs, outputs))")
         if self._built:
             self._unbuild()
-        if self.layers and layer.input_shape_arg is not None:
-            warnings.warn(f"input_shape given to layer {len(self.layers)} ({type(layer).__name__}) is ignored: "
+        if self._layer_list and layer.input_shape_arg is not None:
+            warnings.warn(f"input_shape given to layer {len(self._layer_list)} ({type(layer).__name__}) is ignored: "
                           "only the first layer's counts", stacklevel=2)
-        self.layers.append(layer)
+        self._layer_list.append(layer)
         layer._model = self
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The stack's layers, without the InputLayer a ``graphc.nn.Input`` first entry adds
+        (Keras' ``Sequential.layers``); a copy, as in Keras: change the stack with add/pop."""
+        return [l for l in self._layer_list if not isinstance(l, InputLayer)]
 
     def pop(self) -> Layer:
         if not self.layers:
             raise ValueError("Sequential.pop: the model has no layers")
         if self._built:
             self._unbuild()
-        layer = self.layers.pop()
+        layer = self._layer_list.pop()
         layer._model = None
         return layer
 
     def _unbuild(self) -> None:
         weights = self._current_weights() if self._functions.owner() is not None else None
-        for layer in self.layers:
+        for layer in self._layer_list:
             layer.built = False
         self._built = False
         self._reset_functions()
@@ -605,11 +618,12 @@ class Sequential(Model):
         if self._built:
             if feature_shape is not None and tuple(feature_shape) != self._input_shape:
                 raise ValueError(f"{arg}: the model expects samples of shape {self._input_shape} "
-                                 f"(input of layer {self.layers[0].name!r}), got samples of shape {tuple(feature_shape)}")
+                                 f"(input of layer {self._layer_list[0].name!r}), got samples of shape "
+                                 f"{tuple(feature_shape)}")
             return
-        if not self.layers:
+        if not self._layer_list:
             raise ValueError("Sequential: the model has no layers; add some first")
-        declared = self.layers[0].input_shape_arg
+        declared = self._layer_list[0].input_shape_arg
         if declared is not None and feature_shape is not None and tuple(feature_shape) != declared:
             raise ValueError(f"{arg}: the model expects samples of shape {declared} (input_shape of the first layer), "
                              f"got samples of shape {tuple(feature_shape)}")
@@ -621,7 +635,7 @@ class Sequential(Model):
         for layer in self._flat_layers():
             layer._model = self
         s = tuple(shape)
-        for layer in self.layers:
+        for layer in self._layer_list:
             s = layer._build(s)
             layer._check_batched_output()
         self._input_shape, self._output_shape = tuple(shape), s
@@ -652,7 +666,7 @@ class Sequential(Model):
     @property
     def _out_names(self) -> list[str]:
         self._ensure_built()
-        return [self.layers[-1].name]
+        return [self._layer_list[-1].name]
 
     @property
     def _out_shapes(self) -> list[tuple]:
@@ -661,16 +675,16 @@ class Sequential(Model):
 
     def _forward(self, feeds: list, training: bool) -> list:
         h, mask = feeds[0], None
-        for layer in self.layers:
+        for layer in self._layer_list:
             if layer._extra_output_shapes():
                 raise ValueError(f"Sequential: layer {layer.name!r} ({type(layer).__name__}) returns several tensors "
                                  "(return_state=True or merge_mode=None); use the functional API "
                                  "(graphc.nn.Model(inputs, outputs))")
-        for layer in self.layers[:-1]:
+        for layer in self._layer_list[:-1]:
             kw = {"mask": mask} if mask is not None and _takes_mask(layer) else {}
             x, h = h, call_layer(layer, h, training, **kw)
             mask = layer.compute_mask(x, mask) if mask is not None or layer.supports_masking else None
-        last = self.layers[-1]
+        last = self._layer_list[-1]
         kw = {"mask": mask} if mask is not None and _takes_mask(last) else {}
         pre, act = call_split_of(last, h, training, **kw)
         return [(call_layer(last, h, training, **kw), pre, act)]
@@ -678,9 +692,9 @@ class Sequential(Model):
     def _input_dtype(self) -> str:
         """What the model is fed: float32, an InputLayer's dtype, or int64 ids when the first
         layer takes ids (an Embedding)."""
-        if self.layers and isinstance(self.layers[0], InputLayer) and self.layers[0].dtype is not None:
-            return self.layers[0].dtype
-        first = next((lay for lay in self.layers if not isinstance(lay, InputLayer)), None)
+        if self._layer_list and isinstance(self._layer_list[0], InputLayer) and self._layer_list[0].dtype is not None:
+            return self._layer_list[0].dtype
+        first = next((lay for lay in self._layer_list if not isinstance(lay, InputLayer)), None)
         return getattr(first, "input_dtype", "float32")
 
     def _check_x(self, x, arg: str, nan_policy: str) -> list[np.ndarray]:
@@ -691,7 +705,7 @@ class Sequential(Model):
         a = as_numeric(x, arg)
         if a.ndim == 0 or len(a) == 0:
             raise ValueError(f"{arg}: expected a batch of samples, got shape {a.shape}")
-        want = self._input_shape if self._built else self.layers[0].input_shape_arg if self.layers else None
+        want = self._input_shape if self._built else self._layer_list[0].input_shape_arg if self._layer_list else None
         if a.ndim == 1:
             if want == (1,):
                 a = a[:, None]
@@ -700,4 +714,4 @@ class Sequential(Model):
                                  f"{a.shape}; reshape it to (n, features)")
         self._ensure_built(tuple(a.shape[1:]), arg)
         return [conform(a, arg, self._input_shape, self._input_dtype(), nan_policy,
-                        f"input of layer {self.layers[0].name!r}")]
+                        f"input of layer {self._layer_list[0].name!r}")]

@@ -391,7 +391,7 @@ class Trainer:
     def _flat_layers(self) -> list:
         """Every layer: the model's and, depth first, the sublayers of custom layers."""
         out: list = []
-        for layer in self.layers:
+        for layer in self._graph_layers:
             out.extend(x for x in layer._flat_layers() if not any(x is o for o in out))
         return out
 

