@@ -10,7 +10,10 @@ Override with GRAPHC_TEST_CACHE_DIR (e.g. a fresh directory to measure cold comp
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+
+import pytest
 
 _default = os.path.join(tempfile.gettempdir(), f"graphc-test-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
 CACHE_DIR = os.environ.get("GRAPHC_TEST_CACHE_DIR") or _default
@@ -25,3 +28,23 @@ try:  # keep property tests short and deadline-free: every new graph is a Numba 
     settings.load_profile("graphc")
 except ImportError:  # pragma: no cover
     pass
+
+
+@pytest.fixture(scope="session")
+def keras_run(tmp_path_factory):
+    """Real Keras 3 in ONE worker subprocess for the session (see _keras_worker.py)."""
+    from _keras_worker import KerasWorker
+
+    with open(tmp_path_factory.mktemp("keras") / "stderr.txt", "w") as log:
+        k = KerasWorker(log)
+        yield k
+        k.close()
+
+
+@pytest.fixture(scope="session")
+def keras():
+    """Keras 3 imported in this process (numpy backend unless one was already chosen);
+    skips where it is not installed."""
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "numpy"  # predict without TensorFlow, JAX or torch
+    return pytest.importorskip("keras")

@@ -7,9 +7,6 @@ Keras 3 itself (KERAS_BACKEND=numpy) when installed.
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
@@ -159,14 +156,7 @@ def test_bad_arguments():
         gn.Sequential([gn.Input((4, 4, 1)), gn.Conv1D(2, 2)]).build((None, 4, 4, 1))
 
 
-# ---- Keras 3 itself ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def keras():
-    if "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "numpy"  # predict without TensorFlow, JAX or torch
-    return pytest.importorskip("keras")
-
+# ---- Keras 3 itself (conftest.py's ``keras`` fixture) ----------------------------------------------------
 
 KERAS_CASES = {
     "conv_valid": lambda L: L.Conv1D(4, 3, activation="relu"),

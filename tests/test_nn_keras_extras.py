@@ -2,14 +2,10 @@
 losses, AUC/Precision/Recall/F1Score and utils, each against real Keras 3 on the same
 weights and data.
 
-Keras runs in ONE worker subprocess for the module with KERAS_BACKEND=numpy (the pattern of
-tests/test_nn_saving_keras.py); its optimizers really run there (``optimizer.apply`` on
+Keras runs in the session's worker subprocess with KERAS_BACKEND=numpy (conftest.py's
+``keras_run``, tests/_keras_worker.py); its optimizers really run there (``optimizer.apply`` on
 ``keras.Variable``s), so every comparison is against Keras' own code, not a transcription."""
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,63 +20,6 @@ from graphc.nn.optimizers import schedules as S
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("keras") is None,
                                 reason="needs keras (pip install -e '.[test]')")
-
-_WORKER = r"""
-import json, os, sys, traceback
-os.environ["KERAS_BACKEND"] = "numpy"
-reply = sys.stdout
-sys.stdout = sys.stderr  # Keras' prints must not mix with the replies
-import numpy as np
-import keras
-ns = {"np": np, "keras": keras}
-reply.write(json.dumps({"ok": True, "result": keras.__version__}) + "\n"); reply.flush()
-for line in sys.stdin:
-    msg = json.loads(line)
-    try:
-        exec(msg["code"], ns)
-        out = {"ok": True, "result": ns.pop("result", None)}
-    except Exception:
-        out = {"ok": False, "error": traceback.format_exc()}
-    reply.write(json.dumps(out) + "\n"); reply.flush()
-"""
-
-
-class _Keras:
-    def __init__(self, log):
-        env = dict(os.environ, KERAS_BACKEND="numpy")
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=log, text=True, env=env)
-        self.version = self._reply()
-
-    def _reply(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the Keras worker died (see its stderr log)")
-        out = json.loads(line)
-        if not out["ok"]:
-            raise AssertionError("Keras raised:\n" + out["error"])
-        return out["result"]
-
-    def __call__(self, code: str, **values):
-        """Run ``code`` with ``values`` (JSON-able) bound as names; returns its ``result``."""
-        pre = "".join(f"{k} = json.loads({json.dumps(json.dumps(v))})\n" for k, v in values.items())
-        self.proc.stdin.write(json.dumps({"code": "import json\n" + pre + code}) + "\n")
-        self.proc.stdin.flush()
-        return self._reply()
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def keras_run(tmp_path_factory):
-    log = open(tmp_path_factory.mktemp("keras") / "stderr.txt", "w")
-    k = _Keras(log)
-    yield k
-    k.close()
-    log.close()
-
 
 RNG = np.random.default_rng(0)
 STEPS = 12

@@ -3,7 +3,7 @@ convolutions, Rescaling, Normalization) against real Keras 3 (numpy backend) on 
 configs, weights and inputs; their gradients against float64 finite differences and a
 compiled cpu step against the numpy target; a model of several of them through .keras files.
 
-Keras runs in ONE worker subprocess (tests/test_nn_saving_keras.py's), built from graphc's
+Keras runs in the session's worker subprocess (conftest.py's ``keras_run``), built from graphc's
 ``get_config``, so the configs are checked to mean the same too."""
 import importlib.util
 import json
@@ -16,21 +16,11 @@ import graphc.nn as nn
 from graphc.gradcheck import check_grads
 from graphc.interpret import evaluate
 from graphc.nn import layers as Lr
-from test_nn_saving_keras import _Keras
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("h5py") is None or importlib.util.find_spec("keras") is None,
                                 reason="needs h5py and keras (pip install -e '.[test]')")
 
 RNG = np.random.default_rng(7)
-
-
-@pytest.fixture(scope="module")
-def keras_run(tmp_path_factory):
-    log = open(tmp_path_factory.mktemp("keras") / "stderr.txt", "w")
-    k = _Keras(log)
-    yield k
-    k.close()
-    log.close()
 
 
 def _cases():

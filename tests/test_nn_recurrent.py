@@ -337,17 +337,10 @@ def test_input_dropout_only_in_training():
     assert not np.allclose(train, infer)
 
 
-# ---- Keras 3 itself ---------------------------------------------------------------------------------------
+# ---- Keras 3 itself (conftest.py's ``keras`` fixture) ----------------------------------------------------
 
 # Keras' numpy backend calls np.array(variable, copy=False) on its own variables
 _KERAS_WARNINGS = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def keras():
-    if "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "numpy"  # predict without TensorFlow, JAX or torch
-    return pytest.importorskip("keras")
 
 
 KERAS_CASES = {

@@ -1,14 +1,13 @@
 """Keras 3's file formats: ``model.save("m.keras")`` / ``graphc.nn.load_model`` and
 ``.weights.h5`` weights, checked against real Keras 3 (numpy backend) in both directions.
 
-Keras runs in ONE worker subprocess for the module (KERAS_BACKEND=numpy is set before Keras
-is imported there, whatever this process imported): the test sends it code, arrays travel as
-.npy files in a temp directory."""
+Keras runs in the session's worker subprocess (conftest.py's ``keras_run``,
+tests/_keras_worker.py: KERAS_BACKEND=numpy is set before Keras is imported there, whatever
+this process imported): the test sends it code, arrays travel as .npy files in a temp
+directory."""
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -22,62 +21,6 @@ from graphc.nn.optimizers import SGD, Adam, RMSprop
 # here would be TensorFlow)
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("h5py") is None or importlib.util.find_spec("keras") is None,
                                 reason="needs h5py and keras (pip install -e '.[test]')")
-
-_WORKER = r"""
-import json, os, sys, traceback
-os.environ["KERAS_BACKEND"] = "numpy"
-reply = sys.stdout
-sys.stdout = sys.stderr  # Keras' prints must not mix with the replies
-import numpy as np
-import keras
-ns = {"np": np, "keras": keras, "L": keras.layers}
-reply.write(json.dumps({"ok": True, "result": keras.__version__}) + "\n"); reply.flush()
-for line in sys.stdin:
-    msg = json.loads(line)
-    os.chdir(msg["dir"])
-    try:
-        exec(msg["code"], ns)
-        out = {"ok": True, "result": ns.pop("result", None)}
-    except Exception:
-        out = {"ok": False, "error": traceback.format_exc()}
-    reply.write(json.dumps(out) + "\n"); reply.flush()
-"""
-
-
-class _Keras:
-    def __init__(self, log):
-        env = dict(os.environ, KERAS_BACKEND="numpy")
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=log, text=True, env=env)
-        self.version = self._reply()
-
-    def _reply(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the Keras worker died (see its stderr log)")
-        out = json.loads(line)
-        if not out["ok"]:
-            raise AssertionError("Keras raised:\n" + out["error"])
-        return out["result"]
-
-    def __call__(self, code: str, where):
-        self.proc.stdin.write(json.dumps({"code": code, "dir": str(where)}) + "\n")
-        self.proc.stdin.flush()
-        return self._reply()
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def keras_run(tmp_path_factory):
-    log = open(tmp_path_factory.mktemp("keras") / "stderr.txt", "w")
-    k = _Keras(log)
-    yield k
-    k.close()
-    log.close()
-
 
 RNG = np.random.default_rng(0)
 
