@@ -151,3 +151,42 @@ for cb in [keras.callbacks.LearningRateScheduler(lambda e, lr: lr * 0.5),
         result.append([type(e).__name__, str(e)])
 """, tmp_path)
     assert [g[0] for g in got] == ["TypeError", "TypeError"] and all("not settable" in g[1] for g in got), got
+
+
+# ---- tensors passed by keyword ---------------------------------------------------------------------------
+@needs_keras
+def test_a_mask_passed_by_keyword_is_an_input_of_the_graph_as_in_keras(tmp_path, keras_run):
+    x = nn.Input((4, 3), name="x")
+    m = nn.Input((4, 3), name="m")  # a float mask (> 0.5 keeps), as Softmax takes it
+    steps = nn.Input((4,), name="steps")  # a (batch, time) mask for the LSTM (1: a step, 0: padding)
+    soft = Lr.Softmax()(x, mask=m)
+    seq = Lr.LSTM(2, return_sequences=True)(x, mask=steps)
+    model = nn.Model([x, m, steps], [soft, Lr.Dense(1)(seq)])
+    rng = np.random.default_rng(3)
+    xv = rng.normal(size=(5, 4, 3)).astype("float32")
+    mv = (rng.random((5, 4, 3)) > 0.4).astype("float32")
+    mv[..., 0] = 1.0  # no row masked whole
+    sv = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 1]], "float32")
+    p_soft, p_seq = model.predict([xv, mv, sv])
+    z = np.where(mv > 0.5, xv, -np.inf)
+    np.testing.assert_allclose(p_soft, np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(
+        -1, keepdims=True), rtol=1e-5, atol=1e-6)
+    # a masked step keeps the previous state (Keras): a sample's outputs repeat at its masked steps
+    np.testing.assert_allclose(p_seq[0, 3], p_seq[0, 2], rtol=1e-6)
+    assert np.abs(p_seq[3, 3] - p_seq[3, 2]).max() > 1e-4
+    model.compile(SGD(0.1), ["mse", "mse"], target="numpy")
+    path = model.save(tmp_path / "kw.keras")
+    back = nn.models.load_model(path)
+    for a, b in zip(back.predict([xv, mv, sv]), (p_soft, p_seq)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for name, v in (("x", xv), ("m", mv), ("s", sv)):
+        np.save(tmp_path / f"{name}.npy", v)
+    got = keras_run("""
+k = keras.models.load_model("kw.keras", compile=False)
+a, b = k.predict([np.load("x.npy"), np.load("m.npy"), np.load("s.npy")], verbose=0)
+np.save("k_soft.npy", np.asarray(a)); np.save("k_seq.npy", np.asarray(b))
+result = 1
+""", tmp_path)
+    assert got == 1
+    np.testing.assert_allclose(np.load(tmp_path / "k_soft.npy"), p_soft, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "k_seq.npy"), p_seq, rtol=1e-5, atol=1e-6)

@@ -29,6 +29,7 @@ import numpy as np
 from .. import dsl as F
 from ..ir import Node
 from . import initializers as I
+from . import regularizers as R
 
 _INIT_ALIASES = {"random_normal": "normal", "random_uniform": "uniform", "zero": "zeros", "one": "ones"}
 _NODE_IDS = itertools.count()
@@ -118,6 +119,25 @@ def _initializer(init, what: str):
             return _initializer(I.get(init, what), what)
         return name
     return np.asarray(init)
+
+
+def _weight_args(layer: "Layer", what: str, **weights: tuple) -> None:
+    """Sets ``<w>_initializer`` and ``<w>_regularizer`` for each weight ``w`` from its
+    ``(initializer, regularizer)`` constructor arguments (every initializer is checked first)."""
+    for w, (init, _) in weights.items():
+        setattr(layer, f"{w}_initializer", _initializer(init, f"{what}({w}_initializer=...)"))
+    for w, (_, reg) in weights.items():
+        setattr(layer, f"{w}_regularizer", R.get(reg, f"{what}({w}_regularizer=...)"))
+
+
+def _weight_config(layer: "Layer", what: str, *weights: str) -> dict:
+    """``get_config``'s entries for the weights ``_weight_args`` set, in Keras' order: their
+    initializers, their regularizers, ``activity_regularizer``, their constraints (graphc
+    supports neither of the last two, so both are written as None)."""
+    cfg = {f"{w}_initializer": _serialize_initializer(getattr(layer, f"{w}_initializer")) for w in weights}
+    cfg.update({f"{w}_regularizer": R.serialize(getattr(layer, f"{w}_regularizer"), f"{what}({w}_regularizer=...)")
+                for w in weights})
+    return {**cfg, "activity_regularizer": None, **{f"{w}_constraint": None for w in weights}}
 
 
 def _fmt(shape) -> str:
@@ -640,6 +660,10 @@ class Layer:
         self._check_arity(shapes)
         out_shape = self._build(self._build_shapes(shapes, kwargs))
         self._check_batched_output()
+        # tensors passed by keyword (``mask=m``) are inputs of the call too: the model's graph
+        # reaches them and feeds their values to ``call`` (Keras' tensor keyword arguments)
+        flat = flat + [t for v in kwargs.values() for t in (v if isinstance(v, (list, tuple)) else [v])
+                       if isinstance(t, KerasTensor)]
         node = CallNode(self, args, flat, out_shape, self.output_dtype, kwargs)
         self._inbound_nodes.append(node)
         extra = self._extra_output_shapes()

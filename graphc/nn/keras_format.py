@@ -205,10 +205,11 @@ def _node_entry(model_nodes, node: CallNode) -> dict:
         if kw.get("use_causal_mask"):
             kwargs["use_causal_mask"] = True
         return {"args": [kt(xs[0]), kt(xs[1])], "kwargs": kwargs}
-    if node.kwargs:
-        raise KerasFormatError(f"save: layer {node.layer.name!r} was called with options {sorted(node.kwargs)} "
+    other = sorted(k for k, v in node.kwargs.items() if not (k == "mask" and isinstance(v, KerasTensor)))
+    if other:
+        raise KerasFormatError(f"save: layer {node.layer.name!r} was called with options {other} "
                                "that have no Keras form here")
-    return {"args": [kt(node.args)], "kwargs": {}}
+    return {"args": [kt(node.args)], "kwargs": {k: kt(v) for k, v in node.kwargs.items()}}
 
 
 def _is_attention(layer: Layer) -> bool:
@@ -703,7 +704,7 @@ def _build_functional(cfg: dict, custom_objects):
                 continue
             kwargs = {key: v for key, v in kwargs.items()
                       if not (key in ("training", "mask") and (not v if key == "training" else _only_masks(v)))}
-            if "training" in kwargs or "mask" in kwargs:
+            if "training" in kwargs or ("mask" in kwargs and not isinstance(kwargs["mask"], KerasTensor)):
                 raise KerasFormatError(f"load_model: layer {name!r} is called with {sorted(kwargs)}, which graphc "
                                        "does not support in a saved graph")
             out = layers[name](*args, **kwargs)

@@ -234,19 +234,34 @@ class Model(Trainer):
             ms = [masks.get(id(t)) for t in node.args]
             return ms if any(m is not None for m in ms) else None
 
-        def mask_kwargs(node):
-            m = in_mask(node)
-            return {"mask": m} if m is not None and _takes_mask(node.layer) else {}
+        def value_of(v):
+            if isinstance(v, KerasTensor):
+                return values[id(v)]
+            if isinstance(v, (list, tuple)) and any(isinstance(t, KerasTensor) for t in v):
+                return [value_of(t) for t in v]
+            return v
+
+        def call_kwargs(node):
+            """The call's keyword arguments with tensors' values; an explicit ``mask=`` wins
+            over the mask propagated from the input (Keras)."""
+            kw = {k: value_of(v) for k, v in node.kwargs.items()}
+            if kw.get("mask") is None:
+                kw.pop("mask", None)
+                m = in_mask(node)
+                if m is not None and _takes_mask(node.layer):
+                    kw["mask"] = m
+            return kw
 
         for node in self._nodes:
             x = arg_of(node)
-            out = call_layer(node.layer, x, training, **node.kwargs, **mask_kwargs(node))
+            kw = call_kwargs(node)
+            out = call_layer(node.layer, x, training, **kw)
             if node.extra_outputs:  # a layer returning several tensors (return_state)
                 for t, v in zip([node.output] + node.extra_outputs, out):
                     values[id(t)] = v
             else:
                 values[id(node.output)] = out
-            m = in_mask(node)
+            m = kw["mask"] if kw.get("mask") is not None else in_mask(node)
             m = node.layer.compute_mask(x, m) if m is not None or node.layer.supports_masking else None
             if m is not None and not node.extra_outputs:
                 masks[id(node.output)] = m
@@ -256,7 +271,7 @@ class Model(Trainer):
             if id(t) in {id(i) for i in self._in_tensors} or node.extra_outputs:
                 outs.append((values[id(t)], values[id(t)], "linear"))
                 continue
-            pre, act = call_split_of(node.layer, arg_of(node), training, **node.kwargs, **mask_kwargs(node))
+            pre, act = call_split_of(node.layer, arg_of(node), training, **call_kwargs(node))
             outs.append((values[id(t)], pre, act))
         return outs
 

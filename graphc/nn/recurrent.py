@@ -22,7 +22,7 @@ import numpy as np
 from .. import dsl as F
 from . import activations
 from . import regularizers as R
-from .base import Layer, _config_kwargs, _initializer, _layer_seed, _serialize_initializer
+from .base import Layer, _config_kwargs, _layer_seed, _serialize_initializer, _weight_args
 
 __all__ = ["SimpleRNN", "LSTM", "GRU", "Bidirectional"]
 
@@ -50,10 +50,13 @@ class _RNN(Layer):
     _gates = 1
     _n_states = 1
 
-    def _setup(self, units, activation, recurrent_activation, use_bias, kernel_initializer, recurrent_initializer,
+    def _setup(self, kwargs, *, units, activation, use_bias, kernel_initializer, recurrent_initializer,
                bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer, activity_regularizer,
                kernel_constraint, recurrent_constraint, bias_constraint, dropout, recurrent_dropout, seed,
-               return_sequences, return_state, go_backwards, stateful, unroll, name, kwargs) -> None:
+               return_sequences, return_state, go_backwards, stateful, unroll, name, recurrent_activation=None,
+               **own) -> None:
+        """The constructor arguments all the recurrent layers share, from ``self._config`` (their
+        named arguments); ``own`` are the ones a layer adds (``unit_forget_bias``...), set by it."""
         kwargs.pop("use_cudnn", None)  # graphc has its own kernels; Keras' switch changes nothing here
         kwargs.pop("zero_output_for_mask", None)
         what = type(self).__name__
@@ -78,12 +81,8 @@ class _RNN(Layer):
         if recurrent_activation is not None:
             self.recurrent_activation_name, self.recurrent_activation = activations.get(recurrent_activation)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = _initializer(kernel_initializer, f"{what}(kernel_initializer=...)")
-        self.recurrent_initializer = _initializer(recurrent_initializer, f"{what}(recurrent_initializer=...)")
-        self.bias_initializer = _initializer(bias_initializer, f"{what}(bias_initializer=...)")
-        self.kernel_regularizer = R.get(kernel_regularizer, f"{what}(kernel_regularizer=...)")
-        self.recurrent_regularizer = R.get(recurrent_regularizer, f"{what}(recurrent_regularizer=...)")
-        self.bias_regularizer = R.get(bias_regularizer, f"{what}(bias_regularizer=...)")
+        _weight_args(self, what, kernel=(kernel_initializer, kernel_regularizer),
+                     recurrent=(recurrent_initializer, recurrent_regularizer), bias=(bias_initializer, bias_regularizer))
         self.seed = seed
         self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
         self.go_backwards, self.stateful, self.unroll = bool(go_backwards), False, bool(unroll)
@@ -176,6 +175,8 @@ class _RNN(Layer):
         xp = F.transpose(self._input_projection(x), (1, 0, 2))  # time first, as gc.scan steps
         h0 = F.zeros_like(xp[0, :, :self.units])
         init = tuple([h0] * self._n_states)
+        if mask is not None and mask.dtype != np.dtype(bool):
+            mask = F.cast(mask, "bool")  # a numeric mask given by keyword: nonzero keeps a step (Keras' rnn)
         xs = xp if mask is None else (xp, F.expand_dims(F.transpose(mask, (1, 0)), -1))
 
         def body(states, inp):
@@ -208,10 +209,7 @@ class SimpleRNN(_RNN):
                  go_backwards: bool = False, stateful: bool = False, unroll: bool = False, seed=None,
                  name: str | None = None, **kwargs: Any):
         self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
-        self._setup(units, activation, None, use_bias, kernel_initializer, recurrent_initializer, bias_initializer,
-                    kernel_regularizer, recurrent_regularizer, bias_regularizer, activity_regularizer,
-                    kernel_constraint, recurrent_constraint, bias_constraint, dropout, recurrent_dropout, seed,
-                    return_sequences, return_state, go_backwards, stateful, unroll, name, kwargs)
+        self._setup(kwargs, **self._config)
 
     def _step(self, states, xt):
         h = self.activation(xt + states[0] @ self.recurrent_kernel)
@@ -237,11 +235,7 @@ class LSTM(_RNN):
                  return_state: bool = False, go_backwards: bool = False, stateful: bool = False,
                  unroll: bool = False, use_cudnn="auto", name: str | None = None, **kwargs: Any):
         self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
-        self._setup(units, activation, recurrent_activation, use_bias, kernel_initializer, recurrent_initializer,
-                    bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer,
-                    activity_regularizer, kernel_constraint, recurrent_constraint, bias_constraint, dropout,
-                    recurrent_dropout, seed, return_sequences, return_state, go_backwards, stateful, unroll, name,
-                    kwargs)
+        self._setup(kwargs, **self._config)
         self.unit_forget_bias = bool(unit_forget_bias)
 
     def _bias_init(self):
@@ -286,11 +280,7 @@ class GRU(_RNN):
                  stateful: bool = False, unroll: bool = False, reset_after: bool = True, use_cudnn="auto",
                  name: str | None = None, **kwargs: Any):
         self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
-        self._setup(units, activation, recurrent_activation, use_bias, kernel_initializer, recurrent_initializer,
-                    bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer,
-                    activity_regularizer, kernel_constraint, recurrent_constraint, bias_constraint, dropout,
-                    recurrent_dropout, seed, return_sequences, return_state, go_backwards, stateful, unroll, name,
-                    kwargs)
+        self._setup(kwargs, **self._config)
         self.reset_after = bool(reset_after)
 
     def _bias_shape(self):
