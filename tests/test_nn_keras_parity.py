@@ -3,13 +3,10 @@ InputLayer, tensors passed to layers by keyword (``mask=``), an output's mask in
 schedule-driven learning rates in callbacks, Lambda in saved models and metric options in
 ``.keras`` files.
 
-Where a number is compared, real Keras 3 (numpy backend) computes it in ONE worker
-subprocess for the module, as in tests/test_nn_saving_keras.py."""
+Where a number is compared, real Keras 3 (numpy backend) computes it in the session's worker
+subprocess (conftest.py's ``keras_run``)."""
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -21,62 +18,6 @@ from graphc.nn.optimizers import SGD
 
 _HAVE_KERAS = importlib.util.find_spec("h5py") is not None and importlib.util.find_spec("keras") is not None
 needs_keras = pytest.mark.skipif(not _HAVE_KERAS, reason="needs h5py and keras (pip install -e '.[test]')")
-
-_WORKER = r"""
-import json, os, sys, traceback
-os.environ["KERAS_BACKEND"] = "numpy"
-reply = sys.stdout
-sys.stdout = sys.stderr  # Keras' prints must not mix with the replies
-import numpy as np
-import keras
-ns = {"np": np, "keras": keras, "L": keras.layers}
-reply.write(json.dumps({"ok": True, "result": keras.__version__}) + "\n"); reply.flush()
-for line in sys.stdin:
-    msg = json.loads(line)
-    os.chdir(msg["dir"])
-    try:
-        exec(msg["code"], ns)
-        out = {"ok": True, "result": ns.pop("result", None)}
-    except Exception:
-        out = {"ok": False, "error": traceback.format_exc()}
-    reply.write(json.dumps(out) + "\n"); reply.flush()
-"""
-
-
-class _Keras:
-    def __init__(self, log):
-        env = dict(os.environ, KERAS_BACKEND="numpy")
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=log, text=True, env=env)
-        self.version = self._reply()
-
-    def _reply(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the Keras worker died (see its stderr log)")
-        out = json.loads(line)
-        if not out["ok"]:
-            raise AssertionError("Keras raised:\n" + out["error"])
-        return out["result"]
-
-    def __call__(self, code: str, where):
-        self.proc.stdin.write(json.dumps({"code": code, "dir": str(where)}) + "\n")
-        self.proc.stdin.flush()
-        return self._reply()
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def keras_run(tmp_path_factory):
-    log = open(tmp_path_factory.mktemp("keras") / "stderr.txt", "w")
-    k = _Keras(log)
-    yield k
-    k.close()
-    log.close()
-
 
 RNG = np.random.default_rng(0)
 
