@@ -16,8 +16,7 @@ from typing import Any
 
 from .. import dsl as F
 from . import activations
-from . import regularizers as R
-from .base import Layer, _Affine, _fmt, _initializer, _serialize_initializer
+from .base import Layer, _Affine, _fmt, _weight_args, _weight_config
 
 __all__ = ["Conv1D", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D"]
 
@@ -98,10 +97,8 @@ class Conv1D(_Affine, Layer):
         self.data_format = "channels_last"
         self.activation_name, self.activation = activations.get(activation)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = _initializer(kernel_initializer, "Conv1D(kernel_initializer=...)")
-        self.bias_initializer = _initializer(bias_initializer, "Conv1D(bias_initializer=...)")
-        self.kernel_regularizer = R.get(kernel_regularizer, "Conv1D(kernel_regularizer=...)")
-        self.bias_regularizer = R.get(bias_regularizer, "Conv1D(bias_regularizer=...)")
+        _weight_args(self, "Conv1D", kernel=(kernel_initializer, kernel_regularizer),
+                     bias=(bias_initializer, bias_regularizer))
         self.kernel = self.bias = None
 
     def build(self, input_shape):
@@ -128,11 +125,7 @@ class Conv1D(_Affine, Layer):
         return {**super().get_config(), "filters": self.filters, "kernel_size": [self.kernel_size],
                 "strides": [self.strides], "padding": self.padding, "data_format": self.data_format,
                 "dilation_rate": [self.dilation_rate], "groups": 1, "activation": self.activation_name,
-                "use_bias": self.use_bias, "kernel_initializer": _serialize_initializer(self.kernel_initializer),
-                "bias_initializer": _serialize_initializer(self.bias_initializer),
-                "kernel_regularizer": R.serialize(self.kernel_regularizer, "Conv1D(kernel_regularizer=...)"),
-                "bias_regularizer": R.serialize(self.bias_regularizer, "Conv1D(bias_regularizer=...)"),
-                "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None}
+                "use_bias": self.use_bias, **_weight_config(self, "Conv1D", "kernel", "bias")}
 
 
 class _Pooling1D(Layer):

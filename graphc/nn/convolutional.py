@@ -12,8 +12,7 @@ from typing import Any
 
 from .. import dsl as F
 from . import activations
-from . import regularizers as R
-from .base import Layer, _Affine, _fmt, _initializer, _serialize_initializer
+from .base import Layer, _Affine, _fmt, _weight_args, _weight_config
 
 __all__ = ["Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D", "AveragePooling2D",
            "GlobalAveragePooling2D", "GlobalMaxPooling2D"]
@@ -86,26 +85,14 @@ class Conv2D(_Affine, Layer):
         super().__init__(name=name, **kwargs)
         if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) or filters <= 0:
             raise ValueError(f"Conv2D: filters must be a positive int, got {filters!r}")
-        _channels_last(data_format, "Conv2D")
         if groups != 1:
             raise NotImplementedError(f"Conv2D: groups={groups!r} (grouped convolution) is not supported yet")
-        _unsupported("Conv2D", activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
-                     bias_constraint=bias_constraint)
+        _conv_args(self, "Conv2D", kernel_size, strides, padding, data_format, dilation_rate, activation, use_bias,
+                   activity_regularizer=activity_regularizer, kernel_constraint=kernel_constraint,
+                   bias_constraint=bias_constraint)
         self.filters = int(filters)
-        self.kernel_size = _pair(kernel_size, "Conv2D(kernel_size=...)")
-        self.strides = _pair(strides, "Conv2D(strides=...)")
-        self.dilation_rate = _pair(dilation_rate, "Conv2D(dilation_rate=...)")
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(f"Conv2D: strides > 1 not supported in conjunction with dilation_rate > 1; got "
-                             f"strides={self.strides} and dilation_rate={self.dilation_rate}")
-        self.padding = _padding(padding, "Conv2D")
-        self.data_format = "channels_last"
-        self.activation_name, self.activation = activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = _initializer(kernel_initializer, "Conv2D(kernel_initializer=...)")
-        self.bias_initializer = _initializer(bias_initializer, "Conv2D(bias_initializer=...)")
-        self.kernel_regularizer = R.get(kernel_regularizer, "Conv2D(kernel_regularizer=...)")
-        self.bias_regularizer = R.get(bias_regularizer, "Conv2D(bias_regularizer=...)")
+        _weight_args(self, "Conv2D", kernel=(kernel_initializer, kernel_regularizer),
+                     bias=(bias_initializer, bias_regularizer))
         self.kernel = self.bias = None
 
     def build(self, input_shape):
@@ -126,11 +113,7 @@ class Conv2D(_Affine, Layer):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": list(self.strides), "padding": self.padding, "data_format": self.data_format,
                 "dilation_rate": list(self.dilation_rate), "groups": 1, "activation": self.activation_name,
-                "use_bias": self.use_bias, "kernel_initializer": _serialize_initializer(self.kernel_initializer),
-                "bias_initializer": _serialize_initializer(self.bias_initializer),
-                "kernel_regularizer": R.serialize(self.kernel_regularizer, "Conv2D(kernel_regularizer=...)"),
-                "bias_regularizer": R.serialize(self.bias_regularizer, "Conv2D(bias_regularizer=...)"),
-                "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None}
+                "use_bias": self.use_bias, **_weight_config(self, "Conv2D", "kernel", "bias")}
 
 
 class _Pooling2D(Layer):
@@ -281,10 +264,8 @@ class Conv2DTranspose(_Affine, Layer):
             if any(o >= s for o, s in zip(self.output_padding, self.strides)):
                 raise ValueError(f"Conv2DTranspose: strides must be greater than output padding; got strides="
                                  f"{self.strides} and output_padding={self.output_padding}")
-        self.kernel_initializer = _initializer(kernel_initializer, "Conv2DTranspose(kernel_initializer=...)")
-        self.bias_initializer = _initializer(bias_initializer, "Conv2DTranspose(bias_initializer=...)")
-        self.kernel_regularizer = R.get(kernel_regularizer, "Conv2DTranspose(kernel_regularizer=...)")
-        self.bias_regularizer = R.get(bias_regularizer, "Conv2DTranspose(bias_regularizer=...)")
+        _weight_args(self, "Conv2DTranspose", kernel=(kernel_initializer, kernel_regularizer),
+                     bias=(bias_initializer, bias_regularizer))
         self.kernel = self.bias = None
 
     def _geometry(self, input_shape):
@@ -326,11 +307,7 @@ class Conv2DTranspose(_Affine, Layer):
                 "output_padding": None if self.output_padding is None else list(self.output_padding),
                 "data_format": self.data_format, "dilation_rate": list(self.dilation_rate),
                 "activation": self.activation_name, "use_bias": self.use_bias,
-                "kernel_initializer": _serialize_initializer(self.kernel_initializer),
-                "bias_initializer": _serialize_initializer(self.bias_initializer),
-                "kernel_regularizer": R.serialize(self.kernel_regularizer, "Conv2DTranspose(kernel_regularizer=...)"),
-                "bias_regularizer": R.serialize(self.bias_regularizer, "Conv2DTranspose(bias_regularizer=...)"),
-                "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None}
+                **_weight_config(self, "Conv2DTranspose", "kernel", "bias")}
 
 
 def _depthwise(layer, x, kernel):
@@ -362,10 +339,8 @@ class DepthwiseConv2D(_Affine, Layer):
         _conv_args(self, "DepthwiseConv2D", kernel_size, strides, padding, data_format, dilation_rate, activation,
                    use_bias, activity_regularizer=activity_regularizer, depthwise_constraint=depthwise_constraint,
                    bias_constraint=bias_constraint)
-        self.depthwise_initializer = _initializer(depthwise_initializer, "DepthwiseConv2D(depthwise_initializer=...)")
-        self.bias_initializer = _initializer(bias_initializer, "DepthwiseConv2D(bias_initializer=...)")
-        self.depthwise_regularizer = R.get(depthwise_regularizer, "DepthwiseConv2D(depthwise_regularizer=...)")
-        self.bias_regularizer = R.get(bias_regularizer, "DepthwiseConv2D(bias_regularizer=...)")
+        _weight_args(self, "DepthwiseConv2D", depthwise=(depthwise_initializer, depthwise_regularizer),
+                     bias=(bias_initializer, bias_regularizer))
         self.kernel = self.bias = None
 
     def build(self, input_shape):
@@ -388,12 +363,7 @@ class DepthwiseConv2D(_Affine, Layer):
                 "kernel_size": list(self.kernel_size), "strides": list(self.strides), "padding": self.padding,
                 "data_format": self.data_format, "dilation_rate": list(self.dilation_rate),
                 "activation": self.activation_name, "use_bias": self.use_bias,
-                "depthwise_initializer": _serialize_initializer(self.depthwise_initializer),
-                "bias_initializer": _serialize_initializer(self.bias_initializer),
-                "depthwise_regularizer": R.serialize(self.depthwise_regularizer,
-                                                     "DepthwiseConv2D(depthwise_regularizer=...)"),
-                "bias_regularizer": R.serialize(self.bias_regularizer, "DepthwiseConv2D(bias_regularizer=...)"),
-                "activity_regularizer": None, "depthwise_constraint": None, "bias_constraint": None}
+                **_weight_config(self, "DepthwiseConv2D", "depthwise", "bias")}
 
 
 class SeparableConv2D(_Affine, Layer):
@@ -415,13 +385,9 @@ class SeparableConv2D(_Affine, Layer):
         _conv_args(self, "SeparableConv2D", kernel_size, strides, padding, data_format, dilation_rate, activation,
                    use_bias, activity_regularizer=activity_regularizer, depthwise_constraint=depthwise_constraint,
                    pointwise_constraint=pointwise_constraint, bias_constraint=bias_constraint)
-        what = "SeparableConv2D"
-        self.depthwise_initializer = _initializer(depthwise_initializer, f"{what}(depthwise_initializer=...)")
-        self.pointwise_initializer = _initializer(pointwise_initializer, f"{what}(pointwise_initializer=...)")
-        self.bias_initializer = _initializer(bias_initializer, f"{what}(bias_initializer=...)")
-        self.depthwise_regularizer = R.get(depthwise_regularizer, f"{what}(depthwise_regularizer=...)")
-        self.pointwise_regularizer = R.get(pointwise_regularizer, f"{what}(pointwise_regularizer=...)")
-        self.bias_regularizer = R.get(bias_regularizer, f"{what}(bias_regularizer=...)")
+        _weight_args(self, "SeparableConv2D", depthwise=(depthwise_initializer, depthwise_regularizer),
+                     pointwise=(pointwise_initializer, pointwise_regularizer),
+                     bias=(bias_initializer, bias_regularizer))
         self.depthwise_kernel = self.pointwise_kernel = self.bias = None
 
     def build(self, input_shape):
@@ -442,16 +408,8 @@ class SeparableConv2D(_Affine, Layer):
         return F.conv2d(_depthwise(self, x, self.depthwise_kernel), self.pointwise_kernel)
 
     def get_config(self):
-        what = "SeparableConv2D"
         return {**super().get_config(), "depth_multiplier": self.depth_multiplier, "filters": self.filters,
                 "kernel_size": list(self.kernel_size), "strides": list(self.strides), "padding": self.padding,
                 "data_format": self.data_format, "dilation_rate": list(self.dilation_rate),
                 "activation": self.activation_name, "use_bias": self.use_bias,
-                "depthwise_initializer": _serialize_initializer(self.depthwise_initializer),
-                "pointwise_initializer": _serialize_initializer(self.pointwise_initializer),
-                "bias_initializer": _serialize_initializer(self.bias_initializer),
-                "depthwise_regularizer": R.serialize(self.depthwise_regularizer, f"{what}(depthwise_regularizer=...)"),
-                "pointwise_regularizer": R.serialize(self.pointwise_regularizer, f"{what}(pointwise_regularizer=...)"),
-                "bias_regularizer": R.serialize(self.bias_regularizer, f"{what}(bias_regularizer=...)"),
-                "activity_regularizer": None, "depthwise_constraint": None, "pointwise_constraint": None,
-                "bias_constraint": None}
+                **_weight_config(self, "SeparableConv2D", "depthwise", "pointwise", "bias")}
