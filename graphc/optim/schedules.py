@@ -132,29 +132,42 @@ class LearningRateSchedule:
         return f"{type(self).__name__}({args})"
 
 
-class ExponentialDecay(LearningRateSchedule):
-    """``initial_learning_rate * decay_rate ** (step / decay_steps)`` (the exponent floored
-    with ``staircase``)."""
+class _RateDecay(LearningRateSchedule):
+    """The arguments and the progress ``step / decay_steps`` (floored with ``staircase``) that
+    ExponentialDecay and InverseTimeDecay share."""
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
+    _negative_rate = True  # whether decay_rate may be < 0
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
         c = type(self).__name__
         self.initial_learning_rate = _number(c, "initial_learning_rate", initial_learning_rate)
         self.decay_steps = _number(c, "decay_steps", decay_steps, positive=True)
         self.decay_rate = _number(c, "decay_rate", decay_rate)
-        if decay_rate < 0:
+        if decay_rate < 0 and not self._negative_rate:
             raise ValueError(f"{c}: decay_rate must be >= 0 (a negative base has no real power), got {decay_rate}")
         self.staircase, self.name = _flag(c, "staircase", staircase), name
         self._freeze()
 
-    def formula(self, step, ops):
+    def _progress(self, step, ops):
         p = step / ops.c(self.decay_steps)
-        if self.staircase:
-            p = ops.floor(p)
-        return ops.c(self.initial_learning_rate) * ops.pow_const_base(self.decay_rate, p)
+        return ops.floor(p) if self.staircase else p
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
                 "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
+
+
+class ExponentialDecay(_RateDecay):
+    """``initial_learning_rate * decay_rate ** (step / decay_steps)`` (the exponent floored
+    with ``staircase``)."""
+
+    _negative_rate = False
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
+
+    def formula(self, step, ops):
+        return ops.c(self.initial_learning_rate) * ops.pow_const_base(self.decay_rate, self._progress(step, ops))
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -216,27 +229,15 @@ class PolynomialDecay(LearningRateSchedule):
                 "name": self.name}
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_RateDecay):
     """``initial_learning_rate / (1 + decay_rate * step / decay_steps)`` (the ratio floored
     with ``staircase``)."""
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="InverseTimeDecay"):
-        c = type(self).__name__
-        self.initial_learning_rate = _number(c, "initial_learning_rate", initial_learning_rate)
-        self.decay_steps = _number(c, "decay_steps", decay_steps, positive=True)
-        self.decay_rate = _number(c, "decay_rate", decay_rate)
-        self.staircase, self.name = _flag(c, "staircase", staircase), name
-        self._freeze()
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def formula(self, step, ops):
-        p = step / ops.c(self.decay_steps)
-        if self.staircase:
-            p = ops.floor(p)
-        return ops.c(self.initial_learning_rate) / (ops.c(1.0) + ops.c(self.decay_rate) * p)
-
-    def get_config(self):
-        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
+        return ops.c(self.initial_learning_rate) / (ops.c(1.0) + ops.c(self.decay_rate) * self._progress(step, ops))
 
 
 class CosineDecay(LearningRateSchedule):
