@@ -131,3 +131,43 @@ result = 1
     assert got == 1
     np.testing.assert_allclose(np.load(tmp_path / "k_soft.npy"), p_soft, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.load(tmp_path / "k_seq.npy"), p_seq, rtol=1e-5, atol=1e-6)
+
+
+# ---- an output's mask in the loss ------------------------------------------------------------------------------
+@needs_keras
+def test_an_outputs_mask_weighs_the_loss_as_in_keras(tmp_path, keras_run):
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, 9, (6, 5))
+    for i, n in enumerate([5, 3, 1, 4, 2, 5]):
+        ids[i, n:] = 0  # padding: masked steps
+    labels = rng.integers(0, 3, (6, 5))
+    dense_y = rng.normal(size=(6, 5, 3)).astype("float32")
+    got = {}
+    for loss, y in (("sparse_categorical_crossentropy", labels), ("mse", dense_y)):
+        inp = nn.Input((5,), dtype="int64")
+        h = Lr.LSTM(4, return_sequences=True)(Lr.Embedding(9, 3, mask_zero=True)(inp))
+        model = nn.Model(inp, Lr.Dense(3, activation="softmax" if loss != "mse" else None)(h))
+        model.compile(SGD(0.1), loss, target="numpy")
+        got[loss] = model.evaluate(ids, y, batch_size=4, verbose=0)
+        p = model.predict(ids)
+        # the loss of each step, averaged over the unmasked steps of each batch, batches by size
+        if loss == "mse":
+            steps = ((p - y) ** 2).mean(-1)
+        else:
+            steps = -np.log(np.take_along_axis(p, labels[..., None], -1)[..., 0])
+        keep = ids != 0
+        want = sum((steps[a:b] * keep[a:b]).sum() / keep[a:b].sum() * (b - a) for a, b in ((0, 4), (4, 6))) / 6
+        np.testing.assert_allclose(got[loss], want, rtol=1e-5)
+        assert abs(got[loss] - steps.mean()) > 1e-4  # the unmasked mean differs (10x the tolerance)
+        model.save(tmp_path / f"{loss}.keras")
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "labels.npy", labels)
+    np.save(tmp_path / "dense_y.npy", dense_y)
+    keras_loss = keras_run("""
+result = {}
+for loss, y in (("sparse_categorical_crossentropy", "labels"), ("mse", "dense_y")):
+    k = keras.models.load_model(loss + ".keras")
+    result[loss] = float(k.evaluate(np.load("ids.npy"), np.load(y + ".npy"), batch_size=4, verbose=0))
+""", tmp_path)
+    for loss in got:
+        np.testing.assert_allclose(got[loss], keras_loss[loss], rtol=1e-5)

@@ -265,6 +265,7 @@ class Model(Trainer):
             m = node.layer.compute_mask(x, m) if m is not None or node.layer.supports_masking else None
             if m is not None and not node.extra_outputs:
                 masks[id(node.output)] = m
+        self._traced_out_masks = [masks.get(id(t)) for t in self._out_tensors]  # the losses apply them (Keras)
         outs = []
         for t in self._out_tensors:
             node = t._node
@@ -702,6 +703,7 @@ class Sequential(Model):
         last = self._layer_list[-1]
         kw = {"mask": mask} if mask is not None and _takes_mask(last) else {}
         pre, act = call_split_of(last, h, training, **kw)
+        self._traced_out_masks = [last.compute_mask(h, mask) if mask is not None or last.supports_masking else None]
         return [(call_layer(last, h, training, **kw), pre, act)]
 
     def _input_dtype(self) -> str:

@@ -21,7 +21,9 @@ Keras, ``trainable`` is read at ``compile()``: changing it later takes effect at
 
 Sample weights (``sample_weight``/``class_weight``) follow Keras' default loss reduction
 ``sum_over_batch_size``: a batch's loss is ``sum_i w_i * loss_i / batch_size`` (NOT divided by
-the sum of the weights). Steps with and without weights are two compiled programs sharing
+the sum of the weights). An output carrying a mask (a sequence after ``Embedding(mask_zero=True)``)
+counts its unmasked steps only: ``sum(loss * mask) / sum(mask)`` per batch, as Keras 3's
+``reduce_weighted_values``. Steps with and without weights are two compiled programs sharing
 one store (weights and optimizer state), so unweighted training compiles exactly the
 unweighted graph.
 """
@@ -194,6 +196,20 @@ class CompiledFunctions:
 
     def __len__(self) -> int:
         return len(self._fns)
+
+
+def _masked_loss(loss, y, out, pre, act, mask, sw):
+    """Keras 3's loss of an output carrying a mask (``(batch, time)`` for ``(batch, time,
+    features)`` outputs): the loss of each step (each row of the last axis, as Keras' loss
+    ``call`` reduces it), weighted by the mask and summed, over the number of unmasked steps
+    (``reduce_weighted_values`` with ``sum_over_batch_size``: ``sum(loss * mask) / sum(mask)``,
+    0 when every step is masked). Sample weights multiply each sample's steps."""
+    rows = lambda v: F.reshape(v, (-1,) + tuple(v.shape[mask.ndim:]))  # noqa: E731
+    per_step = loss.per_sample(rows(y), rows(out), rows(pre), act)
+    m = F.cast(F.cast(mask, "bool"), "float32")
+    valid = F.sum(m)
+    w = m if sw is None else m * F.reshape(sw, (-1,) + (1,) * (mask.ndim - 1))
+    return F.sum(per_step * F.reshape(w, (-1,))) / F.maximum(valid, 1.0)
 
 
 class Trainer:
@@ -450,7 +466,9 @@ class Trainer:
     def _objective(self, training: bool, weighted: bool):
         """(total loss, {name: extra output}, {state: new value}) of the model's graph; the
         total is exactly ``loss.build(...)`` for one unweighted output without regularizers."""
+        self._traced_out_masks = None
         outs, updates = self._traced_forward(training)
+        out_masks = self._traced_out_masks or [None] * len(outs)
         losses, lws = self._losses(), self._loss_weights()
         parts = []
         ys = []
@@ -458,7 +476,12 @@ class Trainer:
             shape, dtype = loss.label_spec(self._out_shapes[i])
             y = F.input(feed, (None,) + tuple(shape), dtype=dtype)
             ys.append(y)
-            if weighted:
+            mask = out_masks[i]
+            if mask is not None and out.ndim == mask.ndim + 1 and tuple(out.shape[1:mask.ndim]) == \
+                    tuple(mask.shape[1:]):
+                sw = F.input(self._sw_feeds()[i], (None,), dtype="float32") if weighted else None
+                li = _masked_loss(loss, y, out, pre, act, mask, sw)
+            elif weighted:
                 sw = F.input(self._sw_feeds()[i], (None,), dtype="float32")
                 li = F.mean(loss.per_sample(y, out, pre, act) * sw)  # sum_i w_i l_i / batch (Keras)
             else:
