@@ -21,8 +21,9 @@ def evaluate_each(outputs: Sequence[Node], feeds: Mapping[str, np.ndarray], para
             v = feeds[n.name]
         elif n.op in ("param", "state"):
             v = params[n.name]
-        else:
-            v = n.opdef.evaluate([values[id(x)] for x in n.inputs], n.attrs, n)
+        else:  # NaN/inf arise silently, as in the compiled targets (check_numerics reports them)
+            with np.errstate(all="ignore"):
+                v = n.opdef.evaluate([values[id(x)] for x in n.inputs], n.attrs, n)
         # a scan's value is the tuple of its results (ops/control.py), read by scan_out
         v = values[id(n)] = v if n.op == "scan" else np.asarray(v)
         yield n, v

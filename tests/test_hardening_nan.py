@@ -154,3 +154,19 @@ def test_check_numerics_stops_a_step_through_relu_of_nan(target):
     np.testing.assert_array_equal(step.params["nw"], [1.0, 1.0])
     plain = gc.compile(loss, optimizer=gc.optim.SGD(0.1), target=target)
     assert np.isnan(plain(nx=np.array([1.0, 4.0]))["loss"])
+
+
+def test_numpy_target_evaluates_nonfinite_values_without_warnings():
+    """The numpy target, like the compiled ones, computes inf - inf or a sum over +-inf to NaN
+    silently (NumPy would warn from inside graphc's interpreter); check_numerics reports them."""
+    import warnings
+    x = gc.input("x", (None, 4), dtype="float64")
+    v = np.array([[np.inf, -np.inf, 1.0, np.nan], [0.0, -0.0, np.inf, 2.0]])
+    outs = [gc.sum(x, 1), gc.prod(x, 1), gc.max(x, 1), gc.min(x, 1), x * 0.0, gc.log(x - 1.0), x / 0.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = gc.evaluate(outs, {"x": v}, {})
+    with np.errstate(all="ignore"):
+        want = [v.sum(1), v.prod(1), v.max(1), v.min(1), v * 0.0, np.log(v - 1.0), v / 0.0]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
