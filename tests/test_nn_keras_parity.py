@@ -171,3 +171,41 @@ for loss, y in (("sparse_categorical_crossentropy", "labels"), ("mse", "dense_y"
 """, tmp_path)
     for loss in got:
         np.testing.assert_allclose(got[loss], keras_loss[loss], rtol=1e-5)
+
+
+# ---- metric options in .keras files --------------------------------------------------------------------------
+@needs_keras
+def test_metric_options_survive_keras_files_both_ways(tmp_path, keras_run):
+    from graphc.nn import metrics as M
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(40, 4)).astype("float32")
+    y = (x[:, :1] + 0.5 * rng.normal(size=(40, 1)) > 0).astype("float32")
+    model = nn.Sequential([Lr.Dense(1, activation="sigmoid", input_shape=(4,))])
+    metrics = [M.AUC(num_thresholds=20, curve="PR", summation_method="majoring", name="pr"),
+               M.Precision(thresholds=0.3), M.BinaryAccuracy(threshold=0.7), M.F1Score(threshold=0.6)]
+    model.compile(SGD(0.1), "binary_crossentropy", metrics=metrics, target="numpy")
+    want = model.evaluate(x, y, batch_size=40, verbose=0, return_dict=True)
+    path = model.save(tmp_path / "met.keras")
+    saved = json.loads(zipfile.ZipFile(path).read("config.json"))["compile_config"]["metrics"]
+    assert saved[0]["class_name"] == "AUC" and saved[0]["config"]["num_thresholds"] == 20
+    back = nn.models.load_model(path, target="numpy")
+    got = back.evaluate(x, y, batch_size=40, verbose=0, return_dict=True)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6)
+    # the options change the values: the default metrics give other numbers
+    plain = nn.models.load_model(path, target="numpy", compile=False)
+    plain.compile(SGD(0.1), "binary_crossentropy", metrics=[M.AUC(), M.Precision(), M.BinaryAccuracy()],
+                  target="numpy")
+    dflt = plain.evaluate(x, y, batch_size=40, verbose=0, return_dict=True)
+    assert abs(dflt["auc"] - want["pr"]) > 1e-3 and abs(dflt["binary_accuracy"] - want["binary_accuracy"]) > 1e-3
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    keras_logs = keras_run("""
+k = keras.models.load_model("met.keras")
+result = k.evaluate(np.load("x.npy"), np.load("y.npy"), batch_size=40, verbose=0, return_dict=True)
+result = {n: np.asarray(v, "float64").tolist() for n, v in result.items()}
+""", tmp_path)
+    assert set(keras_logs) == set(want), keras_logs
+    for k in want:
+        np.testing.assert_allclose(keras_logs[k], want[k], rtol=1e-5, atol=1e-6)

@@ -402,13 +402,36 @@ def _loss_from_config(v):
     return cls(from_logits=bool(cfg.get("from_logits", False))) if "from_logits" in cfg else cls()
 
 
+# Keras' get_config of each built-in metric beyond name and dtype: {key: graphc attribute, or
+# (None, the value graphc always has)}; a loaded config with another value is refused
+_METRIC_OPTIONS: dict[str, dict] = {
+    "BinaryAccuracy": {"threshold": "threshold"},
+    "SparseCategoricalAccuracy": {}, "CategoricalAccuracy": {}, "MeanSquaredError": {}, "MeanAbsoluteError": {},
+    "SparseTopKCategoricalAccuracy": {"k": "k"}, "TopKCategoricalAccuracy": {"k": "k"},
+    "Precision": {"thresholds": "thresholds", "top_k": (None, None), "class_id": (None, None)},
+    "Recall": {"thresholds": "thresholds", "top_k": (None, None), "class_id": (None, None)},
+    "AUC": {"num_thresholds": "num_thresholds", "curve": "curve", "summation_method": "summation_method",
+            "multi_label": (None, False), "num_labels": (None, None), "label_weights": (None, None),
+            "from_logits": "from_logits"},
+    "F1Score": {"average": "average", "threshold": "threshold"},
+}
+
+
 def _metrics_config(m):
+    """Metrics as Keras' compile_config holds them: names as given, a built-in metric object
+    as its serialized config (its options: thresholds, k, curve, average, ...)."""
     if m is None or isinstance(m, str):
         return m
     if isinstance(m, dict):
         return {k: _metrics_config(v) for k, v in m.items()}
     if isinstance(m, (list, tuple)):
         return [_metrics_config(v) for v in m]
+    cls = type(m).__name__
+    if isinstance(m, M.Metric) and getattr(M, cls, None) is type(m) and cls in _METRIC_OPTIONS:
+        cfg = {"name": m.name, "dtype": "float32"}
+        for key, attr in _METRIC_OPTIONS[cls].items():
+            cfg[key] = attr[1] if isinstance(attr, tuple) else getattr(m, attr)
+        return _keras_object("keras.metrics", cls, cfg)
     return getattr(m, "name", None) or getattr(m, "__name__", str(m))
 
 
@@ -419,10 +442,26 @@ def _metrics_from_config(m):
         return [_metrics_from_config(v) for v in m]
     if isinstance(m, dict) and "class_name" not in m:
         return {k: _metrics_from_config(v) for k, v in m.items()}
-    cls = getattr(M, m.get("class_name"), None)
-    if not (isinstance(cls, type) and issubclass(cls, M.Metric)):
-        raise KerasFormatError(f"load_model: the metric {m.get('class_name')!r} is not supported by graphc.nn")
-    return cls()
+    name = m.get("class_name")
+    cls = getattr(M, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, M.Metric)) or name not in _METRIC_OPTIONS:
+        raise KerasFormatError(f"load_model: the metric {name!r} is not supported by graphc.nn")
+    cfg, kwargs = m.get("config") or {}, {}
+    for key, attr in _METRIC_OPTIONS[name].items():
+        if key not in cfg:
+            continue
+        if isinstance(attr, tuple):
+            if cfg[key] != attr[1]:
+                raise KerasFormatError(f"load_model: metric {name}({key}={cfg[key]!r}) is not supported by "
+                                       f"graphc.nn (only {key}={attr[1]!r})")
+        else:
+            kwargs[attr] = cfg[key]
+    if name == "AUC" and cfg.get("thresholds") is not None:
+        raise KerasFormatError("load_model: metric AUC(thresholds=[...]) is not supported by graphc.nn (only "
+                               "num_thresholds evenly spread ones)")
+    if "name" in cfg:
+        kwargs["name"] = cfg["name"]
+    return cls(**kwargs)
 
 
 def _training_state(model) -> dict | None:
