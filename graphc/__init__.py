@@ -22,7 +22,7 @@ from .substitution import substitute  # noqa: F401
 from .interpret import evaluate  # noqa: F401
 from .gradcheck import GradientCheckError, check_grads  # noqa: F401
 from .api import compile  # noqa: F401
-from .dot import to_dot  # noqa: F401  (the graph / a step's kernels as Graphviz DOT)
+from .graphviz import to_dot  # noqa: F401  (the graph / a step's kernels as Graphviz DOT; gc.dot is np.dot)
 from . import optim  # noqa: F401
 
 __version__ = "0.1.0"

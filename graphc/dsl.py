@@ -652,6 +652,16 @@ def tensordot(a, b, axes=2) -> Node:
     return _tensordot(a, b, axes)
 
 
+def dot(a, b) -> Node:
+    """``np.dot``: scalars multiply; 1-D with 1-D is the inner product; otherwise a sum over
+    the last axis of ``a`` and the second-to-last of ``b`` (the last, when ``b`` is 1-D), which
+    for matrices is ``a @ b`` (one GEMM, as ``tensordot``)."""
+    a, b = _lift(a), _lift(b)
+    if a.ndim == 0 or b.ndim == 0:
+        return a * b
+    return tensordot(a, b, ([a.ndim - 1], [builtins.max(b.ndim - 2, 0)]))
+
+
 def outer(a, b) -> Node:
     """``np.outer``: ``ravel(a)[:, None] * ravel(b)[None, :]``."""
     from .ops.einsum import outer as _outer

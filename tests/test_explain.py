@@ -1,5 +1,5 @@
 """step.explain() (graphc/explain/), machine peaks (graphc/peaks.py), graphc.to_dot
-(graphc/dot.py) and GRAPHC_LOG (graphc/log.py).
+(graphc/graphviz.py) and GRAPHC_LOG (graphc/log.py).
 
 FLOP and byte counts are checked against hand-computed values from the formulas in
 graphc/explain/cost.py (a GEMM (m, k) @ (k, n) is 2 m n k FLOPs, as every roofline tool counts it;
@@ -280,8 +280,8 @@ def test_to_dot_of_a_step_has_a_cluster_per_kernel(mlp, tmp_path):
     prog = step.program_for(B)
     assert {f"cluster_{k.name}" for k in prog.plan.kernels} <= set(clusters)
     for role in ("forward", "backward", "update"):
-        assert f"fillcolor=\"{gc.dot.COLORS[role]}\"" in text, role
-    roles = gc.dot.classify(prog.graph, 1)
+        assert f"fillcolor=\"{gc.graphviz.COLORS[role]}\"" in text, role
+    roles = gc.graphviz.classify(prog.graph, 1)
     by_op = {n.op: roles[id(n)] for n in prog.graph.nodes}
     assert by_op["softmax_cross_entropy"] == "forward" and by_op["sce_grad"] == "backward"
     assert by_op["sqrt"] == "update"  # Adam's sqrt(v)

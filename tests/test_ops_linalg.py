@@ -186,3 +186,23 @@ def test_einsum_over_the_batch_dimension():
     got = gc.compile(ys, target="cpu")(bx=X, bw=W)
     for g, sub, ops in zip(got, ("bti,ij->btj", "bti,btj->bij", "bti->b"), ((X, W), (X, X), (X,))):
         np.testing.assert_allclose(g, np.einsum(sub, *ops), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_dot_matches_numpy_dot(target):
+    """np.dot's cases: inner product, matrix-vector, matrix product, N-D with 1-D and M-D
+    (the last axis of a against the second-to-last of b), and a scalar operand."""
+    rng = np.random.default_rng(3)
+    shapes = [((4,), (4,)), ((3, 4), (4,)), ((4,), (4, 5)), ((3, 4), (4, 5)), ((2, 3, 4), (4,)),
+              ((2, 3, 4), (5, 4, 6)), ((2, 3, 4), (4, 6)), ((), (2, 3))]
+    vals, outs, want, feeds = [], [], [], {}
+    for i, (sa, sb) in enumerate(shapes):
+        A, B = rng.standard_normal(sa), rng.standard_normal(sb)
+        a, b = gc.input(f"da{i}", sa, "float64"), gc.input(f"db{i}", sb, "float64")
+        feeds.update({f"da{i}": A, f"db{i}": B})
+        outs.append(gc.dot(a, b))
+        want.append(np.dot(A, B))
+    got = gc.compile(outs, target=target)(**feeds)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert np.shape(g) == np.shape(w), (i, np.shape(g), np.shape(w))
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=str(i))
