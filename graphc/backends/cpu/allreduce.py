@@ -63,8 +63,8 @@ def bind() -> None:
         from llvmlite import ir
 
         from .intrinsics import ALLREDUCE
-        from .native import _jit
-        ll, _, engine = _jit()
+        from .jit import jit
+        ll, _, engine = jit()
         MPI = _mpi()
         lib = _libmpi()
         wide = MPI._sizeof(MPI.Comm) == ctypes.sizeof(ctypes.c_size_t)  # handles are pointers (Open MPI) or ints

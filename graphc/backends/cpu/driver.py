@@ -398,7 +398,7 @@ class _Translator(Lowering):
             v = self._as(self._expr(e.args[0]), self.f64)
             fabs = self._decl("llvm.fabs.f64", self.f64, [self.f64])
             return b.fcmp_ordered("!=", b.call(fabs, [v]), ir.Constant(self.f64, float("inf"))), "b"
-        if name == "_tick" and len(e.args) == 2:  # the profiling twin's clock (graphc/explain.py)
+        if name == "_tick" and len(e.args) == 2:  # the profiling twin's clock (graphc/explain/)
             return self._tick(e)
         sig = self.sigs.get(name)
         if sig is None or e.keywords:
@@ -411,7 +411,7 @@ class _Translator(Lowering):
         return b.call(fn, vals), "i"
 
     def _tick(self, e):
-        """``_tick(ticks, k)``: ``ticks[k]`` = CLOCK_MONOTONIC in ns (explain.clock_tick's
+        """``_tick(ticks, k)``: ``ticks[k]`` = CLOCK_MONOTONIC in ns (graphc/explain/clock.py's
         clock, read the same way: clock_gettime, ~20 ns)."""
         import time
         import llvmlite.binding as ll

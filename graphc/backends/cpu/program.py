@@ -33,7 +33,7 @@ def export(name: str, cf) -> Any:
     external function a driver calls by that name. Generated code holds only the name (no
     address), so drivers stay cacheable; the symbol must be bound before a driver calling
     it is compiled or loaded, which importing the kernel's module (the driver's first
-    lines) does. The same mechanism binds ``graphc_mpi_allreduce`` (graphc/distributed.py)."""
+    lines) does. The same mechanism binds ``graphc_mpi_allreduce`` (allreduce.py)."""
     import llvmlite.binding as ll
     from numba import types
     sym = f"graphc_{name}"
@@ -399,7 +399,7 @@ class CpuProgram:
         raise ValueError(self._raised[status - RAISED_STATUS])
 
     def driver_args(self, feeds: Mapping[str, np.ndarray], store) -> list:
-        """The driver's arguments for ``feeds`` as ``run`` passes them (for graphc/explain.py,
+        """The driver's arguments for ``feeds`` as ``run`` passes them (for graphc/explain/,
         which calls the driver and its profiling twin directly; hold ``store.lock``)."""
         if self._bound_version != (id(store), store.version):
             self._bind(store)
