@@ -209,3 +209,55 @@ result = {n: np.asarray(v, "float64").tolist() for n, v in result.items()}
     assert set(keras_logs) == set(want), keras_logs
     for k in want:
         np.testing.assert_allclose(keras_logs[k], want[k], rtol=1e-5, atol=1e-6)
+
+
+# ---- Lambda in .keras files ------------------------------------------------------------------------------------
+def _scaled(scale, shift):
+    return lambda t: t * scale + shift  # a closure: Keras saves its captured values
+
+
+def _double(t):
+    return t * 2.0
+
+
+@needs_keras
+def test_lambda_layers_save_as_keras_does_and_load_only_outside_safe_mode(tmp_path, keras_run):
+    from graphc.nn import KerasFormatError
+    inp = nn.Input((3,))
+    h = Lr.Lambda(_scaled(2.0, 0.5), name="affine")(inp)
+    h = Lr.Lambda(_double, name="double")(h)
+    model = nn.Model(inp, Lr.Dense(2)(h))
+    model.compile(SGD(0.1), "mse", target="numpy")
+    x = RNG.normal(size=(4, 3)).astype("float32")
+    want = model.predict(x)
+    path = model.save(tmp_path / "lam.keras")
+    entries = {e["config"]["name"]: e["config"] for e in
+               json.loads(zipfile.ZipFile(path).read("config.json"))["config"]["layers"]}
+    assert entries["affine"]["function"]["class_name"] == "__lambda__"
+    assert entries["affine"]["function"]["config"]["closure"] == [2.0, 0.5]
+    assert entries["double"]["function"]["config"] == "_double"
+    with pytest.raises(KerasFormatError, match=r"Lambda 'affine'.*safe_mode=False"):
+        nn.models.load_model(path, custom_objects={"_double": _double})
+    with pytest.raises(KerasFormatError, match=r"_double.*custom_objects"):
+        nn.models.load_model(path, safe_mode=False)
+    back = nn.models.load_model(path, safe_mode=False, custom_objects={"_double": _double}, target="numpy")
+    np.testing.assert_allclose(back.predict(x), want, rtol=1e-6)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", want)
+    got = keras_run("""
+result = []
+try:
+    keras.models.load_model("lam.keras", custom_objects={"_double": lambda t: t * 2.0})
+except ValueError as e:
+    result.append("safe_mode=False" in str(e))
+k = keras.models.load_model("lam.keras", custom_objects={"_double": lambda t: t * 2.0}, safe_mode=False)
+result.append(float(np.abs(k.predict(np.load("x.npy"), verbose=0) - np.load("want.npy")).max()))
+""", tmp_path)
+    assert got[0] is True and got[1] < 1e-5, got
+    # a lambda capturing what JSON cannot hold is refused when saving, naming the layer
+    layer = object()
+    bad = nn.Model(inp2 := nn.Input((3,)), Lr.Lambda(lambda t: t if layer else t, name="holds")(inp2))
+    bad.compile(SGD(0.1), "mse", target="numpy")
+    with pytest.raises(TypeError, match=r"Lambda 'holds'.*get_config"):
+        bad.save(tmp_path / "bad.keras")
+    assert not (tmp_path / "bad.keras").exists()

@@ -15,6 +15,7 @@ the order the Keras optimizer creates them (``_SLOTS``). h5 needs h5py (the ``ke
 from __future__ import annotations
 
 import datetime
+import inspect
 import io
 import json
 import os
@@ -110,6 +111,8 @@ def layer_from_entry(entry: dict, custom_objects: dict | None) -> Layer:
                                "custom_objects={name: class} for your own layers)")
     config = entry.get("config") or {}
     try:
+        if "custom_objects" in inspect.signature(cls.from_config).parameters:  # Lambda's named functions
+            return cls.from_config(_lenient_config(config), custom_objects=custom_objects)
         return cls.from_config(_lenient_config(config))
     except (ValueError, TypeError, NotImplementedError) as e:
         raise KerasFormatError(f"load_model: layer {config.get('name')!r} ({name}): {e}") from None
@@ -791,14 +794,17 @@ def model_from_config(cfg: dict, custom_objects=None):
 
 def load_model(filepath, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True,
                target: str = "cpu"):
-    """``keras.models.load_model`` for .keras files (graphc's or Keras 3's). ``safe_mode`` is
-    accepted for Keras' signature: nothing in a .keras file is executed or unpickled here."""
+    """``keras.models.load_model`` for .keras files (graphc's or Keras 3's). As in Keras,
+    ``safe_mode`` refuses the one thing in a .keras file that would run code from it: a
+    ``Lambda``'s Python lambda, saved as bytecode (``safe_mode=False`` loads it)."""
     path = os.fspath(filepath)
     where = f"load_model: {path}"
     if not path.endswith(".keras"):
         raise ValueError(f"load_model: expected a .keras file (Keras 3's format), got {path!r}")
     cfg, h5 = _read_keras_zip(path, "load_model")
-    model = model_from_config(cfg, custom_objects)
+    from .lambda_layer import safe_mode_scope
+    with safe_mode_scope(safe_mode):
+        model = model_from_config(cfg, custom_objects)
     cc = cfg.get("compile_config") if compile else None
     if cc:
         try:
