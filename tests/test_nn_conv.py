@@ -94,7 +94,7 @@ def test_conv2d_glorot_fans_and_keras_defaults():
     m = Sequential([Input((5, 5, 4)), layer, MaxPooling2D(), GlobalAveragePooling2D()])
     m.compile(loss="mse", target=T)
     k, b = layer.get_weights()
-    assert [l.name for l in m.layers[1:]] == ["conv2d", "max_pooling2d", "global_average_pooling2d"]  # Keras' names
+    assert [l.name for l in m.layers] == ["conv2d", "max_pooling2d", "global_average_pooling2d"]  # Keras' names (Sequential.layers omits the InputLayer, as in Keras)
     limit = np.sqrt(6.0 / (9 * 4 + 9 * 8))
     assert np.abs(k).max() <= limit and np.abs(k).max() > 0.8 * limit and not b.any()
     assert MaxPooling2D().pool_size == (2, 2) and MaxPooling2D(3).strides == (3, 3)
