@@ -3,7 +3,8 @@ compiled targets against PyTorch eager ``nn.LSTM`` and JAX ``lax.scan`` + jit, e
 of its own (rounds alternating between them), with the step's GEMM floor, graphc's cold compile
 time and where graphc's step time goes (``step.explain``).
 
-    python benchmarks/bench_rnn.py --threads 2 --budget 20 --no-side-by-side   # h64, h128, h512
+    python benchmarks/bench_rnn.py --threads 1 --budget 15 --no-side-by-side --profile-reps 0  # h64, h128, h512
+    python benchmarks/bench_rnn.py --threads 2               # both cores per library (a quiet machine)
     python benchmarks/bench_rnn.py --configs h64 --threads 1
     python benchmarks/bench_rnn.py --quick --no-peers                           # smoke run
 
