@@ -8,6 +8,9 @@ time and where graphc's step time goes (``step.explain``).
     python benchmarks/bench_rnn.py --configs h64 --threads 1
     python benchmarks/bench_rnn.py --quick --no-peers                           # smoke run
 
+bench_rnn.py's own flags (the others are the harness's, see --help): ``--no-probe`` skips the
+cold compile and explain process, ``--no-explain`` only the explain.
+
 The model: x (batch 32, 32 time steps, 32 features) -> LSTM(hidden) (Keras' formulation: gates
 i, f, c, o; sigmoid gates, tanh; last step's h) -> dense to 10 classes -> softmax cross-entropy
 (mean over the batch); Adam(1e-3) in Keras' formulation. Configs h64 / h128 / h512 set the
