@@ -110,6 +110,23 @@ def test_gradients_on_cpu_match_the_interpreter(case_data):
         np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
 
 
+def test_patch_kernels_move_contiguous_runs_not_items():
+    """im2col and col2im move each window row's pixels inside the image as ONE run and its
+    padding columns as runs (views.copy_run/add_run/fill_run): no item is indexed in their
+    loops, where a wrapped negative index made LLVM gather and scatter item by item."""
+    x = gc.param("px", (2, 5, 6, 3), dtype="float32")
+    W = gc.param("pw", (3, 3, 3, 4), dtype="float32")
+    step = gc.compile(gc.sum(gc.square(gc.conv2d(x, W, 1, "same"))), optimizer=gc.optim.SGD(0.1), target="cpu")
+    step()
+    (prog,) = step._programs.values()
+    srcs = {op: src for src in prog.module.kernel_modules.values() for op in ("im2col", "col2im") if f"# {op}" in src}
+    assert set(srcs) == {"im2col", "col2im"}
+    for op, src in srcs.items():
+        loops = src[src.index("    for b in"):]
+        assert not re.search(r"\b(of|xf|gf)\[", loops), (op, loops)
+        assert ("copy_run(" if op == "im2col" else "add_run(") in loops and "fill_run(" in loops, op
+
+
 @pytest.mark.parametrize("case", CASES[:5])
 def test_conv_and_pool_gradients_against_finite_differences(case):
     h, w, c, o, k, s, p, d = case

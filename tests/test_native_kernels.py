@@ -257,6 +257,46 @@ def test_odd_values_give_numbas_bits(tmp_path):
         np.testing.assert_array_equal(o1.view(np.int64), o2.view(np.int64), err_msg=f"k={k}")
 
 
+RUNS_KERNEL = textwrap.dedent('''
+    import numpy as np
+    from numba import cfunc
+    from graphc.backends.cpu.views import add_run, copy_run, fill_run, view
+
+    @cfunc('int64(voidptr, int64, voidptr, int64, voidptr, int64, int64, int64, int64, int64)', cache=False, error_model='numpy')
+    def kernel_runs(x_ptr, x_n0, o_ptr, o_n0, a_ptr, a_n0, a_n1, d, s, n):
+        x = view(x_ptr, (x_n0,), np.float32)
+        o = view(o_ptr, (o_n0,), np.float32)
+        a = view(a_ptr, (a_n0, a_n1,), np.float32)
+        copy_run(o, d, x, s, n)
+        add_run(a, s, x, d, n)
+        fill_run(o, d + n, n, 0.1)
+        return 0
+''')
+
+
+def test_run_intrinsics_give_numbas_bits_and_numpys_slices(tmp_path):
+    """copy_run / add_run / fill_run (the patch kernels' contiguous runs) at flat offsets of
+    1-D and 2-D arrays, empty runs included: both compilers give the slice assignments' bits
+    (NaN, infinities and signed zeros copied and added as items; a float64 fill value rounded
+    to float32)."""
+    ours, theirs = both(tmp_path, "graphc_runkernel", RUNS_KERNEL)
+    assert ours is not None  # graphc compiles the run intrinsics itself
+    x = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, -3.5, 2.25, 1e30, -1.0, 7.0, 3.0] * 3, np.float32)
+    for d, s, n in [(0, 0, 5), (3, 7, 9), (10, 1, 0), (2, 20, 16), (0, 0, 18)]:
+        res = []
+        for f in (ours, theirs):
+            o, a = np.full(40, -2.0, np.float32), np.arange(36, dtype=np.float32).reshape(6, 6) - 0.5
+            assert f(x.ctypes.data, len(x), o.ctypes.data, len(o), a.ctypes.data, 6, 6, d, s, n) == 0
+            res.append((o, a))
+        o, a = np.full(40, -2.0, np.float32), np.arange(36, dtype=np.float32).reshape(6, 6) - 0.5
+        o[d:d + n] = x[s:s + n]
+        a.reshape(-1)[s:s + n] += x[d:d + n]
+        o[d + n:d + 2 * n] = np.float32(0.1)
+        for got in res:
+            np.testing.assert_array_equal(got[0].view(np.int32), o.view(np.int32), err_msg=f"copy/fill {d, s, n}")
+            np.testing.assert_array_equal(got[1].view(np.int32), a.view(np.int32), err_msg=f"add {d, s, n}")
+
+
 @pytest.mark.parametrize("body, why", [
     ("    y = x[0] ** 2\n", "power"),
     ("    t = np.zeros(3)\n", "np.zeros"),

@@ -712,13 +712,20 @@ class _Emitter:
 
     GEOMETRY = ["kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl"]
 
-    # im2col/col2im work on flat views: a window row that lies inside the image (dilation 1) is
-    # ONE contiguous run of kw * C values in both arrays, copied by a single vectorized loop
+    # im2col/col2im work on flat views, one window row (u) at a time: with dilation 1 its
+    # columns inside the image, v0 <= v < v1, are ONE contiguous run of (v1 - v0) * C values in
+    # both arrays and the padding columns either side are runs too, each moved by a run
+    # intrinsic (views.py: unit-stride vector loops, no per-item index arithmetic or bounds
+    # test); dilated windows move one pixel's C channels per run
     _WINDOW_ROWS = ["        for i in range(OH):",
                     "            for j in range(OW):",
                     "                ob = ((b * OH + i) * OW + j) * K",
                     "                zs = j * sw - pl",
-                    "                inside = dw == 1 and zs >= 0 and zs + kw <= W",
+                    "                v0 = 0",
+                    "                v1 = kw",
+                    "                if dw == 1:",
+                    "                    v0 = min(max(-zs, 0), kw)",
+                    "                    v1 = max(min(W - zs, kw), v0)",
                     "                for u in range(kh):",
                     "                    y = i * sh - pt + u * dh",
                     "                    q = ob + u * kwc"]
@@ -734,24 +741,21 @@ class _Emitter:
                      "    of = o.reshape((o.size,))"]
         body += self._WINDOW_ROWS + [
             "                    if y < 0 or y >= H:",
-            "                        for t in range(kwc):",
-            f"                            of[q + t] = {zero}  # im2col: padding row",
-            "                    elif inside:",
-            "                        xb = ((b * H + y) * W + zs) * C",
-            "                        for t in range(kwc):",
-            "                            of[q + t] = xf[xb + t]  # im2col: a contiguous window row",
+            f"                        fill_run(of, q, kwc, {zero})  # im2col: padding row",
+            "                    elif dw == 1:",
+            f"                        fill_run(of, q, v0 * C, {zero})  # im2col: left padding",
+            "                        copy_run(of, q + v0 * C, xf, ((b * H + y) * W + zs + v0) * C, (v1 - v0) * C)  # im2col",
+            f"                        fill_run(of, q + v1 * C, (kw - v1) * C, {zero})  # im2col: right padding",
             "                    else:",
             "                        for v in range(kw):",
             "                            z = zs + v * dw",
             "                            if z >= 0 and z < W:",
-            "                                xb = ((b * H + y) * W + z) * C",
-            "                                for c in range(C):",
-            "                                    of[q + v * C + c] = xf[xb + c]  # im2col",
+            "                                copy_run(of, q + v * C, xf, ((b * H + y) * W + z) * C, C)  # im2col",
             "                            else:",
-            "                                for c in range(C):",
-            f"                                    of[q + v * C + c] = {zero}  # im2col: padding"]
+            f"                                fill_run(of, q + v * C, C, {zero})  # im2col: padding"]
         args = [self._dense_arg(k, x, x.shape), self.nd(n, n.shape)] + self._geometry_args(n)
-        return self.function(["x", "o"] + self.GEOMETRY, body, par), args, self._site(n), par
+        return (self.function(["x", "o"] + self.GEOMETRY, body, par, intrinsics=("copy_run", "fill_run")),
+                args, self._site(n), par)
 
     def col2im_kernel(self, k: Kernel):
         """col2im: zero each image, then add every patch value back at its pixel, patches in
@@ -761,24 +765,20 @@ class _Emitter:
         body, par = self._window_loops(n, "o", int(np.prod(g.shape)))
         body[1:1] = ["    K = g.shape[3]", "    kwc = kw * C", "    gf = g.reshape((g.size,))",
                      "    xf = o.reshape((o.size,))"]
-        body += ["        for t in range(b * H * W * C, (b + 1) * H * W * C):",
-                 f"            xf[t] = {literal(0, n.dtype)}"]
+        body += [f"        fill_run(xf, b * H * W * C, H * W * C, {literal(0, n.dtype)})"]
         body += self._WINDOW_ROWS + [
             "                    if y < 0 or y >= H:",
             "                        continue",
-            "                    if inside:",
-            "                        xb = ((b * H + y) * W + zs) * C",
-            "                        for t in range(kwc):",
-            "                            xf[xb + t] += gf[q + t]  # col2im: a contiguous window row",
+            "                    if dw == 1:",
+            "                        add_run(xf, ((b * H + y) * W + zs + v0) * C, gf, q + v0 * C, (v1 - v0) * C)  # col2im",
             "                    else:",
             "                        for v in range(kw):",
             "                            z = zs + v * dw",
             "                            if z >= 0 and z < W:",
-            "                                xb = ((b * H + y) * W + z) * C",
-            "                                for c in range(C):",
-            "                                    xf[xb + c] += gf[q + v * C + c]  # col2im"]
+            "                                add_run(xf, ((b * H + y) * W + z) * C, gf, q + v * C, C)  # col2im"]
         args = [self._dense_arg(k, g, g.shape), self.nd(n, n.shape)] + self._geometry_args(n)
-        return self.function(["g", "o"] + self.GEOMETRY, body, par), args, self._site(n), par
+        return (self.function(["g", "o"] + self.GEOMETRY, body, par, intrinsics=("add_run", "fill_run")),
+                args, self._site(n), par)
 
     def pool2d_kernel(self, k: Kernel):
         """pool2d: the max (padding never wins) or the mean over the window's pixels inside the image."""

@@ -75,6 +75,11 @@ DIALECT = {i.name: i for i in (
     Intrinsic("view", "graphc.backends.cpu.views"),  # view(address, dims, dtype): a C-ordered array
     Intrinsic("fill", "graphc.backends.cpu.views"),  # fill(array, value): every item
     Intrinsic("exp32", "graphc.backends.cpu.views"),  # exp of a float32, vectorizable (exp32_ir)
+    # contiguous runs (run_ir): the patch kernels' window rows, copied, added or filled as
+    # unit-stride vector loops (an indexed loop wraps negative indices around: gathers)
+    Intrinsic("copy_run", "graphc.backends.cpu.views"),  # copy_run(dst, d, src, s, n): dst.flat[d:d+n] = src.flat[s:s+n]
+    Intrinsic("add_run", "graphc.backends.cpu.views"),  # add_run(dst, d, src, s, n): dst.flat[d:d+n] += src.flat[s:s+n]
+    Intrinsic("fill_run", "graphc.backends.cpu.views"),  # fill_run(dst, d, n, v): dst.flat[d:d+n] = v
     Intrinsic("gemm", "graphc.backends.cpu.blas", XXGEMM),  # gemm(a, b, out): out = a @ b
     Intrinsic("mpi_allreduce_sum", "graphc.backends.cpu.allreduce", ALLREDUCE),  # mpi_allreduce_sum(a, out)
     Intrinsic("flush_subnormals", "graphc.backends.cpu.fpenv"),  # the driver's fp environment
@@ -141,3 +146,60 @@ def exp32_ir(b, v):
     out = b.fmul(b.fmul(y, pow2(n1)), pow2(n2))
     out = b.select(b.fcmp_ordered(">", v, c(hi)), c(float("inf")), out)
     return b.select(b.fcmp_ordered("<", v, c(lo)), c(0.0), out)
+
+
+RUNS = ("copy_run", "add_run", "fill_run")
+
+
+def run_ir(b, op: str, dst, src, n) -> None:
+    """IR: ``for i in range(n)`` over element pointers ``dst`` and ``src`` (a value for
+    ``fill_run``): ``dst[i] = src[i]`` (copy_run), ``dst[i] = dst[i] + src[i]`` (add_run, one
+    rounding per item as ``a[i] += b[i]``) or ``dst[i] = src`` (fill_run). The offsets are the
+    caller's (non-negative, in bounds: no wraparound). Written as 32-byte vector loads and
+    stores, then a scalar tail: a run is often short (a 3x3 window row of 3 channels is 9
+    floats), where LLVM's own vectorized loop (runtime alias checks, 64 items a trip on
+    AVX-512) would run the scalar remainder only. Shared by the Numba intrinsics (views.py)
+    and kernels.py."""
+    from llvmlite import ir
+    i64 = ir.IntType(64)
+    ety = dst.type.pointee
+    size = ety.width // 8 if isinstance(ety, ir.IntType) else 4 if isinstance(ety, ir.FloatType) else 8
+    width = max(1, 32 // size)
+    vty = ir.VectorType(ety, width)
+
+    def step(i, ty, fill):
+        """One item (ty = ety) or one vector of ``width`` items at i, item-aligned."""
+        def at(base):
+            p = b.gep(base, [i], inbounds=True)
+            return p if ty is ety else b.bitcast(p, ty.as_pointer())
+        d = at(dst)
+        v = fill if op == "fill_run" else b.load(at(src), align=size)
+        if op == "add_run":
+            v = b.fadd(b.load(d, align=size), v)
+        b.store(v, d, align=size)
+
+    pre = b.block
+    splat = None
+    if op == "fill_run":
+        splat = b.insert_element(ir.Constant(vty, ir.Undefined), src, ir.Constant(ir.IntType(32), 0))
+        splat = b.shuffle_vector(splat, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), width), None))
+    last = b.sub(n, ir.Constant(i64, width - 1))  # a vector trip while i < n - (width - 1)
+    vhead, vbody, shead, sbody, done = (b.append_basic_block(f"{op}.{x}") for x in ("vhead", "vbody", "shead", "sbody", "done"))
+    b.branch(vhead)
+    b.position_at_end(vhead)
+    i = b.phi(i64)
+    i.add_incoming(ir.Constant(i64, 0), pre)
+    b.cbranch(b.icmp_signed("<", i, last), vbody, shead)
+    b.position_at_end(vbody)
+    step(i, vty, splat)
+    i.add_incoming(b.add(i, ir.Constant(i64, width)), b.block)
+    b.branch(vhead)
+    b.position_at_end(shead)
+    j = b.phi(i64)
+    j.add_incoming(i, vhead)
+    b.cbranch(b.icmp_signed("<", j, n), sbody, done)
+    b.position_at_end(sbody)
+    step(j, ety, src)
+    j.add_incoming(b.add(j, ir.Constant(i64, 1)), b.block)
+    b.branch(shead)
+    b.position_at_end(done)

@@ -33,7 +33,7 @@ import hashlib
 import os
 
 from .entry import EntryDesc
-from .intrinsics import ALLREDUCE, DIALECT, XXGEMM, exp32_ir
+from .intrinsics import ALLREDUCE, DIALECT, RUNS, XXGEMM, exp32_ir, run_ir
 from .jit import jit
 from .lowering import Lowering, Unsupported, callee, dotted
 
@@ -288,6 +288,8 @@ class _Kernel(Lowering):
                 self._fill(self._array(s.value.args[0]), self._expr(s.value.args[1]))
             elif name == "gemm" and len(s.value.args) == 3:
                 self._gemm(*[self._array(a) for a in s.value.args])
+            elif name in RUNS and len(s.value.args) == (4 if name == "fill_run" else 5):
+                self._run(name, s.value.args)
             else:
                 raise Unsupported(f"call of {name} as a statement")
         elif isinstance(s, ast.Pass):
@@ -506,6 +508,26 @@ class _Kernel(Lowering):
         b.store(b.add(i, ir.Constant(self.i64, 1)), counter)
         b.branch(head)
         b.position_at_end(done)
+
+    def _run(self, name: str, args) -> None:
+        """``copy_run``/``add_run``/``fill_run`` (views.py): a unit-stride loop over a flat
+        run of C-contiguous arrays of one dtype (intrinsics.run_ir)."""
+        dst = self._array(args[0])
+        if dst.kind == B:
+            raise Unsupported(f"{name} of a bool array")
+
+        def at(a: Arr, off):
+            if a.layout != "C":
+                raise Unsupported(f"{name} of a non-contiguous array")
+            return self.b.gep(a.ptr, [self._cast(self._int(off), I)], inbounds=True)
+
+        if name == "fill_run":
+            run_ir(self.b, name, at(dst, args[1]), self._cast(self._expr(args[3]), dst.kind), self._cast(self._int(args[2]), I))
+            return
+        src = self._array(args[2])
+        if src.kind != dst.kind or dst.kind == B or (name == "add_run" and dst.kind not in (F, D)):
+            raise Unsupported(f"{name} operands")
+        run_ir(self.b, name, at(dst, args[1]), at(src, args[3]), self._cast(self._int(args[4]), I))
 
     def _gemm(self, x: Arr, y: Arr, o: Arr) -> None:
         """``o = x @ y`` as blas.gemm emits it: Numba's ``call_xxgemm`` arguments (row-major

@@ -2,8 +2,9 @@
 native entries (emitter.py).
 
 ``view(ptr, (n0, n1, ...), np.float32)`` is what ``numba.carray`` computes for a C-ordered
-array (no owner, no parent), and ``fill(a, v)`` what ``a.fill(v)`` does for one. Both are
-emitted inline: ``carray`` and ``ndarray.fill`` are Numba overloads compiled as functions of
+array (no owner, no parent), and ``fill(a, v)`` what ``a.fill(v)`` does for one
+(``copy_run``/``add_run``/``fill_run``: a slice assignment of a flat run, intrinsics.run_ir).
+They are emitted inline: ``carray`` and ``ndarray.fill`` are Numba overloads compiled as functions of
 their own the first time each (ndim, dtype) is used in a process (25-45 ms each, never
 cached), and ``fill``'s carries Numba's exception machinery into the kernel's object code.
 """
@@ -57,6 +58,58 @@ def fill(typingctx, arr, value):
         return context.get_dummy_value()
 
     return types.none(arr, value), codegen
+
+
+def _at(context, builder, arrty, a, off, offty):
+    """The element pointer at flat offset ``off`` of C-contiguous array ``a``."""
+    data = make_array(arrty)(context, builder, a).data
+    return builder.gep(data, [context.cast(builder, off, offty, types.intp)], inbounds=True)
+
+
+def _run_typer(op: str, dst, d, src, s, n):
+    """The signature and codegen of copy_run/add_run: C-contiguous arrays of one dtype
+    (floats for add_run), integer offsets and count; the IR is intrinsics.run_ir's, as
+    kernels.py emits it."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.layout == src.layout == "C"
+            and dst.dtype == src.dtype and all(isinstance(t, types.Integer) for t in (d, s, n))
+            and (op == "copy_run" or isinstance(dst.dtype, types.Float))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from .intrinsics import run_ir
+        run_ir(builder, op, _at(context, builder, dst, args[0], args[1], d),
+               _at(context, builder, src, args[2], args[3], s), context.cast(builder, args[4], n, types.intp))
+        return context.get_dummy_value()
+
+    return types.none(dst, d, src, s, n), codegen
+
+
+@intrinsic
+def copy_run(typingctx, dst, d, src, s, n):
+    """``dst.flat[d:d + n] = src.flat[s:s + n]`` (offsets in bounds: no wraparound)."""
+    return _run_typer("copy_run", dst, d, src, s, n)
+
+
+@intrinsic
+def add_run(typingctx, dst, d, src, s, n):
+    """``dst.flat[d:d + n] += src.flat[s:s + n]``, one rounding per item."""
+    return _run_typer("add_run", dst, d, src, s, n)
+
+
+@intrinsic
+def fill_run(typingctx, dst, d, n, value):
+    """``dst.flat[d:d + n] = value``."""
+    if not (isinstance(dst, types.Array) and dst.layout == "C" and not isinstance(dst.dtype, types.Boolean)
+            and isinstance(d, types.Integer) and isinstance(n, types.Integer) and isinstance(value, (types.Number, types.Boolean))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from .intrinsics import run_ir
+        run_ir(builder, "fill_run", _at(context, builder, dst, args[0], args[1], d),
+               context.cast(builder, args[3], value, dst.dtype), context.cast(builder, args[2], n, types.intp))
+        return context.get_dummy_value()
+
+    return types.none(dst, d, n, value), codegen
 
 
 # exp for float32 in arithmetic LLVM vectorizes (Numba's math.exp is a call of the C
