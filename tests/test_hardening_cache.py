@@ -58,14 +58,14 @@ PARALLEL = textwrap.dedent('''
     x = gc.input("px", (None, 128))
     W = gc.param("pW", (128, 128), init="glorot_uniform")
     b = gc.param("pb", (128,), init="zeros")
-    out = gc.relu(x @ W + b)  # 128 x 128 = 16384 elements: a prange (parfor) kernel
+    out = gc.relu(x @ W + b)  # 2048 x 128 = 262144 elements (3 MB moved): a prange (parfor) kernel
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         f = gc.compile(out, target="parallel", seed=3)
         ref = gc.compile(out, target="numpy", seed=3)
-        xb = np.random.default_rng(0).standard_normal((128, 128)).astype("f4")
+        xb = np.random.default_rng(0).standard_normal((2048, 128)).astype("f4")
         err = float(np.max(np.abs(f(px=xb) - ref(px=xb))))
-    p = f.program_for(128)
+    p = f.program_for(2048)
     print("RESULT" + json.dumps({
         "driver": p.path.stem, "parallel": [k.parallel for k in p.module.kernels],
         "err": err, "cache": p.cache_info(),

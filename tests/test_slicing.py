@@ -57,10 +57,11 @@ def test_forward_and_gradients_match_numpy(target):
 
 
 def test_parallel_kernels_match_numpy():
-    """Large enough for prange (PRANGE_MIN elements): over the first dim longer than 1, also
-    below a leading dim of 1 (a stacked or expanded operand) and per operand of a concatenation."""
+    """Large enough for prange (emitter.parfor_pays: ~2.6 MB moved per kernel): over the first
+    dim longer than 1, also below a leading dim of 1 (a stacked or expanded operand) and per
+    operand of a concatenation."""
     x = gc.input("px", (None, 128))
-    v = np.random.default_rng(3).normal(size=(130, 128)).astype("f4")
+    v = np.random.default_rng(3).normal(size=(2600, 128)).astype("f4")
 
     def cases(x, lib):
         return [x[:, ::-1], lib.pad(x, ((0, 0), (2, 1))), lib.concatenate([x, x * 2.0], 1),
@@ -68,12 +69,12 @@ def test_parallel_kernels_match_numpy():
                 x[None][:, :, 1:], lib.concatenate([x[None], x[None, :, ::2].T.T], 2)]
 
     f = gc.compile(cases(x, gc), target="parallel")
-    listing = f.kernels(130)
+    listing = f.kernels(2600)
     for got, want in zip(f(px=v), cases(v, np)):
         np.testing.assert_array_equal(got, want)
     for kind in ("slice", "pad", "concat"):
         assert len(re.findall(rf"\b{kind}\s+parallel", listing)) >= 2, listing
-    assert re.search(r"slice\s+parallel \(1, 130, 128\)", listing), listing  # prange below a dim of 1
+    assert re.search(r"slice\s+parallel \(1, 2600, 128\)", listing), listing  # prange below a dim of 1
 
 
 def test_slices_of_one_rank_share_one_compiled_kernel():

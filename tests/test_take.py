@@ -54,7 +54,7 @@ def gather_graph():
     ids2 = gc.input("tk_ids2", (2, 3), dtype="int32")
     ids8 = gc.input("tk_ids8", (4,), dtype="uint8")
     one = gc.input("tk_one", (), dtype="int16")
-    many = gc.input("tk_many", (300,), dtype="int64")
+    many = gc.input("tk_many", (5000,), dtype="int64")  # 2.6 MB moved: worth a prange
     W2 = gc.param("tk_W2", P2.shape, init=P2)
     W3 = gc.param("tk_W3", P3.shape, init=P3)
     WA = gc.param("tk_WA", PA.shape, init=PA)
@@ -78,7 +78,7 @@ def gather_graph():
 def gather_feeds():
     return {"tk_ids": np.array([3, 0, 3, 6, 3]), "tk_ids2": np.array([[4, 4, 0], [1, 4, 2]], "int32"),
             "tk_ids8": np.array([5, 0, 5, 2], "uint8"), "tk_one": np.array(6, "int16"),
-            "tk_many": rng.integers(0, 50, 300)}
+            "tk_many": rng.integers(0, 50, 5000)}
 
 
 def expected(feeds):

@@ -27,8 +27,28 @@ from . import allreduce
 from .entry import EntryDesc
 from .intrinsics import DIALECT, import_line
 from ...ops.indexing import around
+from ...explain.cost import gemm_flops, kernel_bytes, kernel_flops
 
-PRANGE_MIN = 16384  # elements: below this waking the thread pool costs more than it saves
+# target "parallel": a kernel's outer loop is a prange only where the serial loop would run
+# long enough for two threads to pay for waking and joining Numba's pool. Measured here
+# (2 cores, shared): the pool costs ~3 us a loop on a quiet machine; a float32 multiply-add
+# over 16384 items took 2.2 us serially and 5.4 us under prange, over 65536 items (0.8 MB)
+# 10.5 and 9.1 us, over 262144 items 42 and 27 us; Adam's update of a 64x512 weight fused
+# with its gradient GEMM (1.2 MB, 0.4 MFLOP outside BLAS) 60 us serially, 87 us under prange
+# (BLAS's threads and the pool's on the same cores). The serial time is estimated from the
+# cost model explain() reports (explain/cost.py: bytes moved, FLOPs outside BLAS) at one
+# core's rates; a kernel that stays serial is one graphc's kernel compiler can compile, and a
+# program without parallel kernels gets graphc's native driver, as target "cpu" does.
+PARFOR_MIN_S = 50e-6  # estimated serial seconds from which a prange pays
+SERIAL_BYTES_PER_S = 50e9  # one core streaming a loop's cache-resident operands
+SERIAL_FLOPS_PER_S = 20e9  # one core's vectorized elementwise FLOPs
+
+
+def parfor_pays(nbytes: int, flops: int) -> bool:
+    """Whether a kernel moving ``nbytes`` and computing ``flops`` (outside BLAS) is worth a prange."""
+    return nbytes / SERIAL_BYTES_PER_S + flops / SERIAL_FLOPS_PER_S >= PARFOR_MIN_S
+
+
 # what every kernel module imports (intrinsics.py; the others are imported where used)
 HEADER_INTRINSICS = ("exp32", "fill", "view")
 
@@ -407,7 +427,7 @@ class _Emitter:
                 suffix = 0
             elif ax == tuple(range(r - len(ax), r)):
                 suffix = r - len(ax)
-        par = self.parallel and r >= 1 and int(np.prod(lshape)) >= PRANGE_MIN and (
+        par = r >= 1 and self.pays(k) and (
             not k.reductions or (suffix is not None and suffix >= 1))
         indent = "    "
         if k.reductions and suffix is None:
@@ -478,7 +498,7 @@ class _Emitter:
         grad = next((n for n in k.nodes if n.op == "sce_grad"), None)
         dt = z.dtype
         zero = literal(0, dt)
-        par = self.parallel and int(np.prod(z.shape)) >= PRANGE_MIN
+        par = self.pays(k)
         rng = "prange" if par else "range"
         body = [
             "    n, c = z.shape",
@@ -548,7 +568,7 @@ class _Emitter:
         p, y = t.inputs
         A, n, D = around(p.shape, t.attrs["axis"])
         m = int(np.prod(y.shape, dtype=np.int64))
-        par = self.parallel and A * m > 1 and A * m * D >= PRANGE_MIN
+        par = A * m > 1 and self.pays(k)
         check, raises = self._computed_index_check("take")
         body = ["    A, n, D = p.shape",
                 "    m = y.shape[0]"] + check + [
@@ -568,7 +588,7 @@ class _Emitter:
         g, y = t.inputs
         A, n, D = around(t.shape, t.attrs["axis"])
         m = int(np.prod(y.shape, dtype=np.int64))
-        par = self.parallel and A > 1 and A * n * D >= PRANGE_MIN
+        par = A > 1 and self.pays(k)
         check, raises = self._computed_index_check("take_grad")
         body = ["    A, n, D = o.shape",
                 "    m = y.shape[0]"] + check + [
@@ -592,10 +612,14 @@ class _Emitter:
             return Full(f"f_{self._feed_index[b.name]}", np.dtype(v.base.dtype), tuple(v.view_shape))
         return self.view_arg(v)
 
-    def _par_dim(self, shape: tuple, size: int) -> int | None:
+    def pays(self, k: Kernel) -> bool:
+        """Target "parallel" and kernel ``k`` worth a prange (parfor_pays, from its cost)."""
+        return self.parallel and parfor_pays(kernel_bytes(k, self.plan), kernel_flops(k) - gemm_flops(k))
+
+    def _par_dim(self, shape: tuple, k: Kernel) -> int | None:
         """The loop dim a structured kernel runs in parallel (prange): the first one longer
         than 1, when the parallel target is on and the kernel is large enough to pay."""
-        if not self.parallel or size < PRANGE_MIN:
+        if not self.pays(k):
             return None
         return next((d for d, e in enumerate(shape) if e > 1), None)
 
@@ -606,7 +630,7 @@ class _Emitter:
         x = n.inputs[0]
         v = k.leaves[id(x)]
         r = n.ndim
-        pd = self._par_dim(n.shape, int(np.prod(n.shape)))
+        pd = self._par_dim(n.shape, k)
         starts, steps = [], []
         for e, d, vd in zip(n.attrs["slices"], x.shape, v.view_shape):
             s, t = (0, 1) if e is None else (e[0], e[2])
@@ -631,7 +655,7 @@ class _Emitter:
         x = n.inputs[0]
         v = k.leaves[id(x)]
         r = n.ndim
-        pd = self._par_dim(n.shape, int(np.prod(n.shape)))
+        pd = self._par_dim(n.shape, k)
         par = pd is not None
         body = [f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = o.shape"]
         ind = "    "
@@ -657,8 +681,7 @@ class _Emitter:
         one loop per operand (each output element written once, each operand read once)."""
         (n,) = k.nodes
         ax, r, xs = n.attrs["axis"], n.ndim, n.inputs
-        size = int(np.prod(n.shape))
-        pd = self._par_dim(n.shape[:ax], size)  # a shared outer loop, else one per operand
+        pd = self._par_dim(n.shape[:ax], k)  # a shared outer loop, else one per operand
         par = pd is not None
         body = [f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = o.shape"]
         ind = "    "
@@ -667,7 +690,7 @@ class _Emitter:
             ind += "    "
         for j, x in enumerate(xs):
             vs = k.leaves[id(x)].view_shape
-            pj = None if pd is not None else self._par_dim(x.shape[ax:], size)
+            pj = None if pd is not None else self._par_dim(x.shape[ax:], k)
             par = par or pj is not None
             inner = ind
             body.append(f"{inner}for i{ax} in {'prange' if pj == 0 else 'range'}(c{j}, c{j + 1}):")
@@ -694,11 +717,11 @@ class _Emitter:
         args = [self._dense_arg(k, a, a.shape), self._dense_arg(k, b, b.shape), self.nd(n, n.shape)]
         return self.function(["a", "b", "o"], body, False, intrinsics=("gemm",)), args, self._site(n), False
 
-    def _window_loops(self, n: Node, what: str, size: int) -> tuple[list[str], bool]:
-        """The loop nest shared by the window kernels: images in parallel (prange) when large,
-        then output rows, columns and the window's rows and columns; ``y``/``x`` is the input
-        pixel, ``inside`` whether it lies in the image (not in the padding)."""
-        par = self.parallel and n.shape[0] > 1 and size >= PRANGE_MIN
+    def _window_loops(self, k: Kernel, what: str) -> tuple[list[str], bool]:
+        """The loop nest shared by the window kernels: images in parallel (prange) where that
+        pays (``pays``), then output rows, columns and the window's rows and columns."""
+        n = k.nodes[0]
+        par = n.shape[0] > 1 and self.pays(k)
         body = [f"    N, H, W, C = {what}.shape",
                 "    OH, OW = o.shape[1], o.shape[2]" if what != "o" else "    OH, OW = g.shape[1], g.shape[2]",
                 f"    for b in {'prange' if par else 'range'}(N):"]
@@ -735,7 +758,7 @@ class _Emitter:
         zeros where the patch hangs over the padding."""
         (n,) = k.nodes
         x = n.inputs[0]
-        body, par = self._window_loops(n, "x", int(np.prod(n.shape)))
+        body, par = self._window_loops(k, "x")
         zero = literal(0, n.dtype)
         body[1:1] = ["    K = o.shape[3]", "    kwc = kw * C", "    xf = x.reshape((x.size,))",
                      "    of = o.reshape((o.size,))"]
@@ -762,7 +785,7 @@ class _Emitter:
         order (deterministic; images in parallel)."""
         (n,) = k.nodes
         g = n.inputs[0]
-        body, par = self._window_loops(n, "o", int(np.prod(g.shape)))
+        body, par = self._window_loops(k, "o")
         body[1:1] = ["    K = g.shape[3]", "    kwc = kw * C", "    gf = g.reshape((g.size,))",
                      "    xf = o.reshape((o.size,))"]
         body += [f"        fill_run(xf, b * H * W * C, H * W * C, {literal(0, n.dtype)})"]
@@ -785,7 +808,7 @@ class _Emitter:
         (n,) = k.nodes
         x = n.inputs[0]
         mx = n.attrs["mode"] == "max"
-        body, par = self._window_loops(n, "x", int(np.prod(x.shape)))
+        body, par = self._window_loops(k, "x")
         init = "-np.inf" if mx else literal(0, n.dtype)
         body += ["        for i in range(OH):",
                  "            for j in range(OW):",
@@ -819,7 +842,7 @@ class _Emitter:
         (n,) = k.nodes
         x, g = n.inputs
         mx = n.attrs["mode"] == "max"
-        body, par = self._window_loops(n, "o", int(np.prod(x.shape)))
+        body, par = self._window_loops(k, "o")
         zero = literal(0, n.dtype)
         fill = ["        for y in range(y0, H):",
                 "            for z in range(W):",
@@ -894,7 +917,7 @@ class _Emitter:
         constant plus i times the golden ratio, its top bits scaled to [0, 1)."""
         from ...ops.random import kernel_lines
         (n,) = k.nodes
-        par = self.parallel and int(np.prod(n.shape, dtype=np.int64)) >= PRANGE_MIN
+        par = self.pays(k)
         body = kernel_lines("key[0]", "seed", "i", "o[i] = {}", f"for i in {'prange' if par else 'range'}(o.shape[0]):",
                             n.dtype)
         args = [self._dense_arg(k, n.inputs[0], (1,)), self.flat_expr(n), str(n.attrs["seed"])]
