@@ -397,7 +397,7 @@ def _fuzz_expr(rng, depth: int) -> str:
         return rng.choice(FUZZ_LEAVES)
     r, x, y = rng.random(), _fuzz_expr(rng, depth - 1), _fuzz_expr(rng, depth - 1)
     if r < 0.35:
-        return f"({x} {rng.choice(['+', '-', '*', '/'])} {y})"
+        return f"({x} {rng.choice(['+', '-', '*', '/', '%', '//'])} {y})"
     if r < 0.45:
         return f"({x} if {x} {rng.choice(['<', '>', '<=', '>=', '==', '!='])} {y} else {y})"
     if r < 0.55:
@@ -507,10 +507,6 @@ TEMPLATE_ATTRS = {"pow": {"p": 3.0}, "leaky_relu": {"alpha": 0.1}, "elu": {"alph
                   "clip": {"lo": -0.5, "hi": 0.3}}
 # the rounding ops' constants depend on the dtype (ops/numeric.py)
 ROUNDING = ("round", "floor", "ceil", "trunc")
-# templates the translator leaves to Numba (a kernel using one is compiled by Numba, by
-# design): Python's float % and // and math.atan2; tests/test_ops_numpy.py compares them
-# with NumPy on the cpu target
-NUMBA_ONLY = ("mod", "floor_divide", "arctan2")
 
 
 def _template_kernel(dtype: str):
@@ -524,7 +520,7 @@ def _template_kernel(dtype: str):
     a, b = gc.input("tpl_a", (3,), dtype=dtype), gc.input("tpl_b", (3,), dtype=dtype)
     nodes, lines = [], []
     for name, op in sorted(all_ops().items()):
-        if op.kind != "elementwise" or name in ("cast", "stop_gradient") + NUMBA_ONLY:
+        if op.kind != "elementwise" or name in ("cast", "stop_gradient"):
             continue
         if name == "where":
             n, operands = make("where", (a > b, a, b)), ["(a > b)", "a", "b"]
@@ -589,4 +585,129 @@ def test_op_templates_give_numbas_bits_and_numpys_nan(tmp_path, dtype):
         np.testing.assert_allclose(got[ok], w[ok], rtol=rtol, atol=0, err_msg=msg)
         if k < len(nodes):  # (which of two tied zeros np.maximum.accumulate keeps varies with the machine)
             np.testing.assert_array_equal(np.signbit(got[ok]), np.signbit(w[ok]), err_msg=msg)
-    assert {"relu", "maximum", "minimum", "sign", "clip"} <= {n.op for n in nodes}
+    assert {"relu", "maximum", "minimum", "sign", "clip", "mod", "floor_divide", "arctan2"} <= {n.op for n in nodes}
+
+
+# ---- Python's float % and //, math.atan2: Numba's real_divmod, the libm symbol ------------------
+
+DIVMOD_SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, 3e37, -3e37, 1.5, -1.5]
+INT_SPECIALS = [-2 ** 63, -2 ** 63 + 1, -7, -3, -2, -1, 0, 1, 2, 3, 7, 2 ** 63 - 1, 5]
+
+DIVMOD_KERNEL = '''
+import math
+import numpy as np
+from numba import cfunc
+from graphc.backends.cpu.views import view
+
+@cfunc('int64(voidptr, int64, voidptr, int64, voidptr, int64, voidptr, int64, voidptr, int64, int64, '
+       'voidptr, int64, int64, voidptr, int64, int64)', cache=False, error_model='numpy')
+def kernel_divmod(x_ptr, x_n0, y_ptr, y_n0, k_ptr, k_n0, j_ptr, j_n0, o_ptr, o_n0, o_n1, p_ptr, p_n0, p_n1,
+                  q_ptr, q_n0, q_n1):
+    x = view(x_ptr, (x_n0,), np.DTYPE)
+    y = view(y_ptr, (y_n0,), np.DTYPE)
+    k = view(k_ptr, (k_n0,), np.int64)
+    j = view(j_ptr, (j_n0,), np.int64)
+    o = view(o_ptr, (o_n0, o_n1), np.DTYPE)
+    p = view(p_ptr, (p_n0, p_n1), np.float64)
+    q = view(q_ptr, (q_n0, q_n1), np.int64)
+    for i in range(x.shape[0]):
+        a = x[i]
+        b = y[i]
+        c = k[i]
+        d = j[i]
+        o[i, 0] = a % b
+        o[i, 1] = a // b
+        o[i, 2] = math.atan2(a, b)
+        p[i, 0] = a % np.float64(b)
+        p[i, 1] = a // c
+        p[i, 2] = c % b
+        p[i, 3] = math.atan2(c, d)
+        q[i, 0] = c % d
+        q[i, 1] = c // d
+    return 0
+'''
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_float_mod_floor_divide_and_atan2_give_numbas_bits(tmp_path, dtype):
+    """Every pair of NaN, +-inf, +-0, +-1, +-tiny, +-huge, +-1.5 through ``%``, ``//`` and
+    ``math.atan2`` (same-type, mixed with float64 and int64, a zero divisor included) and
+    int64 ``%``/``//`` on the extremes (a zero divisor, the minimum by -1): graphc compiles the
+    kernel and its results are Numba's bit for bit (a NaN is a NaN)."""
+    fns = both(tmp_path, f"graphc_divmod_{dtype}", DIVMOD_KERNEL.replace("DTYPE", dtype))
+    assert fns is not None, "graphc refused the kernel"
+    x, y = (np.array(v, dtype) for v in zip(*[(p, q) for p in DIVMOD_SPECIALS for q in DIVMOD_SPECIALS]))
+    k, j = (np.array(v, np.int64) for v in zip(*[(p, q) for p in INT_SPECIALS for q in INT_SPECIALS]))
+    assert len(x) == len(k) == 169
+    outs = []
+    for fn in fns:
+        o, p, q = np.zeros((len(x), 3), dtype), np.zeros((len(x), 4)), np.zeros((len(x), 2), np.int64)
+        assert fn(*[v for arr in (x, y, k, j) for v in (arr.ctypes.data, len(arr))],
+                  *[v for arr in (o, p, q) for v in (arr.ctypes.data, *arr.shape)]) == 0
+        outs.append((o, p, q))
+    for col, (ours, theirs) in enumerate(zip(*outs)):
+        if ours.dtype.kind == "i":
+            np.testing.assert_array_equal(ours, theirs)
+            continue
+        nan = np.isnan(ours)
+        np.testing.assert_array_equal(nan, np.isnan(theirs), err_msg=f"output {col}")
+        bits = np.uint32 if ours.dtype == np.float32 else np.uint64
+        for c in range(ours.shape[1]):
+            ok = ~nan[:, c]
+            np.testing.assert_array_equal(ours[ok, c].view(bits), theirs[ok, c].view(bits),
+                                          err_msg=f"output {col} column {c}: x={x[ok]} y={y[ok]}")
+    o = outs[0][0]
+    with np.errstate(all="ignore"):  # and NumPy's values (the numpy target's evaluation)
+        for c, ref in enumerate((np.remainder, np.floor_divide, np.arctan2)):
+            if ref is np.arctan2:  # libm's atan2 and NumPy's may differ in the last bits
+                np.testing.assert_allclose(o[:, c], ref(x, y), rtol=4e-7 if dtype == "float32" else 1e-15, atol=0)
+            else:  # the same algorithm (CPython's float_divmod): the same values
+                np.testing.assert_array_equal(o[:, c], ref(x, y), err_msg=ref.__name__)
+            np.testing.assert_array_equal(np.signbit(o[:, c]), np.signbit(ref(x, y)), err_msg=ref.__name__)
+    np.testing.assert_array_equal(outs[0][2][:, 0], [0 if b == 0 or (a, b) == (-2 ** 63, -1) else a % b
+                                                     for a, b in zip(k.tolist(), j.tolist())])
+
+
+@pytest.mark.parametrize("op", ["mod", "floordiv", "atan2"])
+def test_divmod_and_atan2_types_are_numbas(typing_context, op):
+    import math
+    from numba import types
+    fn, ours = {"mod": (operator.mod, kernels.divmod_type), "floordiv": (operator.floordiv, kernels.divmod_type),
+                "atan2": (math.atan2, kernels.atan2_type)}[op]
+    checked = 0
+    for a, ta in KINDS.items():
+        for b, tb in KINDS.items():
+            try:
+                got = ours(*widened(a, b))
+            except Unsupported:
+                continue
+            sig = typing_context.resolve_function_type(fn, (getattr(types, ta), getattr(types, tb)), {})
+            assert got == NUMBA_KIND[str(sig.return_type)], (op, a, b, sig)
+            checked += 1
+    assert checked >= 20
+
+
+def test_mod_floor_divide_and_arctan2_programs_are_compiled_by_graphc(private_cache):
+    """The ops' kernels no longer fall back to Numba: no kernel module of the program is
+    imported through it, and the values are the numpy target's."""
+    a, b = gc.input("dma", (None,), dtype="float32"), gc.input("dmb", (None,), dtype="float32")
+    i, j = gc.input("dmi", (None,), dtype="int64"), gc.input("dmj", (None,), dtype="int64")
+    outs = [gc.mod(a, b), gc.remainder(b, a), gc.floor_divide(a, b), gc.arctan2(a, b), a % 0.75, a // -1.5,
+            gc.mod(i, j), i // j]
+    feeds = {"dma": np.array([7.5, -7.5, 0.0, -0.0, np.inf, 2.0, -1e-30, 1.0], np.float32),
+             "dmb": np.array([2.0, 2.0, -3.0, 1.5, 1.0, 0.0, np.inf, -np.inf], np.float32),
+             "dmi": np.array([7, -7, 7, -7, 0, 5, -2 ** 63, 3]), "dmj": np.array([3, 3, -3, -3, 2, 0, 7, 1])}
+    f = gc.compile(outs, target="cpu", check_finite=False)
+    got = f(**feeds)
+    prog = f.program_for(8)
+    assert prog.native and prog.kernel_paths and not prog._kernel_modules
+    with np.errstate(all="ignore"):
+        want = gc.compile(outs, target="numpy", check_finite=False)(**feeds)
+    for g, w, n in zip(got, want, ("mod", "remainder", "floor_divide", "arctan2", "% 0.75", "// -1.5", "int mod",
+                                   "int //")):
+        if n == "arctan2":  # libm's atan2f and NumPy's may differ in the last bit
+            np.testing.assert_allclose(g, w, rtol=4e-7, atol=0)
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=n)
+        np.testing.assert_array_equal(np.signbit(g), np.signbit(w), err_msg=n)
+        assert g.dtype == w.dtype, n

@@ -17,9 +17,11 @@ The results must be Numba's bit for bit (tests compare the two on every kind of 
 the typing follows Numba's rules, not NumPy's nor C's: ``int64 + float32`` is ``float64``,
 ``float32 / int64`` is ``float64``, a float literal is ``float64``, an int is ``int64``,
 comparisons are ordered except ``!=``, negation is ``-0.0 - x``, ``max``/``min`` select with
-``>``/``<`` as Numba's ``do_minmax``, integer ``//`` floors (0 for a zero divisor, the NumPy
-error model), a negative index wraps around, an int32 item stays int32 where Numba keeps it
-(``abs``, unary minus before widening, ``max``/``min``), the same ``math`` symbols are called
+``>``/``<`` as Numba's ``do_minmax``, integer ``//`` and ``%`` floor (0 for a zero divisor, the
+NumPy error model, and for the minimum by -1), float ``//`` and ``%`` are CPython's
+float_divmod as Numba's ``real_divmod`` computes it (``x / y`` and NaN for a zero divisor),
+``math.atan2`` is libm's ``atan2f``/``atan2``, a negative index wraps around, an int32 item
+stays int32 where Numba keeps it (``abs``, unary minus before widening, ``max``/``min``), the same ``math`` symbols are called
 (llvm.exp and llvm.log intrinsics, ``sqrtf``, ``tanhf``... as pure externals) and the same
 ``numba_xxgemm`` with the same arguments. Anything outside that subset (a variable whose
 type changes, mixed signed/unsigned integers, integer powers, allocation other than
@@ -79,6 +81,24 @@ def arith(a: str, b: str) -> str:
     if D in s or I in s:
         return D
     return F  # float32 with float32 or bool
+
+
+def divmod_type(a: str, b: str) -> str:
+    """The result type of ``%`` and ``//``: integers floor-divide as int64 (uint64 alone as
+    uint64), floats as ``+ - *`` type them."""
+    s = {a, b}
+    if s <= {B, I}:
+        return I
+    if s == {U}:
+        return U
+    return arith(a, b)
+
+
+def atan2_type(a: str, b: str) -> str:
+    """The type ``math.atan2`` computes in: Numba's float32 and float64 versions, integers
+    through the float64 one."""
+    t = arith(a, b)
+    return t if t in (F, D) else D
 
 
 def compare_type(a: str, b: str) -> str:
@@ -675,13 +695,11 @@ class _Kernel(Lowering):
             t = arith(l[1], r[1])
             fn = self.module_.declare_intrinsic("llvm.pow", [self.irtype[t]])
             return b.call(fn, [self._cast(l, t), self._cast(r, t)]), t
-        if op is ast.FloorDiv:
-            s = {l[1], r[1]}
-            if s <= {B, I}:
-                return self._floordiv(self._cast(l, I), self._cast(r, I), True), I
-            if s == {U}:
-                return self._floordiv(l[0], r[0], False), U
-            raise Unsupported("floor division of floats")
+        if op in (ast.FloorDiv, ast.Mod):
+            t = divmod_type(l[1], r[1])
+            x, y = self._cast(l, t), self._cast(r, t)
+            q, m = self._real_divmod(x, y) if t in (F, D) else self._int_divmod(x, y, t == I)
+            return (q if op is ast.FloorDiv else m), t
         if op in (ast.BitAnd, ast.BitOr, ast.BitXor):
             s = {l[1], r[1]}
             t = B if s == {B} else I if s <= {B, I} else U if s == {U} else None
@@ -698,18 +716,48 @@ class _Kernel(Lowering):
             raise Unsupported("shift of these types")
         raise Unsupported(f"operator {op.__name__}")
 
-    def _floordiv(self, x, y, signed: bool):
-        """Python's floor division (Numba's ``int_divmod``); 0 for a zero divisor."""
+    def _int_divmod(self, x, y, signed: bool):
+        """Python's floor division and remainder of integers (Numba's ``int_divmod``): 0 and 0
+        for a zero divisor (the NumPy error model) and for the minimum by -1 (which traps in
+        x86's idiv)."""
         b, ir = self.b, self.ir
         zero = ir.Constant(self.i64, 0)
         yz = b.icmp_signed("==", y, zero)
+        if signed:
+            yz = b.or_(yz, b.and_(b.icmp_signed("==", x, ir.Constant(self.i64, -2 ** 63)),
+                                  b.icmp_signed("==", y, ir.Constant(self.i64, -1))))
         safe = b.select(yz, ir.Constant(self.i64, 1), y)
         if not signed:
-            return b.select(yz, zero, b.udiv(x, safe))
+            return b.select(yz, zero, b.udiv(x, safe)), b.select(yz, zero, b.urem(x, safe))
         q, r = b.sdiv(x, safe), b.srem(x, safe)
         fix = b.and_(b.icmp_signed("!=", r, zero), b.icmp_signed("<", b.xor(safe, r), zero))
         q = b.select(fix, b.sub(q, ir.Constant(self.i64, 1)), q)
-        return b.select(yz, zero, q)
+        r = b.select(fix, b.add(r, safe), r)
+        return b.select(yz, zero, q), b.select(yz, zero, r)
+
+    def _real_divmod(self, x, y):
+        """Python's floor division and remainder of floats, Numba's ``real_divmod_func_body``
+        (CPython's float_divmod: fmod, the remainder given the divisor's sign, the quotient
+        snapped to an integer, a zero quotient signed as x / y) operation for operation, its
+        branches as selects of the same values; a zero divisor gives ``x / y`` and
+        ``fmod(x, y)`` (NaN) as Numba's ``real_floordiv_impl``/``real_mod_impl`` under the
+        NumPy error model."""
+        b, ir = self.b, self.ir
+        c = lambda v: ir.Constant(x.type, v)  # noqa: E731
+        mod = b.frem(x, y)
+        div = b.fdiv(b.fsub(x, mod), y)
+        mod_true = b.fcmp_unordered("!=", mod, c(0.0))
+        y_neg = b.fcmp_ordered("<", y, c(0.0))
+        fix = b.and_(mod_true, b.icmp_unsigned("!=", y_neg, b.fcmp_ordered("<", mod, c(0.0))))
+        div = b.select(fix, b.fsub(div, c(1.0)), div)
+        mod = b.select(mod_true, b.select(fix, b.fadd(mod, y), mod), b.select(y_neg, c(-0.0), c(0.0)))
+        floor = self._decl("floorf" if x.type == self.f32 else "floor", x.type, [x.type], pure=True)
+        fl = b.call(floor, [div])
+        snapped = b.select(b.fcmp_ordered(">", b.fsub(div, fl), c(0.5)), b.fadd(fl, c(1.0)), fl)
+        zero_q = b.fdiv(b.fmul(b.fmul(div, div), x), y)
+        q = b.select(b.fcmp_ordered("!=", div, c(0.0)), snapped, zero_q)
+        yz = b.fcmp_ordered("==", y, c(0.0))
+        return b.select(yz, b.fdiv(x, y), q), b.select(yz, b.frem(x, y), mod)
 
     def _compare(self, op, l, r):
         b = self.b
@@ -807,6 +855,12 @@ class _Kernel(Lowering):
             ty = self.irtype[v[1]]
             fn = self._decl(_EXTERN[name][0 if v[1] == F else 1], ty, [ty], pure=True)
             return b.call(fn, [v[0]]), v[1]
+        if name == "math.atan2" and len(args) == 2:  # the libm symbol, as Numba's atan2_float_impl
+            l, r = self._widen(self._expr(args[0])), self._widen(self._expr(args[1]))
+            t = atan2_type(l[1], r[1])
+            ty = self.irtype[t]
+            fn = self._decl("atan2f" if t == F else "atan2", ty, [ty, ty], pure=True)
+            return b.call(fn, [self._cast(l, t), self._cast(r, t)]), t
         if name in ("math.isfinite", "math.isnan", "math.isinf") and len(args) == 1:
             v = self._expr(args[0])
             if v[1] not in (F, D):
