@@ -35,11 +35,24 @@ def test_softmax_ce_and_window_kernels_in_parallel_match_the_interpreter():
     assert re.search(r"\bsce\s+parallel", par.kernels(rows)), par.kernels(rows)
 
 
+def test_a_gemm_kernel_needs_a_longer_loop_for_prange():
+    """A loop fused behind a GEMM (BLAS's workers spin for a while after it, on the same cores as
+    the prange's) pays for a prange only from GEMM_PARFOR_MIN_S; an elementwise loop from PARFOR_MIN_S."""
+    from graphc.backends.cpu.emitter import GEMM_PARFOR_MIN_S, PARFOR_MIN_S, SERIAL_BYTES_PER_S
+    assert GEMM_PARFOR_MIN_S > PARFOR_MIN_S
+    nbytes = 784 * 256 * 4 * 7  # Adam's update of a 784x256 weight: gradient, w, m, v read, w, m, v written
+    assert parfor_pays(nbytes, 0) and not parfor_pays(nbytes, 0, gemm=True)
+    big = int(GEMM_PARFOR_MIN_S * SERIAL_BYTES_PER_S) + 1
+    assert parfor_pays(big, 0, gemm=True) and not parfor_pays(int(PARFOR_MIN_S * SERIAL_BYTES_PER_S) - 1, 0)
+
+
 def test_parallel_runs_prange_only_where_it_pays():
     """A step whose loops are 32768 float32 items (Adam's update of 64x512 weights: 1.2 MB,
     60 us serially, 87 us under prange here) runs serial loops on target "parallel", which graphc's kernel compiler
-    and native driver compile as on target "cpu"; the same model 32 times wider runs its
-    large loops under prange. Values as the interpreter's either way."""
+    and native driver compile as on target "cpu"; so does one 4 times wider, whose Adam update
+    (~170 us estimated) follows its gradient GEMM in the same kernel, where BLAS's threads still
+    hold the cores; the same model 32 times wider runs its large loops under prange. Values as
+    the interpreter's either way."""
     def mlp(tag, width):
         x = gc.input(f"{tag}x", (None, 64), "float32")
         y = gc.input(f"{tag}y", (None,), "int64")
@@ -50,7 +63,7 @@ def test_parallel_runs_prange_only_where_it_pays():
     rng = np.random.default_rng(0)
     feeds = lambda tag: {f"{tag}x": rng.standard_normal((64, 64)).astype("float32"),  # noqa: E731
                          f"{tag}y": rng.integers(0, 10, 64)}
-    for tag, width, parallel in (("ps", 512, False), ("pl", 16384, True)):
+    for tag, width, parallel in (("ps", 512, False), ("pm", 2048, False), ("pl", 16384, True)):
         f = feeds(tag)
         par = gc.compile(mlp(tag, width), optimizer=gc.optim.Adam(1e-3), target="parallel", seed=0)
         ref = gc.compile(mlp(tag, width), optimizer=gc.optim.Adam(1e-3), target="numpy", seed=0)

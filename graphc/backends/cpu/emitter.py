@@ -39,14 +39,24 @@ from ...explain.cost import gemm_flops, kernel_bytes, kernel_flops
 # cost model explain() reports (explain/cost.py: bytes moved, FLOPs outside BLAS) at one
 # core's rates; a kernel that stays serial is one graphc's kernel compiler can compile, and a
 # program without parallel kernels gets graphc's native driver, as target "cpu" does.
+# A loop fused behind a GEMM (an epilogue: bias + activation, or the optimizer's update after a
+# weight gradient) starts while BLAS's workers, just done with the GEMM, still spin on the
+# cores (OpenBLAS polls for new work for a while before it sleeps), so the prange's second
+# thread shares its core with one: Adam's update of 784x256 (estimated 260 us) and 784x128
+# (130 us) weights lost 1.05-1.07x of the whole step under prange (bench_step.py small/medium).
+# Such a loop gets a prange only from GEMM_PARFOR_MIN_S: the update of a 1024x1024 weight
+# (estimated 1.5 ms) still does, a 1024x1024 forward epilogue (0.5 ms) does not.
 PARFOR_MIN_S = 50e-6  # estimated serial seconds from which a prange pays
+GEMM_PARFOR_MIN_S = 1e-3  # the same for a loop in a kernel that calls BLAS first
 SERIAL_BYTES_PER_S = 50e9  # one core streaming a loop's cache-resident operands
 SERIAL_FLOPS_PER_S = 20e9  # one core's vectorized elementwise FLOPs
 
 
-def parfor_pays(nbytes: int, flops: int) -> bool:
-    """Whether a kernel moving ``nbytes`` and computing ``flops`` (outside BLAS) is worth a prange."""
-    return nbytes / SERIAL_BYTES_PER_S + flops / SERIAL_FLOPS_PER_S >= PARFOR_MIN_S
+def parfor_pays(nbytes: int, flops: int, gemm: bool = False) -> bool:
+    """Whether a kernel moving ``nbytes`` and computing ``flops`` (outside BLAS) is worth a prange;
+    ``gemm``: the kernel calls BLAS before its loop (threshold GEMM_PARFOR_MIN_S)."""
+    serial_s = nbytes / SERIAL_BYTES_PER_S + flops / SERIAL_FLOPS_PER_S
+    return serial_s >= (GEMM_PARFOR_MIN_S if gemm else PARFOR_MIN_S)
 
 
 # what every kernel module imports (intrinsics.py; the others are imported where used)
@@ -614,7 +624,8 @@ class _Emitter:
 
     def pays(self, k: Kernel) -> bool:
         """Target "parallel" and kernel ``k`` worth a prange (parfor_pays, from its cost)."""
-        return self.parallel and parfor_pays(kernel_bytes(k, self.plan), kernel_flops(k) - gemm_flops(k))
+        blas = gemm_flops(k)
+        return self.parallel and parfor_pays(kernel_bytes(k, self.plan), kernel_flops(k) - blas, gemm=blas > 0)
 
     def _par_dim(self, shape: tuple, k: Kernel) -> int | None:
         """The loop dim a structured kernel runs in parallel (prange): the first one longer
