@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 
     # the mask at work: the padding id's embedding row cannot change any prediction
     before = model.predict(ids[n_tr:])
-    emb = model.layers[1]
+    emb = model.get_layer("embedding")
     table = emb.get_weights()[0]
     table[0] = np.random.default_rng(1).normal(0.0, 3.0, table.shape[1])
     emb.set_weights([table])
