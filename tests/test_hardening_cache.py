@@ -101,7 +101,7 @@ def test_parallel_driver_compiled_against_cached_kernels_loads_from_cache(tmp_pa
 
     a = run_py(first, cache)  # cold: kernels and driver compiled
     assert any(a["parallel"]) and a["err"] < 1e-5, a
-    # the Numba driver (the fallback of graphc's own, native.py) is the one cached by Numba
+    # the Numba driver (the fallback of graphc's own, driver.py) is the one cached by Numba
     b = run_py(copy, cache, env_extra=NUMBA_DRIVER)  # kernels from the cache, the driver compiled
     assert b["driver"] != a["driver"] and b["err"] < 1e-5, b
     # the root cause: code linking a parfor kernel needs Numba's parallel runtime started. The
@@ -341,7 +341,7 @@ def test_a_dropped_program_releases_its_modules(monkeypatch, tmp_path):
     pygc.collect()  # runs the program's finalizer, which unloads its modules
     assert name not in sys.modules
     pygc.collect()
-    # the module and its compiled code objects; a native driver (native.py) stays compiled for
+    # the module and its compiled code objects; a native driver (driver.py) stays compiled for
     # the process, as Numba's own compiled code does
     assert module() is None and (driver() is None or driver() is native_driver)
 

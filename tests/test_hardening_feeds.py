@@ -105,7 +105,7 @@ def test_ordinary_arrays_still_take_the_bound_call(target, monkeypatch):
 def test_a_feed_mismatch_from_the_driver_falls_back_to_the_checked_path(monkeypatch):
     """A layout the native driver does not take (FEED_MISMATCH) after the Python fast check
     accepted the feeds runs through the full check's arrays instead of raising."""
-    from graphc.backends.cpu.native import FEED_MISMATCH
+    from graphc.backends.cpu.driver import FEED_MISMATCH
     shared, sd0 = _step("cpu", monkeypatch)
     loss0, p0 = _one(shared, sd0, XB, YB)
     # a step of its own (the same texts: its kernels and driver come from the caches)
