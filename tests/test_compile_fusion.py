@@ -174,3 +174,52 @@ def test_fuse_is_target_independent_and_deterministic():
     assert g1.fingerprint() == g2.fingerprint()
     d = lambda ks: sorted((k.kind, tuple(k.shape), tuple(n.op for n in k.all_nodes)) for k in ks)  # noqa: E731
     assert d(k1) == d(k2) == d(fuse(g1))
+
+
+# ---- a value read by several kernels is written by the loop that reads it elementwise ------
+
+def _kernels_of(outs, feeds):
+    f = gc.compile(outs, target="cpu")
+    g, kernels, plan = lower(f._program, None)
+    ref = gc.compile(outs, target="numpy")(**feeds)
+    got = f(**feeds)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    return plan.kernels
+
+
+def test_shared_value_is_written_by_its_elementwise_reader():
+    x = gc.input("sx", (8, 4))
+    m = x * 2.0 + 1.0  # read elementwise by out1's loop and by a reduction over another shape
+    out1 = gc.tanh(m) - x
+    out2 = gc.sum(m * m, axis=0)
+    feeds = {"sx": np.arange(32, dtype=np.float32).reshape(8, 4) / 7}
+    ks = _kernels_of([out1, out2], feeds)
+    writers = [k for k in ks if any(o.op == "add" and o.shape == (8, 4) for o in k.outputs)]
+    assert len(writers) == 1 and any(o.op == "sub" for o in writers[0].outputs), [k.outputs for k in ks]
+    assert len(ks) == 2, [(k.kind, k.outputs) for k in ks]
+
+
+def test_shared_value_is_not_merged_into_a_cycle_or_through_a_view():
+    x = gc.input("cx", (4, 4))
+    m = x * 3.0
+    t = gc.sum(m)  # a kernel reading m whose result m's reader also reads: merging would make a cycle
+    out1 = m + t
+    out2 = gc.transpose(m) + x  # m read through a transpose: not the element the loop writes
+    feeds = {"cx": np.arange(16, dtype=np.float32).reshape(4, 4) - 5}
+    ks = _kernels_of([out1, out2], feeds)
+    mul = [k for k in ks if any(o.op == "mul" for o in k.outputs)]
+    assert len(mul) == 1 and not any(o.op == "add" for o in mul[0].outputs), [(k.kind, k.outputs) for k in ks]
+
+
+def test_k_steps_per_call_keep_each_update_in_one_kernel():
+    """Unrolled K-step training: the moments each step writes are read by the next step too;
+    each param's Adam update still runs as one loop behind its gradient GEMM."""
+    one = gc.compile(mlp_loss(), optimizer=gc.optim.Adam(1e-3), target="cpu")
+    k3 = gc.compile(mlp_loss(), optimizer=gc.optim.Adam(1e-3), target="cpu", steps_per_execution=3)
+    _, _, p1 = lower(one._program, BATCH)
+    _, _, p3 = lower(k3._program, BATCH)
+    steps = [k for k in p3.kernels if k.kind not in ("slice", "concat")]  # feeds sliced, losses stacked
+    assert len(steps) <= 3 * len(p1.kernels), k3.kernels(BATCH)
+    bare = [k for k in p3.kernels if k.kind == "matmul"]
+    assert len(bare) <= 3 * len([k for k in p1.kernels if k.kind == "matmul"]), k3.kernels(BATCH)

@@ -4,7 +4,10 @@ Rules (each kernel is described target-independently; every backend emits from t
 descriptions):
 
 - Elementwise nodes of one shape form one loop nest. A node joins its consumers' kernel
-  when all of its consumers are in that kernel; otherwise it is materialized.
+  when all of its consumers are in that kernel; otherwise it is materialized. Afterwards a
+  loop whose results other kernels also read merges into a loop of its shape that reads them
+  elementwise, which writes them for the others (where the kernel graph stays acyclic); a
+  GEMM whose readers then all sit in one loop becomes its prologue.
 - Scalar elementwise nodes (hyper-parameter arithmetic, bias corrections) are recomputed
   in the prelude of every kernel that needs them instead of being materialized.
 - A reduction joins the kernel that computes its operand (accumulated in the same loop).
@@ -152,6 +155,7 @@ class Fuser:
                 self._place_structured(n)
             else:
                 raise CompileError(f"no native emitter for op {n.op!r} (node created at {n.src})")
+        self._merge_shared()
         self._flatten_epilogues()
         # scalar prelude nodes (recomputed per kernel) are placed after groups are known
         order = {id(n): i for i, n in enumerate(nodes)}
@@ -232,6 +236,122 @@ class Fuser:
                 self.group[id(n)] = k
                 return
         self._new(Kernel("matmul", n.shape, matmul=n, outputs=[n]), n)
+
+    def _merge_shared(self) -> None:
+        """Merge a loop whose results are also read by other kernels into the loop of its shape
+        that reads them elementwise, which then writes them for the others; then a bare GEMM
+        whose readers all sit in one loop becomes that loop's prologue. Greedy placement cannot
+        see this (a value joins a loop only when every reader is in it): when K training steps
+        are unrolled, an optimizer moment is read by the same step's update and by the next
+        step's, which would otherwise split each update into several loops and a bare GEMM. A
+        merge is made only where the kernel graph stays acyclic."""
+        def plain(k):
+            return k.kind == "loop" and not k.gemm_views and not k.reductions
+
+        succ = self._kernel_succ()
+        pred: dict[int, set] = {id(k): set() for k in self.kernels}
+        by_id = {id(k): k for k in self.kernels}
+        for k in self.kernels:
+            for s in succ[id(k)]:
+                pred[s].add(id(k))
+        merged = True
+        while merged:  # a merge can enable another (the merged loop reads more)
+            merged = False
+            for a in list(self.kernels):
+                if not plain(a) or a.matmul is not None or {id(o) for o in a.outputs} & self.is_output:
+                    continue
+                merged |= self._merge_into_reader(a, succ, pred, by_id, plain)
+        for m in [k for k in self.kernels if k.kind == "matmul"]:
+            n = m.matmul
+            readers = self._users(n)
+            ks = {id(self.group.get(id(u))): self.group.get(id(u)) for u in readers}
+            if len(ks) != 1 or id(n) in self.is_output:
+                continue
+            k = next(iter(ks.values()))
+            if (k is not None and plain(k) and k.matmul is None and tuple(k.shape) == tuple(n.shape)
+                    and all(u in k.nodes for u in readers)):
+                k.matmul = n
+                self.group[id(n)] = k
+                self.kernels.remove(m)
+
+    def _merge_into_reader(self, a: Kernel, succ: dict, pred: dict, by_id: dict, plain) -> bool:
+        """Merge loop ``a`` into one of its readers if one qualifies (see _merge_shared);
+        ``succ``/``pred`` (the kernel graph by id) are updated in place."""
+        for bid in list(succ[id(a)]):
+            b = by_id[bid]
+            if (not plain(b) or tuple(b.shape) != tuple(a.shape) or not self._reads_elementwise(b, a)
+                    or self._path_avoiding(succ, id(a), bid)):
+                continue
+            b.nodes.extend(a.nodes)
+            b.outputs.extend(a.outputs)
+            for x in a.nodes:
+                self.group[id(x)] = b
+            self.kernels.remove(a)
+            for s in succ.pop(id(a)):  # b inherits a's edges
+                pred[s].discard(id(a))
+                if s != bid:
+                    succ[bid].add(s)
+                    pred[s].add(bid)
+            for p_ in pred.pop(id(a)):
+                succ[p_].discard(id(a))
+                succ[p_].add(bid)
+                pred[bid].add(p_)
+            return True
+        return False
+
+    def _kernel_succ(self) -> dict:
+        """id(kernel) -> ids of the kernels reading something it computes."""
+        succ: dict[int, set] = {}
+        for k in self.kernels:
+            outs: dict[int, Kernel] = {}
+            stack = [u for x in k.all_nodes for u in self._users(x)]
+            seen: set[int] = set()
+            while stack:
+                u = stack.pop()
+                if id(u) in seen:
+                    continue
+                seen.add(id(u))
+                r = self.group.get(id(u))
+                if r is None:  # a view (or an inlined scalar): its readers read k's storage
+                    stack.extend(self._users(u))
+                elif r is not k:
+                    outs[id(r)] = r
+            succ[id(k)] = set(outs)
+        return succ
+
+    @staticmethod
+    def _path_avoiding(succ: dict, a: int, b: int) -> bool:
+        """Whether kernel ``b`` is reachable from kernel ``a`` through some other kernel
+        (merging a into b would then make a cycle); kernels by id."""
+        stack = [k for k in succ[a] if k != b]
+        seen: set[int] = set()
+        while stack:
+            k = stack.pop()
+            if k == b:
+                return True
+            if k in seen:
+                continue
+            seen.add(k)
+            stack.extend(succ[k])
+        return False
+
+    def _reads_elementwise(self, k: Kernel, src: Kernel) -> bool:
+        """Whether every read of ``src``'s results by ``k`` is by an elementwise node of k at
+        the same shape through the identity view (what k computes in place once merged)."""
+        inside = {id(x) for x in src.all_nodes}
+        mine = {id(x) for x in k.all_nodes}
+        nodes = {id(x) for x in k.nodes}
+        for x in k.all_nodes:
+            for i in x.inputs:
+                if id(i) in mine or self.group.get(id(i)) is None and i.opdef.kind != "movement":
+                    continue  # computed in k, or an inlined scalar
+                base = i if id(i) in inside else self.view_of(i).base
+                if id(base) not in inside:
+                    continue
+                if (i is not base or id(x) not in nodes or x.opdef.kind != "elementwise"
+                        or tuple(i.shape) != tuple(k.shape)):
+                    return False  # read through a view, by the GEMM, or at another shape
+        return True
 
     def _rows_view(self, v: View, rows_shape: tuple, gemm_shape: tuple) -> View | None:
         """View ``v`` of an operand of a loop over ``rows_shape``, re-expressed for the same loop
