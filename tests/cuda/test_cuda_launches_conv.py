@@ -77,8 +77,8 @@ MODELS = {"cnn": lambda p: cnn(p), "cnn_bn_dropout": lambda p: cnn(p, bn=True, d
 COUNTS = {
     ("cnn", "fallback"): ((16, 0), (29, 0)),
     ("cnn", "cublas"): ((13, 8), (21, 8)),
-    ("cnn_bn_dropout", "fallback"): ((36, 0), (51, 0)),
-    ("cnn_bn_dropout", "cublas"): ((30, 8), (43, 8)),
+    ("cnn_bn_dropout", "fallback"): ((32, 0), (47, 0)),
+    ("cnn_bn_dropout", "cublas"): ((26, 8), (39, 8)),
     ("attention", "fallback"): ((26, 0), (45, 0)),
     ("attention", "cublas"): ((15, 18), (27, 18)),
 }
