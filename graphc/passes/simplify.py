@@ -93,13 +93,78 @@ def _simplify_rule(n: Node) -> Node | None:
 
 def simplify(graph: Graph) -> Graph:
     """x*1, x+0, x-0, x/1, --x, x**1, x**2 -> square, stop_gradient, no-op casts, double
-    transposes, reshape of reshape, no-op reshapes and broadcasts. Repeats to a fixed point."""
+    transposes, reshape of reshape, no-op reshapes and broadcasts, repeated to a fixed point;
+    then sums of disjoint zero pads -> one concatenate (fold_pad_sums)."""
     for _ in range(10):
         out = _rewrite(graph, _simplify_rule)
         if [id(o) for o in out.outputs] == [id(o) for o in graph.outputs]:
-            return out
+            break
         graph = out
-    return graph
+    return fold_pad_sums(out)
+
+
+def fold_pad_sums(graph: Graph) -> Graph:
+    """A sum of zero pads whose operands land in disjoint ranges of one axis (the gradient of
+    a tensor split into pieces, such as a recurrent cell's gates) -> the operands concatenated
+    along that axis (zero gaps padded in), padded once: one copy instead of a full-size pad
+    per piece and the adds between them. The add tree may be in any order; its inner adds
+    must have no other reader. Only the sign of a zero can differ (-0.0 + 0.0 is +0.0)."""
+    users = graph.consumers()
+    outs = {id(o) for o in graph.outputs}
+    inner_old = {id(n) for n in graph.nodes if n.op == "add" and id(n) not in outs
+                 and len(users[id(n)]) == 1 and users[id(n)][0].op == "add"}
+    new: dict[int, Node] = {}
+    inner: set[int] = set()
+    for n in graph.nodes:
+        m = rebuild(n, [new[id(x)] for x in n.inputs])
+        if id(n) in inner_old:
+            inner.add(id(m))
+        elif n.op == "add":
+            r = _pads_to_concat(m, inner)
+            m = m if r is None else r
+        new[id(n)] = m
+    return Graph([new[id(o)] for o in graph.outputs], graph.names)
+
+
+def _pads_to_concat(n: Node, inner: set) -> Node | None:
+    leaves, stack = [], [n]
+    while stack:
+        x = stack.pop()
+        if x is n or id(x) in inner:
+            if x.op != "add":
+                return None
+            stack.extend(reversed(x.inputs))
+        elif (x.op == "pad" and x.attrs["value"] == 0 and not any(x.attrs["interior"])
+              and x.shape == n.shape and x.dtype == n.dtype):
+            leaves.append(x)
+        else:
+            return None
+    if len(leaves) < 2 or any(d is None for d in n.shape):
+        return None
+    widths = [x.attrs["pad_width"] for x in leaves]
+    axes = [a for a in range(n.ndim) if len({w[a] for w in widths}) > 1]
+    if len(axes) != 1:
+        return None
+    (ax,) = axes
+    spans = sorted(((w[ax][0], w[ax][0] + x.inputs[0].shape[ax], x.inputs[0]) for w, x in zip(widths, leaves)),
+                   key=lambda t: t[0])
+    if any(e > s for (_, e, _), (s, _, _) in zip(spans, spans[1:])):
+        return None  # overlapping
+    zero = tuple((0, 0) for _ in range(n.ndim))
+
+    def along(before: int, after: int) -> tuple:
+        return tuple((before, after) if a == ax else (0, 0) for a in range(n.ndim))
+
+    pieces, end = [], 0
+    for s, e, x in spans:
+        pieces.append(x if s == end else make("pad", (x,), {"pad_width": along(s - end, 0),
+                                                              "interior": (0,) * n.ndim, "value": 0}, src=n.src))
+        end = e
+    cat = make("concatenate", pieces, {"axis": ax}, src=n.src)
+    pw = tuple((0, n.shape[ax] - end) if a == ax else widths[0][a] for a in range(n.ndim))
+    if pw == zero:
+        return cat
+    return make("pad", (cat,), {"pad_width": pw, "interior": (0,) * n.ndim, "value": 0}, src=n.src)
 
 
 def _fold_rule(n: Node) -> Node | None:

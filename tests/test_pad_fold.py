@@ -1,0 +1,98 @@
+"""Sums of disjoint pads fold into one concatenate (the gradient of a tensor split into gates),
+and the pad kernel that remains copies the operand in place of a division per element."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.compiler import lower
+
+B = 5
+
+
+def _gates(order):
+    """z = x @ W split into 4 gates of 3 columns, used in ``order``: the cotangent of z is a
+    sum of 4 pads whose accumulation order follows the use order."""
+    x = gc.input("gx", (None, 4))
+    W = gc.param("gW", (4, 12), init="glorot_uniform")
+    z = x @ W
+    g = {k: z[:, 3 * k:3 * (k + 1)] for k in range(4)}
+    acts = {0: gc.sigmoid, 1: gc.tanh, 2: gc.sigmoid, 3: gc.exp}
+    terms = [acts[k](g[k]) * (k + 1.0) for k in order]
+    y = terms[0]
+    for t in terms[1:]:
+        y = y * t + t
+    return gc.sum(y), W
+
+
+def _feeds(seed=0):
+    return {"gx": np.random.default_rng(seed).standard_normal((B, 4)).astype(np.float32)}
+
+
+def _lowered_ops(f):
+    g, _, _ = lower(f._program, B)
+    return [n.op for n in g.nodes]
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (3, 0, 2, 1), (1, 3, 0, 2)])
+def test_gate_cotangents_fold_into_one_concatenate(order):
+    loss, W = _gates(order)
+    outs = [loss] + gc.grad(loss, [W])
+    f = gc.compile(outs, target="cpu")
+    ops = _lowered_ops(f)
+    assert "pad" not in ops, ops
+    assert ops.count("concatenate") == 1, ops
+    ref = gc.compile(outs, target="numpy")(**_feeds())
+    for target in ("cpu", "parallel"):
+        got = gc.compile(outs, target=target)(**_feeds())
+        for a, b in zip(ref, got):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_gaps_and_overlaps():
+    x = gc.input("ox", (None, 10))
+    s = gc.sum(gc.tanh(x[:, 0:3]) * 2.0) + gc.sum(gc.exp(x[:, 6:8])) + gc.sum(gc.square(x[:, 7:10]))
+    (gx,) = gc.grad(s, [x])  # 0:3 and 6:8 disjoint with a gap; 7:10 overlaps 6:8
+    f = gc.compile([gx], target="cpu")
+    feeds = {"ox": np.linspace(-2, 2, 5 * 10, dtype=np.float32).reshape(5, 10)}
+    ref = gc.compile([gx], target="numpy")(**feeds)[0]
+    np.testing.assert_allclose(f(**feeds)[0], ref, rtol=2e-6, atol=1e-6)
+    ops = _lowered_ops(f)
+    assert "pad" in ops  # the overlapping one stays a pad
+
+
+def test_grad_of_split_matches_finite_differences():
+    x = gc.input("dx", (3, 8), dtype="float64")
+    parts = [x[:, 2 * k:2 * k + 2] for k in range(4)]
+    s = gc.sum(gc.sin(parts[2]) * parts[0]) + gc.sum(gc.exp(parts[3])) + gc.sum(parts[1] ** 3)
+    (gx,) = gc.grad(s, [x])
+    f = gc.compile([s, gx], target="cpu")
+    v = np.random.default_rng(1).standard_normal((3, 8))
+    _, g = f(dx=v)
+    eps = 1e-6
+    num = np.zeros_like(v)
+    for i in np.ndindex(v.shape):
+        d = np.zeros_like(v)
+        d[i] = eps
+        num[i] = (f(dx=v + d)[0] - f(dx=v - d)[0]) / (2 * eps)
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
+    assert "pad" not in _lowered_ops(f)
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_pad_kernel_values_fill_interior_and_nan(target):
+    x = gc.input("px", (4, 5))
+    a = gc.pad(x, ((1, 2), (3, 0)), constant_values=1.5)
+    y = gc.input("py", (6, 7))
+    b = gc.grad(gc.sum(gc.square(y[1::2, ::3])), [y])[0]  # interior pads (strided slice gradient)
+    c = gc.pad(gc.transpose(x), 2)  # operand read through a view
+    outs = [a, b, c]
+    v = np.arange(20, dtype=np.float32).reshape(4, 5)
+    v[1, 2] = np.nan
+    v[3, 0] = -np.inf
+    feeds = {"px": v, "py": np.arange(42, dtype=np.float32).reshape(6, 7) - 20}
+    ref = gc.compile(outs, target="numpy", check_finite=False)(**feeds)
+    got = gc.compile(outs, target=target, check_finite=False)(**feeds)
+    for r, g in zip(ref, got):
+        np.testing.assert_array_equal(g, r)
