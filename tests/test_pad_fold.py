@@ -80,6 +80,7 @@ def test_grad_of_split_matches_finite_differences():
     assert "pad" not in _lowered_ops(f)
 
 
+@pytest.mark.numba_kernels
 @pytest.mark.parametrize("target", ["cpu", "parallel"])
 def test_pad_kernel_values_fill_interior_and_nan(target):
     x = gc.input("px", (4, 5))
@@ -96,3 +97,23 @@ def test_pad_kernel_values_fill_interior_and_nan(target):
     got = gc.compile(outs, target=target, check_finite=False)(**feeds)
     for r, g in zip(ref, got):
         np.testing.assert_array_equal(g, r)
+
+
+def test_pad_kernel_rows_are_fills_and_copies():
+    """interior 0: the innermost loops fill the border and copy the operand's row, with no
+    division (``//``) and no per-element branch; an interior pad divides per row only."""
+    x = gc.input("rx", (3, 4, 5))
+    y = gc.input("ry", (6, 7))
+    outs = [gc.pad(x, ((1, 0), (0, 2), (3, 1))), gc.grad(gc.sum(gc.square(y[:, ::3])), [y])[0]]
+    src = gc.compile(outs, target="cpu").source()
+    kernels = [blk for blk in src.split("@cfunc") if "# pad: the operand" in blk]
+    assert len(kernels) == 2, src
+    for blk in kernels:
+        lines = blk.splitlines()
+        (copy,) = [i for i, ln in enumerate(lines) if "# pad: the operand" in ln]
+        loop = lines[copy - 1]
+        assert loop.strip().startswith("for q") and "range(n" in loop, loop
+        depth = len(loop) - len(loop.lstrip())
+        inner = [ln for ln in lines if len(ln) - len(ln.lstrip()) > depth - 4 and ln.strip()]
+        assert not any("//" in ln or ln.strip().startswith("if ") for ln in inner), blk
+    assert "//" not in kernels[0] if "n2" in kernels[0] else "//" not in kernels[1]

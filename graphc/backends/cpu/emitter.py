@@ -660,27 +660,48 @@ class _Emitter:
         return self.function(params, body, par), args, self._site(n), par
 
     def pad_kernel(self, k: Kernel):
-        """pad: a loop nest over the output; output index i reads the operand at
-        ``(i - before) / (interior + 1)`` where that is a whole number inside it, else the fill."""
+        """pad: a loop nest over the output's outer axes (whether row i lies inside the operand,
+        q = (i - before) / (interior + 1), is worked out once per row); each innermost row is
+        then a fill of the border and a copy of the operand's row (a stride of interior + 1 for
+        an interior pad): no division or per-element branch in the inner loop."""
         (n,) = k.nodes
         x = n.inputs[0]
         v = k.leaves[id(x)]
         r = n.ndim
+        inter = n.attrs["interior"]
         pd = self._par_dim(n.shape, k)
+        pd = pd if pd is not None and pd < r - 1 else None  # rows in parallel, never a row's parts
         par = pd is not None
         body = [f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = o.shape"]
         ind = "    "
-        for d in range(r):
-            body += [f"{ind}for i{d} in {'prange' if d == pd else 'range'}(d{d}):",
-                     f"{ind}    j{d} = i{d} - b{d}",
-                     f"{ind}    q{d} = j{d} // s{d}",
-                     f"{ind}    k{d} = {f'k{d - 1} and ' if d else ''}j{d} >= 0 and q{d} * s{d} == j{d} and q{d} < n{d}"]
+        for d in range(r - 1):
+            body.append(f"{ind}for i{d} in {'prange' if d == pd else 'range'}(d{d}):")
+            inside = f"k{d - 1} and " if d else ""
+            if inter[d]:
+                body += [f"{ind}    j{d} = i{d} - b{d}",
+                         f"{ind}    q{d} = j{d} // s{d}",
+                         f"{ind}    k{d} = {inside}j{d} >= 0 and q{d} * s{d} == j{d} and q{d} < n{d}"]
+            else:
+                body += [f"{ind}    q{d} = i{d} - b{d}",
+                         f"{ind}    k{d} = {inside}q{d} >= 0 and q{d} < n{d}"]
             ind += "    "
+        z = r - 1
+        outer = [f"i{d}" for d in range(z)]
         src = ", ".join("0" if vd == 1 else f"q{d}" for d, vd in enumerate(v.view_shape))
-        body += [f"{ind}if k{r - 1}:",
-                 f"{ind}    o[{', '.join(f'i{d}' for d in range(r))}] = a[{src}]  # pad: the operand",
-                 f"{ind}else:",
-                 f"{ind}    o[{', '.join(f'i{d}' for d in range(r))}] = fill  # pad: the constant"]
+        at = lambda i: f"o[{', '.join(outer + [i])}]"  # noqa: E731
+        fill_row = [f"{ind}for i{z} in range(d{z}):", f"{ind}    {at(f'i{z}')} = fill  # pad: the constant"]
+        if inter[z]:
+            row = fill_row + [f"{ind}for q{z} in range(n{z}):",
+                              f"{ind}    {at(f'b{z} + q{z} * s{z}')} = a[{src}]  # pad: the operand"]
+        else:
+            row = [f"{ind}for i{z} in range(b{z}):", f"{ind}    {at(f'i{z}')} = fill  # pad: the constant before",
+                   f"{ind}for q{z} in range(n{z}):", f"{ind}    {at(f'b{z} + q{z}')} = a[{src}]  # pad: the operand",
+                   f"{ind}for i{z} in range(b{z} + n{z}, d{z}):",
+                   f"{ind}    {at(f'i{z}')} = fill  # pad: the constant after"]
+        if z:
+            body += [f"{ind}if k{z - 1}:"] + ["    " + ln for ln in row] + [f"{ind}else:"] + ["    " + ln for ln in fill_row]
+        else:
+            body += row
         params = ["a", "o", "fill"] + [f"{c}{d}" for d in range(r) for c in "bsn"]
         args = [self._view_operand(v), self.nd(n, n.shape), literal(n.attrs["value"], n.dtype)]
         for (b, _), i, d in zip(n.attrs["pad_width"], n.attrs["interior"], x.shape):
