@@ -59,6 +59,21 @@ def parfor_pays(nbytes: int, flops: int, gemm: bool = False) -> bool:
     return serial_s >= (GEMM_PARFOR_MIN_S if gemm else PARFOR_MIN_S)
 
 
+# float32 math in loop bodies that LLVM vectorizes where libm's scalar call would not
+# (intrinsics.exp32_ir, tanh32_ir): the elementwise templates' calls, renamed
+VECTOR_MATH = {"math.exp(": "exp32", "math.tanh(": "tanh32"}
+
+
+def vector_math(n, text: str) -> str:
+    """``text`` (node ``n``'s expression) with float32 exp/tanh calls made vectorizable; a node
+    whose operands or result are not all float32 keeps libm's."""
+    if n.dtype != np.float32 or any(x.dtype != np.float32 for x in n.inputs):
+        return text
+    for call, fn in VECTOR_MATH.items():
+        text = text.replace(call, f"{fn}(")
+    return text
+
+
 # what every kernel module imports (intrinsics.py; the others are imported where used)
 HEADER_INTRINSICS = ("exp32", "fill", "view")
 
@@ -456,7 +471,7 @@ class _Emitter:
         for n in k.nodes:
             ops = [load(x) for x in n.inputs]
             nm = fresh(n)
-            inner_lines.append(f"{indent}{nm} = {node_expr(n, ops)}  # {n.op}")
+            inner_lines.append(f"{indent}{nm} = {vector_math(n, node_expr(n, ops))}  # {n.op}")
         for rd in k.reductions:
             v = load(rd.inputs[0])
             if suffix is not None:
@@ -493,6 +508,7 @@ class _Emitter:
         if chk:
             body.append("    return bad")
         uses = (("gemm",) if mm is not None else ()) + (("fill",) if k.reductions and suffix is None else ())
+        uses += tuple(f for f in VECTOR_MATH.values() if any(f"{f}(" in line for line in inner_lines))
         fn = self.function(params, body, par, intrinsics=uses)
         return fn, args, " ".join(vmap), par
 

@@ -35,7 +35,7 @@ import hashlib
 import os
 
 from .entry import EntryDesc
-from .intrinsics import ALLREDUCE, DIALECT, RUNS, XXGEMM, exp32_ir, run_ir
+from .intrinsics import ALLREDUCE, DIALECT, RUNS, XXGEMM, exp32_ir, run_ir, tanh32_ir
 from .jit import jit
 from .lowering import Lowering, Unsupported, callee, dotted
 
@@ -841,11 +841,11 @@ class _Kernel(Lowering):
                 return self._truth(v), B
             return self._cast(v, cast), cast
         name = self._intrinsic(name)
-        if name == "exp32" and len(args) == 1:
+        if name in ("exp32", "tanh32") and len(args) == 1:
             v = self._expr(args[0])
             if v[1] != F:
-                raise Unsupported("exp32 of something else than a float32")
-            return exp32_ir(b, v[0]), F
+                raise Unsupported(f"{name} of something else than a float32")
+            return (exp32_ir if name == "exp32" else tanh32_ir)(b, v[0]), F
         if name in _INTRINSIC and len(args) == 1:
             v = self._float(self._expr(args[0]))
             fn = self._decl(f"{_INTRINSIC[name]}.f{32 if v[1] == F else 64}", self.irtype[v[1]], [self.irtype[v[1]]])

@@ -132,3 +132,16 @@ def exp32(typingctx, x):
         return exp32_ir(builder, args[0])
 
     return types.float32(x), codegen
+
+
+@intrinsic
+def tanh32(typingctx, x):
+    """``math.tanh(x)`` for a float32 ``x``, inline and vectorizable (intrinsics.tanh32_ir)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        from .intrinsics import tanh32_ir
+        return tanh32_ir(builder, args[0])
+
+    return types.float32(x), codegen
