@@ -100,20 +100,20 @@ def test_pad_kernel_values_fill_interior_and_nan(target):
 
 
 def test_pad_kernel_rows_are_fills_and_copies():
-    """interior 0: the innermost loops fill the border and copy the operand's row, with no
-    division (``//``) and no per-element branch; an interior pad divides per row only."""
+    """The innermost rows are runs: a fill of the border and a copy of the operand's row
+    (copy_run for a dense operand, interior 0), with no division (``//``) or branch per
+    element; an interior pad divides once per row and copies with a stride."""
     x = gc.input("rx", (3, 4, 5))
     y = gc.input("ry", (6, 7))
     outs = [gc.pad(x, ((1, 0), (0, 2), (3, 1))), gc.grad(gc.sum(gc.square(y[:, ::3])), [y])[0]]
     src = gc.compile(outs, target="cpu").source()
     kernels = [blk for blk in src.split("@cfunc") if "# pad: the operand" in blk]
     assert len(kernels) == 2, src
+    plain = next(blk for blk in kernels if "n2" in blk)
+    assert "//" not in plain and "copy_run(of," in plain and "fill_run(of," in plain, plain
     for blk in kernels:
         lines = blk.splitlines()
-        (copy,) = [i for i, ln in enumerate(lines) if "# pad: the operand" in ln]
-        loop = lines[copy - 1]
-        assert loop.strip().startswith("for q") and "range(n" in loop, loop
-        depth = len(loop) - len(loop.lstrip())
-        inner = [ln for ln in lines if len(ln) - len(ln.lstrip()) > depth - 4 and ln.strip()]
-        assert not any("//" in ln or ln.strip().startswith("if ") for ln in inner), blk
-    assert "//" not in kernels[0] if "n2" in kernels[0] else "//" not in kernels[1]
+        (i,) = [j for j, ln in enumerate(lines) if "# pad: the operand" in ln]
+        depth = len(lines[i]) - len(lines[i].lstrip())
+        row = [ln for ln in lines[i - 3:i + 3] if len(ln) - len(ln.lstrip()) >= depth - 4 * ("for q" in lines[i - 1])]
+        assert not any("//" in ln or ln.lstrip().startswith("if ") for ln in row), blk

@@ -705,15 +705,27 @@ class _Emitter:
         outer = [f"i{d}" for d in range(z)]
         src = ", ".join("0" if vd == 1 else f"q{d}" for d, vd in enumerate(v.view_shape))
         at = lambda i: f"o[{', '.join(outer + [i])}]"  # noqa: E731
-        fill_row = [f"{ind}for i{z} in range(d{z}):", f"{ind}    {at(f'i{z}')} = fill  # pad: the constant"]
+        # the output is dense: its rows' border is filled by runs (flat offset ro); a dense
+        # operand (no transpose or broadcast) is copied by a run as well (flat offset ra)
+        b = self.buf(v.base)
+        dense = (v.perm is None and tuple(v.view_shape) == tuple(x.shape) and b.kind != "literal"
+                 and not (b.kind == "feed" and not v.base.shape))
+        ro = " + ".join(f"i{d} * m{d}" for d in range(z)) or "0"
+        ra = " + ".join(f"q{d} * p{d}" for d in range(z)) or "0"
+        body[1:1] = ["    of = o.reshape((o.size,))"] + [f"    m{d} = {' * '.join(f'd{e}' for e in range(d + 1, r))}"
+                                                         for d in range(z)]
+        if dense:
+            body[2:2] = ["    af = a.reshape((a.size,))"] + [f"    p{d} = {' * '.join(f'n{e}' for e in range(d + 1, r))}"
+                                                             for d in range(z)]
+        fill_row = [f"{ind}fill_run(of, {ro}, d{z}, fill)  # pad: the constant"]
         if inter[z]:
             row = fill_row + [f"{ind}for q{z} in range(n{z}):",
                               f"{ind}    {at(f'b{z} + q{z} * s{z}')} = a[{src}]  # pad: the operand"]
         else:
-            row = [f"{ind}for i{z} in range(b{z}):", f"{ind}    {at(f'i{z}')} = fill  # pad: the constant before",
-                   f"{ind}for q{z} in range(n{z}):", f"{ind}    {at(f'b{z} + q{z}')} = a[{src}]  # pad: the operand",
-                   f"{ind}for i{z} in range(b{z} + n{z}, d{z}):",
-                   f"{ind}    {at(f'i{z}')} = fill  # pad: the constant after"]
+            copy = ([f"{ind}copy_run(of, {ro} + b{z}, af, {ra}, n{z})  # pad: the operand"] if dense else
+                    [f"{ind}for q{z} in range(n{z}):", f"{ind}    {at(f'b{z} + q{z}')} = a[{src}]  # pad: the operand"])
+            row = ([f"{ind}fill_run(of, {ro}, b{z}, fill)  # pad: the constant before"] + copy
+                   + [f"{ind}fill_run(of, {ro} + b{z} + n{z}, d{z} - b{z} - n{z}, fill)  # pad: the constant after"])
         if z:
             body += [f"{ind}if k{z - 1}:"] + ["    " + ln for ln in row] + [f"{ind}else:"] + ["    " + ln for ln in fill_row]
         else:
@@ -722,7 +734,7 @@ class _Emitter:
         args = [self._view_operand(v), self.nd(n, n.shape), literal(n.attrs["value"], n.dtype)]
         for (b, _), i, d in zip(n.attrs["pad_width"], n.attrs["interior"], x.shape):
             args += [str(b), str(i + 1), str(d)]
-        return self.function(params, body, par), args, self._site(n), par
+        return self.function(params, body, par, intrinsics=("copy_run", "fill_run")), args, self._site(n), par
 
     def concat_kernel(self, k: Kernel):
         """concatenate: one loop nest over the output whose loop along the axis is split into
