@@ -650,6 +650,14 @@ class _Emitter:
             return None
         return next((d for d, e in enumerate(shape) if e > 1), None)
 
+    def _dense_operand(self, k: Kernel, x: Node) -> bool:
+        """Operand ``x`` of a structured kernel read as a C-ordered array of its own shape (no
+        transpose, broadcast or scalar feed), so its rows can be moved by runs (copy_run)."""
+        v = k.leaves[id(x)]
+        b = self.buf(v.base)
+        return (v.perm is None and tuple(v.view_shape) == tuple(x.shape) and b.kind != "literal"
+                and not (b.kind == "feed" and not v.base.shape))
+
     def slice_kernel(self, k: Kernel):
         """slice: ``o[i] = a[start + i * step]`` per axis, a loop nest over the output (start
         and step are arguments, so every slice of one rank shares one compiled kernel)."""
@@ -707,9 +715,7 @@ class _Emitter:
         at = lambda i: f"o[{', '.join(outer + [i])}]"  # noqa: E731
         # the output is dense: its rows' border is filled by runs (flat offset ro); a dense
         # operand (no transpose or broadcast) is copied by a run as well (flat offset ra)
-        b = self.buf(v.base)
-        dense = (v.perm is None and tuple(v.view_shape) == tuple(x.shape) and b.kind != "literal"
-                 and not (b.kind == "feed" and not v.base.shape))
+        dense = self._dense_operand(k, x)
         ro = " + ".join(f"i{d} * m{d}" for d in range(z)) or "0"
         ra = " + ".join(f"q{d} * p{d}" for d in range(z)) or "0"
         body[1:1] = ["    of = o.reshape((o.size,))"] + [f"    m{d} = {' * '.join(f'd{e}' for e in range(d + 1, r))}"
@@ -737,18 +743,31 @@ class _Emitter:
         return self.function(params, body, par, intrinsics=("copy_run", "fill_run")), args, self._site(n), par
 
     def concat_kernel(self, k: Kernel):
-        """concatenate: one loop nest over the output whose loop along the axis is split into
-        one loop per operand (each output element written once, each operand read once)."""
+        """concatenate: one loop nest over the output's axes before ``axis``; under each outer
+        index a dense operand's block is one contiguous run of (c[j+1] - c[j]) * w values in
+        both arrays (copy_run), any other operand is read by a loop nest through its view
+        (each output element written once, each operand read once)."""
         (n,) = k.nodes
         ax, r, xs = n.attrs["axis"], n.ndim, n.inputs
         pd = self._par_dim(n.shape[:ax], k)  # a shared outer loop, else one per operand
         par = pd is not None
+        dense = [self._dense_operand(k, x) for x in xs]
         body = [f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = o.shape"]
+        t = "0"  # the flat index over the outer axes
+        for d in range(ax):
+            t = "i0" if d == 0 else f"({t}) * d{d} + i{d}"
+        if any(dense):
+            body += ["    of = o.reshape((o.size,))", f"    w = {' * '.join(f'd{e}' for e in range(ax + 1, r)) or '1'}"]
+            body += [f"    a{j}f = a{j}.reshape((a{j}.size,))" for j in range(len(xs)) if dense[j]]
         ind = "    "
         for d in range(ax):
             body.append(f"{ind}for i{d} in {'prange' if d == pd else 'range'}(d{d}):")
             ind += "    "
         for j, x in enumerate(xs):
+            if dense[j]:
+                body.append(f"{ind}copy_run(of, (({t}) * d{ax} + c{j}) * w, a{j}f, ({t}) * (c{j + 1} - c{j}) * w, "
+                            f"(c{j + 1} - c{j}) * w)  # concatenate: operand {j}")
+                continue
             vs = k.leaves[id(x)].view_shape
             pj = None if pd is not None else self._par_dim(x.shape[ax:], k)
             par = par or pj is not None
@@ -764,7 +783,7 @@ class _Emitter:
         bounds = np.cumsum([0] + [x.shape[ax] for x in xs]).tolist()
         args = ([self.nd(n, n.shape)] + [self._view_operand(k.leaves[id(x)]) for x in xs]
                 + [str(c) for c in bounds])
-        return self.function(params, body, par), args, self._site(n), par
+        return self.function(params, body, par, intrinsics=("copy_run",) if any(dense) else ()), args, self._site(n), par
 
     # ---- batched GEMM, im2col / col2im, pooling (ops/linalg.py, ops/conv.py) ------------------------
     def bmm_kernel(self, k: Kernel):
