@@ -672,16 +672,29 @@ class _Emitter:
             starts.append(0 if vd == 1 else s)  # a broadcast (size-1) axis always reads index 0
             steps.append(0 if vd == 1 else t)
         body = [f"    {', '.join(f'd{d}' for d in range(r))}{',' if r == 1 else ''} = o.shape"]
+        # unit steps along the last axis of a dense operand: each output row is one run
+        runs = steps[-1] == 1 and self._dense_operand(k, x)
+        if runs:
+            pd = pd if pd is not None and pd < r - 1 else None
+            body += ["    of = o.reshape((o.size,))", "    af = a.reshape((a.size,))"]
+            body += [f"    m{d} = {' * '.join(f'a.shape[{e}]' for e in range(d + 1, r))}" for d in range(r - 1)]
         ind = "    "
-        for d in range(r):
+        for d in range(r - 1 if runs else r):
             body.append(f"{ind}for i{d} in {'prange' if d == pd else 'range'}(d{d}):")
             ind += "    "
-        src = ", ".join(f"s{d} + i{d} * t{d}" for d in range(r))
-        body.append(f"{ind}o[{', '.join(f'i{d}' for d in range(r))}] = a[{src}]  # slice")
+        if runs:
+            ro = " + ".join(f"i{d}" if d == r - 2 else f"i{d} * {' * '.join(f'd{e}' for e in range(d + 1, r - 1))}"
+                            for d in range(r - 1))
+            ro = f"({ro}) * d{r - 1}" if r > 1 else "0"
+            ra = " + ".join([f"(s{d} + i{d} * t{d}) * m{d}" for d in range(r - 1)] + [f"s{r - 1}"])
+            body.append(f"{ind}copy_run(of, {ro}, af, {ra}, d{r - 1})  # slice")
+        else:
+            src = ", ".join(f"s{d} + i{d} * t{d}" for d in range(r))
+            body.append(f"{ind}o[{', '.join(f'i{d}' for d in range(r))}] = a[{src}]  # slice")
         par = pd is not None
         params = ["a", "o"] + [f"{c}{d}" for d in range(r) for c in "st"]
         args = [self._view_operand(v), self.nd(n, n.shape)] + [str(q) for d in range(r) for q in (starts[d], steps[d])]
-        return self.function(params, body, par), args, self._site(n), par
+        return self.function(params, body, par, intrinsics=("copy_run",) if runs else ()), args, self._site(n), par
 
     def pad_kernel(self, k: Kernel):
         """pad: a loop nest over the output's outer axes (whether row i lies inside the operand,
