@@ -306,8 +306,8 @@ def test_keras_defaults_and_initializers():
 
 
 def test_unsupported_arguments_are_named():
-    with pytest.raises(NotImplementedError, match="recurrent_dropout"):
-        gn.LSTM(4, recurrent_dropout=0.2)
+    with pytest.raises(ValueError, match="recurrent_dropout"):
+        gn.LSTM(4, recurrent_dropout=1.2)
     with pytest.raises(NotImplementedError, match="stateful"):
         gn.GRU(4, stateful=True)
     with pytest.raises(ValueError, match="units"):

@@ -11,10 +11,19 @@ only ``h @ recurrent_kernel`` and the gate arithmetic. Gradients come from the s
 Masking as Keras does it (``Embedding(mask_zero=True)``, ``Masking``): at a masked step the
 state is carried through unchanged and, with ``return_sequences``, the step outputs the
 carried output (zeros under ``Bidirectional``, which sets Keras' ``zero_output_for_mask``).
+
+``dropout`` / ``recurrent_dropout`` as Keras 3's DropoutRNNCell: in training, inverted-dropout
+masks (scaled by ``1/(1-rate)``) on the step's input ``(batch, features)`` and on ``h_{t-1}``
+``(batch, units)``, drawn ONCE per call by the in-step generator (new masks each training
+step, as ``Dropout``) and reused at every time step; none at inference. The input mask
+multiplies x before the hoisted projection (a ``(batch, 1, features)`` mask broadcast over
+time); the recurrent one is captured by the scan body. LSTM and GRU with
+``recurrent_dropout > 0`` follow Keras' implementation 1: one mask of each kind per gate.
 """
 from __future__ import annotations
 
 import numbers
+import zlib
 from typing import Any
 
 import numpy as np
@@ -69,11 +78,7 @@ class _RNN(Layer):
             raise NotImplementedError(f"{what}(stateful=True): states kept across batches are not supported; "
                                       "graphc's compiled steps start every batch from zero states")
         self.dropout = _rate(dropout, f"{what}(dropout=...)")
-        if _rate(recurrent_dropout, f"{what}(recurrent_dropout=...)") != 0.0:
-            raise NotImplementedError(f"{what}(recurrent_dropout={recurrent_dropout!r}): dropout on the recurrent "
-                                      "state is not supported yet; use recurrent_dropout=0 (dropout= on the inputs "
-                                      "is supported)")
-        self.recurrent_dropout = 0.0
+        self.recurrent_dropout = _rate(recurrent_dropout, f"{what}(recurrent_dropout=...)")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"{what}: seed must be an int or None, got {seed!r}")
         self.units = int(units)
@@ -106,7 +111,8 @@ class _RNN(Layer):
         for r in ("kernel", "recurrent", "bias"):
             cfg[f"{r}_regularizer"] = R.serialize(getattr(self, f"{r}_regularizer"), f"{what}({r}_regularizer=...)")
         cfg.update({"activity_regularizer": None, "kernel_constraint": None, "recurrent_constraint": None,
-                    "bias_constraint": None, "dropout": self.dropout, "recurrent_dropout": 0.0})
+                    "bias_constraint": None, "dropout": self.dropout,
+                    "recurrent_dropout": self.recurrent_dropout})
         if not isinstance(self, SimpleRNN):  # Keras' SimpleRNN config has no seed
             cfg["seed"] = self.seed
         if hasattr(self, "reset_after"):
@@ -167,12 +173,42 @@ class _RNN(Layer):
     def call(self, x, training=False, mask=None):
         return self._run(x, training, mask, self.zero_output_for_mask)
 
+    def _dropout_masks(self, x, training):
+        """Keras' DropoutRNNCell: ``(input masks, recurrent masks)``, each None or a list of
+        ``(batch, features)`` / ``(batch, units)`` inverted-dropout masks drawn once per call and
+        applied at every step. LSTM and GRU with ``recurrent_dropout > 0`` run Keras'
+        implementation 1, which draws one mask of each kind per gate; otherwise one mask is
+        shared by all gates. Each mask has its own seed (the first one is the layer's seed)."""
+        if not training:
+            return None, None
+        n = self._gates if self.recurrent_dropout > 0.0 else 1
+        base = _layer_seed(self, self.seed)
+
+        def draw(like, rate, first):
+            return [F.dropout(F.ones_like(like), rate, seed=base if first + k == 0 else
+                              zlib.crc32(f"{base}:{first + k}".encode())) for k in range(n)]
+        dp = draw(x[:, 0, :], self.dropout, 0) if self.dropout > 0.0 else None
+        rdp = None
+        if self.recurrent_dropout > 0.0:
+            rdp = draw(F.ones_like(x[:, 0, :1]) * F.ones((self.units,), x.dtype), self.recurrent_dropout, n)
+        return dp, rdp
+
+    def _masked_projection(self, x, dp):
+        """The hoisted input projection with the input mask(s) applied to x before it, as Keras
+        multiplies the step's input: one mask is one GEMM; a mask per gate projects each gate's
+        masked copy of x through that gate's columns of the kernel."""
+        if dp is None:
+            return self._input_projection(x)
+        ms = [F.reshape(m, (m.shape[0], 1, m.shape[1])) for m in dp]  # (B, 1, F): the same at every step
+        if len(ms) == 1:
+            return self._input_projection(x * ms[0])
+        u, b = self.units, self._input_bias()
+        xp = F.concatenate([(x * m) @ self.kernel[:, g * u:(g + 1) * u] for g, m in enumerate(ms)], axis=-1)
+        return xp + b if b is not None else xp
+
     def _run(self, x, training, mask, zero_output: bool):
-        if training and self.dropout > 0.0:
-            # one mask per sequence, shared by all steps (Keras' DropoutRNNCell)
-            keep = F.dropout(F.ones_like(x[:, 0, :]), self.dropout, seed=_layer_seed(self, self.seed))
-            x = x * F.reshape(keep, (keep.shape[0], 1, keep.shape[1]))
-        xp = F.transpose(self._input_projection(x), (1, 0, 2))  # time first, as gc.scan steps
+        dp, rdp = self._dropout_masks(x, training)
+        xp = F.transpose(self._masked_projection(x, dp), (1, 0, 2))  # time first, as gc.scan steps
         h0 = F.zeros_like(xp[0, :, :self.units])
         init = tuple([h0] * self._n_states)
         if mask is not None and mask.dtype != np.dtype(bool):
@@ -181,7 +217,7 @@ class _RNN(Layer):
 
         def body(states, inp):
             xt, mt = (inp, None) if mask is None else inp
-            new, out = self._step(states, xt)
+            new, out = self._step(states, xt, rdp)
             if mt is None:
                 return new, out
             new = tuple(F.where(mt, n, s) for n, s in zip(new, states))
@@ -197,7 +233,9 @@ class _RNN(Layer):
 
 
 class SimpleRNN(_RNN):
-    """``keras.layers.SimpleRNN``: ``h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)``."""
+    """``keras.layers.SimpleRNN``: ``h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)``;
+    in training ``x_t`` and ``h_{t-1}`` are multiplied by the call's ``dropout`` and
+    ``recurrent_dropout`` masks (one each, the same at every step)."""
 
     _cell = "simple_rnn_cell"
 
@@ -211,8 +249,9 @@ class SimpleRNN(_RNN):
         self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
         self._setup(kwargs, **self._config)
 
-    def _step(self, states, xt):
-        h = self.activation(xt + states[0] @ self.recurrent_kernel)
+    def _step(self, states, xt, rdp=None):
+        h = states[0] if rdp is None else states[0] * rdp[0]
+        h = self.activation(xt + h @ self.recurrent_kernel)
         return (h,), h
 
 
@@ -220,7 +259,8 @@ class LSTM(_RNN):
     """``keras.layers.LSTM``: gates ``i, f, c, o`` in that order along the ``4*units`` axis;
     ``c_t = f*c + i*activation(z_c)``, ``h_t = o*activation(c_t)`` with i, f, o through
     ``recurrent_activation``. ``unit_forget_bias`` starts the forget gate's bias at 1.
-    ``return_state`` returns ``[output, h, c]``."""
+    ``return_state`` returns ``[output, h, c]``. ``dropout``/``recurrent_dropout``: one mask on
+    x and on ``h_{t-1}`` (not ``c``), or one per gate when ``recurrent_dropout > 0``."""
 
     _cell = "lstm_cell"
     _gates = 4
@@ -250,10 +290,14 @@ class LSTM(_RNN):
         b[u:2 * u] = 1.0  # Keras: concat(init(u), ones(u), init(2u))
         return b
 
-    def _step(self, states, xt):
+    def _step(self, states, xt, rdp=None):
         h, c = states
         u = self.units
-        z = xt + h @ self.recurrent_kernel
+        if rdp is None:
+            z = xt + h @ self.recurrent_kernel
+        else:  # a recurrent mask per gate (Keras' implementation 1)
+            U = self.recurrent_kernel
+            z = xt + F.concatenate([(h * m) @ U[:, g * u:(g + 1) * u] for g, m in enumerate(rdp)], axis=-1)
         ra, act = self.recurrent_activation, self.activation
         i, f, g, o = ra(z[:, :u]), ra(z[:, u:2 * u]), act(z[:, 2 * u:3 * u]), ra(z[:, 3 * u:])
         c = f * c + i * g
@@ -266,7 +310,8 @@ class GRU(_RNN):
     ``h_t = z*h_{t-1} + (1-z)*hh``. ``reset_after=True`` (Keras' default) has ``bias`` of shape
     ``(2, 3*units)`` (input and recurrent biases) and ``hh = activation(x W_h + b_ih + r*(h U_h
     + b_rh))``; ``reset_after=False`` has ``bias`` ``(3*units,)`` and
-    ``hh = activation(x W_h + b_h + (r*h) U_h)``."""
+    ``hh = activation(x W_h + b_h + (r*h) U_h)``. ``dropout``/``recurrent_dropout`` as LSTM's:
+    the masked ``h_{t-1}`` feeds the gates only; ``h_t``'s ``z*h_{t-1}`` term is unmasked."""
 
     _cell = "gru_cell"
     _gates = 3
@@ -291,17 +336,31 @@ class GRU(_RNN):
             return self.bias
         return self.bias[0]
 
-    def _step(self, states, xt):
+    def _step(self, states, xt, rdp=None):
         (h,) = states
         u = self.units
         ra, act = self.recurrent_activation, self.activation
-        if self.reset_after:
+        # h_{t-1} as each gate sees it: a recurrent mask per gate (Keras' implementation 1)
+        hz, hr, hh_in = (h, h, h) if rdp is None else (h * rdp[0], h * rdp[1], h * rdp[2])
+        U = self.recurrent_kernel
+        if self.reset_after and rdp is not None:
+            inner = F.concatenate([hz @ U[:, :u], hr @ U[:, u:2 * u], hh_in @ U[:, 2 * u:]], axis=-1)
+            if self.bias is not None:
+                inner = inner + self.bias[1]
+            z = ra(xt[:, :u] + inner[:, :u])
+            r = ra(xt[:, u:2 * u] + inner[:, u:2 * u])
+            hh = act(xt[:, 2 * u:] + r * inner[:, 2 * u:])
+        elif self.reset_after:
             inner = h @ self.recurrent_kernel
             if self.bias is not None:
                 inner = inner + self.bias[1]
             z = ra(xt[:, :u] + inner[:, :u])
             r = ra(xt[:, u:2 * u] + inner[:, u:2 * u])
             hh = act(xt[:, 2 * u:] + r * inner[:, 2 * u:])
+        elif rdp is not None:
+            z = ra(xt[:, :u] + hz @ U[:, :u])
+            r = ra(xt[:, u:2 * u] + hr @ U[:, u:2 * u])
+            hh = act(xt[:, 2 * u:] + (r * hh_in) @ U[:, 2 * u:])
         else:
             inner = h @ self.recurrent_kernel[:, :2 * u]
             z = ra(xt[:, :u] + inner[:, :u])
