@@ -429,33 +429,59 @@ def vjp_multi(node: Node, gs: list) -> list:
     for t in terms[1:]:
         s = s + t
     step_vjp = grad(s, [cp[i] for i in fc] + [xp[j] for j in fx] + [kp[j] for j in fk])
+    nf = len(fc) + len(fx)
+    # a captured tensor's per-step term A_t^T @ B_t (a weight's gradient, A_t: the step's
+    # input rows) is not summed in the carry by T skinny GEMMs: the reverse scan emits B_t
+    # (and A_t unless its stacked values exist already) and ONE GEMM over the T*rows stacked
+    # rows follows it (as oneDNN/cuDNN do). Other terms stay in the carry.
+    rest, gemms = _split_param_cotangents(step_vjp[nf:], {id(a) for a in cp + xp})
+    outs = list(step_vjp[:nf]) + [t for t in rest if t is not None] + [a for _, a, _ in gemms] + [
+        b for _, _, b in gemms]
+    rk = [k for k, t in enumerate(rest) if t is not None]
     residuals: list[Node] = []
     stacked: list[Node] = []
     if not node.attrs["checkpoint"]:
         # save what the reverse step reads from the forward (computed once, by a forward scan
         # that also returns them) instead of recomputing it
-        residuals = _residuals(step_vjp, {id(a) for a in cp + xp}, {id(a) for a in gcp + gyp})
+        residuals = _residuals(outs, {id(a) for a in cp + xp}, {id(a) for a in gcp + gyp})
         aug = make("scan", ins, {**node.attrs, "body": Body(body.args, body.outputs + tuple(residuals), nc, nx,
                                                             ("residuals", body.y_tree))}, src=node.src)
         stacked = [result(aug, nc + ny + r) for r in range(len(residuals))]
+    # A_t's stacked values outside the reverse scan: saved carries, xs, saved residuals
+    outside = {id(cp[i]): saved[i] for i in range(nc)}
+    outside.update({id(xp[j]): xs[j] for j in range(nx)})
+    outside.update({id(r): v for r, v in zip(residuals, stacked)})
+    a_emit = [a for _, a, _ in gemms if id(a) not in outside]
+    a_emit = list({id(a): a for a in a_emit}.values())
+    carry0 = (carry0[0], [carry0[1][k] for k in rk])
     bxs = (saved, list(xs), [g_ys[j] for j in fy], [g_saved[i] for i in fs], stacked)
+    n_rest = len(rk)
 
     def backward(carry, x):
         gc, gk = carry
         c, xt, gy, gsv, res = x
         pairs = list(zip(cp, c)) + list(zip(xp, xt)) + list(zip(kp, caps)) + list(zip(gcp, gc)) + list(
             zip(gyp, gy)) + list(zip(residuals, res))
-        g = replay(step_vjp, {id(a): v for a, v in pairs})
+        g = replay(outs[:nf + n_rest] + a_emit + [b for _, _, b in gemms], {id(a): v for a, v in pairs})
         g_c = list(g[:len(fc)])
         for k, i in enumerate(fs):
             p = fc.index(i)
             g_c[p] = g_c[p] + gsv[k]
-        g_x = list(g[len(fc):len(fc) + len(fx)])
-        g_k = [a + b for a, b in zip(gk, g[len(fc) + len(fx):])]
-        return (g_c, g_k), g_x
+        g_x = list(g[len(fc):nf])
+        g_k = [a + b for a, b in zip(gk, g[nf:nf + n_rest])]
+        return (g_c, g_k), (g_x, list(g[nf + n_rest:nf + n_rest + len(a_emit)]), list(g[nf + n_rest + len(a_emit):]))
 
-    (g_init, g_caps), g_xs = scan(backward, carry0, bxs, length=T, reverse=not rev,
-                                  unroll=node.attrs["unroll"], checkpoint=node.attrs["checkpoint"])
+    (g_init, g_rest), (g_xs, a_st, b_st) = scan(backward, carry0, bxs, length=T, reverse=not rev,
+                                                unroll=node.attrs["unroll"], checkpoint=node.attrs["checkpoint"])
+    a_of = {id(a): v for a, v in zip(a_emit, a_st)}
+    a_of.update(outside)
+    g_caps: list = [None] * len(fk)
+    for k, v in zip(rk, g_rest):
+        g_caps[k] = v
+    for (k, a, _), bs in zip(gemms, b_st):
+        m, n = a.shape[-1], bs.shape[-1]  # -1: T*rows, also where rows is the batch (None)
+        term = F.reshape(a_of[id(a)], (-1, m)).T @ F.reshape(bs, (-1, n))
+        g_caps[k] = term if g_caps[k] is None else g_caps[k] + term
     out: list = [None] * len(ins)
     for k, i in enumerate(fc):
         out[i] = g_init[k]
@@ -464,6 +490,39 @@ def vjp_multi(node: Node, gs: list) -> list:
     for k, j in enumerate(fk):
         out[nc + nx + j] = g_caps[k]
     return out
+
+
+def _split_param_cotangents(gk: list, per_step: set) -> tuple[list, list]:
+    """Each captured tensor's step cotangent (an ``add`` tree) split into the terms
+    ``matmul(transpose(A), B)`` with 2-D A and B whose A depends on the step's carry or x
+    (``per_step``: their placeholders): (the rest summed per
+    tensor, None where nothing is left; [(tensor index, A, B)])."""
+    dep: dict[int, bool] = {}
+    for n in topo_order(gk):
+        dep[id(n)] = id(n) in per_step or builtins.any(dep[id(x)] for x in n.inputs)
+    rest: list = []
+    gemms: list = []
+    for k, g in enumerate(gk):
+        terms, stack = [], [g]
+        while stack:
+            n = stack.pop()
+            if n.op == "add" and builtins.all(x.shape == n.shape and x.dtype == n.dtype for x in n.inputs):
+                stack.extend(reversed(n.inputs))
+            else:
+                terms.append(n)
+        left = []
+        for t in terms:
+            a = t.inputs[0].inputs[0] if t.op == "matmul" and t.inputs[0].op == "transpose" else None
+            if (a is not None and t.ndim == 2 and a.ndim == 2 and t.inputs[1].ndim == 2
+                    and t.inputs[0].attrs["axes"] == (1, 0) and dep[id(a)]):
+                gemms.append((k, a, t.inputs[1]))
+            else:
+                left.append(t)
+        s = left[0] if left else None
+        for t in left[1:]:
+            s = s + t
+        rest.append(s)
+    return rest, gemms
 
 
 def _residuals(outputs: list, fwd: set, cot: set) -> list[Node]:
