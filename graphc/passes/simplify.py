@@ -108,7 +108,9 @@ def fold_pad_sums(graph: Graph) -> Graph:
     a tensor split into pieces, such as a recurrent cell's gates) -> the operands concatenated
     along that axis (zero gaps padded in), padded once: one copy instead of a full-size pad
     per piece and the adds between them. The add tree may be in any order; its inner adds
-    must have no other reader. Only the sign of a zero can differ (-0.0 + 0.0 is +0.0)."""
+    must have no other reader. Values are each block's own, NaN included; only a block's -0.0
+    differs: kept, where the unfolded sum gives -0.0 + 0.0 = +0.0 (accepted: equal under
+    allclose, and every compiled target compiles the same folded graph)."""
     users = graph.consumers()
     outs = {id(o) for o in graph.outputs}
     inner_old = {id(n) for n in graph.nodes if n.op == "add" and id(n) not in outs

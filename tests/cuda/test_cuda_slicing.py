@@ -61,3 +61,14 @@ def test_slicing_kernels_compile_to_ptx():
     out = run_ptx(PTX)
     for kind in ("slice", "pad", "concat"):
         assert f"'{kind}'" in out, out
+
+
+def test_split_cotangents_fold_into_one_concatenate():
+    """A tensor split into 4 column blocks used in another order: the sum of the blocks'
+    pad cotangents is one concatenate (passes/simplify.py) on cuda as well."""
+    x = gc.input("sl_g", (3, 8))
+    g = [x[:, 2 * k:2 * k + 2] for k in range(4)]
+    y = gc.sigmoid(g[2]) * gc.tanh(g[0]) + gc.exp(g[3]) * g[1]
+    f = check_cuda([y], wrt=[x], feeds={"sl_g": np.random.default_rng(2).normal(size=(3, 8)).astype("f4")})
+    listing = f.kernels()
+    assert " concat " in listing and " pad " not in listing, listing
