@@ -2,7 +2,7 @@
 (graphc/graphviz.py) and GRAPHC_LOG (graphc/log.py).
 
 FLOP and byte counts are checked against hand-computed values from the formulas in
-graphc/explain/cost.py (a GEMM (m, k) @ (k, n) is 2 m n k FLOPs, as every roofline tool counts it;
+graphc/schedule/cost.py (a GEMM (m, k) @ (k, n) is 2 m n k FLOPs, as every roofline tool counts it;
 one FLOP per element per elementwise op; bytes = each tensor read once + each written)."""
 from __future__ import annotations
 

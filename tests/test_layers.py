@@ -51,15 +51,27 @@ def test_the_import_parser_sees_relative_and_function_level_imports(tmp_path):
     assert {"os", "graphc.distributed", "graphc.distributed.ensure_native", "graphc.backends.base"} <= names
 
 
-def test_backends_import_nothing_above_them():
-    # (graphc.explain.cost, the cost model, is below: the parallel emitter's prange threshold reads it)
-    above = ("graphc.distributed", "graphc.runtime", "graphc.training", "graphc.api")
+def _imports_above(pkg: str, above: tuple[str, ...]) -> dict[str, list[str]]:
     bad = {}
-    for path in sorted((PKG / "backends").rglob("*.py")):
+    for path in sorted((PKG / pkg).rglob("*.py")):
         names = sorted(n for n in _imports(path) if any(_under(n, a) for a in above))
         if names:
             bad[str(path.relative_to(ROOT))] = names
+    return bad
+
+
+def test_backends_import_nothing_above_them():
+    # the cost model the parallel emitter's prange threshold reads is graphc/schedule/cost.py,
+    # below both the backends and explain
+    above = ("graphc.distributed", "graphc.runtime", "graphc.training", "graphc.api", "graphc.explain")
+    bad = _imports_above("backends", above)
     assert not bad, f"modules under graphc/backends/ import layers above them: {bad}"
+
+
+def test_the_schedule_imports_neither_backends_nor_explain():
+    bad = _imports_above("schedule", ("graphc.explain", "graphc.backends", "graphc.distributed",
+                                      "graphc.runtime", "graphc.training", "graphc.api"))
+    assert not bad, f"modules under graphc/schedule/ import layers above them: {bad}"
 
 
 def test_the_cpu_program_module_is_the_top_of_its_backend():

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import GraphcError
-from .cost import COSTS, FREE_OPS, gemm_flops, kernel_bytes, kernel_flops, matmul_flops
+from ..schedule.cost import COSTS, FREE_OPS, gemm_flops, kernel_bytes, kernel_flops, matmul_flops
 from .profile import _PROFILERS, _time_cpu, _time_numpy, profile_source, profiler
 from .report import Explanation, KernelReport, _report, format_report, plot_roofline, summarize_ops
 

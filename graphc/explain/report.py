@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..ir import fmt_shape
-from .cost import gemm_flops, kernel_bytes, kernel_flops
+from ..schedule.cost import gemm_flops, kernel_bytes, kernel_flops
 
 if TYPE_CHECKING:  # (graphc/peaks.py imports Numba for its measurements)
     from ..peaks import Peaks

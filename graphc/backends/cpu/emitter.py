@@ -27,7 +27,7 @@ from . import allreduce
 from .entry import EntryDesc
 from .intrinsics import DIALECT, import_line
 from ...ops.indexing import around
-from ...explain.cost import gemm_flops, kernel_bytes, kernel_flops
+from ...schedule.cost import gemm_flops, kernel_bytes, kernel_flops
 
 # target "parallel": a kernel's outer loop is a prange only where the serial loop would run
 # long enough for two threads to pay for waking and joining Numba's pool. Measured here
@@ -36,7 +36,7 @@ from ...explain.cost import gemm_flops, kernel_bytes, kernel_flops
 # 10.5 and 9.1 us, over 262144 items 42 and 27 us; Adam's update of a 64x512 weight fused
 # with its gradient GEMM (1.2 MB, 0.4 MFLOP outside BLAS) 60 us serially, 87 us under prange
 # (BLAS's threads and the pool's on the same cores). The serial time is estimated from the
-# cost model explain() reports (explain/cost.py: bytes moved, FLOPs outside BLAS) at one
+# cost model explain() reports (schedule/cost.py: bytes moved, FLOPs outside BLAS) at one
 # core's rates; a kernel that stays serial is one graphc's kernel compiler can compile, and a
 # program without parallel kernels gets graphc's native driver, as target "cpu" does.
 # A loop fused behind a GEMM (an epilogue: bias + activation, or the optimizer's update after a
