@@ -162,8 +162,8 @@ class _RNN(Layer):
 
     # ---- the loop -------------------------------------------------------------------------
     def _input_projection(self, x):
-        """``x @ kernel (+ input bias)`` for all steps at once: (batch, time, gates*units)."""
-        xp = x @ self.kernel  # (B, T, F) @ (F, n): one GEMM over B*T rows
+        """``x @ kernel (+ input bias)`` for all steps at once: (time, batch, gates*units)."""
+        xp = x @ self.kernel  # (T, B, F) @ (F, n): one GEMM over T*B rows
         b = self._input_bias()
         return xp + b if b is not None else xp
 
@@ -196,10 +196,10 @@ class _RNN(Layer):
     def _masked_projection(self, x, dp):
         """The hoisted input projection with the input mask(s) applied to x before it, as Keras
         multiplies the step's input: one mask is one GEMM; a mask per gate projects each gate's
-        masked copy of x through that gate's columns of the kernel."""
+        masked copy of x through that gate's columns of the kernel. ``x`` is time-major."""
         if dp is None:
             return self._input_projection(x)
-        ms = [F.reshape(m, (m.shape[0], 1, m.shape[1])) for m in dp]  # (B, 1, F): the same at every step
+        ms = [F.expand_dims(m, 0) for m in dp]  # (1, B, F): the same at every step
         if len(ms) == 1:
             return self._input_projection(x * ms[0])
         u, b = self.units, self._input_bias()
@@ -208,7 +208,9 @@ class _RNN(Layer):
 
     def _run(self, x, training, mask, zero_output: bool):
         dp, rdp = self._dropout_masks(x, training)
-        xp = F.transpose(self._masked_projection(x, dp), (1, 0, 2))  # time first, as gc.scan steps
+        # time first, as gc.scan steps: x is transposed before the projection (F wide, not
+        # gates*units), so the GEMM writes each step's rows contiguously
+        xp = self._masked_projection(F.transpose(x, (1, 0, 2)), dp)
         h0 = F.zeros_like(xp[0, :, :self.units])
         init = tuple([h0] * self._n_states)
         if mask is not None and mask.dtype != np.dtype(bool):
