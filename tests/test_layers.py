@@ -74,6 +74,21 @@ def test_the_schedule_imports_neither_backends_nor_explain():
     assert not bad, f"modules under graphc/schedule/ import layers above them: {bad}"
 
 
+def test_the_shared_backend_modules_import_no_backend():
+    """cache.py, base.py and expr.py serve every backend: a backend registers what they need
+    from it (graphc/backends/__init__.py wires it up), they never import one."""
+    backends = [f"graphc.backends.{p.name}" for p in (PKG / "backends").iterdir() if p.is_dir()
+                and (p / "__init__.py").exists()] + ["graphc.backends.numpy"]
+    bad = {}
+    for path in sorted((PKG / "backends").glob("*.py")):
+        if path.name in ("__init__.py", "numpy.py"):
+            continue
+        names = sorted(n for n in _imports(path) if any(_under(n, b) for b in backends))
+        if names:
+            bad[str(path.relative_to(ROOT))] = names
+    assert "graphc.backends.cpu" in backends and not bad, f"shared backend modules import a backend: {bad}"
+
+
 def test_the_cpu_program_module_is_the_top_of_its_backend():
     """program.py imports the JIT, the kernel compiler and the driver translator; none of
     them (nor any other cpu module) imports it back."""

@@ -34,6 +34,7 @@ import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 from ..atomic import write_atomic
 from ..errors import CompileError
@@ -392,6 +393,17 @@ _deps: dict[str, list[str]] = {}  # loaded driver -> its kernel modules
 _retired: "collections.OrderedDict[str, ModuleType]" = collections.OrderedDict()
 _pending: "collections.deque[str]" = collections.deque()  # drivers released while LOCK was busy
 _busy = [0]  # > 0 while a load runs: a release triggered by GC inside it waits
+# called with a kernel module's name when it is unloaded; a backend registers what it holds
+# per module (the cpu backend: the cfuncs it exported, cpu/program.py's unexport), so this
+# module, shared by every backend, imports none of them
+_UNLOAD_HOOKS: list[Callable[[str], object]] = []
+
+
+def on_unload(hook: Callable[[str], object]) -> None:
+    """Register ``hook(module_name)``, called when a kernel module (one with an exported
+    ``_cfunc``) is unloaded."""
+    if hook not in _UNLOAD_HOOKS:
+        _UNLOAD_HOOKS.append(hook)
 
 
 def load_module(path: Path, fresh: bool = False) -> ModuleType:
@@ -492,8 +504,8 @@ def _unload(name: str, mod: ModuleType | None) -> None:
     cf = vars(mod).get("_cfunc")
     libraries = [getattr(cf, "_library", None)]
     if cf is not None:  # a kernel module: its exported entry is no longer called
-        from .cpu.program import unexport
-        unexport(name)
+        for hook in _UNLOAD_HOOKS:
+            hook(name)
     for v in list(vars(mod).values()):
         if getattr(v, "__module__", None) == name and hasattr(v, "_reset_overloads"):
             try:

@@ -17,6 +17,7 @@ from ...errors import CompileError
 from ...ir import fmt_shape
 from ...numerics import NUMERICS_STATUS, checked_values, numerics_error
 from ..base import CompileStats, Lowered, describe_modules
+from ..cache import on_unload
 from .entry import EntryDesc
 from .driver import RAISED_STATUS
 from .lowering import Unsupported
@@ -59,6 +60,9 @@ def unexport(module: str) -> int:
         else:
             del _EXPORTED[sym]
     return n
+
+
+on_unload(unexport)
 
 
 class CpuProgram:
