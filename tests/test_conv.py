@@ -308,3 +308,34 @@ def test_any_geometry_matches_the_definitions_and_finite_differences(g, seed):
     np.testing.assert_allclose(got[0], ref_conv(X, Wv, s, p, d), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got[1], ref_pool(X, pk, s, p, "avg"), rtol=1e-12, atol=1e-12)
     gc.check_grads(gc.sum(gc.tanh(y)) + gc.sum(gc.square(ap)), [x, W], max_elements=16)
+
+
+@pytest.mark.numba_kernels  # .ci/run: again with GRAPHC_NATIVE_KERNELS=0
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiled_max_pool_gradient_selects_per_channel_without_branches(dtype):
+    """max_pool2d whose windows tile the image (stride = pool size, no padding) takes a kernel
+    whose channel loops are selects (the window's first maximum, the first NaN winning, as
+    the interpreter), so LLVM vectorizes them: values (and the forward max's) equal the
+    interpreter's bit for bit with ties, NaN, -inf and rows/columns no window covers (odd
+    sizes), on cpu and parallel."""
+    X = rng.standard_normal((3, 7, 5, 6)).round(1).astype(dtype)  # rounding makes ties
+    X[0, 0, 0, :] = np.nan
+    X[1, 2:4, 2:4, 1] = np.nan
+    X[1, 1, 1, 2] = np.nan
+    X[2, :, :, 3] = -np.inf
+    X[2, 0:2, 0:2, 4] = 1.0
+    x = gc.input("tx", X.shape, dtype)
+    outs = [gc.max_pool2d(x, 2), gc.max_pool2d(x, (2, 3), strides=(2, 3))]
+    grads = gc.grad(sum(gc.sum(o * gc.const(np.linspace(-1, 2, int(np.prod(o.shape))).reshape(o.shape).astype(dtype)))
+                        for o in outs), [x])
+    ref = gc.compile(grads + outs, target="numpy", check_finite=False)(tx=X)
+    assert np.isnan(ref[0]).sum() == 0 and (ref[0] != 0).sum() > 0 and np.isnan(ref[1]).sum() > 0
+    for target in ("cpu", "parallel"):
+        f = gc.compile(grads + outs, target=target, check_finite=False)
+        for got, want in zip(f(tx=X), ref):
+            np.testing.assert_array_equal(got, want, err_msg=target)
+        if target == "cpu":
+            (prog,) = f._programs.values()
+            srcs = prog.module.kernel_modules.values()
+            (src,) = [s for s in srcs if "# max_pool2d grad" in s]
+            assert "if by[c]" not in src and " if t else " in src, src

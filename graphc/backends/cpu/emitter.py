@@ -929,8 +929,7 @@ class _Emitter:
     def pool2d_grad_kernel(self, k: Kernel):
         """pool2d_grad: zero each image; each output's gradient goes to its window's first
         maximum (max) or is spread over the window's pixels inside the image (avg). Max pooling
-        whose windows tile the image (stride = pool size, no padding: every max_pool2d(x, 2))
-        writes each pixel once, zero or the gradient, as it scans, instead of zeroing first."""
+        whose windows tile the image takes _tiled_max_pool_grad's branch-free kernel."""
         (n,) = k.nodes
         x, g = n.inputs
         mx = n.attrs["mode"] == "max"
@@ -946,10 +945,14 @@ class _Emitter:
                 f"                    o[b, y, z, c] = {zero}",
                 "        for i in range(OH):",
                 "            for j in range(OW):"]
-        if mx:  # channels innermost: the window is scanned once for all channels, contiguously
-            body[2:2] = ["    tile = sh == kh and sw == kw and dh == 1 and dw == 1 and pt == 0 and pl == 0",
-                         "    y0 = OH * kh if tile else 0  # tiles: only the rows and columns no window covers",
-                         "    z0 = OW * kw if tile else 0"]
+        from ...ops.conv import geometry
+        kh, kw, sh, sw, dh, dw, pt, _, pl, _ = geometry(n.attrs)
+        if mx and (sh, sw, dh, dw, pt, pl) == (kh, kw, 1, 1, 0, 0):
+            body[2:2] = ["    y0 = OH * kh  # only the rows and columns no window covers are zeroed first",
+                         "    z0 = OW * kw"]
+            body += self._tiled_max_pool_grad(n, fill)
+        elif mx:  # channels innermost: the window is scanned once for all channels, contiguously
+            body[2:2] = ["    y0 = 0", "    z0 = 0"]
             body += [f"        best = np.empty(C, dtype=np.{n.dtype.name})",
                      "        by = np.empty(C, dtype=np.int64)",
                      "        bz = np.empty(C, dtype=np.int64)"] + fill + [
@@ -966,18 +969,13 @@ class _Emitter:
                      "                            continue",
                      "                        for c in range(C):",
                      "                            e = x[b, y, z, c]",
-                     "                            if tile:",
-                     f"                                o[b, y, z, c] = {zero}",
                      "                            if by[c] < 0 or e > best[c] or (e != e and best[c] == best[c]):",
                      "                                best[c] = e",
                      "                                by[c] = y",
                      "                                bz[c] = z",
                      "                for c in range(C):",
                      "                    if by[c] >= 0:",
-                     "                        if tile:",
-                     "                            o[b, by[c], bz[c], c] = g[b, i, j, c]  # max_pool2d grad: the first maximum",
-                     "                        else:",
-                     "                            o[b, by[c], bz[c], c] += g[b, i, j, c]  # max_pool2d grad: the first maximum"]
+                     "                        o[b, by[c], bz[c], c] += g[b, i, j, c]  # max_pool2d grad: the first maximum"]
         else:
             body += ["        for y in range(H):",
                      "            for z in range(W):",
@@ -1003,6 +1001,36 @@ class _Emitter:
         args = [self._dense_arg(k, x, x.shape), self._dense_arg(k, g, g.shape), self.nd(n, n.shape)]
         args += self._geometry_args(n)
         return self.function(["x", "g", "o"] + self.GEOMETRY, body, par), args, self._site(n), par
+
+    @staticmethod
+    def _tiled_max_pool_grad(n: Node, fill: list[str]) -> list[str]:
+        """Windows that tile the image (stride = pool size, no padding: every max_pool2d(x, 2)):
+        each covered pixel is written once, its gradient or zero, and the rows and columns no
+        window covers are zeroed. The channel loops are selects over contiguous runs (the
+        window's first maximum; a NaN wins over a number, the first NaN over later ones, as the
+        interpreter), no branch or scattered store, so LLVM vectorizes them."""
+        zero = literal(0, n.dtype)
+        return [f"        best = np.empty(C, dtype=np.{n.dtype.name})",
+                "        bk = np.empty(C, dtype=np.int64)"] + fill + [
+                "                y = i * kh",
+                "                z = j * kw",
+                "                for c in range(C):",
+                "                    best[c] = x[b, y, z, c]",
+                "                    bk[c] = 0",
+                "                for q in range(1, kh * kw):",
+                "                    u = q // kw",
+                "                    v = q - u * kw",
+                "                    for c in range(C):",
+                "                        e = x[b, y + u, z + v, c]",
+                "                        m = best[c]",
+                "                        t = (e > m) | ((e != e) & (m == m))",
+                "                        best[c] = e if t else m",
+                "                        bk[c] = q if t else bk[c]",
+                "                for q in range(kh * kw):",
+                "                    u = q // kw",
+                "                    v = q - u * kw",
+                "                    for c in range(C):",
+                f"                        o[b, y + u, z + v, c] = g[b, i, j, c] if bk[c] == q else {zero}  # max_pool2d grad: the first maximum"]
 
     def rng_kernel(self, k: Kernel):
         """random_uniform (ops/random.py): element i is SplitMix64's finalizer of the stream
