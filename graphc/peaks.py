@@ -26,7 +26,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from numba import njit, prange
 
 GEMM_N = 512  # largest square GEMM timed (also n/8, n/4, n/2): BLAS's steady rate in a few ms
 STREAM_BYTES = 48 << 20  # per array
@@ -80,56 +79,6 @@ class Peaks:
                 f"{self.blas_threads or '?'}); streaming GB/s {bw} ({self.stream_mib:.0f} MiB arrays)")
 
 
-# ---- the probes (Numba, as the generated kernels are) ---------------------------------------
-
-_OPTS = dict(cache=True, nogil=True, error_model="numpy")
-
-
-@njit(**_OPTS)
-def _gemm(a, b, c):
-    np.dot(a, b, c)
-
-
-@njit(fastmath=True, **_OPTS)  # fastmath: a reassociated (vectorized) sum, so it is read-bound
-def _read(a):
-    s = 0.0
-    for i in range(a.shape[0]):
-        s += a[i]
-    return s
-
-
-@njit(**_OPTS)
-def _copy(a, b):
-    for i in range(a.shape[0]):
-        a[i] = b[i]
-
-
-@njit(**_OPTS)
-def _triad(a, b, c, s):
-    for i in range(a.shape[0]):
-        a[i] = b[i] + s * c[i]
-
-
-@njit(fastmath=True, parallel=True, **_OPTS)
-def _pread(a):
-    s = 0.0
-    for i in prange(a.shape[0]):
-        s += a[i]
-    return s
-
-
-@njit(parallel=True, **_OPTS)
-def _pcopy(a, b):
-    for i in prange(a.shape[0]):
-        a[i] = b[i]
-
-
-@njit(parallel=True, **_OPTS)
-def _ptriad(a, b, c, s):
-    for i in prange(a.shape[0]):
-        a[i] = b[i] + s * c[i]
-
-
 def _best(f, *args, budget: float = BUDGET_S, min_runs: int = 3) -> float:
     """The fastest of repeated calls (after one warm-up call) within ``budget`` seconds."""
     f(*args)
@@ -148,6 +97,7 @@ def measure(gemm_n: int = GEMM_N, stream_bytes: int = STREAM_BYTES, budget: floa
     """Measure the roofs now (no cache)."""
     from .threads import prepare_parallel
     prepare_parallel()  # before Numba's pool starts: workers sleep rather than spin
+    from .peak_probes import _copy, _gemm, _pcopy, _pread, _ptriad, _read, _triad  # Numba: imported here
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     gemm = {}
@@ -209,12 +159,11 @@ def machine() -> str:
 
 def _fingerprint() -> str:
     """What the roofs depend on: the CPU, thread settings, and the Numba/NumPy/SciPy builds."""
-    import numba
-    import scipy
+    from importlib.metadata import version  # not ``import numba``: a cached hit needs no Numba
     env = ",".join(f"{k}={os.environ.get(k, '')}" for k in
                    ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"))
-    return (f"v{VERSION}|{machine()}|{platform.machine()}|numba {numba.__version__}|numpy {np.__version__}"
-            f"|scipy {scipy.__version__}|{env}")
+    return (f"v{VERSION}|{machine()}|{platform.machine()}|numba {version('numba')}|numpy {np.__version__}"
+            f"|scipy {version('scipy')}|{env}")
 
 
 def cache_path():

@@ -246,6 +246,19 @@ def test_peaks_are_cached_beside_the_compile_cache(monkeypatch):
     assert calls == [1]
 
 
+def test_a_cached_peaks_imports_no_numba():
+    """Importing Numba costs ~0.5 s: graphc/peaks.py imports its Numba probes only to measure,
+    so a process reading the cached roofs (and ``import graphc``) never pays for it."""
+    import subprocess
+    from graphc import peaks as P
+    P.peaks()  # the JSON entry for this machine exists (GRAPHC_CACHE_DIR is inherited)
+    code = ("import sys\nimport graphc\nassert 'numba' not in sys.modules\n"
+            "from graphc.peaks import peaks\np = peaks()\nassert p.gemm('float32') > 0\n"
+            "assert 'numba' not in sys.modules, sorted(m for m in sys.modules if 'numba' in m)[:5]\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 # ---- to_dot ------------------------------------------------------------------------------------
 
 _STMT = re.compile(r'^(\w+ \[.*\];|\w+ -> \w+;|subgraph \w+ \{|\}|(rankdir|label|node|edge|style)\b.*;)$')

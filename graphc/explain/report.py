@@ -12,7 +12,7 @@ import numpy as np
 from ..ir import fmt_shape
 from ..schedule.cost import gemm_flops, kernel_bytes, kernel_flops
 
-if TYPE_CHECKING:  # (graphc/peaks.py imports Numba for its measurements)
+if TYPE_CHECKING:  # (graphc/peak_probes.py, which peaks() imports to measure, imports Numba)
     from ..peaks import Peaks
 
 
