@@ -217,6 +217,29 @@ def test_profile_source_finds_every_call():
         E.profile_source(src, [("k0", "kernel_x"), ("k1", "kernel_z")])
 
 
+def test_the_twin_of_a_real_driver_has_its_clock_reads_where_they_belong(mlp):
+    """profile_source reads the driver's text (see its docstring for why): this fails when the
+    emitter's driver format drifts from what it expects. On the generated driver of a real
+    step: every feed check lies between clock reads 0 and 1, no kernel work does; each kernel
+    call is one line, followed by its own clock read, in schedule order."""
+    step, feeds = mlp[0], mlp[1]
+    prog = step.program_for(B)
+    infos = prog.module.kernels
+    assert len(infos) >= 5
+    twin = E.profile_source(prog.module.source, [(k.name, k.function) for k in infos]).split("\n")
+    at = {int(m.group(1)): i for i, line in enumerate(twin)
+          if (m := re.fullmatch(r"    _tick\(_ticks, (\d+)\)", line))}
+    assert sorted(at) == list(range(len(infos) + 3)) and sorted(at.values()) == [at[i] for i in sorted(at)]
+    prologue, first_kernel = twin[at[0] + 1:at[1]], twin[at[1] + 1:at[2]]
+    checks = [line for line in prologue if line.strip().startswith("return ")]
+    assert len(checks) >= 2 and all(not line.strip().startswith(("if ", "return ", "restore_fpenv"))
+                                    for line in first_kernel)
+    assert not [line for line in prologue if line.lstrip().startswith(("# k", "kernel_", "bad_k"))]
+    for j, k in enumerate(infos):
+        call = twin[at[j + 2] - 1].split("  #")[0]
+        assert k.function + "(" in call and call.count("(") == call.count(")"), (k.name, call)
+
+
 def test_explain_imports_no_numba_until_numba_compiles_a_twin():
     """The cost model, the report and the profiler (whose twin is graphc's where the driver
     is) load without Numba; only clock.py, the clock of a Numba-compiled twin, imports it."""

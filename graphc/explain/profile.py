@@ -29,6 +29,13 @@ def tick_name() -> str:
 
 
 _PROFILERS: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+# Why the twin reads the driver's text: the twin must be the driver itself plus clock reads,
+# compiled by whichever compiler built the driver (graphc's translator or Numba), from the
+# exact text ``step.source()`` shows; the emitter keeps no line map of that text. The kernel
+# calls are located from the structured list (prog.module.kernels: name and generated
+# function, in schedule order); only the end of the feed checks is found by this pattern (the
+# first buffer binding or kernel section comment). tests/test_explain.py checks a real driver
+# (test_the_twin_of_a_real_driver_has_its_clock_reads_where_they_belong): a format drift fails there.
 _SECTION = re.compile(r"^    (b\d+ = |# k\d+: )")
 
 
