@@ -453,32 +453,38 @@ def vjp_multi(node: Node, gs: list) -> list:
     outside.update({id(r): v for r, v in zip(residuals, stacked)})
     a_emit = [a for _, a, _ in gemms if id(a) not in outside]
     a_emit = list({id(a): a for a in a_emit}.values())
+    b_emit = list({id(b): b for _, _, b in gemms}.values())  # one B_t may serve several weights
     carry0 = (carry0[0], [carry0[1][k] for k in rk])
     bxs = (saved, list(xs), [g_ys[j] for j in fy], [g_saved[i] for i in fs], stacked)
     n_rest = len(rk)
+    slots: dict = {}  # id(emitted node) -> its stacked y (equal nodes replay to one y)
 
     def backward(carry, x):
         gc, gk = carry
         c, xt, gy, gsv, res = x
         pairs = list(zip(cp, c)) + list(zip(xp, xt)) + list(zip(kp, caps)) + list(zip(gcp, gc)) + list(
             zip(gyp, gy)) + list(zip(residuals, res))
-        g = replay(outs[:nf + n_rest] + a_emit + [b for _, _, b in gemms], {id(a): v for a, v in pairs})
+        g = replay(outs[:nf + n_rest] + a_emit + b_emit, {id(a): v for a, v in pairs})
         g_c = list(g[:len(fc)])
         for k, i in enumerate(fs):
             p = fc.index(i)
             g_c[p] = g_c[p] + gsv[k]
         g_x = list(g[len(fc):nf])
         g_k = [a + b for a, b in zip(gk, g[nf:nf + n_rest])]
-        return (g_c, g_k), (g_x, list(g[nf + n_rest:nf + n_rest + len(a_emit)]), list(g[nf + n_rest + len(a_emit):]))
+        uniq: dict = {}
+        for e, v in zip(a_emit + b_emit, g[nf + n_rest:]):
+            slots[id(e)] = uniq.setdefault(id(v), (len(uniq), v))[0]
+        return (g_c, g_k), (g_x, [v for _, v in uniq.values()])
 
-    (g_init, g_rest), (g_xs, a_st, b_st) = scan(backward, carry0, bxs, length=T, reverse=not rev,
+    (g_init, g_rest), (g_xs, e_st) = scan(backward, carry0, bxs, length=T, reverse=not rev,
                                                 unroll=node.attrs["unroll"], checkpoint=node.attrs["checkpoint"])
-    a_of = {id(a): v for a, v in zip(a_emit, a_st)}
+    a_of = {k: e_st[i] for k, i in slots.items()}
     a_of.update(outside)
     g_caps: list = [None] * len(fk)
     for k, v in zip(rk, g_rest):
         g_caps[k] = v
-    for (k, a, _), bs in zip(gemms, b_st):
+    for k, a, b in gemms:
+        bs = a_of[id(b)]
         m, n = a.shape[-1], bs.shape[-1]  # -1: T*rows, also where rows is the batch (None)
         term = F.reshape(a_of[id(a)], (-1, m)).T @ F.reshape(bs, (-1, n))
         g_caps[k] = term if g_caps[k] is None else g_caps[k] + term
