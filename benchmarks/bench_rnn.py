@@ -219,8 +219,8 @@ def probe(spec: dict) -> int:
         e = st.explain(feeds, runs=spec.get("runs", 5), verbose=False)
         B, H = c["batch"], c["hidden"]
 
-        def per_step(k):  # a kernel over one time step's (batch, n*hidden) tile
-            return len(k.shape) == 2 and k.shape[0] == B and k.shape[1] % H == 0 and k.shape[1] != CLASSES
+        def per_step(k):  # a scan's loop (timed whole), or a kernel over one time step's (batch, n*hidden) tile
+            return k.kind == "scan" or len(k.shape) == 2 and k.shape[0] == B and k.shape[1] % H == 0 and k.shape[1] != CLASSES
         kinds: dict = {}
         for k in e.kernels:
             kinds[k.kind] = kinds.get(k.kind, 0) + 1

@@ -18,27 +18,54 @@ if TYPE_CHECKING:
     from .schedule.plan import Plan
 
 
-def lower(program: Program, batch: int | None, passes=None, in_place: bool = True) -> tuple[Graph, list, Plan]:
+def lower(program: Program, batch: int | None, passes=None, in_place: bool = True,
+          loops: bool = False) -> tuple[Graph, list, Plan]:
     """Specialize, optimize, fuse and plan (everything but code generation); ``in_place=False``
-    (check_numerics) keeps new param/state values in scratch until the driver has checked them."""
+    (check_numerics) keeps new param/state values in scratch until the driver has checked them.
+    ``loops`` (a backend that compiles loops, ``Backend.loops``): each ``scan`` stays one kernel
+    of kind "scan" whose body is lowered on its own (``lower_body``); otherwise (and under
+    check_numerics) scans are unrolled first."""
     from .passes import run_pipeline, specialize  # (not imported for a program started from its manifest)
     from .passes.unroll import unroll_scans
     from .schedule.fusion import fuse
-    from .schedule.plan import build_plan
-    g = specialize(unroll_scans(program.graph), batch)  # loops (gc.scan) unrolled first
+    from .schedule.plan import build_plan, place_loops
+    loops = loops and in_place
+    g = specialize(program.graph if loops else unroll_scans(program.graph), batch)
     g = run_pipeline(g, passes)
     kernels = fuse(g)
+    for kn in kernels:
+        if kn.kind == "scan":
+            kn.body = lower_body(kn.nodes[0], passes)
     k = len(program.user_names)
     updates = list(zip(g.outputs[k:], program.updates))
     plan = build_plan(g, kernels, updates, keep=list(g.outputs[:k]), in_place=in_place)
+    place_loops(plan)
     return g, kernels, plan
 
 
-def lowered(program: Program, batch: int | None, options: Mapping) -> Lowered:
+def lower_body(scan, passes=None) -> tuple[Graph, list, Plan, list]:
+    """A (specialized) scan node's body optimized, fused and planned as a graph of its own: its
+    placeholders (carry leaves, x slices, captured tensors) are its sources, its outputs are
+    kept to the end of a step. Inner scans are unrolled. Returns (graph, kernels, plan,
+    the body's arguments after the passes: None where a pass dropped an unused one)."""
+    from .passes import run_pipeline
+    from .passes.unroll import unroll_scans
+    from .schedule.fusion import fuse
+    from .schedule.plan import build_plan
+    body = scan.attrs["body"]
+    g = unroll_scans(Graph(list(body.outputs), [f"out{i}" for i in range(len(body.outputs))]))
+    g = run_pipeline(g, passes)
+    kernels = fuse(g)
+    plan = build_plan(g, kernels, [], keep=list(g.outputs))
+    by_uid = {n.attrs["uid"]: n for n in g.nodes if n.op == "scan_arg"}
+    return g, kernels, plan, [by_uid.get(a.attrs["uid"]) for a in body.args]
+
+
+def lowered(program: Program, batch: int | None, options: Mapping, loops: bool = False) -> Lowered:
     """``lower`` with its timing and node counts, as backends receive it."""
     t0 = time.perf_counter()
     graph, kernels, plan = lower(program, batch, options.get("passes"),
-                                 in_place=not options.get("check_numerics"))
+                                 in_place=not options.get("check_numerics"), loops=loops)
     stats = CompileStats(passes_s=time.perf_counter() - t0, nodes_before=len(program.graph),
                          nodes_after=len(graph))
     return Lowered(program, batch, graph, kernels, plan, stats)
@@ -50,7 +77,7 @@ def build(program: Program, batch: int | None, target: str, store, options: Mapp
     if not backend.lowered:
         return backend.build(program, batch, store, options)
     if backend.warm is not None:  # a stored manifest: no passes, fusion or code generation
-        prog = backend.warm(program, batch, store, options, lambda: lowered(program, batch, options))
+        prog = backend.warm(program, batch, store, options, lambda: lowered(program, batch, options, backend.loops))
         if prog is not None:
             return prog
-    return backend.build(lowered(program, batch, options), store, options)
+    return backend.build(lowered(program, batch, options, backend.loops), store, options)

@@ -246,9 +246,11 @@ def test_training_step_same_losses_on_numpy_cpu_and_parallel():
     for target in ("numpy", "cpu", "parallel"):
         step = gc.compile(loss, optimizer=gc.optim.Adam(0.05), target=target, seed=0)
         losses[target] = [float(step(sx=xb, slab=yb)["loss"]) for xb, yb in batches]
-        if target == "cpu":
+        if target == "parallel":  # unrolled there (Backend.loops False)
             src = step.source()
             assert "(scan @ test_scan.py:" in src and ", step 3)" in src  # where each copy came from
+        elif target == "cpu":  # one loop over the body's kernels
+            assert f"loop x{T}" in step.kernels() and "(scan @ " not in step.source()
     assert losses["numpy"][-1] < losses["numpy"][0]  # it trains
     np.testing.assert_allclose(losses["cpu"], losses["numpy"], rtol=2e-5)
     np.testing.assert_allclose(losses["parallel"], losses["numpy"], rtol=2e-5)

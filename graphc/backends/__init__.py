@@ -40,6 +40,8 @@ class Backend:
       fusion groups evaluated one by one), None (not supported).
     - ``all_cores``: kernels spread over every core, so the memory roof ``explain`` uses is the
       all-cores streaming bandwidth (otherwise one core's).
+    - ``loops``: a ``scan`` is compiled as one loop over its body's kernels (the driver's
+      ``for t in range(T)``); otherwise the compiler unrolls it into T copies of its body.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Backend:
     allreduce: Callable[[], None] | None = None
     profile: str | None = None
     all_cores: bool = False
+    loops: bool = False
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -122,7 +125,7 @@ register(Backend("numpy", _numpy, lowered=False, options=frozenset({"check_numer
                  allreduce=_interpreted_allreduce, profile="interpreter"))
 register(Backend("cpu", _cpu(False), native_checks=True, options=frozenset({"check_numerics"}),
                  doc="serial loops: kernels and driver compiled by graphc through LLVM (Numba where they do not translate)", warm=_cpu_warm(False),
-                 allreduce=_cpu_allreduce, profile="twin"))
+                 allreduce=_cpu_allreduce, profile="twin", loops=True))
 register(Backend("parallel", _cpu(True), native_checks=True, options=frozenset({"check_numerics"}),
                  doc="Numba parallel=True: prange over the outer loop of large fused loops",
                  warm=_cpu_warm(True), allreduce=_cpu_allreduce, profile="twin", all_cores=True))

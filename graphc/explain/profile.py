@@ -70,6 +70,11 @@ def profile_source(source: str, functions: list[tuple[str, str]], tick: str = "c
         out.append(line)
         if j < n and _is_call(line, *functions[j]):
             out.append(f"    _tick(_ticks, {j + 2})")
+            if functions[j][1].startswith("loop x"):  # a scan: timed whole; its body's kernels
+                body = functions[j][0] + "_"           # (listed after it) get no time of their own
+                while j + 1 < n and functions[j + 1][0].startswith(body):
+                    j += 1
+                    out.append(f"    _tick(_ticks, {j + 2})")
             j += 1
     if j != n:
         raise GraphcError(f"explain: found {j} of the driver's {n} kernel calls "
@@ -87,6 +92,8 @@ def _clock_hash() -> str:
 
 def _is_call(line: str, name: str, fn: str) -> bool:
     s = line.strip()
+    if fn.startswith("loop x"):  # a scan's loop (cpu emitter's scan_loop): the line after it
+        return s == f"# {name}: end of {fn}"
     return s.startswith(fn + "(") or s.startswith(f"bad_{name} = {fn}(")
 
 

@@ -19,8 +19,11 @@ def specialize(graph: Graph, batch: int | None) -> Graph:
     for n in graph.nodes:
         ins = [new[id(x)] for x in n.inputs]
         attrs = dict(n.attrs)
-        if n.op == "input":
+        if n.op in ("input", "scan_arg"):
             attrs["shape"] = fix(attrs["shape"])
+        elif n.op == "scan":  # a loop kept as one node (a backend with loops): its body too
+            attrs["body"] = attrs["body"].mapped(
+                lambda nodes: list(specialize(Graph(nodes, [str(i) for i in range(len(nodes))]), batch).outputs))
         elif n.op == "reshape":
             # a None in the target is the batch only beside a -1; alone it is "what the run-time
             # size leaves" (a dim folded with the batch, (None, 8) -> (None, 4, 4, 8)), as in infer

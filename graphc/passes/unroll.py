@@ -10,9 +10,10 @@ once (generated text carries no file:line). Each copied node's source location n
 scan and the step: ``model.py:12 (scan @ model.py:20, step 3)``, which ``graph.dump()``,
 ``step.source()`` and ``step.kernels()`` show.
 
-Not yet a loop in the generated code: compile time and the driver grow with T. The next
-step is a ``for t in range(T)`` driver loop over the body's kernels, with the input
-projections (what does not depend on the carry) hoisted out of it as one GEMM over all steps.
+Compile time and the driver grow with T. Used by backends without ``Backend.loops``
+(parallel, cuda), under check_numerics, and for scans nested in a body that the cpu target
+compiles as a loop (compiler.lower_body); the cpu target otherwise keeps each scan as one
+loop kernel (compiler.lower, the cpu emitter's ``scan_loop``).
 """
 from __future__ import annotations
 

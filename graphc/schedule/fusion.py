@@ -67,6 +67,7 @@ class Kernel:
     row_views: dict = field(default_factory=dict)  # id(operand) -> its View over the GEMM's 2-D loop
     name: str = ""
     index: int = -1
+    body: tuple | None = None  # kind "scan": its body lowered on its own (compiler.lower_body)
 
     @property
     def all_nodes(self) -> list:
@@ -153,6 +154,17 @@ class Fuser:
                 self._place_matmul(n)
             elif kind == "structured":
                 self._place_structured(n)
+            elif n.op == "scan_out":  # a result of its scan's kernel
+                continue
+            elif n.op == "scan":  # a loop kept as one node: one kernel, its body lowered on its own
+                for x in n.inputs:  # the loop reads each operand contiguously, in place
+                    if not self.view_of(x).is_identity_for(x.shape):
+                        self._force_copy.add(id(x))
+                        self.views[id(x)] = View(x, x.shape)
+                self._new(Kernel("scan", (n.attrs["length"],), nodes=[n],
+                                 outputs=[u for u in self._users(n) if u.op == "scan_out"]), n)
+                for u in self._users(n):
+                    self.group[id(u)] = self.group[id(n)]
             else:
                 raise CompileError(f"no native emitter for op {n.op!r} (node created at {n.src})")
         self._merge_shared()

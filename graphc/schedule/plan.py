@@ -26,7 +26,7 @@ from ..store import aligned
 class Buffer:
     """Where a materialized node lives."""
 
-    kind: str  # "feed" | "store" | "scratch" | "const" | "literal"
+    kind: str  # "feed" | "store" | "scratch" | "const" | "literal" | "arg" (a scan body's placeholder)
     dtype: np.dtype
     shape: tuple
     name: str = ""  # feed / store name
@@ -53,6 +53,8 @@ class Plan:
     peak_bytes: int = 0
     no_reuse_bytes: int = 0
     kernel_graph: nx.DiGraph | None = None
+    loop_consts: list = field(default_factory=list)  # scan bodies' const Buffers (in these arenas)
+    carries: dict = field(default_factory=dict)  # (scan kernel name, carry leaf) -> its step Buffer
 
     def buffer(self, n: Node) -> Buffer:
         return self.buffers[id(n)]
@@ -127,6 +129,8 @@ def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, st
             buffers[id(n)] = Buffer("feed", n.dtype, n.shape, name=n.name)
         elif n.op in ("param", "state"):
             buffers[id(n)] = Buffer("store", n.dtype, n.shape, name=n.name)
+        elif n.op == "scan_arg":  # its address is the compiled loop's (emitter)
+            buffers[id(n)] = Buffer("arg", n.dtype, n.shape)
         elif n.op == "const":
             v = n.attrs["value"].array
             lit = v.size == 1 and id(n) not in as_array
@@ -276,3 +280,30 @@ def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, st
             arena_sizes[b.dtype] = off + b.size
     peak = sum(n * np.dtype(dt).itemsize for dt, n in arena_sizes.items())
     return Plan(ordered, buffers, arena_sizes, copies, peak, no_reuse, dag)
+
+
+def place_loops(plan: Plan) -> None:
+    """Give each scan kernel's body (compiler.lower_body) its memory in ``plan``'s arenas, after
+    the outer buffers (never reused: a region for the program's lifetime): the body's own arena
+    (its scratch and constants, offsets shifted into the region) and one buffer per carry leaf
+    (the carry between steps)."""
+    for k in plan.kernels:
+        if k.kind != "scan":
+            continue
+        bg, _, bplan, args = k.body
+        base = {}
+        for dt, size in bplan.arena_sizes.items():
+            base[dt] = aligned(plan.arena_sizes.get(dt, 0), dt)
+            plan.arena_sizes[dt] = base[dt] + size
+        for b in bplan.buffers.values():
+            if b.kind in ("scratch", "const"):
+                b.offset += base[b.dtype]
+                if b.kind == "const":
+                    plan.loop_consts.append(b)
+        body = k.nodes[0].attrs["body"]
+        for j, a in enumerate(body.args[:body.n_carry]):
+            off = aligned(plan.arena_sizes.get(a.dtype, 0), a.dtype)
+            c = Buffer("scratch", a.dtype, a.shape, offset=off)
+            plan.arena_sizes[a.dtype] = off + c.size
+            plan.carries[(k.name, j)] = c
+    plan.peak_bytes = sum(n * np.dtype(dt).itemsize for dt, n in plan.arena_sizes.items())

@@ -329,8 +329,42 @@ class _Translator(Lowering):
             self._return(ir.Constant(self.i64, RAISED_STATUS + len(self.messages) - 1))
         elif isinstance(s, ast.If):
             self._if(s)
+        elif isinstance(s, ast.For):
+            self._for(s)
         else:
             raise Unsupported(f"statement {ast.dump(s)[:80]}")
+
+    def _for(self, s) -> None:
+        """``for t in range(n):`` (a compiled scan's loop over its steps): ``t`` an int64
+        phi. Names bound in the body are the step's own (addresses ``base + t * stride``):
+        rebinding an outer name, or reading a body name after the loop, is Unsupported (the
+        Numba driver compiles that text instead)."""
+        ir, b = self.ir, self.b
+        it = s.iter
+        if (s.orelse or not isinstance(s.target, ast.Name) or not isinstance(it, ast.Call)
+                or callee(it) != "range" or len(it.args) != 1 or it.keywords):
+            raise Unsupported("a loop other than for <name> in range(n)")
+        assigned = {t.id for st in ast.walk(ast.Module(body=s.body, type_ignores=[]))
+                    if isinstance(st, ast.Assign) for t in st.targets if isinstance(t, ast.Name)}
+        if (assigned | {s.target.id}) & set(self.env):
+            raise Unsupported("a loop that rebinds a name bound before it")
+        n = self._as(self._expr(it.args[0]), self.i64)
+        pre = b.block
+        head, body, done = (self.func.append_basic_block(x) for x in ("loop", "body", "endloop"))
+        b.branch(head)
+        b.position_at_end(head)
+        t = b.phi(self.i64, name=s.target.id)
+        t.add_incoming(ir.Constant(self.i64, 0), pre)
+        b.cbranch(b.icmp_signed("<", t, n), body, done)
+        b.position_at_end(body)
+        outer = dict(self.env)
+        self.env[s.target.id] = (t, "i")
+        self._block(s.body)
+        if not b.block.is_terminated:
+            t.add_incoming(b.add(t, ir.Constant(self.i64, 1)), b.block)
+            b.branch(head)
+        self.env = outer
+        b.position_at_end(done)
 
     # -- expressions: (value, "i" | "d" | "f" | "b")
     def _expr(self, e):

@@ -217,6 +217,8 @@ class _Emitter:
             return None
         if b.kind == "store":
             return ("S", b.dtype, self.layout[b.name][1], b.size)
+        if b.kind == "arg":  # a scan body's carry leaf or x slice (scan_loop binds its address)
+            return ("A", id(n))
         return ("T", b.dtype, b.offset, b.size)
 
     def nd(self, n: Node, shape: tuple) -> "Arr":
@@ -1126,6 +1128,141 @@ class _Emitter:
         return out
 
     # ---- the driver ----------------------------------------------------------------------------
+    def kernel_call(self, k: Kernel, counters: dict) -> None:
+        """The driver's call of kernel ``k`` (its native entry emitted), and its KernelInfo."""
+        before = len(self._counted)
+        lowering = KERNELS.get(k.kind)
+        if lowering is None:
+            raise CompileError(f"the cpu backend has no lowering for kernel kind {k.kind!r} "
+                               f"({', '.join(site(n, self.local) for n in k.nodes)})")
+        t, args, vmap, par = lowering(self, k)
+        raises = sorted(set(t.raises))
+        fn, call = self.entry(t, args)
+        fused = [n.op for n in k.all_nodes]
+        self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
+                          f" -> {', '.join('%' + str(self.local[id(o)]) for o in k.outputs)}")
+        if len(self._counted) > before or raises:
+            # the kernel returns its count of non-finite values (check_numerics), or -1
+            # where it would raise (a native entry cannot raise: the driver does)
+            counters[k.name] = f"bad_{k.name}"
+            self.lines.append(f"    bad_{k.name} = {fn}({', '.join(call)})  # {vmap}")
+            for msg in raises:
+                self.lines += [f"    if bad_{k.name} < 0:", f"        raise ValueError({msg!r})"]
+        else:
+            self.lines.append(f"    {fn}({', '.join(call)})  # {vmap}")
+        self.infos.append(KernelInfo(k.name, fn, k.kind, tuple(k.shape), fused, k.all_nodes, k.outputs,
+                                     out_bytes(k.outputs), par))
+
+    def _copy_call(self, dst: "Arr", src) -> str:
+        """The driver's call that copies ``src`` (an Arr of dst's size, or a literal: a fill)
+        into ``dst``."""
+        if isinstance(src, Arr):
+            t = self.function(["o", "a"], ["    for i in range(o.shape[0]):", "        o[i] = a[i]"], False)
+        else:
+            t = self.function(["o", "v"], ["    for i in range(o.shape[0]):", "        o[i] = v"], False)
+        fn, call = self.entry(t, [dst, src], "copy")
+        return f"{fn}({', '.join(call)})"
+
+    def _operand(self, n: Node, buf: Buffer):
+        """Node n (of buffer ``buf``) as a copy's source: a literal's value or its flat array."""
+        return literal(buf.value, buf.dtype) if buf.kind == "literal" else self.flat_expr(n)
+
+    def scan_loop(self, k: Kernel) -> None:
+        """A scan as one loop of the driver, ``for t in range(T):`` around its body's kernel
+        calls (the body lowered on its own: compiler.lower_body, its memory placed by
+        plan.place_loops): x_t read in place at slot t of each xs operand (reverse: T-1-t),
+        the carry in one buffer per leaf (copied into the saved-carries result at slot t
+        where that is read, overwritten by the step's carry out), y_t copied to slot t."""
+        scan = k.nodes[0]
+        body, T, rev = scan.attrs["body"], scan.attrs["length"], scan.attrs["reverse"]
+        nc, nx = body.n_carry, body.n_x
+        bg, bkernels, bplan, args = k.body
+        name = k.name
+        outer = [k.leaves[id(x)].base for x in scan.inputs]
+        results = {o.attrs["index"]: o for o in k.outputs}
+        tv = f"t_{name}"
+        sub = _Emitter(bplan, bg, self.parallel, self.layout)
+        sub.functions, sub._exported, sub.entries = self.functions, self._exported, self.entries
+        sub._feed_index, sub._scalar_feeds = self._feed_index, self._scalar_feeds
+        sub.local = {id(n): f"{name}_{i}" for i, n in enumerate(bg.nodes)}
+        head = [f"    # {name}: scan {fmt_shape((T,))} [the loop over its body's kernels {name}_k*]"
+                f" -> {', '.join('%' + str(self.local[id(o)]) for o in k.outputs)}"]  # driver lines before the loop
+        self.lines, outer_lines = head, self.lines
+        carries = []
+        for j in range(nc):
+            c = self.plan.carries[(name, j)]
+            dt = np.dtype(c.dtype)
+            f = Arr(f"c{j}_{name}", dt, (c.size,))
+            head.append(f"    {f.ptr} = pT_{_dtname(dt)} + {c.offset * dt.itemsize}  # {name}: carry {j} "
+                        f"{fmt_shape(c.shape)} {dt}")
+            carries.append(f)
+            src = outer[j]
+            head.append(f"    {self._copy_call(f, self._operand(src, self.buf(src)))}  # {name}: carry {j} <- init")
+        for i, a in enumerate(args):
+            if a is None:
+                continue
+            if i < nc:
+                sub.flat[id(a)] = (carries[i].ptr, np.dtype(a.dtype), carries[i].shape[0])
+            elif i >= nc + nx:  # a captured tensor: its outer storage
+                x = outer[i]
+                bplan.buffers[id(a)] = self.buf(x)
+                if self.buf(x).kind not in ("literal",) and not (self.buf(x).kind == "feed" and not x.shape):
+                    f = self.flat_expr(x)
+                    sub.flat[id(a)] = (f.ptr, f.dtype, f.shape[0])
+        for i in range(nc, nc + nx):
+            self.flat_expr(outer[i])
+        for o in k.outputs:  # outer addresses bound before the loop (read after it too)
+            self.flat_expr(o)
+        self.lines = outer_lines
+        self.lines += head
+        self.lines.append(f"    for {tv} in range({T}):  # {name}: scan over {T} steps{' (reverse)' if rev else ''}")
+        inner: list[str] = []
+        step = f"({T - 1} - {tv})" if rev else tv
+        self.lines, outer_lines = inner, self.lines
+        for i in range(nc, nc + nx):
+            a = args[i]
+            if a is None:
+                continue
+            f = self.flat_expr(outer[i])
+            size = int(np.prod(a.shape)) if a.shape else 1
+            xp = f"x{i - nc}_{name}"
+            inner.append(f"    {xp} = {f.ptr} + {step} * {size * np.dtype(a.dtype).itemsize}  # {name}: x{i - nc}[t]")
+            sub.flat[id(a)] = (xp, np.dtype(a.dtype), size)
+        for j in range(nc):  # the carry entering step t, where the adjoint reads it
+            o = results.get(nc + body.n_y + j)
+            if o is not None:
+                f = self.flat_expr(o)
+                dst = Arr(f"{f.ptr} + {step} * {carries[j].shape[0] * f.dtype.itemsize}", f.dtype, carries[j].shape)
+                inner.append(f"    {self._copy_call(dst, carries[j])}  # {name}: saved carry {j}[t]")
+        sub.lines = inner
+        counters: dict = {}
+        for bk in bplan.kernels:
+            bk.name = f"{name}_{bk.name}"
+            sub.kernel_call(bk, counters)
+        outs = list(bg.outputs)
+        for j in range(body.n_y):  # y_t -> slot t
+            o = results.get(nc + j)
+            if o is None:
+                continue
+            y = outs[nc + j]
+            f = self.flat_expr(o)
+            size = int(np.prod(y.shape)) if y.shape else 1
+            dst = Arr(f"{f.ptr} + {step} * {size * f.dtype.itemsize}", f.dtype, (size,))
+            inner.append(f"    {sub._copy_call(dst, sub._operand(y, sub.buf(y)))}  # {name}: y{j}[t]")
+        for j in range(nc):  # the step's carry out
+            y = outs[j]
+            inner.append(f"    {sub._copy_call(carries[j], sub._operand(y, sub.buf(y)))}  # {name}: carry {j} <- step")
+        self.lines = outer_lines
+        self.lines += ["    " + line for line in inner]
+        for j in range(nc):
+            o = results.get(j)
+            if o is not None:
+                self.lines.append(f"    {self._copy_call(self.flat_expr(o), carries[j])}  # {name}: final carry {j}")
+        self.lines.append(f"    # {name}: end of loop x{T}")
+        self.infos.append(KernelInfo(name, f"loop x{T}", "scan", (T,), ["scan"], [scan], k.outputs,
+                                     out_bytes(k.outputs), False))
+        self.infos += sub.infos
+
     def emit(self, feeds: list[Node], store_dtypes: list, copies, check_finite: bool = True,
              numerics: list | None = None) -> Module:
         self._feed_index = {n.name: i for i, n in enumerate(feeds)}
@@ -1173,28 +1310,10 @@ class _Emitter:
             if b is not None and b.kind == "scratch":
                 self._checked.add(id(self.graph.outputs[i]))
         for k in self.plan.kernels:
-            before = len(self._counted)
-            lowering = KERNELS.get(k.kind)
-            if lowering is None:
-                raise CompileError(f"the cpu backend has no lowering for kernel kind {k.kind!r} "
-                                   f"({', '.join(site(n, self.local) for n in k.nodes)})")
-            t, args, vmap, par = lowering(self, k)
-            raises = sorted(set(t.raises))
-            fn, call = self.entry(t, args)
-            fused = [n.op for n in k.all_nodes]
-            self.lines.append(f"    # {k.name}: {k.kind} {fmt_shape(tuple(k.shape))} [{', '.join(fused)}]"
-                              f" -> {', '.join('%' + str(self.local[id(o)]) for o in k.outputs)}")
-            if len(self._counted) > before or raises:
-                # the kernel returns its count of non-finite values (check_numerics), or -1
-                # where it would raise (a native entry cannot raise: the driver does)
-                counters[k.name] = f"bad_{k.name}"
-                self.lines.append(f"    bad_{k.name} = {fn}({', '.join(call)})  # {vmap}")
-                for msg in raises:
-                    self.lines += [f"    if bad_{k.name} < 0:", f"        raise ValueError({msg!r})"]
+            if k.kind == "scan":
+                self.scan_loop(k)
             else:
-                self.lines.append(f"    {fn}({', '.join(call)})  # {vmap}")
-            self.infos.append(KernelInfo(k.name, fn, k.kind, tuple(k.shape), fused, k.all_nodes, k.outputs,
-                                         out_bytes(k.outputs), par))
+                self.kernel_call(k, counters)
         checks = self.numerics_checks(numerics, counters) if numerics else []
         for node, slot in copies:
             dt, off, shape = self.layout[slot]

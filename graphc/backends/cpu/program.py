@@ -538,6 +538,7 @@ def runtime_layout(module, lowered: Lowered, path, kernel_paths) -> dict:
     plan, graph = lowered.plan, lowered.graph
     consts = [[np.dtype(b.dtype).str, b.offset, _encode(b.value, b.dtype)]
               for n in graph.nodes if (b := plan.buffers.get(id(n))) is not None and b.kind == "const"]
+    consts += [[np.dtype(b.dtype).str, b.offset, _encode(b.value, b.dtype)] for b in plan.loop_consts]
     k = len(lowered.program.user_names)
     inputs = {n.name: n for n in graph.inputs}
     # what the native driver unboxes each rank-0 feed as, and each array feed's dtype and shape
