@@ -257,8 +257,8 @@ class Fuser:
         are unrolled, an optimizer moment is read by the same step's update and by the next
         step's, which would otherwise split each update into several loops and a bare GEMM. A
         merge is made only where the kernel graph stays acyclic."""
-        def plain(k):
-            return k.kind == "loop" and not k.gemm_views and not k.reductions
+        def plain(k):  # (a scalar loop's prelude may read what a merge would move into its body)
+            return k.kind == "loop" and bool(k.shape) and not k.gemm_views and not k.reductions
 
         succ = self._kernel_succ()
         pred: dict[int, set] = {id(k): set() for k in self.kernels}
@@ -289,7 +289,8 @@ class Fuser:
     def _merge_into_reader(self, a: Kernel, succ: dict, pred: dict, by_id: dict, plain) -> bool:
         """Merge loop ``a`` into one of its readers if one qualifies (see _merge_shared);
         ``succ``/``pred`` (the kernel graph by id) are updated in place."""
-        for bid in list(succ[id(a)]):
+        pos = {id(k): i for i, k in enumerate(self.kernels)}  # readers in program order, not by
+        for bid in sorted(succ[id(a)], key=pos.__getitem__):  # address: the same kernels in every process
             b = by_id[bid]
             if (not plain(b) or tuple(b.shape) != tuple(a.shape) or not self._reads_elementwise(b, a)
                     or self._path_avoiding(succ, id(a), bid)):
