@@ -174,11 +174,15 @@ def _time_cpu(fn, prog, feeds, arrays, runs) -> dict:
         rows.append(np.diff(ticks[:n + 3]))
     d = np.array(rows, dtype=np.float64) * 1e-9  # (runs, n + 2): prologue, kernels..., tail
     total = (d.sum(axis=1))
+    # a scan's loop is timed whole: its body's kernels (listed after it, no time of their own)
+    # are not the plan's kernels
+    outer = {k.name for k in prog.plan.kernels}
+    keep = [j for j, info in enumerate(prog.module.kernels) if info.name in outer]
     return dict(kernels=prog.plan.kernels, plan=prog.plan, runs=runs,
-                times=[d[:, 1 + j] for j in range(n)],
+                times=[d[:, 1 + j] for j in keep],
                 step_s=float(np.median(step_t)) * 1e-9, driver_call_s=float(np.median(call_t)) * 1e-9,
                 native_s=float(np.median(total)), prologue_s=float(np.median(d[:, 0])),
-                epilogue_s=float(np.median(d[:, n + 1])), names=[k.name for k in prog.module.kernels],
+                epilogue_s=float(np.median(d[:, n + 1])), names=[prog.module.kernels[j].name for j in keep],
                 notes=[])
 
 

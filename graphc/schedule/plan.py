@@ -285,8 +285,8 @@ def build_plan(graph: Graph, kernels: list[Kernel], updates: list[tuple[Node, st
 def place_loops(plan: Plan) -> None:
     """Give each scan kernel's body (compiler.lower_body) its memory in ``plan``'s arenas, after
     the outer buffers (never reused: a region for the program's lifetime): the body's own arena
-    (its scratch and constants, offsets shifted into the region) and one buffer per carry leaf
-    (the carry between steps)."""
+    (its scratch and constants, offsets shifted into the region) and two buffers per carry leaf
+    (the carry a step reads, the one it writes)."""
     for k in plan.kernels:
         if k.kind != "scan":
             continue
@@ -303,7 +303,7 @@ def place_loops(plan: Plan) -> None:
         body = k.nodes[0].attrs["body"]
         for j, a in enumerate(body.args[:body.n_carry]):
             off = aligned(plan.arena_sizes.get(a.dtype, 0), a.dtype)
-            c = Buffer("scratch", a.dtype, a.shape, offset=off)
+            c = Buffer("scratch", a.dtype, (2,) + tuple(a.shape), offset=off)  # read/written in turn
             plan.arena_sizes[a.dtype] = off + c.size
             plan.carries[(k.name, j)] = c
     plan.peak_bytes = sum(n * np.dtype(dt).itemsize for dt, n in plan.arena_sizes.items())

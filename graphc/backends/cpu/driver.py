@@ -392,7 +392,7 @@ class _Translator(Lowering):
             l, r = self._expr(e.left), self._expr(e.right)
             if l[1] != "i" or r[1] != "i":
                 raise Unsupported("arithmetic on floats")
-            ops = {ast.Add: b.add, ast.Sub: b.sub, ast.Mult: b.mul}
+            ops = {ast.Add: b.add, ast.Sub: b.sub, ast.Mult: b.mul, ast.BitAnd: b.and_}  # (& : a scan's carry half)
             op = ops.get(type(e.op))
             if op is None:
                 raise Unsupported("binary op")

@@ -1170,9 +1170,12 @@ class _Emitter:
     def scan_loop(self, k: Kernel) -> None:
         """A scan as one loop of the driver, ``for t in range(T):`` around its body's kernel
         calls (the body lowered on its own: compiler.lower_body, its memory placed by
-        plan.place_loops): x_t read in place at slot t of each xs operand (reverse: T-1-t),
-        the carry in one buffer per leaf (copied into the saved-carries result at slot t
-        where that is read, overwritten by the step's carry out), y_t copied to slot t."""
+        plan.place_loops): x_t read in place at slot t of each xs operand (reverse: T-1-t).
+        Each carry leaf has two buffers, read and written in turn (step t reads half t & 1,
+        writes the other); the carry entering step t is copied to slot t of the saved-carries
+        result where that is live. A body result computed by a body kernel is written in
+        place (the step's carry half, y_t's slot); others (a placeholder, a constant, a node
+        that is two results) are copied there after the body."""
         scan = k.nodes[0]
         body, T, rev = scan.attrs["body"], scan.attrs["length"], scan.attrs["reverse"]
         nc, nx = body.n_carry, body.n_x
@@ -1188,22 +1191,20 @@ class _Emitter:
         head = [f"    # {name}: scan {fmt_shape((T,))} [the loop over its body's kernels {name}_k*]"
                 f" -> {', '.join('%' + str(self.local[id(o)]) for o in k.outputs)}"]  # driver lines before the loop
         self.lines, outer_lines = head, self.lines
-        carries = []
+        carries, halves = [], []  # per leaf: its first half (an Arr), the half's bytes
         for j in range(nc):
             c = self.plan.carries[(name, j)]
             dt = np.dtype(c.dtype)
-            f = Arr(f"c{j}_{name}", dt, (c.size,))
+            size = c.size // 2
+            f = Arr(f"c{j}_{name}", dt, (size,))
             head.append(f"    {f.ptr} = pT_{_dtname(dt)} + {c.offset * dt.itemsize}  # {name}: carry {j} "
-                        f"{fmt_shape(c.shape)} {dt}")
+                        f"{fmt_shape(c.shape)} {dt}, two halves")
             carries.append(f)
+            halves.append(size * dt.itemsize)
             src = outer[j]
             head.append(f"    {self._copy_call(f, self._operand(src, self.buf(src)))}  # {name}: carry {j} <- init")
         for i, a in enumerate(args):
-            if a is None:
-                continue
-            if i < nc:
-                sub.flat[id(a)] = (carries[i].ptr, np.dtype(a.dtype), carries[i].shape[0])
-            elif i >= nc + nx:  # a captured tensor: its outer storage
+            if a is not None and i >= nc + nx:  # a captured tensor: its outer storage
                 x = outer[i]
                 bplan.buffers[id(a)] = self.buf(x)
                 if self.buf(x).kind not in ("literal",) and not (self.buf(x).kind == "feed" and not x.shape):
@@ -1219,6 +1220,15 @@ class _Emitter:
         inner: list[str] = []
         step = f"({T - 1} - {tv})" if rev else tv
         self.lines, outer_lines = inner, self.lines
+        cur, nxt = [], []
+        for j in range(nc):
+            c = carries[j]
+            cur.append(Arr(f"cur{j}_{name}", c.dtype, c.shape))
+            nxt.append(Arr(f"nxt{j}_{name}", c.dtype, c.shape))
+            inner += [f"    {cur[j].ptr} = {c.ptr} + ({tv} & 1) * {halves[j]}  # {name}: carry {j} in",
+                      f"    {nxt[j].ptr} = {c.ptr} + {halves[j]} - ({tv} & 1) * {halves[j]}  # {name}: carry {j} out"]
+            if args[j] is not None:
+                sub.flat[id(args[j])] = (cur[j].ptr, cur[j].dtype, cur[j].shape[0])
         for i in range(nc, nc + nx):
             a = args[i]
             if a is None:
@@ -1232,32 +1242,45 @@ class _Emitter:
             o = results.get(nc + body.n_y + j)
             if o is not None:
                 f = self.flat_expr(o)
-                dst = Arr(f"{f.ptr} + {step} * {carries[j].shape[0] * f.dtype.itemsize}", f.dtype, carries[j].shape)
-                inner.append(f"    {self._copy_call(dst, carries[j])}  # {name}: saved carry {j}[t]")
-        sub.lines = inner
-        counters: dict = {}
-        for bk in bplan.kernels:
-            bk.name = f"{name}_{bk.name}"
-            sub.kernel_call(bk, counters)
+                dst = Arr(f"{f.ptr} + {step} * {halves[j]}", f.dtype, cur[j].shape)
+                inner.append(f"    {self._copy_call(dst, cur[j])}  # {name}: saved carry {j}[t]")
         outs = list(bg.outputs)
-        for j in range(body.n_y):  # y_t -> slot t
+        # where each body result goes: the step's carry half, y_t's slot
+        dests: list[tuple[int, Node, Arr, str]] = [(j, outs[j], nxt[j], f"carry {j} <- step") for j in range(nc)]
+        for j in range(body.n_y):
             o = results.get(nc + j)
             if o is None:
                 continue
             y = outs[nc + j]
             f = self.flat_expr(o)
             size = int(np.prod(y.shape)) if y.shape else 1
-            dst = Arr(f"{f.ptr} + {step} * {size * f.dtype.itemsize}", f.dtype, (size,))
-            inner.append(f"    {sub._copy_call(dst, sub._operand(y, sub.buf(y)))}  # {name}: y{j}[t]")
-        for j in range(nc):  # the step's carry out
-            y = outs[j]
-            inner.append(f"    {sub._copy_call(carries[j], sub._operand(y, sub.buf(y)))}  # {name}: carry {j} <- step")
+            yp = f"y{j}_{name}"
+            inner.append(f"    {yp} = {f.ptr} + {step} * {size * f.dtype.itemsize}  # {name}: y{j}[t]")
+            dests.append((nc + j, y, Arr(yp, f.dtype, (size,)), f"y{j}[t]"))
+        in_place: set[int] = set()
+        copies = []
+        for _, y, dst, what in dests:
+            b = bplan.buffers.get(id(y))
+            if b is not None and b.kind == "scratch" and id(y) not in in_place:
+                in_place.add(id(y))  # its kernel writes it there (it is read after the body only)
+                bplan.buffers[id(y)] = Buffer("arg", b.dtype, b.shape)
+                sub.flat[id(y)] = (dst.ptr, dst.dtype, dst.shape[0])
+            else:
+                copies.append((y, dst, what))
+        sub.lines = inner
+        counters: dict = {}
+        for bk in bplan.kernels:
+            bk.name = f"{name}_{bk.name}"
+            sub.kernel_call(bk, counters)
+        for y, dst, what in copies:
+            inner.append(f"    {sub._copy_call(dst, sub._operand(y, sub.buf(y)))}  # {name}: {what}")
         self.lines = outer_lines
         self.lines += ["    " + line for line in inner]
         for j in range(nc):
             o = results.get(j)
-            if o is not None:
-                self.lines.append(f"    {self._copy_call(self.flat_expr(o), carries[j])}  # {name}: final carry {j}")
+            if o is not None:  # the carry out of the last step: the half step T reads
+                last = Arr(f"{carries[j].ptr} + {(T & 1) * halves[j]}", carries[j].dtype, carries[j].shape)
+                self.lines.append(f"    {self._copy_call(self.flat_expr(o), last)}  # {name}: final carry {j}")
         self.lines.append(f"    # {name}: end of loop x{T}")
         self.infos.append(KernelInfo(name, f"loop x{T}", "scan", (T,), ["scan"], [scan], k.outputs,
                                      out_bytes(k.outputs), False))
