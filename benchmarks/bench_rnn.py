@@ -22,8 +22,9 @@ Contenders (see benchmarks/_model_bench.py for the harness):
   ``gc.param``s named ``lstm/lstm_cell/{kernel,recurrent_kernel,bias}``), the dense head and the
   loss in the DSL, ``gc.compile(loss, optimizer=gc.optim.Adam(1e-3), target=...)``. The layer
   hoists the input projection (one GEMM over batch*time rows) and runs the recurrence with
-  ``gc.scan`` (default ``checkpoint=True``: the reverse pass recomputes each step's forward),
-  which the compiled targets unroll into 32 copies of the body.
+  ``gc.scan`` (``checkpoint=False``: the forward loop saves what the reverse step reads),
+  which the cpu target compiles as one loop over the body's kernels and the parallel target
+  unrolls into 32 copies of the body.
 - PyTorch eager: ``torch.nn.LSTM(batch_first=True)`` (its native CPU LSTM) with graphc's
   weights transposed into PyTorch's layout (same gate order); PyTorch's second bias
   ``bias_hh_l0`` is a zero constant (frozen), so the model is the same function with the same

@@ -26,11 +26,11 @@ def lower(program: Program, batch: int | None, passes=None, in_place: bool = Tru
     of kind "scan" whose body is lowered on its own (``lower_body``); otherwise (and under
     check_numerics) scans are unrolled first."""
     from .passes import run_pipeline, specialize  # (not imported for a program started from its manifest)
-    from .passes.unroll import unroll_scans
+    from .passes.unroll import merge_scans, unroll_scans
     from .schedule.fusion import fuse
     from .schedule.plan import build_plan, place_loops
     loops = loops and in_place
-    g = specialize(program.graph if loops else unroll_scans(program.graph), batch)
+    g = merge_scans(specialize(program.graph, batch)) if loops else specialize(unroll_scans(program.graph), batch)
     g = run_pipeline(g, passes)
     kernels = fuse(g)
     for kn in kernels:

@@ -96,3 +96,14 @@ def test_kernel_count_does_not_grow_with_T_and_listing_shows_the_body():
     # differ by a kernel between the two lengths
     assert abs(counts[32] - counts[4]) <= 3 and counts[32] < 100, counts
     assert cold[32] < 2.0 * cold[4] + 0.5, cold  # compile time no longer grows with T
+
+
+def test_checkpoint_false_forward_is_one_loop_with_its_residuals():
+    """The adjoint's forward scan that also returns the residuals (checkpoint=False) and the
+    user's forward scan are one loop (passes/unroll.py merge_scans): two loops in all."""
+    outs, feeds, params = lstm_graph(3, checkpoint=False)
+    step = gc.compile(outs, target="cpu", params=params)
+    want = gc.compile(outs, target="numpy", params=params)(**feeds)
+    for a, w in zip(step(**feeds), want):
+        np.testing.assert_allclose(a, w, rtol=2e-5, atol=1e-6)
+    assert step.kernels().count("loop x3") == 2, step.kernels()

@@ -225,7 +225,11 @@ class _RNN(Layer):
             new = tuple(F.where(mt, n, s) for n, s in zip(new, states))
             return new, (F.where(mt, out, 0.0) if zero_output else new[0])
 
-        final, ys = F.scan(body, init, xs, reverse=self.go_backwards, unroll=self.unroll)
+        # checkpoint=False: the forward loop saves what the reverse step reads (as cuDNN does)
+        # instead of the reverse loop recomputing each step's forward (cpu compiles the scan
+        # as a loop; unrolled targets compile both modes to the same step)
+        final, ys = F.scan(body, init, xs, reverse=self.go_backwards, unroll=self.unroll,
+                           checkpoint=False)
         if self.return_sequences:
             out = ys[::-1] if self.go_backwards else ys  # Keras: the steps in processing order
             out = F.transpose(out, (1, 0, 2))

@@ -62,3 +62,37 @@ def _expand(n: Node, ins: list):
         carry, ys[t] = outs[:nc], outs[nc:]
     return (carry + [F.stack([ys[t][j] for t in range(T)]) for j in range(body.n_y)]
             + [F.stack([saved[t][j] for t in range(T)]) for j in range(nc)])
+
+
+def merge_scans(graph: Graph) -> Graph:
+    """A scan whose body is a prefix of another's (the same inputs, length and direction, the
+    same carry and first ys: the forward scan that a ``checkpoint=False`` adjoint extends
+    with its residuals) is read from the longer one: one loop computes both (cpu, where a
+    scan is compiled as a loop; the unrolled copies merge by CSE anyway)."""
+    scans = [n for n in graph.nodes if n.op == "scan"]
+    if len(scans) < 2:
+        return graph
+    from ..ops.control import Body, result
+    from ..substitution import substitute
+    into: dict[int, Node] = {}
+    for a in scans:
+        ba = a.attrs["body"]
+        for b in scans:
+            bb = b.attrs["body"]
+            if (b is a or id(b) in into or len(bb.outputs) <= len(ba.outputs) or bb.n_carry != ba.n_carry
+                    or len(a.inputs) != len(b.inputs) or any(x is not y for x, y in zip(a.inputs, b.inputs))
+                    or any(a.attrs[k] != b.attrs[k] for k in ("length", "reverse"))):
+                continue
+            if Body(bb.args, bb.outputs[:len(ba.outputs)], ba.n_carry, ba.n_x, ba.y_tree) == ba:
+                into[id(a)] = b
+                break
+    if not into:
+        return graph
+    replace = {}
+    for n in graph.nodes:
+        if n.op == "scan_out" and id(n.inputs[0]) in into:
+            a = n.inputs[0]
+            b = into[id(a)]
+            i, ny_a, nc = n.attrs["index"], a.attrs["body"].n_y, a.attrs["body"].n_carry
+            replace[n] = result(b, i if i < nc + ny_a else i + b.attrs["body"].n_y - ny_a)
+    return Graph(substitute(list(graph.outputs), replace), graph.names)
