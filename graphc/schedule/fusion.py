@@ -257,13 +257,12 @@ class Fuser:
         are unrolled, an optimizer moment is read by the same step's update and by the next
         step's, which would otherwise split each update into several loops and a bare GEMM. A
         merge is made only where the kernel graph stays acyclic."""
-        def plain(k):  # (a scalar loop's prelude may read what a merge would move into its body)
-            return k.kind == "loop" and bool(k.shape) and not k.gemm_views and not k.reductions
-
+        plain = self._mergeable
         succ = self._kernel_succ()
         pred: dict[int, set] = {id(k): set() for k in self.kernels}
         by_id = {id(k): k for k in self.kernels}
-        for k in self.kernels:
+        pos = {id(k): i for i, k in enumerate(self.kernels)}  # program order, not address: the
+        for k in self.kernels:                               # same merges in every process
             for s in succ[id(k)]:
                 pred[s].add(id(k))
         merged = True
@@ -272,7 +271,7 @@ class Fuser:
             for a in list(self.kernels):
                 if not plain(a) or a.matmul is not None or {id(o) for o in a.outputs} & self.is_output:
                     continue
-                merged |= self._merge_into_reader(a, succ, pred, by_id, plain)
+                merged |= self._merge_into_reader(a, succ, pred, by_id, pos)
         for m in [k for k in self.kernels if k.kind == "matmul"]:
             n = m.matmul
             readers = self._users(n)
@@ -286,13 +285,19 @@ class Fuser:
                 self.group[id(n)] = k
                 self.kernels.remove(m)
 
-    def _merge_into_reader(self, a: Kernel, succ: dict, pred: dict, by_id: dict, plain) -> bool:
-        """Merge loop ``a`` into one of its readers if one qualifies (see _merge_shared);
-        ``succ``/``pred`` (the kernel graph by id) are updated in place."""
-        pos = {id(k): i for i, k in enumerate(self.kernels)}  # readers in program order, not by
-        for bid in sorted(succ[id(a)], key=pos.__getitem__):  # address: the same kernels in every process
+    @staticmethod
+    def _mergeable(k: Kernel) -> bool:
+        """A loop that may take part in a merge (a scalar loop's prelude may read what a merge
+        would move into its body)."""
+        return k.kind == "loop" and bool(k.shape) and not k.gemm_views and not k.reductions
+
+    def _merge_into_reader(self, a: Kernel, succ: dict, pred: dict, by_id: dict, pos: dict) -> bool:
+        """Merge loop ``a`` into one of its readers if one qualifies (see _merge_shared), trying
+        them in program order (``pos``); ``succ``/``pred`` (the kernel graph by id) are updated
+        in place."""
+        for bid in sorted(succ[id(a)], key=pos.__getitem__):
             b = by_id[bid]
-            if (not plain(b) or tuple(b.shape) != tuple(a.shape) or not self._reads_elementwise(b, a)
+            if (not self._mergeable(b) or tuple(b.shape) != tuple(a.shape) or not self._reads_elementwise(b, a)
                     or self._path_avoiding(succ, id(a), bid)):
                 continue
             b.nodes.extend(a.nodes)
